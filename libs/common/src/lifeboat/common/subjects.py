@@ -1,0 +1,105 @@
+"""The single source of truth for every NATS subject Lifeboat uses.
+
+Subjects read the way users type them into `nats sub`: a domain, a verb, then the cluster
+(and node or file set) the event is about, e.g. `node.health.main.node1`. Services never spell
+subjects as literals; they ask a `Topic` for a concrete subject or a subscription pattern.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import StringConstraints
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+# A name that is safe as one subject token and as a KV key part: no dots, wildcards or spaces.
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+STREAM_NAME = "LIFEBOAT_EVENTS"
+
+
+def check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-63 letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A family of subjects: `name` followed by one token per parameter."""
+
+    name: str
+    params: tuple[str, ...]
+    description: str
+
+    def subject(self, **values: str) -> str:
+        if set(values) != set(self.params):
+            raise ValueError(f"{self.name} needs exactly {self.params}, got {sorted(values)}")
+        return ".".join([self.name, *(check_name(values[p]) for p in self.params)])
+
+    def pattern(self, **fixed: str) -> str:
+        """A subscription pattern; parameters not given become `*`."""
+        unknown = set(fixed) - set(self.params)
+        if unknown:
+            raise ValueError(f"{self.name} has no parameter(s) {sorted(unknown)}")
+        tokens = [check_name(fixed[p]) if p in fixed else "*" for p in self.params]
+        return ".".join([self.name, *tokens])
+
+    @property
+    def domain(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+_C = ("cluster",)
+_CN = ("cluster", "node")
+_CF = ("cluster", "fileset")
+
+NODE_HEALTH = Topic("node.health", _CN, "One probe of one node by one monitor")
+NODE_DOWN = Topic("node.down", _CN, "A node stopped answering probes")
+NODE_UP = Topic("node.up", _CN, "A node answers probes again")
+NODE_ROLE_CHANGED = Topic("node.role_changed", _CN, "A node's role changed (e.g. promoted)")
+NODE_LAG = Topic("node.lag", _CN, "Replication lag crossed a warning/critical threshold")
+NODE_FENCED = Topic("node.fenced", _CN, "A node was fenced (read-only, sessions ended, stopped)")
+NODE_REJOINED = Topic("node.rejoined", _CN, "A former primary rejoined as a standby")
+
+FAILOVER_REQUESTED = Topic("failover.requested", _C, "Ask for a (manual) failover")
+FAILOVER_STARTED = Topic("failover.started", _C, "A failover began under the lease")
+FAILOVER_COMPLETED = Topic("failover.completed", _C, "A failover finished; timings per phase")
+FAILOVER_FAILED = Topic("failover.failed", _C, "A failover was refused or failed, and why")
+FAILOVER_HELD = Topic("failover.held", _C, "A failover was deliberately not started, and why")
+SWITCHOVER_REQUESTED = Topic("switchover.requested", _C, "Ask for a planned switchover")
+SWITCHOVER_COMPLETED = Topic("switchover.completed", _C, "A switchover finished")
+SWITCHOVER_FAILED = Topic("switchover.failed", _C, "A switchover was refused or failed, and why")
+
+BACKUP_REQUESTED = Topic("backup.requested", _C, "Ask for a backup")
+BACKUP_STARTED = Topic("backup.started", _C, "A backup began")
+BACKUP_COMPLETED = Topic("backup.completed", _C, "A backup is complete, checksummed, listed")
+BACKUP_FAILED = Topic("backup.failed", _C, "A backup failed; nothing partial is listed")
+BACKUP_VERIFIED = Topic("backup.verified", _C, "A backup was verified by a test restore")
+BACKUP_EXPIRED = Topic("backup.expired", _C, "A backup was removed by the retention policy")
+WAL_ARCHIVED = Topic("wal.archived", _C, "A WAL segment was archived to S3")
+RESTORE_REQUESTED = Topic("restore.requested", _C, "Ask for a restore")
+RESTORE_STARTED = Topic("restore.started", _C, "A restore began")
+RESTORE_COMPLETED = Topic("restore.completed", _C, "A restore finished")
+RESTORE_FAILED = Topic("restore.failed", _C, "A restore failed, and why")
+
+FILE_SYNC_REQUESTED = Topic("file.sync_requested", _CF, "Ask to sync a file set to S3")
+FILE_SYNCED = Topic("file.synced", _CF, "A file set was synced to S3")
+FILE_SYNC_FAILED = Topic("file.sync_failed", _CF, "A file set sync failed, and why")
+FILE_VERIFIED = Topic("file.verified", _CF, "A file set was compared with its S3 copy")
+FILE_RESTORE_REQUESTED = Topic("file.restore_requested", _CF, "Ask to restore a file set")
+FILE_RESTORED = Topic("file.restored", _CF, "A file set was restored from S3")
+
+DEAD_LETTER = Topic("deadletter", ("consumer",), "A message a consumer could not process")
+
+ALL_TOPICS: tuple[Topic, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Topic))
+
+# The event stream captures every domain; each entry is one `<domain>.>` wildcard.
+STREAM_SUBJECTS: tuple[str, ...] = tuple(sorted({f"{t.domain}.>" for t in ALL_TOPICS}))

@@ -1,0 +1,319 @@
+"""A replicated PostgreSQL cluster from the system's server binaries.
+
+Node 1 is initialised as primary with what replication and pg_rewind need; the others are
+streaming standbys made with `pg_basebackup -R`, each on its own replication slot. Nodes run
+under `pg_ctl`, detached, so Lifeboat (and tests) can stop, kill or restart one at a time;
+as root they run as an unprivileged user because PostgreSQL refuses root.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from pydantic import SecretStr
+
+from lifeboat.common.clusters import ClusterSpec, NodeSpec
+from lifeboat.devstack.procs import OsUser, kill_pid, run, wait_until
+
+HOST = "127.0.0.1"
+SUPERUSER = "postgres"
+REPLICATION_USER = "replicator"
+
+
+class PostgresNotFoundError(RuntimeError):
+    pass
+
+
+def find_bindir() -> Path:
+    """Where initdb, pg_ctl, pg_basebackup and pg_rewind live."""
+    if env := os.environ.get("LIFEBOAT_PG_BINDIR"):
+        return Path(env)
+    if initdb := shutil.which("initdb"):
+        return Path(os.path.realpath(initdb)).parent
+    if pg_config := shutil.which("pg_config"):
+        out = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if out and (Path(out) / "initdb").exists():
+            return Path(out)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
+    if candidates:
+        return Path(candidates[-1]).parent
+    raise PostgresNotFoundError(
+        "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) were not found. Install "
+        "them, e.g. `apt-get install postgresql` on Debian/Ubuntu or `brew install postgresql` "
+        "on macOS, or point LIFEBOAT_PG_BINDIR at their directory."
+    )
+
+
+def slot_name(node: str) -> str:
+    return node.lower().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Passwords:
+    superuser: SecretStr
+    replication: SecretStr
+
+
+class PgNode:
+    def __init__(self, cluster: PgCluster, name: str, port: int) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.port = port
+        self.home = cluster.base_dir / name
+        self.data_dir = self.home / "data"
+        self.log_file = self.home / "postgres.log"
+
+    def _bin(self, name: str) -> str:
+        return str(self.cluster.bindir / name)
+
+    @property
+    def initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def pid(self) -> int | None:
+        """The postmaster's PID from postmaster.pid, if it is running."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, owned by the postgres user
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, timeout: float = 60) -> None:
+        if self.running():
+            return
+        run(
+            [self._bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
+             "-w", "-t", str(int(timeout)), "start"],
+            user=self.cluster.os_user,
+            timeout=timeout + 10,
+        )
+
+    def stop(self, mode: str = "fast", timeout: float = 30) -> None:
+        """Stop cleanly; if pg_ctl cannot, kill the postmaster by PID."""
+        if not self.running():
+            return
+        try:
+            run(
+                [self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", mode,
+                 "-w", "-t", str(int(timeout)), "stop"],
+                user=self.cluster.os_user,
+                timeout=timeout + 10,
+            )
+        except (RuntimeError, subprocess.TimeoutExpired):
+            self.kill(signal.SIGKILL)
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        pid = self.pid()
+        if pid is not None:
+            kill_pid(pid, sig)
+            if sig == signal.SIGKILL:
+                wait_until(lambda: not self.running(), timeout=10, what=f"{self.name} to die")
+
+    def conninfo(self, dbname: str = "postgres") -> str:
+        """Superuser connection over the local socket (trust, reachable only on this host)."""
+        return f"host={self.data_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
+
+    def execute(
+        self, statement: sql.Composable, params: tuple[object, ...] = (), dbname: str = "postgres"
+    ) -> None:
+        with psycopg.connect(self.conninfo(dbname), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(statement, params)
+
+    def query(self, statement: sql.Composable, dbname: str = "postgres") -> list[tuple[object, ...]]:
+        with psycopg.connect(self.conninfo(dbname), autocommit=True, connect_timeout=5) as conn:
+            return conn.execute(statement).fetchall()
+
+    def spec(self, priority: int) -> NodeSpec:
+        return NodeSpec(
+            name=self.name, host=HOST, port=self.port, priority=priority, data_dir=self.data_dir
+        )
+
+    def node_settings(self) -> str:
+        # Appended last, so these win over what a base backup copied from the primary.
+        return (
+            f"\n# lifeboat: this node\nport = {self.port}\n"
+            f"unix_socket_directories = '{self.data_dir}'\n"
+        )
+
+
+class PgCluster:
+    def __init__(
+        self,
+        base_dir: Path,
+        ports: list[int],
+        passwords: Passwords,
+        *,
+        names: list[str] | None = None,
+        database: str = "app",
+        os_user: OsUser | None = None,
+        durable: bool = True,
+    ) -> None:
+        if not ports:
+            raise ValueError("a cluster needs at least one node")
+        self.base_dir = base_dir
+        self.passwords = passwords
+        self.database = database
+        self.os_user = os_user or OsUser.for_postgres()
+        self.durable = durable
+        self.bindir = find_bindir()
+        names = names or [f"node{i + 1}" for i in range(len(ports))]
+        self.nodes = [PgNode(self, n, p) for n, p in zip(names, ports, strict=True)]
+        self.pgpass = base_dir / "pgpass"
+
+    @property
+    def primary(self) -> PgNode:
+        return self.nodes[0]
+
+    def spec(self, name: str = "main") -> ClusterSpec:
+        return ClusterSpec(
+            name=name,
+            database=self.database,
+            user=SUPERUSER,
+            replication_user=REPLICATION_USER,
+            nodes=tuple(n.spec(priority=100 - 10 * i) for i, n in enumerate(self.nodes)),
+        )
+
+    @property
+    def initialized(self) -> bool:
+        return all(n.initialized for n in self.nodes)
+
+    def up(self) -> None:
+        """Create the cluster on first use, otherwise start the nodes that exist."""
+        if self.initialized:
+            for node in self.nodes:
+                node.start()
+            return
+        if any(n.home.exists() for n in self.nodes):
+            raise RuntimeError(
+                f"{self.base_dir} holds a partly created cluster; remove it (make clean) first"
+            )
+        self._create()
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):  # standbys first: the primary's shutdown waits less
+            node.stop()
+
+    def _prepare_dirs(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.base_dir.chmod(0o755)
+        for node in self.nodes:
+            node.home.mkdir(mode=0o700)
+        rp = self.passwords.replication.get_secret_value()
+        self.pgpass.write_text(f"{HOST}:*:*:{REPLICATION_USER}:{rp}\n")
+        self.pgpass.chmod(0o600)
+        self.os_user.own(self.pgpass, *(n.home for n in self.nodes))
+
+    def _create(self) -> None:
+        self._prepare_dirs()
+        primary = self.primary
+        pwfile = primary.home / "initdb.pw"
+        pwfile.write_text(self.passwords.superuser.get_secret_value() + "\n")
+        pwfile.chmod(0o600)
+        self.os_user.own(pwfile)
+        try:
+            run(
+                [str(self.bindir / "initdb"), "-D", str(primary.data_dir), "-U", SUPERUSER,
+                 f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
+                 "--data-checksums", "-E", "UTF8", "--locale=C"],
+                user=self.os_user,
+                timeout=180,
+            )
+        finally:
+            pwfile.unlink()
+        with (primary.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(self._replication_settings() + primary.node_settings())
+        with (primary.data_dir / "pg_hba.conf").open("a") as hba:
+            hba.write(
+                f"\n# lifeboat\nhost replication {REPLICATION_USER} {HOST}/32 scram-sha-256\n"
+            )
+        primary.start()
+        rp = self.passwords.replication.get_secret_value()
+        primary.execute(
+            sql.SQL("create role {} with replication login password {}").format(
+                sql.Identifier(REPLICATION_USER), sql.Literal(rp)
+            )
+        )
+        primary.execute(sql.SQL("create database {}").format(sql.Identifier(self.database)))
+        for standby in self.nodes[1:]:
+            primary.execute(
+                sql.SQL("select pg_create_physical_replication_slot(%s)"),
+                (slot_name(standby.name),),
+            )
+        for standby in self.nodes[1:]:
+            self._clone(standby)
+            standby.start()
+
+    def _clone(self, standby: PgNode) -> None:
+        env = {**os.environ, "PGPASSFILE": str(self.pgpass)}
+        run(
+            [str(self.bindir / "pg_basebackup"), "-D", str(standby.data_dir),
+             "-d", f"host={HOST} port={self.primary.port} user={REPLICATION_USER} "
+             f"passfile={self.pgpass} application_name={standby.name}",
+             "-X", "stream", "-R", "-S", slot_name(standby.name), "-c", "fast"],
+            user=self.os_user,
+            env=env,
+            timeout=300,
+        )
+        with (standby.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(standby.node_settings())
+
+    def _replication_settings(self) -> str:
+        lines = [
+            "",
+            "# lifeboat: replication, failover and pg_rewind",
+            f"listen_addresses = '{HOST}'",
+            "wal_level = replica",
+            "max_wal_senders = 10",
+            "max_replication_slots = 10",
+            "wal_keep_size = '128MB'",
+            "wal_log_hints = on",
+            "hot_standby = on",
+            "hot_standby_feedback = on",
+            "wal_receiver_status_interval = '1s'",
+            "shared_buffers = '64MB'",
+            "log_line_prefix = '%m [%p] %q%u@%d '",
+        ]
+        if not self.durable:
+            # Test clusters trade crash safety for speed; never the local stack's default.
+            lines += ["fsync = off", "synchronous_commit = off"]
+        return "\n".join(lines) + "\n"
+
+    def wait_streaming(self, timeout: float = 60) -> None:
+        """Until every standby streams from the primary."""
+        expected = {n.name for n in self.nodes[1:]}
+
+        def streaming() -> bool:
+            try:
+                rows = self.primary.query(
+                    sql.SQL(
+                        "select application_name from pg_stat_replication"
+                        " where state = 'streaming'"
+                    )
+                )
+            except psycopg.Error:
+                return False
+            return expected <= {str(r[0]) for r in rows}
+
+        wait_until(streaming, timeout=timeout, what="standbys to stream", interval=0.3)

@@ -1,0 +1,247 @@
+"""Child processes that are always stopped by PID, and the small waits around them."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+
+@dataclass(frozen=True)
+class OsUser:
+    """The account a child runs as; PostgreSQL refuses to run as root."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def current(cls) -> OsUser:
+        return cls(pwd.getpwuid(os.getuid()).pw_name, os.getuid(), os.getgid())
+
+    @classmethod
+    def for_postgres(cls, preferred: str | None = None) -> OsUser:
+        if os.getuid() != 0:
+            return cls.current()
+        for name in (preferred, "postgres", "nobody"):
+            if not name:
+                continue
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                continue
+            return cls(entry.pw_name, entry.pw_uid, entry.pw_gid)
+        raise RuntimeError("running as root and found no unprivileged user to run PostgreSQL")
+
+    @property
+    def is_current(self) -> bool:
+        return self.uid == os.getuid()
+
+    def popen_kwargs(self) -> dict[str, object]:
+        if self.is_current:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def own(self, *paths: Path) -> None:
+        """Give `paths` (recursively) to this user; a no-op when it is us."""
+        if self.is_current:
+            return
+        for path in paths:
+            os.chown(path, self.uid, self.gid)
+            for root, dirs, files in os.walk(path):
+                for name in dirs + files:
+                    os.chown(os.path.join(root, name), self.uid, self.gid, follow_symlinks=False)
+
+
+def find_binary(name: str) -> str:
+    """A binary installed beside this interpreter (PyPI packages put them there), or on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found beside {sys.executable} nor on PATH")
+    return found
+
+
+def free_port(below: int = 30000) -> int:
+    """A free loopback port. SeaweedFS derives gRPC ports as port+10000, so callers that need
+    that headroom pass `below`; ports stay under 32768 and clear of ephemeral client ports."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port < below:
+            return port
+        candidate = 10000 + (port % (below - 10000))
+        if port_is_free(candidate):
+            return candidate
+    raise RuntimeError("no free port found")
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.2
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def tcp_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+LineSink = Callable[[str], None]
+
+
+class ManagedProcess:
+    """A child in its own session, so stopping it reaches everything it spawned."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        user: OsUser | None = None,
+        log_file: Path | None = None,
+        on_line: LineSink | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> None:
+        self.name = name
+        self.stop_signal = stop_signal
+        self.argv = list(argv)
+        self.env = env
+        self.cwd = cwd
+        self.user = user
+        self.log_file = log_file
+        self.on_line = on_line
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def start(self) -> None:
+        stdout: int | IO[bytes]
+        if self.on_line is not None:
+            stdout = subprocess.PIPE
+        elif self.log_file is not None:
+            self._log = self.log_file.open("ab")
+            stdout = self._log
+        else:
+            stdout = subprocess.DEVNULL
+        self.proc = subprocess.Popen(  # noqa: S603 - argv built by us, no shell
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **(self.user.popen_kwargs() if self.user else {}),  # type: ignore[arg-type]
+        )
+        if self.on_line is not None:
+            self._reader = threading.Thread(target=self._pump, daemon=True, name=self.name)
+            self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None and self.on_line
+        for raw in self.proc.stdout:
+            self.on_line(raw.decode("utf-8", errors="replace").rstrip())
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive():
+            assert self.proc is not None
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Signal the process group to stop, then SIGKILL what is left after `timeout`."""
+        if self.proc is None:
+            return None
+        if self.alive():
+            self.signal(self.stop_signal)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(2)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode
+
+
+def kill_pid(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    user: OsUser | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    input_text: str | None = None,
+) -> str:
+    """Run a command to completion; raise with its output when it fails."""
+    result = subprocess.run(  # noqa: S603
+        list(argv),
+        env=env,
+        input=input_text,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **(user.popen_kwargs() if user else {}),  # type: ignore[arg-type]
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{Path(argv[0]).name} failed ({result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()}"
+        )
+    return result.stdout

@@ -1,0 +1,193 @@
+"""NATS (JetStream) and SeaweedFS (S3) servers from their PyPI-packaged binaries."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import SecretStr
+
+from lifeboat.common.s3 import S3Client, ensure_buckets, make_s3_client
+from lifeboat.common.settings import S3Settings
+from lifeboat.devstack.procs import LineSink, ManagedProcess, find_binary, tcp_open, wait_until
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class NatsPorts:
+    client: int = 4222
+    monitor: int = 8222
+
+
+class NatsServer:
+    def __init__(
+        self, data_dir: Path, ports: NatsPorts, *, log_file: Path | None = None,
+        on_line: LineSink | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.ports = ports
+        self.process = ManagedProcess(
+            "nats",
+            [
+                find_binary("nats-server"),
+                "--jetstream",
+                "--store_dir", str(data_dir),
+                "--addr", HOST,
+                "--port", str(ports.client),
+                "--http_port", str(ports.monitor),
+                "--server_name", "lifeboat-local",
+            ],
+            log_file=log_file,
+            on_line=on_line,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.ports.client}"
+
+    def _healthy(self) -> bool:
+        try:
+            url = f"http://{HOST}:{self.ports.monitor}/healthz?js-enabled-only=true"
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 30) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process.start()
+        wait_until(
+            lambda: self._check_alive() and self._healthy(), timeout=timeout, what="nats-server"
+        )
+
+    def _check_alive(self) -> bool:
+        if not self.process.alive():
+            raise RuntimeError(f"nats-server exited with {self.process.exit_code()}")
+        return True
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+@dataclass(frozen=True)
+class S3Ports:
+    """SeaweedFS listens on each port and on port+10000 for gRPC: keep all below 22768."""
+
+    s3: int = 8333
+    master: int = 9333
+    volume: int = 8080
+    filer: int = 8888
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key_id: str
+    secret_access_key: str
+
+
+class SeaweedS3:
+    def __init__(
+        self,
+        data_dir: Path,
+        ports: S3Ports,
+        credentials: S3Credentials,
+        *,
+        log_file: Path | None = None,
+        on_line: LineSink | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.ports = ports
+        self.credentials = credentials
+        config = data_dir / "s3.json"
+        self._config_file = config
+
+        def grpc(port: int) -> str:
+            return str(port + 10000)
+
+        self.process = ManagedProcess(
+            "s3",
+            [
+                find_binary("weed"),
+                "server",
+                f"-dir={data_dir / 'data'}",
+                f"-ip={HOST}",
+                f"-ip.bind={HOST}",
+                # Never report usage to an outside host.
+                "-master.telemetry=false",
+                f"-master.port={ports.master}",
+                f"-master.port.grpc={grpc(ports.master)}",
+                "-master.volumeSizeLimitMB=256",
+                f"-volume.port={ports.volume}",
+                f"-volume.port.grpc={grpc(ports.volume)}",
+                "-volume.max=0",
+                f"-filer.port={ports.filer}",
+                f"-filer.port.grpc={grpc(ports.filer)}",
+                "-s3",
+                f"-s3.port={ports.s3}",
+                f"-s3.port.grpc={grpc(ports.s3)}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                f"-s3.config={config}",
+            ],
+            cwd=data_dir,
+            log_file=log_file,
+            on_line=on_line,
+            stop_signal=signal.SIGINT,
+        )
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{HOST}:{self.ports.s3}"
+
+    def settings(self) -> S3Settings:
+        return S3Settings(
+            s3_endpoint_url=self.endpoint_url,
+            s3_access_key_id=self.credentials.access_key_id,
+            s3_secret_access_key=SecretStr(self.credentials.secret_access_key),
+            s3_timeout_seconds=1,
+        )
+
+    def client(self) -> S3Client:
+        return make_s3_client(self.settings())
+
+    def _write_config(self) -> None:
+        identity = {
+            "name": "lifeboat",
+            "credentials": [
+                {
+                    "accessKey": self.credentials.access_key_id,
+                    "secretKey": self.credentials.secret_access_key,
+                }
+            ],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        self._config_file.write_text(json.dumps({"identities": [identity]}))
+        self._config_file.chmod(0o600)
+
+    def _answers(self) -> bool:
+        if not self.process.alive():
+            raise RuntimeError(f"weed exited with {self.process.exit_code()}")
+        if not tcp_open(self.ports.s3):
+            return False
+        try:
+            self.client().list_buckets()
+        except (BotoCoreError, ClientError):
+            return False
+        return True
+
+    def start(self, buckets: tuple[str, ...] = (), timeout: float = 60) -> None:
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self.process.start()
+        wait_until(self._answers, timeout=timeout, what="SeaweedFS S3")
+        ensure_buckets(self.client(), buckets)
+
+    def stop(self) -> None:
+        # weed lingers 10-30 s after a signal with nothing in flight; its writes are already
+        # on disk, so a short grace is enough.
+        self.process.stop(timeout=3)

@@ -1,0 +1,334 @@
+"""`make up`: the whole Lifeboat stack in the foreground, until Ctrl-C.
+
+Order of start: NATS, S3, PostgreSQL, then the five services; the reverse on the way out.
+Data stays under the stack directory, so the next `make up` resumes with it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from pydantic import SecretStr
+
+from lifeboat.common.clusters import ClustersFile, dump_clusters
+from lifeboat.devstack.postgres import Passwords, PgCluster
+from lifeboat.devstack.procs import ManagedProcess, OsUser, kill_pid, port_is_free
+from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Ports, SeaweedS3
+from lifeboat.devstack.settings import StackSettings
+
+SERVICES = ("monitor", "failover", "backup", "filesync", "gateway")
+_COLORS = {"nats": 36, "s3": 33, "stack": 1, "monitor": 32, "failover": 31, "backup": 34,
+           "filesync": 35, "gateway": 96}
+_print_lock = threading.Lock()
+_tty = sys.stdout.isatty()
+
+
+def say(source: str, line: str) -> None:
+    label = f"{source:>9}"
+    if _tty:
+        label = f"\033[{_COLORS.get(source, 0)}m{label}\033[0m"
+    with _print_lock:
+        print(f"{label} | {line}", flush=True)
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StackError(
+                f"the stack in {path.parent} is already running ({holder}); stop it with Ctrl-C "
+                "there first. Its data was not touched."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"make up, pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_or_create_secret(path: Path, length: int = 24) -> SecretStr:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(secrets.token_urlsafe(length))
+        path.chmod(0o600)
+    return SecretStr(path.read_text().strip())
+
+
+@dataclass
+class Service:
+    name: str
+    process: ManagedProcess
+    restarts: int = 0
+    next_start: float = 0.0
+    history: list[float] = field(default_factory=list)
+
+
+class Stack:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.dir = settings.stack_dir.resolve()
+        self.secrets_dir = self.dir / "secrets"
+        self.pids_file = self.dir / "children.json"
+        self._stop = threading.Event()
+        self.services: list[Service] = []
+        self.nats: NatsServer | None = None
+        self.s3: SeaweedS3 | None = None
+        self.pg: PgCluster | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        with exclusive_lock(self.dir / "stack.lock"):
+            self._reap_leftovers()
+            self._check_ports()
+            signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+            try:
+                self._start()
+                if not self._stop.is_set():
+                    self._supervise()
+            finally:
+                self._shutdown()
+        return 0
+
+    def _start(self) -> None:
+        s = self.settings
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+        creds = S3Credentials(
+            access_key_id="lifeboat",
+            secret_access_key=read_or_create_secret(
+                self.secrets_dir / "s3_secret_access_key"
+            ).get_secret_value(),
+        )
+        passwords = Passwords(
+            superuser=read_or_create_secret(self.secrets_dir / "pg_password"),
+            replication=read_or_create_secret(self.secrets_dir / "pg_replication_password"),
+        )
+
+        say("stack", f"starting NATS JetStream on 127.0.0.1:{s.nats_port}")
+        self.nats = NatsServer(
+            self.dir / "nats", NatsPorts(s.nats_port, s.nats_monitor_port),
+            on_line=lambda line: say("nats", line),
+        )
+        self.nats.start()
+        self._record_children()
+
+        say("stack", f"starting SeaweedFS S3 on 127.0.0.1:{s.s3_port}")
+        self.s3 = SeaweedS3(
+            self.dir / "s3",
+            S3Ports(s.s3_port, s.s3_master_port, s.s3_volume_port, s.s3_filer_port),
+            creds,
+            log_file=self.dir / "s3.log",
+        )
+        self.s3.start(buckets=("lifeboat-backups", "lifeboat-files"))
+        self._record_children()
+
+        self.pg = PgCluster(
+            self.dir / "pg", s.pg_ports, passwords, database=s.database,
+            os_user=OsUser.for_postgres(s.pg_os_user),
+        )
+        fresh = not self.pg.initialized
+        say("stack", f"{'creating' if fresh else 'starting'} PostgreSQL cluster "
+                     f"({s.pg_nodes} nodes, ports {s.pg_ports[0]}-{s.pg_ports[-1]}, "
+                     f"run as {self.pg.os_user.name})")
+        self.pg.up()
+        if fresh:
+            self.pg.wait_streaming()
+
+        clusters_file = self.dir / "clusters.yaml"
+        clusters_file.write_text(dump_clusters(ClustersFile(clusters=(self.pg.spec(s.cluster_name),))))
+        env = self._service_env(clusters_file, creds)
+        for name in SERVICES:
+            self._start_service(name, env)
+        self._record_children()
+        self._wait_ready()
+
+    def _service_env(self, clusters_file: Path, creds: S3Credentials) -> dict[str, str]:
+        s = self.settings
+        urls = {n: f"http://127.0.0.1:{p}" for n, p in s.service_ports.items() if n != "gateway"}
+        return {
+            **os.environ,
+            "LIFEBOAT_NATS_URL": f"nats://127.0.0.1:{s.nats_port}",
+            "LIFEBOAT_CLUSTERS_FILE": str(clusters_file),
+            "LIFEBOAT_PG_PASSWORD_FILE": str(self.secrets_dir / "pg_password"),
+            "LIFEBOAT_S3_ENDPOINT_URL": f"http://127.0.0.1:{s.s3_port}",
+            "LIFEBOAT_S3_ACCESS_KEY_ID": creds.access_key_id,
+            "LIFEBOAT_S3_SECRET_ACCESS_KEY_FILE": str(self.secrets_dir / "s3_secret_access_key"),
+            "LIFEBOAT_SERVICE_URLS": json.dumps(urls),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def _start_service(self, name: str, env: dict[str, str]) -> None:
+        process = ManagedProcess(
+            name,
+            [sys.executable, "-m", f"lifeboat.{name}"],
+            env={**env, "LIFEBOAT_HTTP_PORT": str(self.settings.service_ports[name]),
+                 "LIFEBOAT_INSTANCE_ID": f"{name}-1"},
+            on_line=lambda line, n=name: say(n, line),  # type: ignore[misc]
+        )
+        process.start()
+        self.services.append(Service(name, process))
+
+    def _wait_ready(self) -> None:
+        url = f"http://127.0.0.1:{self.settings.gateway_port}/health"
+        deadline = time.monotonic() + self.settings.ready_timeout_seconds
+        last = "no answer yet"
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback
+                    report = json.load(resp)
+                if report["status"] == "healthy":
+                    self._banner()
+                    return
+                last = ", ".join(
+                    f"{c['name']}: {c['message']}"
+                    for c in report["components"] if c["status"] != "healthy"
+                )
+            except OSError as exc:
+                last = str(exc)
+            except ValueError as exc:
+                last = f"unreadable health report: {exc}"
+            self._stop.wait(1)
+        if not self._stop.is_set():
+            say("stack", f"WARNING: not healthy after {self.settings.ready_timeout_seconds}s: {last}")
+
+    def _banner(self) -> None:
+        s = self.settings
+        assert self.pg is not None and self.s3 is not None
+        spec = self.pg.spec(s.cluster_name)
+        lines = [
+            "Lifeboat is up.",
+            f"  gateway     http://127.0.0.1:{s.gateway_port}  (try: curl -s localhost:{s.gateway_port}/health)",
+            f"  NATS        nats://127.0.0.1:{s.nats_port}  (nats sub 'node.>' / nats stream view LIFEBOAT_EVENTS)",
+            f"  S3          {self.s3.endpoint_url}  access key {self.s3.credentials.access_key_id}, "
+            f"secret {self.s3.credentials.secret_access_key}",
+            f"  PostgreSQL  {spec.client_dsn()}",
+            f"              user postgres, password in {self.secrets_dir / 'pg_password'}",
+            f"  data        {self.dir}  (make clean removes it)",
+            "Ctrl-C stops everything and keeps the data.",
+        ]
+        for line in lines:
+            say("stack", line)
+
+    def _supervise(self) -> None:
+        reported_down: set[str] = set()
+        while not self._stop.wait(0.5):
+            for svc in self.services:
+                if svc.process.alive() or time.monotonic() < svc.next_start:
+                    continue
+                if svc.next_start == 0.0:
+                    code = svc.process.exit_code()
+                    say("stack", f"!!! {svc.name} exited with code {code}; restarting it")
+                    delay = min(30.0, 2.0 ** min(svc.restarts, 5))
+                    svc.next_start = time.monotonic() + delay
+                    continue
+                svc.restarts += 1
+                svc.next_start = 0.0
+                svc.process.start()
+                self._record_children()
+                say("stack", f"restarted {svc.name} (restart #{svc.restarts})")
+            for name, proc in (("nats", self.nats), ("s3", self.s3)):
+                if proc is not None and not proc.process.alive() and name not in reported_down:
+                    reported_down.add(name)
+                    say("stack", f"!!! {name} exited with code {proc.process.exit_code()}; "
+                                 "the services will report it unhealthy")
+            assert self.pg is not None
+            for node in self.pg.nodes:
+                key = f"pg:{node.name}"
+                if not node.running() and key not in reported_down:
+                    reported_down.add(key)
+                    say("stack", f"!!! PostgreSQL {node.name} is not running")
+                elif node.running():
+                    reported_down.discard(key)
+
+    def _shutdown(self) -> None:
+        say("stack", "stopping services")
+        for svc in self.services:
+            svc.process.signal(signal.SIGTERM)
+        for svc in self.services:
+            code = svc.process.stop(timeout=10)
+            say("stack", f"{svc.name} stopped (exit code {code})")
+        if self.pg is not None:
+            say("stack", "stopping PostgreSQL")
+            self.pg.stop()
+        for name, server in (("S3", self.s3), ("NATS", self.nats)):
+            if server is not None:
+                say("stack", f"stopping {name}")
+                server.stop()
+        self.pids_file.unlink(missing_ok=True)
+        say("stack", "stopped; data kept in " + str(self.dir))
+
+    # --- leftovers and ports --------------------------------------------------------------
+
+    def _record_children(self) -> None:
+        pids = [p.pid for p in self._processes() if p.pid is not None]
+        self.pids_file.write_text(json.dumps(pids))
+
+    def _processes(self) -> list[ManagedProcess]:
+        procs = [s.process for s in self.services]
+        procs += [srv.process for srv in (self.nats, self.s3) if srv is not None]
+        return procs
+
+    def _reap_leftovers(self) -> None:
+        """Children of a `make up` that was killed outright hold the ports: end them."""
+        leftover = json.loads(self.pids_file.read_text() or "[]") if self.pids_file.exists() else []
+        for pid in leftover:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"lifeboat" in cmdline or b"nats-server" in cmdline or b"weed" in cmdline:
+                say("stack", f"ending leftover process {pid} of an earlier run")
+                kill_pid(pid, signal.SIGKILL)
+        self.pids_file.unlink(missing_ok=True)
+        pg_dir = self.dir / "pg"
+        if pg_dir.exists():
+            stale = PgCluster(pg_dir, self.settings.pg_ports, Passwords(SecretStr(""), SecretStr("")),
+                              os_user=OsUser.for_postgres(self.settings.pg_os_user))
+            for node in stale.nodes:
+                if node.running():
+                    say("stack", f"stopping PostgreSQL {node.name} left running by an earlier run")
+                    node.stop()
+
+    def _check_ports(self) -> None:
+        busy = [f"{name} ({port})" for name, port in self.settings.all_ports().items()
+                if not port_is_free(port)]
+        if busy:
+            raise StackError(
+                "these ports are in use: " + ", ".join(busy)
+                + ". Stop what holds them or choose others (see README, Configuration)."
+            )
+
+
+def up(settings: StackSettings | None = None, out: IO[str] | None = None) -> int:
+    try:
+        return Stack(settings or StackSettings()).run()
+    except StackError as exc:
+        print(f"make up: {exc}", file=out or sys.stderr)
+        return 2

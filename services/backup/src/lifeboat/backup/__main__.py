@@ -1,0 +1,16 @@
+"""`python -m lifeboat.backup` / `lifeboat-backup`."""
+
+from __future__ import annotations
+
+from lifeboat.common.runtime import serve
+from lifeboat.backup.app import SERVICE, build_app
+from lifeboat.backup.settings import BackupSettings
+
+
+def main() -> None:
+    settings = BackupSettings()
+    serve(build_app(settings), settings, SERVICE)
+
+
+if __name__ == "__main__":
+    main()

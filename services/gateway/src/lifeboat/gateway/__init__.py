@@ -1,0 +1,1 @@
+"""Lifeboat gateway: the REST API for clients and the `lifeboat` CLI."""
