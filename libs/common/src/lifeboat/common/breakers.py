@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
+from pydantic import BaseModel, ConfigDict
 
 
 class BreakerState(StrEnum):

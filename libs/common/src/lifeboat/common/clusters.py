@@ -126,6 +126,4 @@ def load_clusters(path: Path) -> ClustersFile:
 
 
 def dump_clusters(clusters: ClustersFile) -> str:
-    return yaml.safe_dump(
-        clusters.model_dump(mode="json", exclude_none=True), sort_keys=False
-    )
+    return yaml.safe_dump(clusters.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -6,7 +6,9 @@ import re
 
 MASK = "***"
 
-_URI_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@", re.I)
+_URI_PASSWORD = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@", re.I
+)
 _KEYWORD_PASSWORD = re.compile(
     r"(?P<key>\b(?:password|passwd|secret|secret_access_key|token)\s*=\s*)"
     r"(?P<value>'(?:[^'\\]|\\.)*'|\S+)",

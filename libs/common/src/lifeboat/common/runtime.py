@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import uvicorn
 from faststream.asgi import AsgiFastStream, AsgiResponse, AsyncAPIRoute, get
 from faststream.asgi.response import JSONResponse
+from faststream.asgi.types import ASGIApp
 from faststream.nats import NatsBroker
 from nats.errors import NoServersError
 from tenacity import (
@@ -121,7 +122,7 @@ class ServiceRuntime:
             logger=logging.getLogger(f"lifeboat.{self.service}.bus"),
         )
 
-    def health_routes(self) -> list[tuple[str, AsgiResponse | object]]:
+    def health_routes(self) -> list[tuple[str, ASGIApp]]:
         @get(include_in_schema=False)
         async def live(scope: object) -> AsgiResponse:
             return JSONResponse({"status": "alive", "service": self.service})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import boto3
@@ -41,6 +42,16 @@ def ensure_buckets(client: S3Client, buckets: tuple[str, ...]) -> None:
     for bucket in buckets:
         if bucket not in existing:
             client.create_bucket(Bucket=bucket)
+
+
+def s3_check(settings: S3Settings, breakers: Breakers) -> Callable[[], Awaitable[ComponentHealth]]:
+    """A health check of the configured buckets."""
+    client = make_s3_client(settings)
+
+    async def check() -> ComponentHealth:
+        return await check_s3(client, settings.s3_buckets, breakers, settings.s3_timeout_seconds)
+
+    return check
 
 
 async def check_s3(

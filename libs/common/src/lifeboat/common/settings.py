@@ -75,7 +75,9 @@ class S3Settings(BaseSettings):
 
     def s3_secret(self) -> SecretStr | None:
         return resolve_secret(
-            "LIFEBOAT_S3_SECRET_ACCESS_KEY", self.s3_secret_access_key, self.s3_secret_access_key_file
+            "LIFEBOAT_S3_SECRET_ACCESS_KEY",
+            self.s3_secret_access_key,
+            self.s3_secret_access_key_file,
         )
 
     @property

@@ -104,8 +104,17 @@ class PgNode:
         if self.running():
             return
         run(
-            [self._bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
-             "-w", "-t", str(int(timeout)), "start"],
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "start",
+            ],
             user=self.cluster.os_user,
             timeout=timeout + 10,
         )
@@ -116,8 +125,17 @@ class PgNode:
             return
         try:
             run(
-                [self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", mode,
-                 "-w", "-t", str(int(timeout)), "stop"],
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-m",
+                    mode,
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "stop",
+                ],
                 user=self.cluster.os_user,
                 timeout=timeout + 10,
             )
@@ -136,14 +154,20 @@ class PgNode:
         return f"host={self.data_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
 
     def execute(
-        self, statement: sql.Composable, params: tuple[object, ...] = (), dbname: str = "postgres"
+        self,
+        statement: sql.SQL | sql.Composed,
+        params: tuple[object, ...] = (),
+        dbname: str = "postgres",
     ) -> None:
         with psycopg.connect(self.conninfo(dbname), autocommit=True, connect_timeout=5) as conn:
             conn.execute(statement, params)
 
-    def query(self, statement: sql.Composable, dbname: str = "postgres") -> list[tuple[object, ...]]:
+    def query(
+        self, statement: sql.SQL | sql.Composed, dbname: str = "postgres"
+    ) -> list[tuple[object, ...]]:
         with psycopg.connect(self.conninfo(dbname), autocommit=True, connect_timeout=5) as conn:
-            return conn.execute(statement).fetchall()
+            rows: list[tuple[object, ...]] = conn.execute(statement).fetchall()
+        return rows
 
     def spec(self, priority: int) -> NodeSpec:
         return NodeSpec(
@@ -234,9 +258,20 @@ class PgCluster:
         self.os_user.own(pwfile)
         try:
             run(
-                [str(self.bindir / "initdb"), "-D", str(primary.data_dir), "-U", SUPERUSER,
-                 f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                 "--data-checksums", "-E", "UTF8", "--locale=C"],
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(primary.data_dir),
+                    "-U",
+                    SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--data-checksums",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
                 user=self.os_user,
                 timeout=180,
             )
@@ -268,10 +303,21 @@ class PgCluster:
     def _clone(self, standby: PgNode) -> None:
         env = {**os.environ, "PGPASSFILE": str(self.pgpass)}
         run(
-            [str(self.bindir / "pg_basebackup"), "-D", str(standby.data_dir),
-             "-d", f"host={HOST} port={self.primary.port} user={REPLICATION_USER} "
-             f"passfile={self.pgpass} application_name={standby.name}",
-             "-X", "stream", "-R", "-S", slot_name(standby.name), "-c", "fast"],
+            [
+                str(self.bindir / "pg_basebackup"),
+                "-D",
+                str(standby.data_dir),
+                "-d",
+                f"host={HOST} port={self.primary.port} user={REPLICATION_USER} "
+                f"passfile={self.pgpass} application_name={standby.name}",
+                "-X",
+                "stream",
+                "-R",
+                "-S",
+                slot_name(standby.name),
+                "-c",
+                "fast",
+            ],
             user=self.os_user,
             env=env,
             timeout=300,
@@ -308,8 +354,7 @@ class PgCluster:
             try:
                 rows = self.primary.query(
                     sql.SQL(
-                        "select application_name from pg_stat_replication"
-                        " where state = 'streaming'"
+                        "select application_name from pg_stat_replication where state = 'streaming'"
                     )
                 )
             except psycopg.Error:

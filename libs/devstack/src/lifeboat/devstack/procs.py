@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -47,10 +48,18 @@ class OsUser:
     def is_current(self) -> bool:
         return self.uid == os.getuid()
 
-    def popen_kwargs(self) -> dict[str, object]:
-        if self.is_current:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+    @property
+    def switch_uid(self) -> int | None:
+        """For Popen(user=...): None when the child runs as us."""
+        return None if self.is_current else self.uid
+
+    @property
+    def switch_gid(self) -> int | None:
+        return None if self.is_current else self.gid
+
+    @property
+    def switch_groups(self) -> list[int] | None:
+        return None if self.is_current else []
 
     def own(self, *paths: Path) -> None:
         """Give `paths` (recursively) to this user; a no-op when it is us."""
@@ -167,7 +176,7 @@ class ManagedProcess:
             stdout = self._log
         else:
             stdout = subprocess.DEVNULL
-        self.proc = subprocess.Popen(  # noqa: S603 - argv built by us, no shell
+        self.proc = subprocess.Popen(
             self.argv,
             env=self.env,
             cwd=self.cwd,
@@ -175,24 +184,26 @@ class ManagedProcess:
             stdout=stdout,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            **(self.user.popen_kwargs() if self.user else {}),  # type: ignore[arg-type]
+            user=self.user.switch_uid if self.user else None,
+            group=self.user.switch_gid if self.user else None,
+            extra_groups=self.user.switch_groups if self.user else None,
         )
         if self.on_line is not None:
             self._reader = threading.Thread(target=self._pump, daemon=True, name=self.name)
             self._reader.start()
 
     def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None and self.on_line
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        assert self.on_line is not None
         for raw in self.proc.stdout:
             self.on_line(raw.decode("utf-8", errors="replace").rstrip())
 
     def signal(self, sig: signal.Signals) -> None:
         if self.alive():
             assert self.proc is not None
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Signal the process group to stop, then SIGKILL what is left after `timeout`."""
@@ -214,10 +225,8 @@ class ManagedProcess:
 
 
 def kill_pid(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def run(
@@ -229,7 +238,7 @@ def run(
     input_text: str | None = None,
 ) -> str:
     """Run a command to completion; raise with its output when it fails."""
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         list(argv),
         env=env,
         input=input_text,
@@ -237,11 +246,13 @@ def run(
         text=True,
         timeout=timeout,
         check=False,
-        **(user.popen_kwargs() if user else {}),  # type: ignore[arg-type]
+        user=user.switch_uid if user else None,
+        group=user.switch_gid if user else None,
+        extra_groups=user.switch_groups if user else None,
     )
     if result.returncode != 0:
         raise RuntimeError(
             f"{Path(argv[0]).name} failed ({result.returncode}): "
             f"{(result.stderr or result.stdout).strip()}"
         )
-    return result.stdout
+    return str(result.stdout)

@@ -7,13 +7,17 @@ import signal
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
-from lifeboat.common.s3 import S3Client, ensure_buckets, make_s3_client
+from lifeboat.common.s3 import ensure_buckets, make_s3_client
 from lifeboat.common.settings import S3Settings
 from lifeboat.devstack.procs import LineSink, ManagedProcess, find_binary, tcp_open, wait_until
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 HOST = "127.0.0.1"
 
@@ -26,7 +30,11 @@ class NatsPorts:
 
 class NatsServer:
     def __init__(
-        self, data_dir: Path, ports: NatsPorts, *, log_file: Path | None = None,
+        self,
+        data_dir: Path,
+        ports: NatsPorts,
+        *,
+        log_file: Path | None = None,
         on_line: LineSink | None = None,
     ) -> None:
         self.data_dir = data_dir
@@ -36,11 +44,16 @@ class NatsServer:
             [
                 find_binary("nats-server"),
                 "--jetstream",
-                "--store_dir", str(data_dir),
-                "--addr", HOST,
-                "--port", str(ports.client),
-                "--http_port", str(ports.monitor),
-                "--server_name", "lifeboat-local",
+                "--store_dir",
+                str(data_dir),
+                "--addr",
+                HOST,
+                "--port",
+                str(ports.client),
+                "--http_port",
+                str(ports.monitor),
+                "--server_name",
+                "lifeboat-local",
             ],
             log_file=log_file,
             on_line=on_line,
@@ -53,7 +66,7 @@ class NatsServer:
     def _healthy(self) -> bool:
         try:
             url = f"http://{HOST}:{self.ports.monitor}/healthz?js-enabled-only=true"
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False

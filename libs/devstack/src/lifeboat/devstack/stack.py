@@ -30,8 +30,16 @@ from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Po
 from lifeboat.devstack.settings import StackSettings
 
 SERVICES = ("monitor", "failover", "backup", "filesync", "gateway")
-_COLORS = {"nats": 36, "s3": 33, "stack": 1, "monitor": 32, "failover": 31, "backup": 34,
-           "filesync": 35, "gateway": 96}
+_COLORS = {
+    "nats": 36,
+    "s3": 33,
+    "stack": 1,
+    "monitor": 32,
+    "failover": 31,
+    "backup": 34,
+    "filesync": 35,
+    "gateway": 96,
+}
 _print_lock = threading.Lock()
 _tty = sys.stdout.isatty()
 
@@ -133,7 +141,8 @@ class Stack:
 
         say("stack", f"starting NATS JetStream on 127.0.0.1:{s.nats_port}")
         self.nats = NatsServer(
-            self.dir / "nats", NatsPorts(s.nats_port, s.nats_monitor_port),
+            self.dir / "nats",
+            NatsPorts(s.nats_port, s.nats_monitor_port),
             on_line=lambda line: say("nats", line),
         )
         self.nats.start()
@@ -150,19 +159,27 @@ class Stack:
         self._record_children()
 
         self.pg = PgCluster(
-            self.dir / "pg", s.pg_ports, passwords, database=s.database,
+            self.dir / "pg",
+            s.pg_ports,
+            passwords,
+            database=s.database,
             os_user=OsUser.for_postgres(s.pg_os_user),
         )
         fresh = not self.pg.initialized
-        say("stack", f"{'creating' if fresh else 'starting'} PostgreSQL cluster "
-                     f"({s.pg_nodes} nodes, ports {s.pg_ports[0]}-{s.pg_ports[-1]}, "
-                     f"run as {self.pg.os_user.name})")
+        say(
+            "stack",
+            f"{'creating' if fresh else 'starting'} PostgreSQL cluster "
+            f"({s.pg_nodes} nodes, ports {s.pg_ports[0]}-{s.pg_ports[-1]}, "
+            f"run as {self.pg.os_user.name})",
+        )
         self.pg.up()
         if fresh:
             self.pg.wait_streaming()
 
         clusters_file = self.dir / "clusters.yaml"
-        clusters_file.write_text(dump_clusters(ClustersFile(clusters=(self.pg.spec(s.cluster_name),))))
+        clusters_file.write_text(
+            dump_clusters(ClustersFile(clusters=(self.pg.spec(s.cluster_name),)))
+        )
         env = self._service_env(clusters_file, creds)
         for name in SERVICES:
             self._start_service(name, env)
@@ -188,8 +205,11 @@ class Stack:
         process = ManagedProcess(
             name,
             [sys.executable, "-m", f"lifeboat.{name}"],
-            env={**env, "LIFEBOAT_HTTP_PORT": str(self.settings.service_ports[name]),
-                 "LIFEBOAT_INSTANCE_ID": f"{name}-1"},
+            env={
+                **env,
+                "LIFEBOAT_HTTP_PORT": str(self.settings.service_ports[name]),
+                "LIFEBOAT_INSTANCE_ID": f"{name}-1",
+            },
             on_line=lambda line, n=name: say(n, line),  # type: ignore[misc]
         )
         process.start()
@@ -201,14 +221,15 @@ class Stack:
         last = "no answer yet"
         while time.monotonic() < deadline and not self._stop.is_set():
             try:
-                with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback
+                with urllib.request.urlopen(url, timeout=5) as resp:
                     report = json.load(resp)
                 if report["status"] == "healthy":
                     self._banner()
                     return
                 last = ", ".join(
                     f"{c['name']}: {c['message']}"
-                    for c in report["components"] if c["status"] != "healthy"
+                    for c in report["components"]
+                    if c["status"] != "healthy"
                 )
             except OSError as exc:
                 last = str(exc)
@@ -216,18 +237,25 @@ class Stack:
                 last = f"unreadable health report: {exc}"
             self._stop.wait(1)
         if not self._stop.is_set():
-            say("stack", f"WARNING: not healthy after {self.settings.ready_timeout_seconds}s: {last}")
+            say(
+                "stack",
+                f"WARNING: not healthy after {self.settings.ready_timeout_seconds}s: {last}",
+            )
 
     def _banner(self) -> None:
         s = self.settings
-        assert self.pg is not None and self.s3 is not None
+        assert self.pg is not None
+        assert self.s3 is not None
         spec = self.pg.spec(s.cluster_name)
+        gateway = f"http://127.0.0.1:{s.gateway_port}"
+        creds = self.s3.credentials
         lines = [
             "Lifeboat is up.",
-            f"  gateway     http://127.0.0.1:{s.gateway_port}  (try: curl -s localhost:{s.gateway_port}/health)",
-            f"  NATS        nats://127.0.0.1:{s.nats_port}  (nats sub 'node.>' / nats stream view LIFEBOAT_EVENTS)",
-            f"  S3          {self.s3.endpoint_url}  access key {self.s3.credentials.access_key_id}, "
-            f"secret {self.s3.credentials.secret_access_key}",
+            f"  gateway     {gateway}  (try: curl -s {gateway}/health)",
+            f"  NATS        nats://127.0.0.1:{s.nats_port}  "
+            "(nats sub 'node.>'; nats stream view LIFEBOAT_EVENTS)",
+            f"  S3          {self.s3.endpoint_url}  access key {creds.access_key_id}, "
+            f"secret {creds.secret_access_key}",
             f"  PostgreSQL  {spec.client_dsn()}",
             f"              user postgres, password in {self.secrets_dir / 'pg_password'}",
             f"  data        {self.dir}  (make clean removes it)",
@@ -256,8 +284,11 @@ class Stack:
             for name, proc in (("nats", self.nats), ("s3", self.s3)):
                 if proc is not None and not proc.process.alive() and name not in reported_down:
                     reported_down.add(name)
-                    say("stack", f"!!! {name} exited with code {proc.process.exit_code()}; "
-                                 "the services will report it unhealthy")
+                    say(
+                        "stack",
+                        f"!!! {name} exited with code {proc.process.exit_code()}; "
+                        "the services will report it unhealthy",
+                    )
             assert self.pg is not None
             for node in self.pg.nodes:
                 key = f"pg:{node.name}"
@@ -309,19 +340,27 @@ class Stack:
         self.pids_file.unlink(missing_ok=True)
         pg_dir = self.dir / "pg"
         if pg_dir.exists():
-            stale = PgCluster(pg_dir, self.settings.pg_ports, Passwords(SecretStr(""), SecretStr("")),
-                              os_user=OsUser.for_postgres(self.settings.pg_os_user))
+            stale = PgCluster(
+                pg_dir,
+                self.settings.pg_ports,
+                Passwords(SecretStr(""), SecretStr("")),
+                os_user=OsUser.for_postgres(self.settings.pg_os_user),
+            )
             for node in stale.nodes:
                 if node.running():
                     say("stack", f"stopping PostgreSQL {node.name} left running by an earlier run")
                     node.stop()
 
     def _check_ports(self) -> None:
-        busy = [f"{name} ({port})" for name, port in self.settings.all_ports().items()
-                if not port_is_free(port)]
+        busy = [
+            f"{name} ({port})"
+            for name, port in self.settings.all_ports().items()
+            if not port_is_free(port)
+        ]
         if busy:
             raise StackError(
-                "these ports are in use: " + ", ".join(busy)
+                "these ports are in use: "
+                + ", ".join(busy)
                 + ". Stop what holds them or choose others (see README, Configuration)."
             )
 

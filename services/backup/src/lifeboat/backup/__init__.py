@@ -1,1 +1,1 @@
-"""Lifeboat backup service: Streams pg_dump / pg_basebackup and WAL into S3, verifies and restores them."""
+"""Lifeboat backup service: pg_dump / pg_basebackup and WAL into S3, verified, restorable."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from lifeboat.common.runtime import serve
 from lifeboat.backup.app import SERVICE, build_app
 from lifeboat.backup.settings import BackupSettings
+from lifeboat.common.runtime import serve
 
 
 def main() -> None:

@@ -1,1 +1,1 @@
-"""Lifeboat failover service: Decides and performs failovers and switchovers under a lease in JetStream KV."""
+"""Lifeboat failover service: failovers and switchovers under a lease in JetStream KV."""

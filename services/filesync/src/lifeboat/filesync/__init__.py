@@ -1,1 +1,1 @@
-"""Lifeboat filesync service: Replicates application file directories to S3 and back, checksummed."""
+"""Lifeboat filesync service: application file directories to S3 and back, checksummed."""

@@ -9,9 +9,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from lifeboat.common.breakers import BreakerSnapshot
-from lifeboat.common.health import ComponentHealth, HealthReport, Status
+from lifeboat.common.health import HealthReport, Status
 from lifeboat.common.runtime import ServiceRuntime
-from lifeboat.common.s3 import check_s3, make_s3_client
+from lifeboat.common.s3 import s3_check
 from lifeboat.gateway.checks import postgres_node_check, service_check
 from lifeboat.gateway.settings import GatewaySettings
 
@@ -20,12 +20,7 @@ SERVICE = "gateway"
 
 def build_app(settings: GatewaySettings) -> FastAPI:
     runtime = ServiceRuntime(SERVICE, settings)
-    s3 = make_s3_client(settings)
-
-    async def s3_health() -> ComponentHealth:
-        return await check_s3(s3, settings.s3_buckets, runtime.breakers, settings.s3_timeout_seconds)
-
-    runtime.health.add("s3", s3_health)
+    runtime.health.add("s3", s3_check(settings, runtime.breakers))
     for cluster in settings.clusters.clusters:
         for node in cluster.nodes:
             runtime.health.add(

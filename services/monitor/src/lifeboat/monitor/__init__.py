@@ -1,1 +1,1 @@
-"""Lifeboat monitor service: Probes every PostgreSQL node and publishes node.health events."""
+"""Lifeboat monitor service: probes every PostgreSQL node and publishes node.health."""
