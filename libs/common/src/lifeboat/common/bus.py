@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from faststream import BaseMiddleware
+from faststream import AckPolicy, BaseMiddleware
 from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from nats.js import JetStreamContext
@@ -124,6 +124,8 @@ def subscribe(
         durable=durable,
         pull_sub=PullSub(batch_size=10, timeout=1.0),
         config=ConsumerConfig(max_deliver=MAX_DELIVER, ack_wait=60),
+        # A failed handler is retried (nak) until DeadLetterMiddleware takes the last delivery.
+        ack_policy=AckPolicy.NACK_ON_ERROR,
         title=durable,
         description=topic.description,
     )(consume)

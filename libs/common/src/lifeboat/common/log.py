@@ -35,12 +35,12 @@ class JsonFormatter(logging.Formatter):
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         data.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
         if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(data, default=str))
+            data["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(data, default=lambda v: redact(str(v)))
 
 
 def configure_logging(

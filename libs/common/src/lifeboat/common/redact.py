@@ -11,7 +11,7 @@ _URI_PASSWORD = re.compile(
 )
 _KEYWORD_PASSWORD = re.compile(
     r"(?P<key>\b(?:password|passwd|secret|secret_access_key|token)\s*=\s*)"
-    r"(?P<value>'(?:[^'\\]|\\.)*'|\S+)",
+    r"(?P<value>'(?:[^'\\]|\\.)*'|[^\s'\",;&]+)",
     re.I,
 )
 

@@ -1,0 +1,170 @@
+"""The subject contract and every event model, with plain data."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from lifeboat.common import events as ev
+from lifeboat.common import subjects as s
+
+SRC = ev.Source(service="test", instance="t-1")
+BASE = {"cluster": "main", "source": SRC}
+NODE = {**BASE, "node": "node1"}
+FILES = {**BASE, "fileset": "uploads"}
+OUTCOME = {
+    **BASE,
+    "kind": ev.FailoverKind.AUTOMATIC,
+    "old_primary": "node1",
+    "new_primary": "node2",
+    "reason": "primary unreachable for 3 probes by 2/3 monitors",
+    "phases": [{"phase": "promote", "seconds": 0.4}],
+    "total_seconds": 1.2,
+    "epoch": 7,
+}
+
+SAMPLES: dict[str, dict[str, Any]] = {
+    "node.health": {**NODE, "reachable": True, "latency_ms": 1.5, "role": "primary"},
+    "node.down": {**NODE, "reason": "connection refused"},
+    "node.up": {**NODE, "role": "standby"},
+    "node.role_changed": {**NODE, "previous": "standby", "current": "primary"},
+    "node.lag": {**NODE, "level": "warning", "lag_seconds": 31.0},
+    "node.fenced": {**NODE, "reason": "stale epoch", "epoch": 3},
+    "node.rejoined": {**NODE, "method": "pg_rewind", "upstream": "node2"},
+    "failover.requested": {**BASE, "target": "node2", "reason": "planned maintenance"},
+    "failover.started": {
+        **BASE,
+        "kind": "manual",
+        "old_primary": "node1",
+        "candidate": "node2",
+        "reason": "x",
+    },
+    "failover.completed": OUTCOME,
+    "failover.failed": {**BASE, "kind": "automatic", "reason": "no standby within max lag"},
+    "failover.held": {**BASE, "primary": "node1", "reason": "no monitor majority"},
+    "switchover.requested": {**BASE, "target": "node3", "reason": "kernel upgrade"},
+    "switchover.completed": {**OUTCOME, "kind": "switchover"},
+    "switchover.failed": {**BASE, "kind": "switchover", "target": "node1", "reason": "is primary"},
+    "backup.requested": {**BASE, "kind": "logical"},
+    "backup.started": {**BASE, "backup_id": "b1", "kind": "physical", "node": "node2"},
+    "backup.completed": {
+        **BASE,
+        "backup_id": "b1",
+        "kind": "logical",
+        "node": "node1",
+        "size_bytes": 10,
+        "duration_seconds": 1.0,
+        "manifest_key": "main/b1/manifest.json",
+        "sha256": "ab" * 32,
+    },
+    "backup.failed": {**BASE, "kind": "logical", "reason": "pg_dump exited 1"},
+    "backup.verified": {**BASE, "backup_id": "b1", "ok": True, "detail": "restored 3 tables"},
+    "backup.expired": {**BASE, "backup_id": "b0", "reason": "older than 7 days"},
+    "wal.archived": {
+        **BASE,
+        "segment": "000000010000000000000003",
+        "timeline": 1,
+        "size_bytes": 16777216,
+    },
+    "restore.requested": {**BASE, "backup_id": "b1", "target": "scratch"},
+    "restore.started": {**BASE, "restore_id": "r1", "backup_id": "b1", "target": "scratch"},
+    "restore.completed": {
+        **BASE,
+        "restore_id": "r1",
+        "backup_id": "b1",
+        "target": "scratch",
+        "duration_seconds": 2.5,
+    },
+    "restore.failed": {**BASE, "backup_id": "b1", "reason": "checksum mismatch"},
+    "file.sync_requested": FILES,
+    "file.synced": {
+        **FILES,
+        "files_copied": 2,
+        "files_unchanged": 5,
+        "bytes_copied": 100,
+        "duration_seconds": 0.2,
+    },
+    "file.sync_failed": {**FILES, "reason": "directory missing"},
+    "file.verified": {**FILES, "matching": 7, "differences": ["a.txt: size differs"]},
+    "file.restore_requested": FILES,
+    "file.restored": {
+        **FILES,
+        "destination": "/srv/uploads",
+        "files_restored": 7,
+        "bytes_restored": 700,
+    },
+    "deadletter": {
+        "source": SRC,
+        "consumer": "backup-backup-requested",
+        "original_subject": "backup.requested.main",
+        "reason": "bad",
+        "payload": "{",
+    },
+}
+
+
+def test_every_topic_has_one_event_model_and_a_sample() -> None:
+    names = {t.name for t in s.ALL_TOPICS}
+    assert names == set(ev.EVENT_TYPES)
+    assert names == set(SAMPLES)
+    assert len(names) == len(s.ALL_TOPICS), "two topics share a name"
+
+
+@pytest.mark.parametrize("type_name", sorted(SAMPLES))
+def test_event_round_trips_through_json(type_name: str) -> None:
+    model = ev.EVENT_TYPES[type_name]
+    event = model.model_validate(SAMPLES[type_name])
+    wire = event.model_dump_json()
+    assert json.loads(wire)["type"] == type_name  # readable in `nats stream view`
+    assert model.model_validate_json(wire) == event
+    assert event.occurred_at.utcoffset() is not None
+
+
+@pytest.mark.parametrize("type_name", sorted(SAMPLES))
+def test_event_subject_is_in_the_stream_and_matches_its_topic(type_name: str) -> None:
+    event = ev.EVENT_TYPES[type_name].model_validate(SAMPLES[type_name])
+    subject = event.subject()
+    assert subject.startswith(type_name + ".")
+    assert f"{subject.split('.', 1)[0]}.>" in s.STREAM_SUBJECTS
+    tokens = subject.split(".")
+    pattern = event.topic.pattern().split(".")
+    assert len(tokens) == len(pattern)
+    assert all(p in ("*", t) for p, t in zip(pattern, tokens, strict=True))
+
+
+def test_subjects_read_as_documented() -> None:
+    assert s.NODE_HEALTH.subject(cluster="main", node="node1") == "node.health.main.node1"
+    assert s.FAILOVER_REQUESTED.subject(cluster="main") == "failover.requested.main"
+    assert s.NODE_HEALTH.pattern(cluster="main") == "node.health.main.*"
+    assert s.BACKUP_COMPLETED.pattern() == "backup.completed.*"
+    assert s.STREAM_NAME == "LIFEBOAT_EVENTS"
+
+
+@pytest.mark.parametrize("bad", ["", "a.b", "a b", "*", ">", "-lead", "x" * 64, "ü"])
+def test_names_that_would_break_a_subject_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a valid name"):
+        s.NODE_HEALTH.subject(cluster=bad, node="node1")
+    with pytest.raises(ValidationError):
+        ev.NodeDown(cluster=bad, node="n1", reason="x", source=SRC)
+
+
+def test_topic_refuses_missing_or_unknown_parameters() -> None:
+    with pytest.raises(ValueError, match="needs exactly"):
+        s.NODE_HEALTH.subject(cluster="main")
+    with pytest.raises(ValueError, match="no parameter"):
+        s.FAILOVER_REQUESTED.pattern(node="x")
+
+
+def test_events_are_strict() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        ev.NodeUp(**NODE, role="primary", surprise=1)
+    with pytest.raises(ValidationError):
+        ev.NodeHealth.model_validate({**NODE, "reachable": True, "type": "node.down"})
+    with pytest.raises(ValidationError):
+        ev.NodeHealth.model_validate({**NODE, "reachable": True, "occurred_at": "2026-01-01T00:00"})
+    event = ev.NodeUp(**NODE, role="primary")
+    with pytest.raises(ValidationError):
+        event.role = ev.Role.STANDBY  # type: ignore[misc]
