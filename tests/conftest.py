@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import nats
@@ -23,10 +22,10 @@ from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
 from lifeboat.common.bus import ensure_stream, stream_config
-from lifeboat.common.settings import S3Settings
 from lifeboat.devstack.postgres import Passwords, PgCluster
 from lifeboat.devstack.procs import free_port
 from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Ports, SeaweedS3
+from tests.endpoints import S3Endpoint
 
 PROVIDER = os.environ.get("LIFEBOAT_TEST_SERVERS", "process")
 BUCKETS = ("lifeboat-backups", "lifeboat-files")
@@ -39,27 +38,6 @@ def workdir() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class S3Endpoint:
-    endpoint_url: str
-    access_key_id: str
-    secret_access_key: str
-
-    def settings(self) -> S3Settings:
-        return S3Settings(
-            s3_endpoint_url=self.endpoint_url,
-            s3_access_key_id=self.access_key_id,
-            s3_secret_access_key=SecretStr(self.secret_access_key),
-        )
-
-    def env(self) -> dict[str, str]:
-        return {
-            "LIFEBOAT_S3_ENDPOINT_URL": self.endpoint_url,
-            "LIFEBOAT_S3_ACCESS_KEY_ID": self.access_key_id,
-            "LIFEBOAT_S3_SECRET_ACCESS_KEY": self.secret_access_key,
-        }
 
 
 @pytest.fixture(scope="session")

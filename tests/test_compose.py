@@ -1,0 +1,82 @@
+"""docker-compose.yml, checked statically: no Docker engine runs where this suite runs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("monitor", "failover", "backup", "filesync", "gateway")
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    checker = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert checker is not None
+    result = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_schema_check_rejects_an_unknown_key(tmp_path: Path) -> None:
+    bad = compose()
+    bad["services"]["gateway"]["restart_polcy"] = "always"
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(bad))
+    checker = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert checker is not None
+    result = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode != 0
+
+
+def test_every_lifeboat_service_builds_from_the_workspace_and_runs_its_module() -> None:
+    services = compose()["services"]
+    for name in SERVICES:
+        svc = services[name]
+        build = svc["build"]
+        context = ROOT / build["context"]
+        assert context.is_dir()
+        assert (context / build["dockerfile"]).is_file()
+        assert build["args"]["SERVICE"] == name
+        assert (ROOT / "services" / name / "pyproject.toml").is_file()
+        assert svc["command"] == ["python", "-m", f"lifeboat.{name}"]
+        assert (ROOT / "services" / name / "src" / "lifeboat" / name / "__main__.py").is_file()
+        assert "healthcheck" in svc
+        assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
+        env = svc["environment"]
+        assert all(key.startswith("LIFEBOAT_") for key in env)
+
+
+def test_mounted_files_exist_and_postgres_has_two_streaming_standbys() -> None:
+    services = compose()["services"]
+    for svc in services.values():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
+    standbys = [s for s in services.values() if s.get("environment", {}).get("PRIMARY_HOST")]
+    assert len(standbys) == 2
+    assert {s["environment"]["SLOT_NAME"] for s in standbys} == {"node2", "node3"}
+    clusters = yaml.safe_load((ROOT / "docker" / "clusters.yaml").read_text())
+    hosts = {n["host"] for n in clusters["clusters"][0]["nodes"]}
+    assert hosts <= set(services)

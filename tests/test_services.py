@@ -1,0 +1,199 @@
+"""The five services as real processes against real NATS, S3 and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lifeboat.common.clusters import ClustersFile, dump_clusters
+from lifeboat.devstack.postgres import PgCluster
+from lifeboat.devstack.procs import ManagedProcess, free_port, wait_until
+from tests.endpoints import S3Endpoint
+
+SERVICES = ("monitor", "failover", "backup", "filesync", "gateway")
+
+
+class Services:
+    def __init__(self, base_env: dict[str, str], logs: Path) -> None:
+        self.base_env = base_env
+        self.logs = logs
+        self.ports = {name: free_port() for name in SERVICES}
+        self.procs: dict[str, ManagedProcess] = {}
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def start(self, name: str, **extra_env: str) -> ManagedProcess:
+        env = {
+            **self.base_env,
+            "LIFEBOAT_HTTP_PORT": str(self.ports[name]),
+            "LIFEBOAT_INSTANCE_ID": f"{name}-test",
+            **extra_env,
+        }
+        if name == "gateway":
+            urls = {n: self.url(n) for n in SERVICES if n != "gateway"}
+            env["LIFEBOAT_SERVICE_URLS"] = json.dumps(urls)
+        log = self.logs / f"{name}.log"
+        log.unlink(missing_ok=True)
+        proc = ManagedProcess(
+            name, [sys.executable, "-m", f"lifeboat.{name}"], env=env, log_file=log
+        )
+        proc.start()
+        self.procs[name] = proc
+        return proc
+
+    def output(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()
+
+    def wait_ready(self, name: str, timeout: float = 30) -> None:
+        def ready() -> bool:
+            if not self.procs[name].alive():
+                raise AssertionError(f"{name} died:\n{self.output(name)}")
+            try:
+                return httpx.get(f"{self.url(name)}/health/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=timeout, what=f"{name} to be ready")
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.stop(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def services(
+    nats_url: str, s3: S3Endpoint, pg_cluster: PgCluster, workdir: Path
+) -> Iterator[Services]:
+    clusters = workdir / "clusters.yaml"
+    clusters.write_text(dump_clusters(ClustersFile(clusters=(pg_cluster.spec(),))))
+    env = {
+        **os.environ,
+        "LIFEBOAT_NATS_URL": nats_url,
+        "LIFEBOAT_CLUSTERS_FILE": str(clusters),
+        "LIFEBOAT_PG_PASSWORD": pg_cluster.passwords.superuser.get_secret_value(),
+        **s3.env(),
+    }
+    logs = workdir / "service-logs"
+    logs.mkdir(exist_ok=True)
+    svc = Services(env, logs)
+    try:
+        for name in SERVICES:
+            svc.start(name)
+        for name in SERVICES:
+            svc.wait_ready(name)
+        yield svc
+    finally:
+        svc.stop_all()
+
+
+def test_every_service_answers_its_probes(services: Services) -> None:
+    for name in SERVICES:
+        live = httpx.get(f"{services.url(name)}/health/live", timeout=2)
+        assert live.status_code == 200
+        assert live.json()["service"] == name
+        report = httpx.get(f"{services.url(name)}/health", timeout=5)
+        assert report.status_code == 200, report.text
+        body = report.json()
+        assert body["status"] == "healthy", body
+        assert body["instance"] == f"{name}-test"
+        assert "nats" in {c["name"] for c in body["components"]}
+
+
+def test_gateway_health_covers_nats_s3_every_node_and_every_service(services: Services) -> None:
+    resp = httpx.get(f"{services.url('gateway')}/health", timeout=10)
+    assert resp.status_code == 200, resp.text
+    report = resp.json()
+    assert report["status"] == "healthy", report
+    components = {c["name"]: c for c in report["components"]}
+    assert components["nats"]["status"] == "healthy"
+    assert components["s3"]["status"] == "healthy"
+    roles = {n: c["details"]["role"] for n, c in components.items() if n.startswith("postgres:")}
+    assert sorted(roles.values()) == ["primary", "standby", "standby"]
+    standbys = [c for c in components.values() if c["details"].get("role") == "standby"]
+    assert all(c["message"] == "standby, streaming" for c in standbys)
+    for name in SERVICES[:-1]:
+        assert components[f"service:{name}"]["status"] == "healthy"
+    breakers = httpx.get(f"{services.url('gateway')}/health/circuit-breakers", timeout=5).json()
+    names = {b["name"] for b in breakers["breakers"]}
+    assert {"nats", "s3", "service:monitor"} <= names
+    assert all(b["state"] == "closed" for b in breakers["breakers"])
+
+
+def test_asyncapi_documents_are_served(services: Services) -> None:
+    resp = httpx.get(f"{services.url('backup')}/docs/asyncapi.json", timeout=5)
+    assert resp.status_code == 200
+    assert "asyncapi" in resp.json()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_services_stop_cleanly_on_signals(services: Services, sig: signal.Signals) -> None:
+    for name in SERVICES:
+        proc = services.procs[name]
+        started = time.monotonic()
+        proc.signal(sig)
+        assert proc.proc is not None
+        code = proc.proc.wait(timeout=10)
+        took = time.monotonic() - started
+        out = services.output(name)
+        assert code == 0, f"{name} exited {code}:\n{out}"
+        assert took < 5, f"{name} took {took:.1f}s to stop"
+        assert "Traceback" not in out, out
+    for name in SERVICES:  # back up for the next parameter
+        services.start(name)
+    for name in SERVICES:
+        services.wait_ready(name)
+
+
+def test_gateway_reports_an_unreachable_node_and_opens_its_breaker(
+    services: Services, pg_cluster: PgCluster, workdir: Path
+) -> None:
+    spec = pg_cluster.spec()
+    ghost = spec.nodes[0].model_copy(update={"name": "ghost", "port": free_port()})
+    with_ghost = spec.model_copy(update={"nodes": (*spec.nodes, ghost)})
+    clusters = workdir / "clusters-ghost.yaml"
+    clusters.write_text(dump_clusters(ClustersFile(clusters=(with_ghost,))))
+    port = free_port()
+    env = {
+        **services.base_env,
+        "LIFEBOAT_CLUSTERS_FILE": str(clusters),
+        "LIFEBOAT_HTTP_PORT": str(port),
+        "LIFEBOAT_BREAKER_FAILURE_THRESHOLD": "2",
+    }
+    log = services.logs / "gateway-ghost.log"
+    proc = ManagedProcess(
+        "gateway-ghost", [sys.executable, "-m", "lifeboat.gateway"], env=env, log_file=log
+    )
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url), timeout=30, what="the gateway")
+        for _ in range(3):
+            resp = httpx.get(f"{url}/health", timeout=10)
+        assert resp.status_code == 503
+        components = {c["name"]: c for c in resp.json()["components"]}
+        ghost_health = components[f"postgres:{spec.name}/ghost"]
+        assert ghost_health["status"] == "unhealthy"
+        assert "circuit" in ghost_health["message"] and "open" in ghost_health["message"]
+        assert components[f"postgres:{spec.name}/node1"]["status"] == "healthy"
+        breakers = httpx.get(f"{url}/health/circuit-breakers", timeout=5).json()["breakers"]
+        states = {b["name"]: b["state"] for b in breakers}
+        assert states[f"postgres:{spec.name}/ghost"] == "open"
+        assert states[f"postgres:{spec.name}/node1"] == "closed"
+    finally:
+        proc.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
