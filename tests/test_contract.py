@@ -160,7 +160,7 @@ def test_topic_refuses_missing_or_unknown_parameters() -> None:
 
 def test_events_are_strict() -> None:
     with pytest.raises(ValidationError, match="extra"):
-        ev.NodeUp(**NODE, role="primary", surprise=1)
+        ev.NodeUp.model_validate({**NODE, "role": "primary", "surprise": 1})
     with pytest.raises(ValidationError):
         ev.NodeHealth.model_validate({**NODE, "reachable": True, "type": "node.down"})
     with pytest.raises(ValidationError):

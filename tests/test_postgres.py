@@ -27,7 +27,7 @@ def test_one_primary_and_streaming_standbys_on_slots(pg_cluster: PgCluster) -> N
 
 
 def test_ready_for_pg_rewind(pg_cluster: PgCluster) -> None:
-    settings = dict(
+    settings: dict[object, object] = dict(
         pg_cluster.primary.query(
             sql.SQL(
                 "select name, setting from pg_settings"
@@ -69,7 +69,7 @@ async def test_probe_of_a_dead_port_fails_fast_and_clearly(pg_cluster: PgCluster
     spec = pg_cluster.spec()
     dead = spec.nodes[0].model_copy(update={"port": free_port()})
     started = time.monotonic()
-    with pytest.raises(ProbeError, match="refused|failed"):
+    with pytest.raises(ProbeError, match=r"refused|failed"):
         await probe_role(spec.node_dsn(dead, SecretStr("x")), 1)
     assert time.monotonic() - started < 2
 

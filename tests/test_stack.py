@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -101,10 +102,8 @@ def stack(stack_dir: Path) -> Iterator[Stack]:
 def _stop_leftover_postgres(stack_dir: Path) -> None:
     for pidfile in stack_dir.glob("pg/*/data/postmaster.pid"):
         pid = int(pidfile.read_text().split()[0])
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _running(pid: int) -> bool:
