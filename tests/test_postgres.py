@@ -27,14 +27,13 @@ def test_one_primary_and_streaming_standbys_on_slots(pg_cluster: PgCluster) -> N
 
 
 def test_ready_for_pg_rewind(pg_cluster: PgCluster) -> None:
-    settings: dict[object, object] = dict(
-        pg_cluster.primary.query(
-            sql.SQL(
-                "select name, setting from pg_settings"
-                " where name in ('wal_log_hints', 'data_checksums', 'wal_level')"
-            )
+    rows = pg_cluster.primary.query(
+        sql.SQL(
+            "select name, setting from pg_settings"
+            " where name in ('wal_log_hints', 'data_checksums', 'wal_level')"
         )
     )
+    settings = {row[0]: row[1] for row in rows}
     assert settings == {"wal_log_hints": "on", "data_checksums": "on", "wal_level": "replica"}
 
 
