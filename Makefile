@@ -31,7 +31,7 @@ typecheck: bootstrap
 	$(UV) run --no-sync mypy libs services tests
 
 docs: bootstrap
-	$(UV) run --no-sync python -m lifeboat.devstack asyncapi docs/asyncapi
+	$(UV) run --no-sync faststream docs gen lifeboat.common.asyncapi:app --yaml --out docs/asyncapi.yaml
 
 clean:
 	@if [ -e .lifeboat/stack.lock ] && ! $(PYTHON) -c "import fcntl,sys; f=open('.lifeboat/stack.lock'); fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)" 2>/dev/null; then \

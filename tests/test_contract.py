@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from lifeboat.common import events as ev
@@ -168,3 +172,27 @@ def test_events_are_strict() -> None:
     event = ev.NodeUp(**NODE, role="primary")
     with pytest.raises(ValidationError):
         event.role = ev.Role.STANDBY  # type: ignore[misc]
+
+
+def test_committed_asyncapi_document_matches_the_models(tmp_path: Path) -> None:
+    """docs/asyncapi.yaml is generated from the models; `make docs` refreshes it."""
+    out = tmp_path / "asyncapi.yaml"
+    faststream = Path(sys.executable).parent / "faststream"
+    subprocess.run(
+        [
+            str(faststream),
+            "docs",
+            "gen",
+            "lifeboat.common.asyncapi:app",
+            "--yaml",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    committed = Path(__file__).resolve().parents[1] / "docs" / "asyncapi.yaml"
+    assert yaml.safe_load(out.read_text()) == yaml.safe_load(committed.read_text()), (
+        "docs/asyncapi.yaml is stale: run `make docs`"
+    )

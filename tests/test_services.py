@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -198,3 +199,39 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_cli_status_shows_every_component(services: Services) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lifeboat.gateway.cli",
+            "--gateway",
+            services.url("gateway"),
+            "status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Lifeboat: healthy")
+    assert "[ok ] postgres:main/node1" in result.stdout
+    unreachable = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lifeboat.gateway.cli",
+            "--gateway",
+            f"http://127.0.0.1:{free_port()}",
+            "status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert unreachable.returncode == 2
+    assert "cannot reach the gateway" in unreachable.stderr
