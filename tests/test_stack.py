@@ -106,6 +106,20 @@ def _stop_leftover_postgres(stack_dir: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -168,6 +182,19 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     ]
     assert len(children) == 7  # nats, s3 and the five services
     assert len(postmasters) == 3
+
+    # A service that dies is reported loudly and restarted.
+    monitor_port = stack.env["LIFEBOAT_MONITOR_PORT"]
+    victim = next(pid for pid in children if b"lifeboat.monitor" in _cmdline(pid))
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: "restarted monitor" in stack.output(), timeout=30, what="the restart")
+    assert "!!! monitor exited" in stack.output()
+    wait_until(
+        lambda: _ready(f"http://127.0.0.1:{monitor_port}/health/ready"),
+        timeout=30,
+        what="the restarted monitor",
+    )
+    children = json.loads((stack_dir / "children.json").read_text())
 
     assert stack.interrupt() == 0
     leftovers = [pid for pid in children + postmasters if _running(pid)]
