@@ -235,3 +235,35 @@ def test_cli_status_shows_every_component(services: Services) -> None:
     )
     assert unreachable.returncode == 2
     assert "cannot reach the gateway" in unreachable.stderr
+
+
+async def test_monitor_publishes_node_health_on_nats(services: Services, nats_url: str) -> None:
+    import asyncio
+
+    import nats
+
+    from lifeboat.common import subjects
+    from lifeboat.common.events import NodeHealth
+
+    nc = await nats.connect(nats_url)
+    seen: dict[str, NodeHealth] = {}
+    done = asyncio.Event()
+
+    async def on_msg(msg: nats.aio.msg.Msg) -> None:
+        event = NodeHealth.model_validate_json(msg.data)
+        assert msg.subject == event.subject()
+        seen[event.node] = event
+        if len(seen) == 3:
+            done.set()
+
+    sub = await nc.subscribe(subjects.NODE_HEALTH.pattern(cluster="main"), cb=on_msg)
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+    assert sorted(e.role for e in seen.values()) == ["primary", "standby", "standby"]
+    assert all(e.source.instance == "monitor-test" for e in seen.values())
+    stored = httpx.get(f"{services.url('monitor')}/health", timeout=5).json()
+    probing = next(c for c in stored["components"] if c["name"] == "probing")
+    assert probing["status"] == "healthy"

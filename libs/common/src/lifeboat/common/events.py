@@ -87,19 +87,40 @@ class NodeEvent(ClusterEvent):
     node: Name
 
 
+class ReplicaState(BaseModel):
+    """One standby as its primary sees it (pg_stat_replication)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str  # the standby's application_name, which Lifeboat sets to its node name
+    state: str
+    sync_state: str
+    flush_lsn: str | None = None
+    replay_lsn: str | None = None
+    replay_lag_seconds: NonNegativeFloat | None = None
+
+
 class NodeHealth(NodeEvent):
     topic = s.NODE_HEALTH
     type: Literal["node.health"] = "node.health"
+    monitor_location: str = "default"
     reachable: bool
+    # Failed probes in a row by this monitor, this one included; 0 when reachable.
+    consecutive_failures: NonNegativeInt = 0
     latency_ms: NonNegativeFloat | None = None
     role: Role = Role.UNKNOWN
     writable: bool | None = None
     timeline: NonNegativeInt | None = None
-    current_lsn: str | None = None
-    receive_lsn: str | None = None
+    current_lsn: str | None = None  # primary: pg_current_wal_lsn()
+    receive_lsn: str | None = None  # standby: last WAL received and flushed
     replay_lsn: str | None = None
+    upstream: str | None = None  # standby: the node (or host:port) it streams from
+    wal_receiver: str | None = None  # standby: 'streaming' when healthy
     lag_bytes: NonNegativeInt | None = None
     lag_seconds: NonNegativeFloat | None = None
+    synchronous_standby_names: str | None = None  # primary
+    replicas: tuple[ReplicaState, ...] = ()  # primary
+    slots: dict[str, bool] = Field(default_factory=dict)  # slot name -> active
     error: str | None = None
 
 

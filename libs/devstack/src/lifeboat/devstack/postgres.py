@@ -149,6 +149,29 @@ class PgNode:
             if sig == signal.SIGKILL:
                 wait_until(lambda: not self.running(), timeout=10, what=f"{self.name} to die")
 
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster and every backend: the node hangs, as on a stalled host."""
+        for pid in self._tree():
+            kill_pid(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._tree():
+            kill_pid(pid, signal.SIGCONT)
+
+    def _tree(self) -> list[int]:
+        root = self.pid()
+        if root is None:
+            return []
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == root:
+                children.append(int(stat.parent.name))
+        return [root, *children]
+
     def conninfo(self, dbname: str = "postgres") -> str:
         """Superuser connection over the local socket (trust, reachable only on this host)."""
         return f"host={self.data_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
