@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,9 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
+from nats.aio.msg import Msg
 
+from lifeboat.common import subjects
 from lifeboat.common.clusters import ClustersFile, dump_clusters
+from lifeboat.common.events import NodeHealth
 from lifeboat.devstack.postgres import PgCluster
 from lifeboat.devstack.procs import ManagedProcess, free_port, wait_until
 from tests.endpoints import S3Endpoint
@@ -238,18 +243,11 @@ def test_cli_status_shows_every_component(services: Services) -> None:
 
 
 async def test_monitor_publishes_node_health_on_nats(services: Services, nats_url: str) -> None:
-    import asyncio
-
-    import nats
-
-    from lifeboat.common import subjects
-    from lifeboat.common.events import NodeHealth
-
     nc = await nats.connect(nats_url)
     seen: dict[str, NodeHealth] = {}
     done = asyncio.Event()
 
-    async def on_msg(msg: nats.aio.msg.Msg) -> None:
+    async def on_msg(msg: Msg) -> None:
         event = NodeHealth.model_validate_json(msg.data)
         assert msg.subject == event.subject()
         seen[event.node] = event
@@ -264,6 +262,7 @@ async def test_monitor_publishes_node_health_on_nats(services: Services, nats_ur
         await nc.close()
     assert sorted(e.role for e in seen.values()) == ["primary", "standby", "standby"]
     assert all(e.source.instance == "monitor-test" for e in seen.values())
-    stored = httpx.get(f"{services.url('monitor')}/health", timeout=5).json()
+    async with httpx.AsyncClient(timeout=5) as client:
+        stored = (await client.get(f"{services.url('monitor')}/health")).json()
     probing = next(c for c in stored["components"] if c["name"] == "probing")
     assert probing["status"] == "healthy"
