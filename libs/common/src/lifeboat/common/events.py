@@ -114,7 +114,8 @@ class NodeHealth(NodeEvent):
     current_lsn: str | None = None  # primary: pg_current_wal_lsn()
     receive_lsn: str | None = None  # standby: last WAL received and flushed
     replay_lsn: str | None = None
-    upstream: str | None = None  # standby: the node (or host:port) it streams from
+    upstream: str | None = None  # standby: the node (or host:port) it streams from now
+    configured_upstream: str | None = None  # standby: the node its primary_conninfo names
     wal_receiver: str | None = None  # standby: 'streaming' when healthy
     lag_bytes: NonNegativeInt | None = None
     lag_seconds: NonNegativeFloat | None = None
@@ -238,6 +239,15 @@ class FailoverHeld(ClusterEvent):
     topic = s.FAILOVER_HELD
     type: Literal["failover.held"] = "failover.held"
     primary: Name | None
+    reason: str
+
+
+class SyncChanged(ClusterEvent):
+    topic = s.SYNC_CHANGED
+    type: Literal["failover.sync_changed"] = "failover.sync_changed"
+    primary: Name
+    standbys: tuple[Name, ...]
+    degraded: bool = False  # no healthy standby: commits no longer wait for one
     reason: str
 
 

@@ -74,6 +74,9 @@ FAILOVER_STARTED = Topic("failover.started", _C, "A failover began under the lea
 FAILOVER_COMPLETED = Topic("failover.completed", _C, "A failover finished; timings per phase")
 FAILOVER_FAILED = Topic("failover.failed", _C, "A failover was refused or failed, and why")
 FAILOVER_HELD = Topic("failover.held", _C, "A failover was deliberately not started, and why")
+SYNC_CHANGED = Topic(
+    "failover.sync_changed", _C, "The synchronous standby set changed, or degraded to async"
+)
 SWITCHOVER_REQUESTED = Topic("switchover.requested", _C, "Ask for a planned switchover")
 SWITCHOVER_COMPLETED = Topic("switchover.completed", _C, "A switchover finished")
 SWITCHOVER_FAILED = Topic("switchover.failed", _C, "A switchover was refused or failed, and why")

@@ -67,7 +67,7 @@ def upstream_name(cluster: ClusterSpec, sender: str | None) -> str | None:
     if sender is None:
         return None
     for node in cluster.nodes:
-        if sender in (f"{node.host}:{node.port}",):
+        if sender == f"{node.host}:{node.port}":
             return node.name
     return sender
 
@@ -158,6 +158,7 @@ class Monitor:
                 receive_lsn=result.receive_lsn,
                 replay_lsn=result.replay_lsn,
                 upstream=upstream_name(cluster, result.sender),
+                configured_upstream=upstream_name(cluster, result.configured_upstream),
                 wal_receiver=result.wal_receiver,
                 lag_bytes=lag_bytes,
                 lag_seconds=lag_seconds,

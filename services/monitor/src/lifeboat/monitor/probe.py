@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from lifeboat.common.events import ReplicaState, Role
@@ -31,7 +32,8 @@ select pg_is_in_recovery() as in_recovery,
        (select timeline_id from pg_control_checkpoint()) as checkpoint_timeline,
        (select status from pg_stat_wal_receiver limit 1) as wal_receiver,
        (select received_tli from pg_stat_wal_receiver limit 1) as received_tli,
-       (select sender_host || ':' || sender_port from pg_stat_wal_receiver limit 1) as sender
+       (select sender_host || ':' || sender_port from pg_stat_wal_receiver limit 1) as sender,
+       current_setting('primary_conninfo') as primary_conninfo
 """
 
 _REPLICAS_SQL = """
@@ -54,6 +56,7 @@ class ProbeResult:
     receive_lsn: str | None = None
     replay_lsn: str | None = None
     sender: str | None = None
+    configured_upstream: str | None = None  # host:port from primary_conninfo
     wal_receiver: str | None = None
     synchronous_standby_names: str | None = None
     replicas: tuple[ReplicaState, ...] = ()
@@ -140,6 +143,7 @@ class NodeProber:
             receive_lsn=_opt_str(row["receive_lsn"]),
             replay_lsn=_opt_str(row["replay_lsn"]),
             sender=_opt_str(row["sender"]),
+            configured_upstream=_conninfo_target(_opt_str(row["primary_conninfo"])),
             wal_receiver=_opt_str(row["wal_receiver"]),
             synchronous_standby_names=None if in_recovery else _opt_str(row["sync_names"]),
             replicas=replicas,
@@ -154,6 +158,17 @@ class NodeProber:
                     await conn.close()
         for pending in list(self._cleanups):
             pending.cancel()
+
+
+def _conninfo_target(conninfo: str | None) -> str | None:
+    if not conninfo:
+        return None
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return None
+    host, port = params.get("host"), params.get("port", "5432")
+    return f"{host}:{port}" if host else None
 
 
 def _opt_str(value: object) -> str | None:

@@ -1,0 +1,65 @@
+"""What the failover decision asks the executor to do. Plain data, each with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lifeboat.common.events import ClusterEvent
+from lifeboat.common.state import Topology
+
+
+@dataclass(frozen=True)
+class CreateTopology:
+    topology: Topology
+
+
+@dataclass(frozen=True)
+class WriteTopology:
+    """Compare-and-swap the topology; the epoch in it is what every later command carries."""
+
+    topology: Topology
+
+
+@dataclass(frozen=True)
+class Fence:
+    node: str
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Promote:
+    node: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Repoint:
+    node: str
+    upstream: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class SetSynchronous:
+    primary: str
+    standbys: tuple[str, ...]
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Publish:
+    event: ClusterEvent
+
+
+Command = CreateTopology | WriteTopology | Fence | Promote | Repoint | SetSynchronous | Publish
+
+
+@dataclass(frozen=True)
+class Decision:
+    commands: tuple[Command, ...]
+    reason: str
+
+    @classmethod
+    def nothing(cls, reason: str) -> Decision:
+        return cls((), reason)

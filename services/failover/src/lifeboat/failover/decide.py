@@ -1,0 +1,405 @@
+"""The failover decision, pure: one frozen observation in, commands with a reason out.
+
+Given the topology in KV (primary, epoch, synchronous set, any operation under way) and the
+latest health report of every monitor about every node, what should happen now? The answer
+converges: each call looks at what is, compares it with what the topology says should be,
+and asks only for the difference. A restarted or replacement instance therefore finishes an
+interrupted failover simply by deciding again.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from lifeboat.common.clusters import ClusterSpec
+from lifeboat.common.events import (
+    FailoverCompleted,
+    FailoverFailed,
+    FailoverHeld,
+    FailoverKind,
+    FailoverStarted,
+    NodeHealth,
+    PhaseTiming,
+    Role,
+    Source,
+    SwitchoverCompleted,
+    SyncChanged,
+)
+from lifeboat.common.lsn import lsn_to_int
+from lifeboat.common.state import Operation, Topology
+from lifeboat.failover.commands import (
+    Command,
+    CreateTopology,
+    Decision,
+    Fence,
+    Promote,
+    Publish,
+    Repoint,
+    SetSynchronous,
+    WriteTopology,
+)
+
+SyncMode = Literal["off", "on", "strict"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    failure_threshold: int = 3
+    report_max_age_seconds: float = 3.0
+    maximum_lag_on_failover: int = 1024 * 1024
+    synchronous_mode: SyncMode = "on"
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: datetime
+    cluster: ClusterSpec
+    topology: Topology | None
+    reports: tuple[NodeHealth, ...]  # the latest report of each monitor about each node
+    policy: Policy
+    source: Source
+    # The last WAL position each node was seen at as a primary: the yardstick for lag once
+    # the primary is gone.
+    last_primary_lsn: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the live monitors say about one node."""
+
+    name: str
+    monitors: frozenset[str]  # live monitors with a fresh report on it
+    failing: frozenset[str]  # ... of which see it down for failure_threshold probes
+    latest: NodeHealth | None  # the freshest report in which it answered
+
+    @property
+    def reachable(self) -> bool:
+        return self.latest is not None
+
+    @property
+    def role(self) -> Role:
+        return self.latest.role if self.latest else Role.UNKNOWN
+
+
+def node_views(obs: Observation) -> dict[str, NodeView]:
+    max_age = obs.policy.report_max_age_seconds
+    fresh = [r for r in obs.reports if (obs.now - r.occurred_at).total_seconds() <= max_age]
+    views = {}
+    for node in obs.cluster.nodes:
+        mine = [r for r in fresh if r.node == node.name]
+        answered = sorted((r for r in mine if r.reachable), key=lambda r: r.occurred_at)
+        views[node.name] = NodeView(
+            name=node.name,
+            monitors=frozenset(r.source.instance for r in mine),
+            failing=frozenset(
+                r.source.instance
+                for r in mine
+                if not r.reachable and r.consecutive_failures >= obs.policy.failure_threshold
+            ),
+            latest=answered[-1] if answered else None,
+        )
+    return views
+
+
+def decide(obs: Observation) -> Decision:
+    views = node_views(obs)
+    if obs.topology is None:
+        return _bootstrap(obs, views)
+    topo = obs.topology
+    fences = tuple(
+        Fence(
+            name,
+            topo.epoch,
+            f"{name} accepts writes but the primary at epoch {topo.epoch} is {topo.primary}",
+        )
+        for name, view in views.items()
+        if name != topo.primary
+        and view.latest is not None
+        and view.role is Role.PRIMARY
+        and view.latest.writable
+    )
+    if topo.operation is not None:
+        decision = _continue(obs, topo, topo.operation, views)
+    else:
+        decision = _steady(obs, topo, views)
+    if fences:
+        reason = "; ".join(f.reason for f in fences)
+        return Decision(fences + decision.commands, f"{reason}; {decision.reason}")
+    return decision
+
+
+def _bootstrap(obs: Observation, views: dict[str, NodeView]) -> Decision:
+    writable = [
+        v.name for v in views.values() if v.role is Role.PRIMARY and v.latest and v.latest.writable
+    ]
+    if len(writable) != 1:
+        return Decision.nothing(
+            f"no topology yet and {len(writable)} writable primaries seen ({writable}): waiting"
+        )
+    members = {v.name: v.role for v in views.values() if v.reachable}
+    topo = Topology(cluster=obs.cluster.name, primary=writable[0], members=members)
+    return Decision((CreateTopology(topo),), f"first topology: {writable[0]} is the primary")
+
+
+def _primary_state(
+    obs: Observation, topo: Topology, views: dict[str, NodeView]
+) -> tuple[Literal["healthy", "unknown", "suspect", "failed"], str]:
+    if topo.primary is None:
+        return "failed", "the topology names no primary"
+    view = views[topo.primary]
+    live = len(view.monitors)
+    if live == 0:
+        return (
+            "unknown",
+            f"no monitor reported on {topo.primary} in the last "
+            f"{obs.policy.report_max_age_seconds:g}s",
+        )
+    down = len(view.failing)
+    if 2 * down > live:
+        return "failed", (
+            f"{topo.primary} unreachable for {obs.policy.failure_threshold} probes "
+            f"by {down} of {live} monitors"
+        )
+    if down:
+        return "suspect", (
+            f"{down} of {live} monitors see {topo.primary} down: no majority, keeping it"
+        )
+    return "healthy", f"{topo.primary} is healthy"
+
+
+def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Decision:
+    state, why = _primary_state(obs, topo, views)
+    if state == "failed":
+        return start_failover(obs, topo, views, FailoverKind.AUTOMATIC, why)
+    if state == "suspect":
+        held = FailoverHeld(
+            cluster=topo.cluster,
+            source=obs.source,
+            epoch=topo.epoch,
+            primary=topo.primary,
+            reason=why,
+        )
+        return Decision((Publish(held),), why)
+    if state == "unknown":
+        return Decision.nothing(why)
+    return _manage_sync(obs, topo, views)
+
+
+def choose_candidate(
+    obs: Observation, topo: Topology, views: dict[str, NodeView], target: str | None = None
+) -> tuple[str | None, dict[str, str]]:
+    """The standby to promote, or None with the reason each node was passed over."""
+    policy = obs.policy
+    why_not: dict[str, str] = {}
+    eligible: list[tuple[int, int, str]] = []
+    reference = obs.last_primary_lsn.get(topo.primary or "")
+    received = {
+        name: lsn_to_int(v.latest.receive_lsn)
+        for name, v in views.items()
+        if v.latest is not None and v.latest.receive_lsn
+    }
+    if reference is None and received:
+        reference = max(received.values())
+    sync = policy.synchronous_mode != "off" and bool(topo.synchronous)
+    if sync:
+        missing = [n for n in topo.synchronous if not views[n].reachable and n != topo.primary]
+        if missing:
+            return None, {
+                n: "synchronous standby unreachable: it may hold acknowledged commits the "
+                "others lack"
+                for n in missing
+            }
+    for node in obs.cluster.nodes:
+        name = node.name
+        view = views[name]
+        if name == topo.primary:
+            continue
+        if target is not None and name != target:
+            continue
+        if view.latest is None:
+            why_not[name] = "unreachable"
+        elif view.role is not Role.STANDBY:
+            why_not[name] = f"not a standby ({view.role})"
+        elif not node.can_be_promoted:
+            why_not[name] = "tagged nofailover"
+        elif sync and name not in topo.synchronous:
+            why_not[name] = "not a synchronous standby: it may miss acknowledged commits"
+        elif name not in received:
+            why_not[name] = "reports no received WAL position"
+        elif reference is not None and reference - received[name] > policy.maximum_lag_on_failover:
+            why_not[name] = (
+                f"{reference - received[name]} bytes behind, more than "
+                f"maximum_lag_on_failover ({policy.maximum_lag_on_failover})"
+            )
+        else:
+            eligible.append((-received[name], -node.priority, name))
+    if target is not None and target not in {n.name for n in obs.cluster.nodes}:
+        why_not[target] = "no such node in the cluster"
+    if not eligible:
+        return None, why_not
+    return sorted(eligible)[0][2], why_not
+
+
+def start_failover(
+    obs: Observation,
+    topo: Topology,
+    views: dict[str, NodeView],
+    kind: FailoverKind,
+    reason: str,
+    target: str | None = None,
+) -> Decision:
+    candidate, why_not = choose_candidate(obs, topo, views, target)
+    if candidate is None:
+        detail = "; ".join(f"{n}: {w}" for n, w in sorted(why_not.items())) or "no standbys"
+        failed = FailoverFailed(
+            cluster=topo.cluster,
+            source=obs.source,
+            epoch=topo.epoch,
+            kind=kind,
+            target=target,
+            reason=f"{reason}, but no standby can be promoted: {detail}",
+        )
+        return Decision((Publish(failed),), failed.reason)
+    op = Operation(
+        kind=kind,
+        old_primary=topo.primary,
+        new_primary=candidate,
+        reason=reason,
+        started_at=obs.now,
+    )
+    new = topo.promoted(candidate, op)
+    commands: list[Command] = [
+        WriteTopology(new),
+        Publish(
+            FailoverStarted(
+                cluster=topo.cluster,
+                source=obs.source,
+                epoch=new.epoch,
+                kind=kind,
+                old_primary=topo.primary,
+                candidate=candidate,
+                reason=reason,
+            )
+        ),
+    ]
+    if topo.primary is not None:
+        commands.append(Fence(topo.primary, new.epoch, f"{reason}: {candidate} takes over"))
+    commands.append(Promote(candidate, new.epoch))
+    commands += [
+        Repoint(n.name, candidate, new.epoch)
+        for n in obs.cluster.nodes
+        if n.name not in (candidate, topo.primary) and views[n.name].role is Role.STANDBY
+    ]
+    return Decision(tuple(commands), f"{reason}: promoting {candidate} at epoch {new.epoch}")
+
+
+def _continue(
+    obs: Observation, topo: Topology, op: Operation, views: dict[str, NodeView]
+) -> Decision:
+    primary = topo.primary
+    assert primary is not None
+    view = views[primary]
+    if view.latest is None:
+        state, why = _primary_state(obs, topo, views)
+        if state == "failed":
+            return start_failover(obs, topo, views, op.kind, f"{why} during the {op.kind}")
+        return Decision.nothing(f"{op.kind} to {primary}: waiting for it to answer")
+    if view.role is Role.STANDBY:
+        return Decision((Promote(primary, topo.epoch),), f"{op.kind}: promoting {primary}")
+    repoints = tuple(
+        Repoint(v.name, primary, topo.epoch)
+        for v in views.values()
+        if v.name != primary
+        and v.role is Role.STANDBY
+        and v.latest is not None
+        and v.latest.configured_upstream != primary
+    )
+    if repoints:
+        names = ", ".join(r.node for r in repoints)
+        return Decision(repoints, f"{op.kind}: repointing {names} to {primary}")
+    total = max(0.0, (obs.now - op.started_at).total_seconds())
+    outcome = SwitchoverCompleted if op.kind is FailoverKind.SWITCHOVER else FailoverCompleted
+    done = outcome(
+        cluster=topo.cluster,
+        source=obs.source,
+        epoch=topo.epoch,
+        kind=op.kind,
+        old_primary=op.old_primary,
+        new_primary=primary,
+        reason=op.reason,
+        phases=(*op.phases, PhaseTiming(phase="converged", seconds=total)),
+        total_seconds=total,
+    )
+    finished = topo.model_copy(update={"operation": None, "updated_at": obs.now})
+    return Decision(
+        (WriteTopology(finished), Publish(done)), f"{op.kind} to {primary} complete in {total:.2f}s"
+    )
+
+
+_NAMES = re.compile(r'"((?:[^"]|"")*)"|([A-Za-z0-9_]+)')
+
+
+def parse_sync_names(value: str | None) -> tuple[str, ...]:
+    """The standby names in synchronous_standby_names ('ANY 1 ("a", b)'), sorted."""
+    if not value or "(" not in value:
+        return ()
+    inner = value[value.index("(") + 1 : value.rindex(")")]
+    return tuple(sorted(m[0].replace('""', '"') or m[1] for m in _NAMES.findall(inner)))
+
+
+def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Decision:
+    primary = topo.primary
+    assert primary is not None
+    report = views[primary].latest
+    if report is None or report.role is not Role.PRIMARY:
+        return Decision.nothing(f"{primary} is healthy")
+    mode = obs.policy.synchronous_mode
+    actual = parse_sync_names(report.synchronous_standby_names)
+    promotable = {n.name for n in obs.cluster.nodes if n.can_be_promoted}
+    streaming = tuple(
+        sorted(r.name for r in report.replicas if r.state == "streaming" and r.name in promotable)
+    )
+    degraded = False
+    if mode == "off":
+        desired: tuple[str, ...] = ()
+    elif streaming:
+        desired = streaming
+    elif mode == "strict":
+        desired = topo.synchronous or actual  # commits wait until a standby is back
+    else:
+        desired, degraded = (), True
+    if desired == actual and desired == topo.synchronous:
+        return Decision.nothing(f"{primary} is healthy")
+    commands: list[Command] = []
+    keep = tuple(n for n in topo.synchronous if n in desired)
+    if keep != topo.synchronous:  # narrow the promotable set before PostgreSQL stops waiting
+        commands.append(WriteTopology(topo.model_copy(update={"synchronous": keep})))
+    if desired != actual:
+        commands.append(SetSynchronous(primary, desired, topo.epoch))
+    if desired != keep or (
+        commands and not isinstance(commands[-1], WriteTopology)
+    ):  # widen it only once PostgreSQL waits for them
+        commands.append(WriteTopology(topo.model_copy(update={"synchronous": desired})))
+    if degraded:
+        reason = "no standby is streaming: commits no longer wait for one (synchronous mode on)"
+    elif desired:
+        reason = f"synchronous standbys: {', '.join(desired)}"
+    else:
+        reason = "synchronous replication off"
+    commands.append(
+        Publish(
+            SyncChanged(
+                cluster=topo.cluster,
+                source=obs.source,
+                epoch=topo.epoch,
+                primary=primary,
+                standbys=desired,
+                degraded=degraded,
+                reason=reason,
+            )
+        )
+    )
+    return Decision(tuple(commands), reason)
