@@ -50,7 +50,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "failover.failed": {**BASE, "kind": "automatic", "reason": "no standby within max lag"},
     "failover.held": {**BASE, "primary": "node1", "reason": "no monitor majority"},
     "failover.sync_changed": {
-        **BASE, "primary": "node1", "standbys": ["node2"], "reason": "node3 stopped streaming"
+        **BASE,
+        "primary": "node1",
+        "standbys": ["node2"],
+        "reason": "node3 stopped streaming",
     },
     "switchover.requested": {**BASE, "target": "node3", "reason": "kernel upgrade"},
     "switchover.completed": {**OUTCOME, "kind": "switchover"},

@@ -379,9 +379,7 @@ def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -
         commands.append(WriteTopology(topo.model_copy(update={"synchronous": keep})))
     if desired != actual:
         commands.append(SetSynchronous(primary, desired, topo.epoch))
-    if desired != keep or (
-        commands and not isinstance(commands[-1], WriteTopology)
-    ):  # widen it only once PostgreSQL waits for them
+    if desired != keep:  # widen it only once PostgreSQL waits for them
         commands.append(WriteTopology(topo.model_copy(update={"synchronous": desired})))
     if degraded:
         reason = "no standby is streaming: commits no longer wait for one (synchronous mode on)"

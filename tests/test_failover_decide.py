@@ -1,0 +1,452 @@
+"""The failover decision, exhaustively, with plain data: no servers, no clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from lifeboat.common.clusters import ClusterSpec, NodeSpec
+from lifeboat.common.events import (
+    FailoverCompleted,
+    FailoverFailed,
+    FailoverHeld,
+    FailoverKind,
+    FailoverStarted,
+    NodeHealth,
+    ReplicaState,
+    Role,
+    Source,
+    SyncChanged,
+)
+from lifeboat.common.lsn import lsn_to_int
+from lifeboat.common.state import Operation, Topology
+from lifeboat.failover.commands import (
+    CreateTopology,
+    Fence,
+    Promote,
+    Publish,
+    Repoint,
+    SetSynchronous,
+    WriteTopology,
+)
+from lifeboat.failover.decide import Observation, Policy, decide, parse_sync_names
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+ME = Source(service="failover", instance="f-1")
+CLUSTER = ClusterSpec(
+    name="main",
+    nodes=(
+        NodeSpec(name="node1", host="h1", priority=100),
+        NodeSpec(name="node2", host="h2", priority=90),
+        NodeSpec(name="node3", host="h3", priority=80),
+    ),
+)
+SYNC_ALL = ("node2", "node3")
+TOPO = Topology(
+    cluster="main",
+    primary="node1",
+    epoch=4,
+    members={"node1": Role.PRIMARY, "node2": Role.STANDBY, "node3": Role.STANDBY},
+    synchronous=SYNC_ALL,
+)
+
+
+def rep(node: str, monitor: str = "m1", *, age: float = 0.5, **kw: Any) -> NodeHealth:
+    base: dict[str, Any] = {
+        "cluster": "main",
+        "node": node,
+        "source": Source(service="monitor", instance=monitor),
+        "occurred_at": NOW - timedelta(seconds=age),
+        "reachable": True,
+    }
+    return NodeHealth.model_validate({**base, **kw})
+
+
+def primary(monitor: str = "m1", sync: str = 'ANY 1 ("node2", "node3")', **kw: Any) -> NodeHealth:
+    replicas = kw.pop(
+        "replicas",
+        [
+            ReplicaState(name="node2", state="streaming", sync_state="quorum"),
+            ReplicaState(name="node3", state="streaming", sync_state="quorum"),
+        ],
+    )
+    return rep(
+        "node1",
+        monitor,
+        role="primary",
+        writable=True,
+        current_lsn="0/5000000",
+        synchronous_standby_names=sync,
+        replicas=replicas,
+        **kw,
+    )
+
+
+def standby(node: str, lsn: str = "0/5000000", monitor: str = "m1", **kw: Any) -> NodeHealth:
+    kw.setdefault("upstream", "node1")
+    kw.setdefault("configured_upstream", "node1")
+    return rep(node, monitor, role="standby", writable=False, receive_lsn=lsn, replay_lsn=lsn, **kw)
+
+
+def down(node: str, monitor: str = "m1", failures: int = 3) -> NodeHealth:
+    return rep(node, monitor, reachable=False, consecutive_failures=failures, error="refused")
+
+
+def observe(
+    *reports: NodeHealth,
+    topology: Topology | None = TOPO,
+    policy: Policy | None = None,
+    last_primary_lsn: dict[str, int] | None = None,
+    cluster: ClusterSpec = CLUSTER,
+) -> Observation:
+    return Observation(
+        now=NOW,
+        cluster=cluster,
+        topology=topology,
+        reports=reports,
+        policy=policy or Policy(),
+        source=ME,
+        last_primary_lsn={"node1": lsn_to_int("0/5000000")}
+        if last_primary_lsn is None
+        else last_primary_lsn,
+    )
+
+
+def kinds(decision: Any) -> list[str]:
+    return [type(c).__name__ for c in decision.commands]
+
+
+def published(decision: Any, kind: type) -> list[Any]:
+    return [
+        c.event for c in decision.commands if isinstance(c, Publish) and isinstance(c.event, kind)
+    ]
+
+
+HEALTHY = (primary(), standby("node2"), standby("node3"))
+
+
+def test_healthy_cluster_needs_nothing() -> None:
+    decision = decide(observe(*HEALTHY))
+    assert decision.commands == ()
+    assert decision.reason == "node1 is healthy"
+
+
+def test_first_topology_comes_from_the_one_writable_primary() -> None:
+    decision = decide(observe(*HEALTHY, topology=None))
+    (create,) = decision.commands
+    assert isinstance(create, CreateTopology)
+    assert create.topology.primary == "node1"
+    assert create.topology.epoch == 0
+
+
+def test_no_topology_is_made_from_two_writable_primaries() -> None:
+    decision = decide(
+        observe(primary(), rep("node2", role="primary", writable=True), topology=None)
+    )
+    assert decision.commands == ()
+    assert "2 writable primaries" in decision.reason
+
+
+def test_primary_lost_promotes_the_most_advanced_synchronous_standby() -> None:
+    decision = decide(
+        observe(down("node1"), standby("node2", "0/4FFFF00"), standby("node3", "0/5000000"))
+    )
+    assert kinds(decision) == ["WriteTopology", "Publish", "Fence", "Promote", "Repoint"]
+    write = decision.commands[0]
+    assert isinstance(write, WriteTopology)
+    assert write.topology.primary == "node3"
+    assert write.topology.epoch == 5
+    assert write.topology.operation is not None
+    assert write.topology.operation.kind is FailoverKind.AUTOMATIC
+    assert decision.commands[2] == Fence("node1", 5, decision.commands[2].reason)  # type: ignore[union-attr]
+    assert decision.commands[3] == Promote("node3", 5)
+    assert decision.commands[4] == Repoint("node2", "node3", 5)
+    (started,) = published(decision, FailoverStarted)
+    assert started.candidate == "node3"
+    assert started.epoch == 5
+    assert "unreachable for 3 probes by 1 of 1 monitors" in started.reason
+
+
+def test_equal_positions_fall_back_to_priority() -> None:
+    decision = decide(observe(down("node1"), standby("node2"), standby("node3")))
+    assert Promote("node2", 5) in decision.commands
+
+
+@pytest.mark.parametrize(
+    ("reports", "expected_reason"),
+    [
+        ((down("node1", failures=2), standby("node2"), standby("node3")), "node1 is healthy"),
+        # one of two monitors sees it down: no majority
+        (
+            (down("node1", "m1"), primary("m2"), standby("node2"), standby("node3")),
+            "1 of 2 monitors see node1 down: no majority, keeping it",
+        ),
+        # every report is stale: the monitors cannot reach NATS, nobody acts
+        (
+            (rep("node1", reachable=False, consecutive_failures=9, age=10),),
+            "no monitor reported on node1 in the last 3s",
+        ),
+    ],
+)
+def test_no_failover_without_a_fresh_majority(
+    reports: tuple[NodeHealth, ...], expected_reason: str
+) -> None:
+    decision = decide(observe(*reports))
+    assert decision.reason == expected_reason
+    assert not any(isinstance(c, (Promote, WriteTopology, Fence)) for c in decision.commands)
+
+
+def test_partition_is_said_in_a_held_event() -> None:
+    decision = decide(observe(down("node1", "m1"), primary("m2"), standby("node2")))
+    (held,) = published(decision, FailoverHeld)
+    assert held.primary == "node1"
+    assert "no majority" in held.reason
+
+
+def test_two_of_three_monitors_are_a_majority() -> None:
+    decision = decide(
+        observe(
+            down("node1", "m1"),
+            down("node1", "m2"),
+            primary("m3"),
+            standby("node2"),
+            standby("node3"),
+        )
+    )
+    assert Promote("node2", 5) in decision.commands
+
+
+def test_a_dead_monitor_does_not_block_the_live_one() -> None:
+    stale = rep("node1", "m2", role="primary", writable=True, age=30)
+    decision = decide(observe(down("node1", "m1"), stale, standby("node2"), standby("node3")))
+    assert Promote("node2", 5) in decision.commands
+
+
+@pytest.mark.parametrize(
+    ("reports", "cluster", "topology", "why"),
+    [
+        # the only other standby is far behind
+        (
+            (down("node1"), standby("node2", "0/1000000"), down("node3")),
+            CLUSTER,
+            TOPO.model_copy(update={"synchronous": ("node2",)}),
+            "node2: 67108864 bytes behind, more than maximum_lag_on_failover (1048576)",
+        ),
+        # a nofailover standby is never chosen
+        (
+            (down("node1"), standby("node2"), down("node3")),
+            CLUSTER.model_copy(
+                update={
+                    "nodes": (
+                        CLUSTER.nodes[0],
+                        CLUSTER.nodes[1].model_copy(update={"tags": frozenset({"nofailover"})}),
+                        CLUSTER.nodes[2],
+                    )
+                }
+            ),
+            TOPO.model_copy(update={"synchronous": ("node2",)}),
+            "node2: tagged nofailover",
+        ),
+        # in synchronous mode an asynchronous standby may miss acknowledged commits
+        (
+            (down("node1"), standby("node2"), standby("node3")),
+            CLUSTER,
+            TOPO.model_copy(update={"synchronous": ("node3",)}).model_copy(
+                update={"synchronous": ("node3",)}
+            ),
+            None,
+        ),
+        # a synchronous standby that cannot be asked might hold the only copy of a commit
+        (
+            (down("node1"), standby("node2"), down("node3")),
+            CLUSTER,
+            TOPO,
+            "node3: synchronous standby unreachable",
+        ),
+    ],
+)
+def test_refusals_say_exactly_why(
+    reports: tuple[NodeHealth, ...], cluster: ClusterSpec, topology: Topology, why: str | None
+) -> None:
+    decision = decide(observe(*reports, cluster=cluster, topology=topology))
+    if why is None:  # the synchronous node3 is chosen over the more preferred async node2
+        assert Promote("node3", 5) in decision.commands
+        return
+    assert not any(isinstance(c, Promote) for c in decision.commands)
+    (failed,) = published(decision, FailoverFailed)
+    assert why in failed.reason
+    assert failed.kind is FailoverKind.AUTOMATIC
+
+
+def test_async_mode_may_promote_any_healthy_standby() -> None:
+    decision = decide(
+        observe(
+            down("node1"), standby("node2"), down("node3"), policy=Policy(synchronous_mode="off")
+        )
+    )
+    assert Promote("node2", 5) in decision.commands
+
+
+def test_lag_is_measured_against_the_last_primary_position() -> None:
+    reports = (down("node1"), standby("node2", "0/4000000"), standby("node3", "0/4000000"))
+    near = decide(observe(*reports, last_primary_lsn={"node1": lsn_to_int("0/4080000")}))
+    assert any(isinstance(c, Promote) for c in near.commands)
+    far = decide(observe(*reports, last_primary_lsn={"node1": lsn_to_int("0/5000000")}))
+    assert not any(isinstance(c, Promote) for c in far.commands)
+
+
+OP = Operation(
+    kind=FailoverKind.AUTOMATIC,
+    old_primary="node1",
+    new_primary="node2",
+    reason="node1 unreachable",
+    started_at=NOW - timedelta(seconds=2),
+)
+AFTER = TOPO.promoted("node2", OP)
+
+
+def test_an_interrupted_failover_is_finished_not_restarted() -> None:
+    # the new primary is still a standby: the promotion did not happen yet
+    decision = decide(observe(down("node1"), standby("node2"), standby("node3"), topology=AFTER))
+    assert decision.commands == (Promote("node2", 5),)
+    # promoted, node3 still points at node1
+    decision = decide(
+        observe(
+            down("node1"),
+            rep("node2", role="primary", writable=True),
+            standby("node3"),
+            topology=AFTER,
+        )
+    )
+    assert decision.commands == (Repoint("node3", "node2", 5),)
+
+
+def test_a_converged_failover_is_recorded_complete() -> None:
+    decision = decide(
+        observe(
+            down("node1"),
+            rep("node2", role="primary", writable=True),
+            standby("node3", upstream="node2", configured_upstream="node2"),
+            topology=AFTER,
+        )
+    )
+    assert kinds(decision) == ["WriteTopology", "Publish"]
+    write = decision.commands[0]
+    assert isinstance(write, WriteTopology)
+    assert write.topology.operation is None
+    assert write.topology.epoch == 5
+    (done,) = published(decision, FailoverCompleted)
+    assert (done.old_primary, done.new_primary, done.epoch) == ("node1", "node2", 5)
+    assert done.total_seconds == pytest.approx(2.0)
+
+
+def test_the_old_primary_coming_back_writable_is_fenced_at_once() -> None:
+    decision = decide(
+        observe(
+            primary(),
+            rep("node2", role="primary", writable=True),
+            standby("node3", upstream="node2", configured_upstream="node2"),
+            topology=AFTER,
+        )
+    )
+    fence = decision.commands[0]
+    assert fence == Fence("node1", 5, "node1 accepts writes but the primary at epoch 5 is node2")
+
+
+def test_a_fenced_read_only_old_primary_is_left_alone() -> None:
+    decision = decide(
+        observe(
+            rep("node1", role="primary", writable=False),
+            rep("node2", role="primary", writable=True),
+            standby("node3", upstream="node2", configured_upstream="node2"),
+            topology=AFTER.model_copy(update={"operation": None}),
+        )
+    )
+    assert not any(isinstance(c, Fence) for c in decision.commands)
+
+
+def test_new_primary_dying_mid_failover_starts_another_under_a_new_epoch() -> None:
+    decision = decide(
+        observe(
+            down("node1"),
+            down("node2"),
+            standby("node3"),
+            topology=AFTER,
+            policy=Policy(synchronous_mode="off"),
+        )
+    )
+    assert Promote("node3", 6) in decision.commands
+
+
+def test_a_lost_standby_is_no_failover() -> None:
+    decision = decide(observe(primary(), standby("node2"), down("node3")))
+    assert not any(isinstance(c, (Promote, Fence)) for c in decision.commands)
+
+
+@pytest.mark.parametrize(
+    ("streaming", "actual", "topo_sync", "mode", "expected"),
+    [
+        (["node2", "node3"], 'ANY 1 ("node2", "node3")', SYNC_ALL, "on", []),
+        # a standby stopped streaming: narrow the topology first, then PostgreSQL
+        (
+            ["node2"],
+            'ANY 1 ("node2", "node3")',
+            SYNC_ALL,
+            "on",
+            ["WriteTopology", "SetSynchronous", "Publish"],
+        ),
+        # a standby is back: PostgreSQL waits for it first, then it becomes promotable
+        (
+            ["node2", "node3"],
+            'ANY 1 ("node2")',
+            ("node2",),
+            "on",
+            ["SetSynchronous", "WriteTopology", "Publish"],
+        ),
+        # none left: degrade to async, with an event
+        ([], 'ANY 1 ("node2")', ("node2",), "on", ["WriteTopology", "SetSynchronous", "Publish"]),
+        # none left, strict: keep waiting
+        ([], 'ANY 1 ("node2")', ("node2",), "strict", []),
+        (["node2"], "", (), "off", []),
+    ],
+)
+def test_synchronous_standby_set_follows_healthy_standbys(
+    streaming: list[str],
+    actual: str,
+    topo_sync: tuple[str, ...],
+    mode: str,
+    expected: list[str],
+) -> None:
+    replicas = [ReplicaState(name=n, state="streaming", sync_state="quorum") for n in streaming]
+    topo = TOPO.model_copy(update={"synchronous": topo_sync})
+    decision = decide(
+        observe(
+            primary(sync=actual, replicas=replicas),
+            standby("node2"),
+            standby("node3"),
+            topology=topo,
+            policy=Policy(synchronous_mode=mode),
+        )
+    )  # type: ignore[arg-type]
+    assert kinds(decision) == expected
+    if expected:
+        sets = [c for c in decision.commands if isinstance(c, SetSynchronous)]
+        assert sets[0].standbys == tuple(streaming)
+        (event,) = published(decision, SyncChanged)
+        assert event.degraded == (not streaming and mode == "on")
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [
+        ("", ()),
+        ('ANY 1 ("node2", "node3")', ("node2", "node3")),
+        ("ANY 1 (b,a)", ("a", "b")),
+        ('FIRST 1 ("we""ird")', ('we"ird',)),
+        ("*", ()),
+    ],
+)
+def test_parse_sync_names(value: str, names: tuple[str, ...]) -> None:
+    assert parse_sync_names(value) == names
