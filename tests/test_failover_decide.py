@@ -427,9 +427,9 @@ def test_synchronous_standby_set_follows_healthy_standbys(
             standby("node2"),
             standby("node3"),
             topology=topo,
-            policy=Policy(synchronous_mode=mode),
+            policy=Policy(synchronous_mode=mode),  # type: ignore[arg-type]
         )
-    )  # type: ignore[arg-type]
+    )
     assert kinds(decision) == expected
     if expected:
         sets = [c for c in decision.commands if isinstance(c, SetSynchronous)]
