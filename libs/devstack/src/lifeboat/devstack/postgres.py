@@ -366,7 +366,7 @@ class PgCluster:
         ]
         if not self.durable:
             # Test clusters trade crash safety for speed; never the local stack's default.
-            lines += ["fsync = off", "synchronous_commit = off"]
+            lines += ["fsync = off"]
         return "\n".join(lines) + "\n"
 
     def wait_streaming(self, timeout: float = 60) -> None:

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+
 from faststream.asgi import AsgiFastStream
 
+from lifeboat.common import subjects
+from lifeboat.common.events import NodeHealth
+from lifeboat.common.health import ComponentHealth, Status, component
 from lifeboat.common.runtime import ServiceRuntime, cluster_file_check
+from lifeboat.failover.service import ClusterLoop, run_forever
 from lifeboat.failover.settings import FailoverSettings
 
 SERVICE = "failover"
@@ -11,4 +17,40 @@ SERVICE = "failover"
 def build_app(settings: FailoverSettings) -> AsgiFastStream:
     runtime = ServiceRuntime(SERVICE, settings)
     runtime.health.add("clusters", cluster_file_check(settings))
-    return runtime.asgi_app()
+    loops: dict[str, ClusterLoop] = {}
+    tasks: list[asyncio.Task[None]] = []
+
+    # Every instance needs every report to decide alone: a plain subscription, not a shared
+    # durable consumer.
+    @runtime.broker.subscriber(
+        subjects.NODE_HEALTH.pattern(),
+        title="failover-node-health",
+        description="Every monitor's report on every node: the failover quorum",
+    )
+    async def on_health(report: NodeHealth) -> None:
+        loop = loops.get(report.cluster)
+        if loop is not None:
+            loop.observe(report)
+
+    async def start() -> None:
+        for cluster in settings.clusters.clusters:
+            loops[cluster.name] = ClusterLoop(cluster, settings, runtime)
+        tasks.append(
+            asyncio.create_task(
+                run_forever(list(loops.values()), settings.loop_interval_seconds), name="failover"
+            )
+        )
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(loop.release() for loop in loops.values()))
+
+    async def leadership() -> ComponentHealth:
+        held = [name for name, loop in loops.items() if loop.lease is not None]
+        message = f"leader for {', '.join(held)}" if held else "standing by (not leader)"
+        return component("leadership", Status.HEALTHY, message, leader=bool(held))
+
+    runtime.health.add("leadership", leadership)
+    return runtime.asgi_app(on_startup=[start], on_shutdown=[stop])

@@ -1,0 +1,135 @@
+"""Performs a decision's commands in order: KV writes, SQL on nodes, events.
+
+Every command that touches a node first checks, against KV, that the lease is still ours and
+that the epoch it carries is the cluster's current one: a stale instance can decide what it
+likes, it cannot act on it. A failed topology write or promotion stops the rest of the
+decision; the next decision picks up from what is then true.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from lifeboat.common.events import ClusterEvent, NodeFenced, Source
+from lifeboat.common.kv import ConflictError, TopologyStore, Versioned
+from lifeboat.common.state import Topology
+from lifeboat.failover.commands import (
+    Command,
+    CreateTopology,
+    Decision,
+    Fence,
+    Promote,
+    Publish,
+    Repoint,
+    SetSynchronous,
+    WriteTopology,
+)
+from lifeboat.failover.nodes import NodeActions
+
+log = logging.getLogger(__name__)
+
+
+class StaleEpochError(RuntimeError):
+    pass
+
+
+class NotLeaderError(RuntimeError):
+    pass
+
+
+@dataclass
+class Outcome:
+    command: Command
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+class Executor:
+    def __init__(
+        self,
+        cluster: str,
+        store: TopologyStore,
+        nodes: NodeActions,
+        publish: Callable[[ClusterEvent], Awaitable[None]],
+        still_leader: Callable[[], Awaitable[bool]],
+        source: Source,
+    ) -> None:
+        self.cluster = cluster
+        self.store = store
+        self.nodes = nodes
+        self.publish = publish
+        self.still_leader = still_leader
+        self.source = source
+
+    async def run(self, decision: Decision, topology: Versioned[Topology] | None) -> list[Outcome]:
+        current = topology
+        outcomes: list[Outcome] = []
+        for command in decision.commands:
+            started = time.monotonic()
+            try:
+                detail, current = await self._one(command, current)
+            except (ConflictError, StaleEpochError, NotLeaderError) as exc:
+                outcomes.append(Outcome(command, False, time.monotonic() - started, str(exc)))
+                log.warning("stopped: %s", exc)
+                break
+            except Exception as exc:
+                outcomes.append(Outcome(command, False, time.monotonic() - started, str(exc)))
+                log.warning("%s failed: %s", type(command).__name__, exc)
+                if isinstance(command, (Promote, CreateTopology, WriteTopology)):
+                    break
+                continue
+            outcomes.append(Outcome(command, True, time.monotonic() - started, detail))
+        return outcomes
+
+    async def _guard(self, epoch: int) -> None:
+        if not await self.still_leader():
+            raise NotLeaderError("the failover lease is no longer ours")
+        now = await self.store.get(self.cluster)
+        if now is None or now.value.epoch != epoch:
+            found = None if now is None else now.value.epoch
+            raise StaleEpochError(f"epoch {epoch} is stale (cluster is at {found}): refused")
+
+    async def _one(
+        self, command: Command, current: Versioned[Topology] | None
+    ) -> tuple[str, Versioned[Topology] | None]:
+        match command:
+            case CreateTopology(topology):
+                return "created", await self.store.create(topology)
+            case WriteTopology(topology):
+                if current is None:
+                    raise ConflictError("no topology to update")
+                return "written", await self.store.compare_and_set(topology, current.revision)
+            case Fence(node, epoch, reason):
+                await self._guard(epoch)
+                detail = await self.nodes.fence(node)
+                log.warning("fenced %s: %s (%s)", node, reason, detail)
+                await self.publish(
+                    NodeFenced(
+                        cluster=self.cluster,
+                        node=node,
+                        source=self.source,
+                        epoch=epoch,
+                        reason=f"{reason}: {detail}",
+                    )
+                )
+                return detail, current
+            case Promote(node, epoch):
+                await self._guard(epoch)
+                await self.nodes.promote(node)
+                log.warning("promoted %s at epoch %d", node, epoch)
+                return "promoted", current
+            case Repoint(node, upstream, epoch):
+                await self._guard(epoch)
+                await self.nodes.repoint(node, upstream)
+                return f"now follows {upstream}", current
+            case SetSynchronous(primary, standbys, epoch):
+                await self._guard(epoch)
+                await self.nodes.set_synchronous(primary, standbys)
+                return f"synchronous: {standbys}", current
+            case Publish(event):
+                await self.publish(event)
+                return event.type, current

@@ -1,0 +1,188 @@
+"""The failover loop: hold the lease, observe, decide, execute; again every half second."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from lifeboat.common.clusters import ClusterSpec
+from lifeboat.common.events import (
+    FailoverFailed,
+    FailoverHeld,
+    NodeHealth,
+    PhaseTiming,
+    Role,
+)
+from lifeboat.common.kv import LeaseLostError, LeaseStore, TopologyStore, Versioned
+from lifeboat.common.lsn import lsn_to_int
+from lifeboat.common.runtime import ServiceRuntime
+from lifeboat.common.state import Lease
+from lifeboat.failover.commands import Decision, Fence, Promote, Publish, Repoint
+from lifeboat.failover.decide import Observation, Policy, decide
+from lifeboat.failover.executor import Executor, Outcome
+from lifeboat.failover.nodes import NodeActions
+from lifeboat.failover.settings import FailoverSettings
+
+log = logging.getLogger(__name__)
+
+_PHASES = {Fence: "fence", Promote: "promote", Repoint: "repoint"}
+
+
+class ClusterLoop:
+    """Everything one failover instance does for one cluster."""
+
+    def __init__(
+        self, cluster: ClusterSpec, settings: FailoverSettings, runtime: ServiceRuntime
+    ) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.runtime = runtime
+        self.reports: dict[tuple[str, str], NodeHealth] = {}  # (monitor, node) -> latest
+        self.last_primary_lsn: dict[str, int] = {}
+        self.lease: Versioned[Lease] | None = None
+        self.leases: LeaseStore | None = None
+        self.topologies: TopologyStore | None = None
+        self.last_decision = ""
+        self._recent_events: dict[tuple[str, str], float] = {}
+        self.policy = Policy(
+            failure_threshold=settings.failure_threshold,
+            report_max_age_seconds=settings.report_max_age_seconds,
+            maximum_lag_on_failover=settings.maximum_lag_on_failover,
+            synchronous_mode=settings.synchronous_mode,
+        )
+
+    @property
+    def lease_name(self) -> str:
+        return f"failover-{self.cluster.name}"
+
+    def observe(self, report: NodeHealth) -> None:
+        key = (report.source.instance, report.node)
+        known = self.reports.get(key)
+        if known is None or known.occurred_at <= report.occurred_at:
+            self.reports[key] = report
+        if report.role is Role.PRIMARY and report.current_lsn:
+            lsn = lsn_to_int(report.current_lsn)
+            self.last_primary_lsn[report.node] = max(lsn, self.last_primary_lsn.get(report.node, 0))
+
+    async def _hold_lease(self) -> bool:
+        assert self.leases is not None
+        holder = self.settings.instance_id
+        try:
+            if self.lease is not None:
+                self.lease = await self.leases.renew(self.lease)
+            else:
+                self.lease = await self.leases.acquire(
+                    self.lease_name, holder, self.settings.lease_ttl_seconds
+                )
+                if self.lease is not None:
+                    log.warning("%s: took the failover lease", self.cluster.name)
+        except LeaseLostError as exc:
+            log.warning("%s: %s", self.cluster.name, exc)
+            self.lease = None
+        except Exception as exc:  # NATS away: not leader until it is back
+            if self.lease is not None:
+                log.warning(
+                    "%s: cannot renew the lease (%s): stepping back", self.cluster.name, exc
+                )
+            self.lease = None
+        return self.lease is not None
+
+    async def still_leader(self) -> bool:
+        return await self._hold_lease()
+
+    async def tick(self) -> Decision | None:
+        js = self.runtime.broker.config.connection_state.stream
+        if self.leases is None or self.topologies is None:
+            self.leases = await LeaseStore.open(js)
+            self.topologies = await TopologyStore.open(js)
+        if not await self._hold_lease():
+            return None
+        current = await self.topologies.get(self.cluster.name)
+        obs = Observation(
+            now=datetime.now(UTC),
+            cluster=self.cluster,
+            topology=current.value if current else None,
+            reports=tuple(self.reports.values()),
+            policy=self.policy,
+            source=self.runtime.source,
+            last_primary_lsn=dict(self.last_primary_lsn),
+        )
+        decision = decide(obs)
+        decision = Decision(
+            tuple(c for c in decision.commands if self._worth_sending(c)), decision.reason
+        )
+        if decision.reason != self.last_decision:
+            log.info("%s: %s", self.cluster.name, decision.reason)
+            self.last_decision = decision.reason
+        if not decision.commands:
+            return decision
+        executor = Executor(
+            self.cluster.name,
+            self.topologies,
+            NodeActions(
+                self.cluster,
+                self.settings.postgres_password(),
+                self.settings.action_timeout_seconds,
+            ),
+            self.runtime.publisher.publish,
+            self.still_leader,
+            self.runtime.source,
+        )
+        outcomes = await executor.run(decision, current)
+        await self._record_phases(outcomes)
+        return decision
+
+    def _worth_sending(self, command: object) -> bool:
+        """Holds and refusals repeat every tick while nothing changes: say them once a while."""
+        if not isinstance(command, Publish) or not isinstance(
+            command.event, (FailoverHeld, FailoverFailed)
+        ):
+            return True
+        key = (command.event.type, command.event.reason)
+        now = time.monotonic()
+        if now - self._recent_events.get(key, -1e9) < self.settings.repeat_event_after_seconds:
+            return False
+        self._recent_events[key] = now
+        return True
+
+    async def _record_phases(self, outcomes: list[Outcome]) -> None:
+        phases = [
+            PhaseTiming(phase=_PHASES[type(o.command)], seconds=round(o.seconds, 3))
+            for o in outcomes
+            if o.ok and type(o.command) in _PHASES
+        ]
+        if not phases or self.topologies is None:
+            return
+        current = await self.topologies.get(self.cluster.name)
+        if current is None or current.value.operation is None:
+            return
+        op = current.value.operation
+        updated = current.value.model_copy(
+            update={"operation": op.model_copy(update={"phases": (*op.phases, *phases)})}
+        )
+        try:
+            await self.topologies.compare_and_set(updated, current.revision)
+        except Exception as exc:  # timings are nice to have, never worth failing over
+            log.info("phase timings not recorded: %s", exc)
+
+    async def release(self) -> None:
+        if self.lease is not None and self.leases is not None:
+            try:
+                async with asyncio.timeout(2):
+                    await self.leases.release(self.lease)
+            except Exception as exc:
+                log.info("lease not released (%s); it expires by itself", exc)
+            self.lease = None
+
+
+async def run_forever(loops: list[ClusterLoop], interval: float) -> None:
+    while True:
+        started = time.monotonic()
+        for loop in loops:
+            try:
+                await loop.tick()
+            except Exception:
+                log.exception("%s: tick failed", loop.cluster.name)
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -1,0 +1,220 @@
+"""Automatic failover end to end: real PostgreSQL, real NATS, monitor and failover processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from pydantic import SecretStr
+
+from lifeboat.common.clusters import ClustersFile, dump_clusters
+from lifeboat.common.events import FailoverCompleted
+from lifeboat.common.kv import TopologyStore
+from lifeboat.common.state import Topology
+from lifeboat.devstack.postgres import Passwords, PgCluster
+from lifeboat.devstack.procs import ManagedProcess, free_port
+
+
+class HA:
+    def __init__(
+        self, cluster: PgCluster, name: str, nc: NatsClient, env: dict[str, str], logs: Path
+    ) -> None:
+        self.pg = cluster
+        self.name = name
+        self.nc = nc
+        self.env = env
+        self.logs = logs
+        self.procs: list[ManagedProcess] = []
+        self.events: list[dict[str, object]] = []
+
+    def start(self, service: str, instance: str, **extra: str) -> ManagedProcess:
+        env = {
+            **self.env,
+            "LIFEBOAT_INSTANCE_ID": instance,
+            "LIFEBOAT_HTTP_PORT": str(free_port()),
+            **extra,
+        }
+        proc = ManagedProcess(
+            instance,
+            [sys.executable, "-m", f"lifeboat.{service}"],
+            env=env,
+            log_file=self.logs / f"{instance}.log",
+        )
+        proc.start()
+        self.procs.append(proc)
+        return proc
+
+    async def topology(self) -> Topology | None:
+        store = await TopologyStore.open(self.nc.jetstream())
+        found = await store.get(self.name)
+        return None if found is None else found.value
+
+    async def wait_topology(self, check, timeout: float = 30) -> Topology:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        topo = None
+        while time.monotonic() < deadline:
+            topo = await self.topology()
+            if topo is not None and check(topo):
+                return topo
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"topology never got there: {topo}\n{self.tail()}")
+
+    def tail(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n" + (self.logs / f"{p.name}.log").read_text()[-3000:]
+            for p in self.procs
+        )
+
+    def dsn(self, node_index: int) -> str:
+        node = self.pg.nodes[node_index]
+        password = self.pg.passwords.superuser.get_secret_value()
+        return f"host=127.0.0.1 port={node.port} user=postgres password={password} dbname=app"
+
+    def of(self, kind: str) -> list[dict[str, object]]:
+        return [e for e in self.events if e.get("type") == kind]
+
+
+@pytest.fixture
+async def ha(nats_url: str, workdir: Path, unique: str) -> AsyncIterator[HA]:
+    base = workdir / unique
+    base.mkdir()
+    base.chmod(0o755)
+    passwords = Passwords(
+        SecretStr(secrets.token_urlsafe(12)), SecretStr(secrets.token_urlsafe(12))
+    )
+    cluster = PgCluster(
+        base / "pg", [free_port(), free_port(), free_port()], passwords, durable=False
+    )
+    cluster.up()
+    cluster.wait_streaming()
+    clusters = base / "clusters.yaml"
+    clusters.write_text(dump_clusters(ClustersFile(clusters=(cluster.spec(unique),))))
+    env = {
+        **os.environ,
+        "LIFEBOAT_NATS_URL": nats_url,
+        "LIFEBOAT_CLUSTERS_FILE": str(clusters),
+        "LIFEBOAT_PG_PASSWORD": passwords.superuser.get_secret_value(),
+    }
+    nc = await nats.connect(nats_url)
+    harness = HA(cluster, unique, nc, env, base)
+
+    async def collect(msg: Msg) -> None:
+        harness.events.append(json.loads(msg.data))
+
+    sub = await nc.subscribe(f"*.*.{unique}", cb=collect)
+    sub2 = await nc.subscribe(f"*.*.{unique}.*", cb=collect)
+    try:
+        yield harness
+    finally:
+        for proc in harness.procs:
+            proc.stop(timeout=10)
+        await sub.unsubscribe()
+        await sub2.unsubscribe()
+        await nc.close()
+        cluster.stop()
+        for node in cluster.nodes:
+            node.kill()
+
+
+async def start_ha(ha: HA) -> Topology:
+    ha.start("monitor", f"{ha.name}-m1")
+    ha.start("failover", f"{ha.name}-f1")
+    return await ha.wait_topology(
+        lambda t: t.primary == "node1" and t.synchronous == ("node2", "node3")
+    )
+
+
+def insert(dsn: str, ids: range) -> list[int]:
+    acked = []
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=2) as conn:
+        conn.execute("create table if not exists writes (id int primary key)")
+        for i in ids:
+            conn.execute("insert into writes values (%s)", (i,))
+            acked.append(i)
+    return acked
+
+
+async def test_killed_primary_is_replaced_by_a_synchronous_standby(ha: HA) -> None:
+    topo = await start_ha(ha)
+    assert topo.epoch == 0
+    acked = await asyncio.to_thread(insert, ha.dsn(0), range(100))
+    killed_at = time.monotonic()
+    ha.pg.nodes[0].kill()
+
+    after = await ha.wait_topology(lambda t: t.primary != "node1" and t.operation is None)
+    took = time.monotonic() - killed_at
+    assert after.epoch == 1
+    new_index = int(after.primary[-1]) - 1  # type: ignore[index]
+    other = ({1, 2} - {new_index}).pop()
+    with psycopg.connect(ha.dsn(new_index), autocommit=True) as conn:
+        assert conn.execute("select pg_is_in_recovery()").fetchone() == (False,)
+        rows = {r[0] for r in conn.execute("select id from writes").fetchall()}
+        assert set(acked) <= rows, "acknowledged writes were lost"
+        conn.execute("insert into writes values (1000)")
+    # the other standby now streams from the new primary
+    deadline = time.monotonic() + 20
+    while True:
+        with psycopg.connect(ha.dsn(other), autocommit=True) as conn:
+            row = conn.execute("select status, sender_port from pg_stat_wal_receiver").fetchone()
+        if row == ("streaming", ha.pg.nodes[new_index].port):
+            break
+        assert time.monotonic() < deadline, f"{row}\n{ha.tail()}"
+        await asyncio.sleep(0.3)
+    assert took < 20, f"failover took {took:.1f}s"
+    await asyncio.sleep(0.5)
+    started, completed = ha.of("failover.started"), ha.of("failover.completed")
+    assert len(started) == 1
+    assert len(completed) == 1
+    assert completed[0]["new_primary"] == after.primary
+    assert completed[0]["kind"] == "automatic"
+    done = FailoverCompleted.model_validate(completed[0])
+    phases = {p.phase for p in done.phases}
+    assert {"promote", "converged"} <= phases
+    assert ha.of("node.fenced")[0]["node"] == "node1"
+
+
+async def test_frozen_primary_is_fenced_and_never_accepts_writes_again(ha: HA) -> None:
+    await start_ha(ha)
+    old = ha.pg.nodes[0]
+    old.freeze()
+    try:
+        after = await ha.wait_topology(lambda t: t.primary != "node1" and t.operation is None)
+    finally:
+        old.thaw()
+    assert after.epoch == 1
+    await asyncio.sleep(1)
+    # Lifeboat manages node1 locally, so fencing stopped it: no second writable primary.
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(ha.dsn(0), connect_timeout=2)
+    fenced = ha.of("node.fenced")
+    assert fenced
+    assert fenced[0]["node"] == "node1"
+
+
+async def test_a_killed_standby_is_no_failover_and_leaves_the_synchronous_set(ha: HA) -> None:
+    await start_ha(ha)
+    ha.pg.nodes[2].kill()
+    topo = await ha.wait_topology(lambda t: t.synchronous == ("node2",))
+    assert topo.primary == "node1"
+    assert topo.epoch == 0
+    assert not ha.of("failover.started")
+    for _ in range(50):  # the monitor says so after 3 failed probes
+        if ha.of("node.down"):
+            break
+        await asyncio.sleep(0.2)
+    assert [e["node"] for e in ha.of("node.down")] == ["node3"]
+    changed = ha.of("failover.sync_changed")
+    assert changed[-1]["standbys"] == ["node2"]
+    # writes still commit: node2 acknowledges them
+    await asyncio.wait_for(asyncio.to_thread(insert, ha.dsn(0), range(5)), 10)
