@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lifeboat.devstack.postgres import PostgresNotFoundError
+from lifeboat.common.localpg import PostgresNotFoundError
 from lifeboat.devstack.stack import up
 
 

@@ -8,9 +8,7 @@ as root they run as an unprivileged user because PostgreSQL refuses root.
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -21,40 +19,12 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
-from lifeboat.devstack.procs import OsUser, kill_pid, run, wait_until
+from lifeboat.common.localpg import OsUser, find_bindir, postmaster_pid, process_tree, run
+from lifeboat.devstack.procs import kill_pid, wait_until
 
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
 REPLICATION_USER = "replicator"
-
-
-class PostgresNotFoundError(RuntimeError):
-    pass
-
-
-def find_bindir() -> Path:
-    """Where initdb, pg_ctl, pg_basebackup and pg_rewind live."""
-    if env := os.environ.get("LIFEBOAT_PG_BINDIR"):
-        return Path(env)
-    if initdb := shutil.which("initdb"):
-        return Path(os.path.realpath(initdb)).parent
-    if pg_config := shutil.which("pg_config"):
-        out = subprocess.run(
-            [pg_config, "--bindir"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        if out and (Path(out) / "initdb").exists():
-            return Path(out)
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
-    )
-    if candidates:
-        return Path(candidates[-1]).parent
-    raise PostgresNotFoundError(
-        "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) were not found. Install "
-        "them, e.g. `apt-get install postgresql` on Debian/Ubuntu or `brew install postgresql` "
-        "on macOS, or point LIFEBOAT_PG_BINDIR at their directory."
-    )
 
 
 def slot_name(node: str) -> str:
@@ -84,18 +54,7 @@ class PgNode:
         return (self.data_dir / "PG_VERSION").exists()
 
     def pid(self) -> int | None:
-        """The postmaster's PID from postmaster.pid, if it is running."""
-        try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass  # alive, owned by the postgres user
-        return pid
+        return postmaster_pid(self.data_dir)
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -160,17 +119,7 @@ class PgNode:
 
     def _tree(self) -> list[int]:
         root = self.pid()
-        if root is None:
-            return []
-        children = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == root:
-                children.append(int(stat.parent.name))
-        return [root, *children]
+        return [] if root is None else process_tree(root)
 
     def conninfo(self, dbname: str = "postgres") -> str:
         """Superuser connection over the local socket (trust, reachable only on this host)."""

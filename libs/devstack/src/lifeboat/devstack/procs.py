@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -13,63 +12,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-
-@dataclass(frozen=True)
-class OsUser:
-    """The account a child runs as; PostgreSQL refuses to run as root."""
-
-    name: str
-    uid: int
-    gid: int
-
-    @classmethod
-    def current(cls) -> OsUser:
-        return cls(pwd.getpwuid(os.getuid()).pw_name, os.getuid(), os.getgid())
-
-    @classmethod
-    def for_postgres(cls, preferred: str | None = None) -> OsUser:
-        if os.getuid() != 0:
-            return cls.current()
-        for name in (preferred, "postgres", "nobody"):
-            if not name:
-                continue
-            try:
-                entry = pwd.getpwnam(name)
-            except KeyError:
-                continue
-            return cls(entry.pw_name, entry.pw_uid, entry.pw_gid)
-        raise RuntimeError("running as root and found no unprivileged user to run PostgreSQL")
-
-    @property
-    def is_current(self) -> bool:
-        return self.uid == os.getuid()
-
-    @property
-    def switch_uid(self) -> int | None:
-        """For Popen(user=...): None when the child runs as us."""
-        return None if self.is_current else self.uid
-
-    @property
-    def switch_gid(self) -> int | None:
-        return None if self.is_current else self.gid
-
-    @property
-    def switch_groups(self) -> list[int] | None:
-        return None if self.is_current else []
-
-    def own(self, *paths: Path) -> None:
-        """Give `paths` (recursively) to this user; a no-op when it is us."""
-        if self.is_current:
-            return
-        for path in paths:
-            os.chown(path, self.uid, self.gid)
-            for root, dirs, files in os.walk(path):
-                for name in dirs + files:
-                    os.chown(os.path.join(root, name), self.uid, self.gid, follow_symlinks=False)
+from lifeboat.common.localpg import OsUser
 
 
 def find_binary(name: str) -> str:
@@ -227,32 +173,3 @@ class ManagedProcess:
 def kill_pid(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-
-
-def run(
-    argv: Sequence[str],
-    *,
-    user: OsUser | None = None,
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-    input_text: str | None = None,
-) -> str:
-    """Run a command to completion; raise with its output when it fails."""
-    result = subprocess.run(
-        list(argv),
-        env=env,
-        input=input_text,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        user=user.switch_uid if user else None,
-        group=user.switch_gid if user else None,
-        extra_groups=user.switch_groups if user else None,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"{Path(argv[0]).name} failed ({result.returncode}): "
-            f"{(result.stderr or result.stdout).strip()}"
-        )
-    return str(result.stdout)

@@ -24,8 +24,9 @@ from typing import IO
 from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClustersFile, dump_clusters
+from lifeboat.common.localpg import OsUser
 from lifeboat.devstack.postgres import Passwords, PgCluster
-from lifeboat.devstack.procs import ManagedProcess, OsUser, kill_pid, port_is_free
+from lifeboat.devstack.procs import ManagedProcess, kill_pid, port_is_free
 from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Ports, SeaweedS3
 from lifeboat.devstack.settings import StackSettings
 

@@ -15,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
+from lifeboat.common.localpg import postmaster_pid, process_tree
 
 _CLIENTS = """
 select count(pg_terminate_backend(pid)) from pg_stat_activity
@@ -118,21 +119,11 @@ class NodeActions:
 
 
 def stop_local(data_dir: Path) -> bool:
-    """SIGKILL the postmaster and its children: works on a frozen node too."""
-    try:
-        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
+    """SIGKILL the postmaster and its backends: works on a frozen node too."""
+    pid = postmaster_pid(data_dir)
+    if pid is None:
         return False
-    pids = [pid]
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    killed = False
-    for p in pids:
+    for p in process_tree(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, signal.SIGKILL)
-            killed = True
-    return killed
+    return True
