@@ -37,7 +37,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "node.role_changed": {**NODE, "previous": "standby", "current": "primary"},
     "node.lag": {**NODE, "level": "warning", "lag_seconds": 31.0},
     "node.fenced": {**NODE, "reason": "stale epoch", "epoch": 3},
-    "node.rejoined": {**NODE, "method": "pg_rewind", "upstream": "node2"},
+    "node.rejoin_requested": {**NODE, "requested_by": "drill"},
+    "node.rejoined": {**NODE, "method": "pg_rewind", "upstream": "node2", "seconds": 2.5},
     "failover.requested": {**BASE, "target": "node2", "reason": "planned maintenance"},
     "failover.started": {
         **BASE,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,11 +15,15 @@ from lifeboat.common.events import (
     FailoverFailed,
     FailoverHeld,
     FailoverKind,
+    FailoverRequested,
     FailoverStarted,
     NodeHealth,
+    NodeRejoinRequested,
     ReplicaState,
     Role,
     Source,
+    SwitchoverFailed,
+    SwitchoverRequested,
     SyncChanged,
 )
 from lifeboat.common.lsn import lsn_to_int
@@ -25,8 +31,10 @@ from lifeboat.common.state import Operation, Topology
 from lifeboat.failover.commands import (
     CreateTopology,
     Fence,
+    Handover,
     Promote,
     Publish,
+    Rejoin,
     Repoint,
     SetSynchronous,
     WriteTopology,
@@ -72,16 +80,14 @@ def primary(monitor: str = "m1", sync: str = 'ANY 1 ("node2", "node3")', **kw: A
             ReplicaState(name="node3", state="streaming", sync_state="quorum"),
         ],
     )
-    return rep(
-        "node1",
-        monitor,
-        role="primary",
-        writable=True,
-        current_lsn="0/5000000",
-        synchronous_standby_names=sync,
-        replicas=replicas,
-        **kw,
-    )
+    fields: dict[str, Any] = {
+        "role": "primary",
+        "writable": True,
+        "current_lsn": "0/5000000",
+        "synchronous_standby_names": sync,
+        "replicas": replicas,
+    }
+    return rep("node1", monitor, **{**fields, **kw})
 
 
 def standby(node: str, lsn: str = "0/5000000", monitor: str = "m1", **kw: Any) -> NodeHealth:
@@ -450,3 +456,149 @@ def test_synchronous_standby_set_follows_healthy_standbys(
 )
 def test_parse_sync_names(value: str, names: tuple[str, ...]) -> None:
     assert parse_sync_names(value) == names
+
+
+def ask(kind: str, target: str | None, reason: str = "planned maintenance") -> Any:
+    model = {"failover": FailoverRequested, "switchover": SwitchoverRequested}[kind]
+    return model(
+        cluster="main",
+        source=Source(service="gateway", instance="g"),
+        target=target,
+        reason=reason,
+        requested_by="alice",
+    )
+
+
+LOCAL = CLUSTER.model_copy(
+    update={
+        "nodes": tuple(
+            n.model_copy(update={"data_dir": Path(f"/data/{n.name}")}) for n in CLUSTER.nodes
+        )
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "target", "reports", "topology", "why"),
+    [
+        ("switchover", "node9", HEALTHY, TOPO, "no node named 'node9' in cluster main"),
+        ("failover", "node9", HEALTHY, TOPO, "no node named 'node9' in cluster main"),
+        ("switchover", "node1", HEALTHY, TOPO, "node1 is already the primary"),
+        ("failover", "node1", HEALTHY, TOPO, "node1 is already the primary"),
+        ("switchover", "node2", HEALTHY, AFTER, "a automatic to node2 is under way"),
+        (
+            "switchover",
+            "node2",
+            (down("node1"), standby("node2"), standby("node3")),
+            TOPO,
+            "a switchover needs a healthy primary",
+        ),
+        (
+            "switchover",
+            "node2",
+            (primary(), down("node2"), standby("node3")),
+            TOPO,
+            "node2: unreachable",
+        ),
+        (
+            "switchover",
+            "node3",
+            (primary(), standby("node2"), standby("node3", "0/1000000")),
+            TOPO,
+            "node3: 67108864 bytes behind",
+        ),
+        (
+            "failover",
+            "node3",
+            (primary(), standby("node2"), standby("node3", "0/1000000")),
+            TOPO,
+            "node3: 67108864 bytes behind",
+        ),
+    ],
+)
+def test_operator_requests_are_refused_with_the_reason(
+    kind: str, target: str, reports: tuple[NodeHealth, ...], topology: Topology, why: str
+) -> None:
+    obs = observe(*reports, topology=topology)
+    decision = decide(dataclasses.replace(obs, request=ask(kind, target)))
+    assert not any(isinstance(c, (Promote, Handover, WriteTopology)) for c in decision.commands)
+    failed = published(decision, SwitchoverFailed if kind == "switchover" else FailoverFailed)
+    assert len(failed) == 1
+    assert why in failed[0].reason
+    assert failed[0].target == target
+
+
+def test_switchover_hands_over_then_promotes_repoints_and_rejoins_the_old_primary() -> None:
+    obs = observe(*HEALTHY, cluster=LOCAL)
+    decision = decide(dataclasses.replace(obs, request=ask("switchover", "node3")))
+    assert kinds(decision) == [
+        "Handover",
+        "WriteTopology",
+        "Publish",
+        "Promote",
+        "Repoint",
+        "Rejoin",
+    ]
+    assert decision.commands[0] == Handover("node1", "node3", 4)  # under the old epoch
+    write = decision.commands[1]
+    assert isinstance(write, WriteTopology)
+    assert write.topology.primary == "node3"
+    assert write.topology.operation is not None
+    assert write.topology.operation.kind is FailoverKind.SWITCHOVER
+    assert "alice" in write.topology.operation.reason
+    assert decision.commands[3:] == (
+        Promote("node3", 5),
+        Repoint("node2", "node3", 5),
+        Rejoin("node1", "node3", 5),
+    )
+
+
+def test_switchover_without_a_target_picks_the_best_standby() -> None:
+    decision = decide(dataclasses.replace(observe(*HEALTHY), request=ask("switchover", None)))
+    assert Promote("node2", 5) in decision.commands
+    assert not any(isinstance(c, Rejoin) for c in decision.commands)  # node1 is not local
+
+
+def test_manual_failover_promotes_the_named_standby_at_once() -> None:
+    decision = decide(dataclasses.replace(observe(*HEALTHY), request=ask("failover", "node3")))
+    assert kinds(decision) == ["WriteTopology", "Publish", "Fence", "Promote", "Repoint"]
+    assert Promote("node3", 5) in decision.commands
+
+
+def test_a_primary_left_read_only_takes_writes_again() -> None:
+    decision = decide(observe(primary(writable=False), standby("node2"), standby("node3")))
+    assert decision.commands == (Promote("node1", 4),)
+
+
+def rejoin_request(node: str) -> NodeRejoinRequested:
+    return NodeRejoinRequested(cluster="main", node=node, source=ME, requested_by="drill")
+
+
+@pytest.mark.parametrize(
+    ("node", "cluster", "reports", "why"),
+    [
+        ("node9", LOCAL, HEALTHY, "no node named 'node9'"),
+        ("node1", LOCAL, HEALTHY, "node1 is the primary"),
+        ("node2", CLUSTER, HEALTHY, "not managed on this host"),
+        ("node2", LOCAL, HEALTHY, "it already streams from node1"),
+    ],
+)
+def test_rejoin_refusals(
+    node: str, cluster: ClusterSpec, reports: tuple[NodeHealth, ...], why: str
+) -> None:
+    obs = observe(*reports, cluster=cluster)
+    decision = decide(dataclasses.replace(obs, request=rejoin_request(node)))
+    (failed,) = published(decision, FailoverFailed)
+    assert why in failed.reason
+
+
+def test_rejoin_of_a_fenced_old_primary() -> None:
+    obs = observe(
+        down("node1"),
+        rep("node2", role="primary", writable=True),
+        standby("node3", upstream="node2", configured_upstream="node2"),
+        topology=AFTER.model_copy(update={"operation": None}),
+        cluster=LOCAL,
+    )
+    decision = decide(dataclasses.replace(obs, request=rejoin_request("node1")))
+    assert decision.commands == (Rejoin("node1", "node2", 5),)

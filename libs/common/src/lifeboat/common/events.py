@@ -158,11 +158,18 @@ class NodeFenced(NodeEvent):
     reason: str
 
 
+class NodeRejoinRequested(NodeEvent):
+    topic = s.NODE_REJOIN_REQUESTED
+    type: Literal["node.rejoin_requested"] = "node.rejoin_requested"
+    requested_by: str = "unknown"
+
+
 class NodeRejoined(NodeEvent):
     topic = s.NODE_REJOINED
     type: Literal["node.rejoined"] = "node.rejoined"
     method: Literal["pg_rewind", "pg_basebackup"]
     upstream: Name
+    seconds: NonNegativeFloat = 0
 
 
 # --- failover and switchover ---------------------------------------------------------------

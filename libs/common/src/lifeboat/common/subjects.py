@@ -67,6 +67,9 @@ NODE_UP = Topic("node.up", _CN, "A node answers probes again")
 NODE_ROLE_CHANGED = Topic("node.role_changed", _CN, "A node's role changed (e.g. promoted)")
 NODE_LAG = Topic("node.lag", _CN, "Replication lag crossed a warning/critical threshold")
 NODE_FENCED = Topic("node.fenced", _CN, "A node was fenced (read-only, sessions ended, stopped)")
+NODE_REJOIN_REQUESTED = Topic(
+    "node.rejoin_requested", _CN, "Ask to turn a node back into a standby of the primary"
+)
 NODE_REJOINED = Topic("node.rejoined", _CN, "A former primary rejoined as a standby")
 
 FAILOVER_REQUESTED = Topic("failover.requested", _C, "Ask for a (manual) failover")

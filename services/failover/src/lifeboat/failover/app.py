@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from faststream.asgi import AsgiFastStream
 
 from lifeboat.common import subjects
-from lifeboat.common.events import NodeHealth
+from lifeboat.common.events import (
+    NodeHealth,
+)
 from lifeboat.common.health import ComponentHealth, Status, component
 from lifeboat.common.runtime import ServiceRuntime, cluster_file_check
+from lifeboat.failover.decide import Request
 from lifeboat.failover.service import ClusterLoop, run_forever
 from lifeboat.failover.settings import FailoverSettings
 
@@ -54,3 +58,16 @@ def build_app(settings: FailoverSettings) -> AsgiFastStream:
 
     runtime.health.add("leadership", leadership)
     return runtime.asgi_app(on_startup=[start], on_shutdown=[stop])
+
+
+def _typed(
+    handler: Callable[[Request], Awaitable[None]], model: type[Request]
+) -> Callable[[Request], Awaitable[None]]:
+    """The handler, annotated with the one model FastStream should validate (and document)."""
+
+    async def handle(request: Request) -> None:
+        await handler(request)
+
+    handle.__annotations__ = {"request": model, "return": None}
+    handle.__name__ = f"on_{model.__name__}"
+    return handle

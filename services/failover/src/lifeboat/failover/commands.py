@@ -41,6 +41,26 @@ class Repoint:
 
 
 @dataclass(frozen=True)
+class Handover:
+    """Switchover's first step: the primary stops taking writes, and the target replays all
+    it wrote. Runs under the old epoch; nothing is promoted if it fails."""
+
+    primary: str
+    target: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Rejoin:
+    """Turn a node whose data directory is on this host into a standby of `upstream`
+    (pg_rewind, or a fresh pg_basebackup when rewinding is impossible)."""
+
+    node: str
+    upstream: str
+    epoch: int
+
+
+@dataclass(frozen=True)
 class SetSynchronous:
     primary: str
     standbys: tuple[str, ...]
@@ -52,7 +72,17 @@ class Publish:
     event: ClusterEvent
 
 
-Command = CreateTopology | WriteTopology | Fence | Promote | Repoint | SetSynchronous | Publish
+Command = (
+    CreateTopology
+    | WriteTopology
+    | Fence
+    | Handover
+    | Promote
+    | Repoint
+    | Rejoin
+    | SetSynchronous
+    | Publish
+)
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,16 @@ from lifeboat.common.events import (
     FailoverFailed,
     FailoverHeld,
     FailoverKind,
+    FailoverRequested,
     FailoverStarted,
     NodeHealth,
+    NodeRejoinRequested,
     PhaseTiming,
     Role,
     Source,
     SwitchoverCompleted,
+    SwitchoverFailed,
+    SwitchoverRequested,
     SyncChanged,
 )
 from lifeboat.common.lsn import lsn_to_int
@@ -35,14 +39,17 @@ from lifeboat.failover.commands import (
     CreateTopology,
     Decision,
     Fence,
+    Handover,
     Promote,
     Publish,
+    Rejoin,
     Repoint,
     SetSynchronous,
     WriteTopology,
 )
 
 SyncMode = Literal["off", "on", "strict"]
+Request = FailoverRequested | SwitchoverRequested | NodeRejoinRequested
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class Observation:
     # The last WAL position each node was seen at as a primary: the yardstick for lag once
     # the primary is gone.
     last_primary_lsn: dict[str, int] = field(default_factory=dict)
+    request: Request | None = None  # an operator's request to handle now
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,9 @@ def decide(obs: Observation) -> Decision:
         and view.role is Role.PRIMARY
         and view.latest.writable
     )
-    if topo.operation is not None:
+    if obs.request is not None:
+        decision = _handle_request(obs, topo, views, obs.request)
+    elif topo.operation is not None:
         decision = _continue(obs, topo, topo.operation, views)
     else:
         decision = _steady(obs, topo, views)
@@ -185,13 +195,129 @@ def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Dec
         return Decision((Publish(held),), why)
     if state == "unknown":
         return Decision.nothing(why)
+    primary = views[topo.primary or ""].latest
+    if primary is not None and primary.role is Role.PRIMARY and not primary.writable:
+        # Left read-only by a handover that did not finish: it is still the primary.
+        return Decision(
+            (Promote(primary.node, topo.epoch),),
+            f"{primary.node} is the primary but read-only: taking writes again",
+        )
     return _manage_sync(obs, topo, views)
 
 
+def _refuse(
+    obs: Observation, topo: Topology, kind: FailoverKind, target: str | None, reason: str
+) -> Decision:
+    model = SwitchoverFailed if kind is FailoverKind.SWITCHOVER else FailoverFailed
+    event = model(
+        cluster=topo.cluster,
+        source=obs.source,
+        epoch=topo.epoch,
+        kind=kind,
+        target=target,
+        reason=reason,
+    )
+    return Decision((Publish(event),), f"refused: {reason}")
+
+
+def _handle_request(
+    obs: Observation, topo: Topology, views: dict[str, NodeView], request: Request
+) -> Decision:
+    names = {n.name for n in obs.cluster.nodes}
+    if isinstance(request, NodeRejoinRequested):
+        return _rejoin(obs, topo, views, request.node)
+    kind = (
+        FailoverKind.SWITCHOVER if isinstance(request, SwitchoverRequested) else FailoverKind.MANUAL
+    )
+    target = request.target
+    if topo.operation is not None:
+        op = topo.operation
+        return _refuse(obs, topo, kind, target, f"a {op.kind} to {op.new_primary} is under way")
+    if target is not None and target not in names:
+        return _refuse(
+            obs, topo, kind, target, f"no node named {target!r} in cluster {topo.cluster}"
+        )
+    if target is not None and target == topo.primary:
+        return _refuse(obs, topo, kind, target, f"{target} is already the primary")
+    reason = f"{kind} requested by {request.requested_by}: {request.reason}"
+    if kind is FailoverKind.MANUAL:
+        return start_failover(obs, topo, views, kind, reason, target)
+    state, why = _primary_state(obs, topo, views)
+    old = topo.primary
+    if state != "healthy" or old is None or not views[old].reachable:
+        return _refuse(
+            obs, topo, kind, target, f"a switchover needs a healthy primary ({why}): use a failover"
+        )
+    candidate, why_not = choose_candidate(obs, topo, views, target, handover=True)
+    if candidate is None:
+        detail = "; ".join(f"{n}: {w}" for n, w in sorted(why_not.items())) or "no standbys"
+        return _refuse(obs, topo, kind, target, f"no standby can take over: {detail}")
+    op = Operation(
+        kind=kind, old_primary=old, new_primary=candidate, reason=reason, started_at=obs.now
+    )
+    new = topo.promoted(candidate, op)
+    commands: list[Command] = [
+        Handover(old, candidate, topo.epoch),
+        WriteTopology(new),
+        Publish(
+            FailoverStarted(
+                cluster=topo.cluster,
+                source=obs.source,
+                epoch=new.epoch,
+                kind=kind,
+                old_primary=old,
+                candidate=candidate,
+                reason=reason,
+            )
+        ),
+        Promote(candidate, new.epoch),
+    ]
+    commands += [
+        Repoint(n.name, candidate, new.epoch)
+        for n in obs.cluster.nodes
+        if n.name not in (candidate, old) and views[n.name].role is Role.STANDBY
+    ]
+    if obs.cluster.node(old).data_dir is not None:
+        commands.append(Rejoin(old, candidate, new.epoch))
+    return Decision(tuple(commands), f"{reason}: handing {old} over to {candidate}")
+
+
+def _rejoin(obs: Observation, topo: Topology, views: dict[str, NodeView], node: str) -> Decision:
+    def refuse(reason: str) -> Decision:
+        return _refuse(obs, topo, FailoverKind.MANUAL, node, f"rejoin of {node} refused: {reason}")
+
+    if node not in {n.name for n in obs.cluster.nodes}:
+        return refuse(f"no node named {node!r} in cluster {topo.cluster}")
+    if topo.primary is None or node == topo.primary:
+        return refuse(f"{node} is the primary")
+    if obs.cluster.node(node).data_dir is None:
+        return refuse("it is not managed on this host (no data_dir): rejoin it where it runs")
+    view = views[node]
+    if (
+        view.role is Role.STANDBY
+        and view.latest is not None
+        and view.latest.upstream == topo.primary
+    ):
+        return refuse(f"it already streams from {topo.primary}")
+    return Decision(
+        (Rejoin(node, topo.primary, topo.epoch),),
+        f"rejoining {node} as a standby of {topo.primary}",
+    )
+
+
 def choose_candidate(
-    obs: Observation, topo: Topology, views: dict[str, NodeView], target: str | None = None
+    obs: Observation,
+    topo: Topology,
+    views: dict[str, NodeView],
+    target: str | None = None,
+    *,
+    handover: bool = False,
 ) -> tuple[str | None, dict[str, str]]:
-    """The standby to promote, or None with the reason each node was passed over."""
+    """The standby to promote, or None with the reason each node was passed over.
+
+    With `handover` (a switchover) the old primary stops and the candidate replays all it
+    wrote before promotion, so it need not have been synchronous.
+    """
     policy = obs.policy
     why_not: dict[str, str] = {}
     eligible: list[tuple[int, int, str]] = []
@@ -203,7 +329,7 @@ def choose_candidate(
     }
     if reference is None and received:
         reference = max(received.values())
-    sync = policy.synchronous_mode != "off" and bool(topo.synchronous)
+    sync = policy.synchronous_mode != "off" and bool(topo.synchronous) and not handover
     if sync:
         missing = [n for n in topo.synchronous if not views[n].reachable and n != topo.primary]
         if missing:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from lifeboat.common.events import ClusterEvent, NodeFenced, Source
+from lifeboat.common.events import ClusterEvent, NodeFenced, NodeRejoined, Source
 from lifeboat.common.kv import ConflictError, TopologyStore, Versioned
 from lifeboat.common.state import Topology
 from lifeboat.failover.commands import (
@@ -21,8 +21,10 @@ from lifeboat.failover.commands import (
     CreateTopology,
     Decision,
     Fence,
+    Handover,
     Promote,
     Publish,
+    Rejoin,
     Repoint,
     SetSynchronous,
     WriteTopology,
@@ -79,7 +81,7 @@ class Executor:
             except Exception as exc:
                 outcomes.append(Outcome(command, False, time.monotonic() - started, str(exc)))
                 log.warning("%s failed: %s", type(command).__name__, exc)
-                if isinstance(command, (Promote, CreateTopology, WriteTopology)):
+                if isinstance(command, (Handover, Promote, CreateTopology, WriteTopology)):
                     break
                 continue
             outcomes.append(Outcome(command, True, time.monotonic() - started, detail))
@@ -117,6 +119,24 @@ class Executor:
                     )
                 )
                 return detail, current
+            case Handover(primary, target, epoch):
+                await self._guard(epoch)
+                return await self.nodes.handover(primary, target), current
+            case Rejoin(node, upstream, epoch):
+                await self._guard(epoch)
+                method, seconds = await self.nodes.rejoin(node, upstream)
+                await self.publish(
+                    NodeRejoined(
+                        cluster=self.cluster,
+                        node=node,
+                        source=self.source,
+                        epoch=epoch,
+                        method=method,
+                        upstream=upstream,
+                        seconds=round(seconds, 3),
+                    )
+                )
+                return f"rejoined with {method}", current
             case Promote(node, epoch):
                 await self._guard(epoch)
                 await self.nodes.promote(node)

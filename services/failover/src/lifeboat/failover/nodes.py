@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
-from lifeboat.common.localpg import postmaster_pid, process_tree
+from lifeboat.common.localpg import OsUser, find_bindir, postmaster_pid, process_tree, run
 
 _CLIENTS = """
 select count(pg_terminate_backend(pid)) from pg_stat_activity
@@ -106,6 +109,59 @@ class NodeActions:
                 )
                 await conn.execute("select pg_reload_conf()")
 
+    async def handover(self, primary: str, target: str, wait_seconds: float = 10.0) -> str:
+        """Make the primary read-only, end its sessions, wait for the target to replay it all."""
+        async with (
+            asyncio.timeout(self.timeout * 3),
+            self._connect(self.cluster.node(primary)) as conn,
+        ):
+            await conn.execute("alter system set default_transaction_read_only = on")
+            await conn.execute("select pg_reload_conf()")
+            await conn.execute(_CLIENTS)
+            row = await (await conn.execute("select pg_current_wal_lsn()::text")).fetchone()
+        assert row is not None
+        final = str(row[0])
+        async with asyncio.timeout(wait_seconds), self._connect(self.cluster.node(target)) as conn:
+            while True:
+                cur = await conn.execute("select pg_last_wal_replay_lsn() >= %s::pg_lsn", (final,))
+                caught_up = await cur.fetchone()
+                if caught_up is not None and caught_up[0]:
+                    return f"{target} replayed {primary} up to {final}"
+                await asyncio.sleep(0.02)
+
+    async def replication_conninfo(self, exclude: str) -> str:
+        """A standby's primary_conninfo (replication user, passfile) to model a new one on."""
+        for node in self.cluster.nodes:
+            if node.name == exclude:
+                continue
+            with contextlib.suppress(TimeoutError, psycopg.Error):
+                async with asyncio.timeout(self.timeout * 2), self._connect(node) as conn:
+                    cur = await conn.execute("select current_setting('primary_conninfo')")
+                    row = await cur.fetchone()
+                    if row and row[0]:
+                        return str(row[0])
+        raise RuntimeError("no node has a primary_conninfo to model the rejoining standby on")
+
+    async def rejoin(self, name: str, upstream: str) -> tuple[str, float]:
+        node, up = self.cluster.node(name), self.cluster.node(upstream)
+        if node.data_dir is None:
+            raise RuntimeError(f"{name} is not managed on this host (no data_dir): rejoin it there")
+        template = await self.replication_conninfo(exclude=name)
+        slot = slot_name(name)
+        async with asyncio.timeout(self.timeout * 3), self._connect(up) as conn:
+            await conn.execute(
+                "select pg_create_physical_replication_slot(%s) where not exists "
+                "(select 1 from pg_replication_slots where slot_name = %s)",
+                (slot, slot),
+            )
+        started = time.monotonic()
+        params = conninfo_to_dict(template)
+        params.update(host=up.host, port=str(up.port), application_name=name)
+        method = await asyncio.to_thread(
+            rejoin_local, node, up, self.cluster, self.password, make_conninfo("", **params), slot
+        )
+        return method, time.monotonic() - started
+
     async def set_synchronous(self, name: str, standbys: tuple[str, ...]) -> None:
         node = self.cluster.node(name)
         value = sync_standby_names(standbys)
@@ -116,6 +172,98 @@ class NodeActions:
                 )
             )
             await conn.execute("select pg_reload_conf()")
+
+
+_MANAGED = (
+    "primary_conninfo",
+    "primary_slot_name",
+    "synchronous_standby_names",
+    "default_transaction_read_only",
+)
+
+
+def rejoin_local(
+    node: NodeSpec,
+    upstream: NodeSpec,
+    cluster: ClusterSpec,
+    password: SecretStr | None,
+    conninfo: str,
+    slot: str,
+) -> str:
+    """Stop, rewind (or re-clone), configure as a standby and start a local node."""
+    assert node.data_dir is not None
+    data = node.data_dir
+    user = OsUser.for_postgres(os.environ.get("LIFEBOAT_PG_OS_USER"))
+    bindir = find_bindir()
+    if postmaster_pid(data) is not None:
+        try:
+            run(
+                [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"],
+                user=user,
+                timeout=40,
+            )
+        except (RuntimeError, subprocess.TimeoutExpired):
+            stop_local(data)
+    env = {**os.environ}
+    if password is not None:
+        env["PGPASSWORD"] = password.get_secret_value()
+    source = make_conninfo(
+        "",
+        host=upstream.host,
+        port=upstream.port,
+        user=cluster.user,
+        dbname="postgres",
+        connect_timeout=5,
+    )
+    method = "pg_rewind"
+    try:
+        run(
+            [str(bindir / "pg_rewind"), f"--target-pgdata={data}", f"--source-server={source}"],
+            user=user,
+            env=env,
+            timeout=600,
+        )
+    except RuntimeError:
+        method = "pg_basebackup"
+        for child in data.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        run(
+            [
+                str(bindir / "pg_basebackup"),
+                "-D",
+                str(data),
+                "-d",
+                conninfo,
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+            user=user,
+            env=env,
+            timeout=3600,
+        )
+    auto = data / "postgresql.auto.conf"
+    kept = [
+        line
+        for line in (auto.read_text().splitlines() if auto.exists() else [])
+        if line.split("=", 1)[0].strip() not in _MANAGED
+    ]
+    quoted = conninfo.replace("'", "''")
+    kept += [f"primary_conninfo = '{quoted}'", f"primary_slot_name = '{slot}'"]
+    auto.write_text("\n".join(kept) + "\n")
+    (data / "standby.signal").touch()
+    user.own(auto, data / "standby.signal")
+    log_file = data.parent / "postgres.log"
+    run(
+        [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-w", "-t", "60", "start"],
+        user=user,
+        timeout=90,
+    )
+    return method
 
 
 def stop_local(data_dir: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from datetime import UTC, datetime
 
 from lifeboat.common.clusters import ClusterSpec
@@ -19,15 +20,23 @@ from lifeboat.common.kv import LeaseLostError, LeaseStore, TopologyStore, Versio
 from lifeboat.common.lsn import lsn_to_int
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Lease
-from lifeboat.failover.commands import Decision, Fence, Promote, Publish, Repoint
-from lifeboat.failover.decide import Observation, Policy, decide
+from lifeboat.failover.commands import Decision, Fence, Handover, Promote, Publish, Rejoin, Repoint
+from lifeboat.failover.decide import Observation, Policy, Request, decide
 from lifeboat.failover.executor import Executor, Outcome
 from lifeboat.failover.nodes import NodeActions
 from lifeboat.failover.settings import FailoverSettings
 
 log = logging.getLogger(__name__)
 
-_PHASES = {Fence: "fence", Promote: "promote", Repoint: "repoint"}
+_PHASES = {
+    Fence: "fence",
+    Handover: "handover",
+    Promote: "promote",
+    Repoint: "repoint",
+    Rejoin: "rejoin",
+}
+# A request nobody could take (no leader) is dropped after this long, and said so.
+REQUEST_TTL_SECONDS = 30.0
 
 
 class ClusterLoop:
@@ -46,6 +55,8 @@ class ClusterLoop:
         self.topologies: TopologyStore | None = None
         self.last_decision = ""
         self._recent_events: dict[tuple[str, str], float] = {}
+        self.requests: deque[tuple[float, Request]] = deque(maxlen=100)
+        self._lease_lock = asyncio.Lock()
         self.policy = Policy(
             failure_threshold=settings.failure_threshold,
             report_max_age_seconds=settings.report_max_age_seconds,
@@ -66,7 +77,31 @@ class ClusterLoop:
             lsn = lsn_to_int(report.current_lsn)
             self.last_primary_lsn[report.node] = max(lsn, self.last_primary_lsn.get(report.node, 0))
 
+    def request(self, request: Request) -> None:
+        self.requests.append((time.monotonic(), request))
+
+    async def open(self) -> None:
+        js = self.runtime.broker.config.connection_state.stream
+        if self.leases is None or self.topologies is None:
+            self.leases = await LeaseStore.open(js)
+            self.topologies = await TopologyStore.open(js)
+
+    async def keep_lease(self) -> None:
+        """Renew in the background, so a long action (a rejoin) never lets the lease lapse."""
+        interval = self.settings.lease_ttl_seconds / 3
+        while True:
+            try:
+                await self.open()
+                await self._hold_lease()
+            except Exception as exc:
+                log.warning("%s: lease keeper: %s", self.cluster.name, exc)
+            await asyncio.sleep(interval)
+
     async def _hold_lease(self) -> bool:
+        async with self._lease_lock:
+            return await self._renew_or_acquire()
+
+    async def _renew_or_acquire(self) -> bool:
         assert self.leases is not None
         holder = self.settings.instance_id
         try:
@@ -93,12 +128,16 @@ class ClusterLoop:
         return await self._hold_lease()
 
     async def tick(self) -> Decision | None:
-        js = self.runtime.broker.config.connection_state.stream
-        if self.leases is None or self.topologies is None:
-            self.leases = await LeaseStore.open(js)
-            self.topologies = await TopologyStore.open(js)
-        if not await self._hold_lease():
+        await self.open()
+        assert self.topologies is not None
+        while self.requests and time.monotonic() - self.requests[0][0] > REQUEST_TTL_SECONDS:
+            _, dropped = self.requests.popleft()
+            log.warning(
+                "%s: dropped %s: no leader took it in time", self.cluster.name, dropped.type
+            )
+        if self.lease is None:
             return None
+        request = self.requests.popleft()[1] if self.requests else None
         current = await self.topologies.get(self.cluster.name)
         obs = Observation(
             now=datetime.now(UTC),
@@ -108,6 +147,7 @@ class ClusterLoop:
             policy=self.policy,
             source=self.runtime.source,
             last_primary_lsn=dict(self.last_primary_lsn),
+            request=request,
         )
         decision = decide(obs)
         decision = Decision(
