@@ -19,7 +19,14 @@ from nats.aio.msg import Msg
 from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClustersFile, dump_clusters
-from lifeboat.common.events import FailoverCompleted
+from lifeboat.common.events import (
+    ClusterEvent,
+    FailoverCompleted,
+    FailoverRequested,
+    NodeRejoinRequested,
+    Source,
+    SwitchoverRequested,
+)
 from lifeboat.common.kv import TopologyStore
 from lifeboat.common.state import Topology
 from lifeboat.devstack.postgres import Passwords, PgCluster
@@ -71,9 +78,12 @@ class HA:
         raise AssertionError(f"topology never got there: {topo}\n{self.tail()}")
 
     def tail(self) -> str:
+        services = [(p.name, self.logs / f"{p.name}.log") for p in self.procs]
+        nodes = [(n.name, n.log_file) for n in self.pg.nodes]
         return "\n".join(
-            f"--- {p.name}\n" + (self.logs / f"{p.name}.log").read_text()[-3000:]
-            for p in self.procs
+            f"--- {name}\n" + path.read_text(errors="replace")[-3000:]
+            for name, path in services + nodes
+            if path.exists()
         )
 
     def dsn(self, node_index: int) -> str:
@@ -218,3 +228,102 @@ async def test_a_killed_standby_is_no_failover_and_leaves_the_synchronous_set(ha
     assert changed[-1]["standbys"] == ["node2"]
     # writes still commit: node2 acknowledges them
     await asyncio.wait_for(asyncio.to_thread(insert, ha.dsn(0), range(5)), 10)
+
+
+async def ask(ha: HA, event: ClusterEvent) -> None:
+    await ha.nc.jetstream().publish(event.subject(), event.model_dump_json().encode())
+
+
+OPERATOR = Source(service="test", instance="operator")
+
+
+async def wait_event(ha: HA, kind: str, timeout: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while not ha.of(kind):
+        assert time.monotonic() < deadline, f"no {kind} event\n{ha.tail()}"
+        await asyncio.sleep(0.1)
+    return ha.of(kind)[-1]
+
+
+def follows(ha: HA, index: int, upstream_index: int) -> bool:
+    try:
+        with psycopg.connect(ha.dsn(index), autocommit=True, connect_timeout=2) as conn:
+            row = conn.execute("select status, sender_port from pg_stat_wal_receiver").fetchone()
+    except psycopg.OperationalError:
+        return False
+    return row == ("streaming", ha.pg.nodes[upstream_index].port)
+
+
+async def wait_follows(ha: HA, index: int, upstream_index: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not follows(ha, index, upstream_index):
+        assert time.monotonic() < deadline, f"node{index + 1} never followed\n{ha.tail()}"
+        await asyncio.sleep(0.3)
+
+
+async def test_switchover_loses_nothing_and_the_old_primary_follows(ha: HA) -> None:
+    await start_ha(ha)
+    acked = await asyncio.to_thread(insert, ha.dsn(0), range(200))
+    await ask(
+        ha,
+        SwitchoverRequested(
+            cluster=ha.name,
+            source=OPERATOR,
+            target="node3",
+            reason="kernel upgrade",
+            requested_by="test",
+        ),
+    )
+    after = await ha.wait_topology(lambda t: t.primary == "node3" and t.operation is None, 60)
+    assert after.epoch == 1
+    with psycopg.connect(ha.dsn(2), autocommit=True) as conn:
+        rows = {r[0] for r in conn.execute("select id from writes").fetchall()}
+    assert set(acked) <= rows
+    await wait_follows(ha, 0, 2)  # the old primary is a standby of the new one
+    await wait_follows(ha, 1, 2)
+    done = await wait_event(ha, "switchover.completed")
+    assert done["old_primary"] == "node1"
+    rejoined = await wait_event(ha, "node.rejoined")
+    assert rejoined["node"] == "node1"
+    assert rejoined["method"] in ("pg_rewind", "pg_basebackup")
+    assert not ha.of("node.fenced")
+
+
+async def test_refused_requests_say_why_and_change_nothing(ha: HA) -> None:
+    await start_ha(ha)
+    await ask(
+        ha, SwitchoverRequested(cluster=ha.name, source=OPERATOR, target="node1", reason="oops")
+    )
+    refused = await wait_event(ha, "switchover.failed")
+    assert refused["reason"] == "node1 is already the primary"
+    await ask(
+        ha, FailoverRequested(cluster=ha.name, source=OPERATOR, target="node9", reason="typo")
+    )
+    refused = await wait_event(ha, "failover.failed")
+    assert f"no node named 'node9' in cluster {ha.name}" == refused["reason"]
+    topo = await ha.topology()
+    assert topo is not None
+    assert (topo.primary, topo.epoch) == ("node1", 0)
+
+
+async def test_manual_failover_then_the_old_primary_rejoins(ha: HA) -> None:
+    await start_ha(ha)
+    await ask(
+        ha,
+        FailoverRequested(
+            cluster=ha.name,
+            source=OPERATOR,
+            target="node2",
+            reason="planned maintenance",
+            requested_by="test",
+        ),
+    )
+    await ha.wait_topology(lambda t: t.primary == "node2" and t.operation is None)
+    fenced = await wait_event(ha, "node.fenced")
+    assert fenced["node"] == "node1"
+    await ask(ha, NodeRejoinRequested(cluster=ha.name, node="node1", source=OPERATOR))
+    await wait_follows(ha, 0, 1)
+    topo = await ha.wait_topology(lambda t: "node1" in t.synchronous, 30)
+    assert topo.primary == "node2"
+    done = await wait_event(ha, "failover.completed")
+    assert done["kind"] == "manual"

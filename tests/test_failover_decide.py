@@ -310,7 +310,7 @@ OP = Operation(
     reason="node1 unreachable",
     started_at=NOW - timedelta(seconds=2),
 )
-AFTER = TOPO.promoted("node2", OP)
+AFTER = TOPO.promoted("node2", OP, at=NOW - timedelta(seconds=1))
 
 
 def test_an_interrupted_failover_is_finished_not_restarted() -> None:
@@ -359,6 +359,18 @@ def test_the_old_primary_coming_back_writable_is_fenced_at_once() -> None:
     )
     fence = decision.commands[0]
     assert fence == Fence("node1", 5, "node1 accepts writes but the primary at epoch 5 is node2")
+
+
+def test_a_report_from_before_the_epoch_changed_fences_nobody() -> None:
+    decision = decide(
+        observe(
+            primary(age=1.5),  # taken before node2 took over
+            rep("node2", role="primary", writable=True),
+            standby("node3", upstream="node2", configured_upstream="node2"),
+            topology=AFTER,
+        )
+    )
+    assert not any(isinstance(c, Fence) for c in decision.commands)
 
 
 def test_a_fenced_read_only_old_primary_is_left_alone() -> None:

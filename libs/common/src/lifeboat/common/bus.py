@@ -42,6 +42,10 @@ def make_broker(nats_url: str, client_name: str, *, graceful_timeout: float = 5.
         connect_timeout=2,
         graceful_timeout=graceful_timeout,
         middlewares=[DeadLetterMiddleware],
+        # Our handlers and format, not FastStream's own coloured one; per-message access
+        # lines only at DEBUG.
+        logger=logging.getLogger("lifeboat.bus"),
+        log_level=logging.DEBUG,
     )
 
 

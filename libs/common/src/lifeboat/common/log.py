@@ -68,5 +68,12 @@ def configure_logging(
         lib = logging.getLogger(name)
         lib.handlers[:] = []
         lib.propagate = True
-    for chatty in ("uvicorn.access", "httpx", "httpcore", "botocore", "urllib3"):
+    for chatty in (
+        "uvicorn.access",
+        "faststream.access",
+        "httpx",
+        "httpcore",
+        "botocore",
+        "urllib3",
+    ):
         logging.getLogger(chatty).setLevel(logging.WARNING)

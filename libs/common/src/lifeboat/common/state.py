@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt
 
 from lifeboat.common.events import FailoverKind, PhaseTiming, Role, utcnow
@@ -37,7 +39,9 @@ class Topology(BaseModel):
     operation: Operation | None = None
     updated_at: AwareDatetime = Field(default_factory=utcnow)
 
-    def promoted(self, new_primary: str, operation: Operation | None = None) -> Topology:
+    def promoted(
+        self, new_primary: str, operation: Operation | None = None, at: datetime | None = None
+    ) -> Topology:
         """The topology after `new_primary` takes over, one epoch later."""
         members = {
             name: Role.PRIMARY if name == new_primary else Role.STANDBY for name in self.members
@@ -50,6 +54,7 @@ class Topology(BaseModel):
             members=members,
             synchronous=(),
             operation=operation,
+            updated_at=at or utcnow(),
         )
 
 

@@ -44,6 +44,8 @@ class PgNode:
         self.port = port
         self.home = cluster.base_dir / name
         self.data_dir = self.home / "data"
+        # Sockets outside the data directory: pg_rewind copies a data directory file by file.
+        self.socket_dir = self.home / "run"
         self.log_file = self.home / "postgres.log"
 
     def _bin(self, name: str) -> str:
@@ -123,7 +125,7 @@ class PgNode:
 
     def conninfo(self, dbname: str = "postgres") -> str:
         """Superuser connection over the local socket (trust, reachable only on this host)."""
-        return f"host={self.data_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
+        return f"host={self.socket_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
 
     def execute(
         self,
@@ -150,7 +152,7 @@ class PgNode:
         # Appended last, so these win over what a base backup copied from the primary.
         return (
             f"\n# lifeboat: this node\nport = {self.port}\n"
-            f"unix_socket_directories = '{self.data_dir}'\n"
+            f"unix_socket_directories = '{self.socket_dir}'\n"
         )
 
 
@@ -216,6 +218,7 @@ class PgCluster:
         self.base_dir.chmod(0o755)
         for node in self.nodes:
             node.home.mkdir(mode=0o700)
+            node.socket_dir.mkdir(mode=0o700)
         rp = self.passwords.replication.get_secret_value()
         self.pgpass.write_text(f"{HOST}:*:*:{REPLICATION_USER}:{rp}\n")
         self.pgpass.chmod(0o600)

@@ -7,7 +7,10 @@ from faststream.asgi import AsgiFastStream
 
 from lifeboat.common import subjects
 from lifeboat.common.events import (
+    FailoverRequested,
     NodeHealth,
+    NodeRejoinRequested,
+    SwitchoverRequested,
 )
 from lifeboat.common.health import ComponentHealth, Status, component
 from lifeboat.common.runtime import ServiceRuntime, cluster_file_check
@@ -16,6 +19,19 @@ from lifeboat.failover.service import ClusterLoop, run_forever
 from lifeboat.failover.settings import FailoverSettings
 
 SERVICE = "failover"
+
+
+def _typed(
+    handler: Callable[[Request], Awaitable[None]], model: type[Request]
+) -> Callable[[Request], Awaitable[None]]:
+    """The handler, annotated with the one model FastStream should validate (and document)."""
+
+    async def handle(request: Request) -> None:
+        await handler(request)
+
+    handle.__annotations__ = {"request": model, "return": None}
+    handle.__name__ = f"on_{model.__name__}"
+    return handle
 
 
 def build_app(settings: FailoverSettings) -> AsgiFastStream:
@@ -36,9 +52,27 @@ def build_app(settings: FailoverSettings) -> AsgiFastStream:
         if loop is not None:
             loop.observe(report)
 
+    async def on_request(request: Request) -> None:
+        loop = loops.get(request.cluster)
+        if loop is not None:
+            loop.request(request)
+
+    requests: tuple[tuple[subjects.Topic, type[Request]], ...] = (
+        (subjects.FAILOVER_REQUESTED, FailoverRequested),
+        (subjects.SWITCHOVER_REQUESTED, SwitchoverRequested),
+        (subjects.NODE_REJOIN_REQUESTED, NodeRejoinRequested),
+    )
+    for topic, model in requests:
+        # Every instance hears every request; only the lease holder acts on it.
+        runtime.broker.subscriber(
+            topic.pattern(), title=f"failover-{topic.name}", description=topic.description
+        )(_typed(on_request, model))
+
     async def start() -> None:
         for cluster in settings.clusters.clusters:
             loops[cluster.name] = ClusterLoop(cluster, settings, runtime)
+        for loop in loops.values():
+            tasks.append(asyncio.create_task(loop.keep_lease(), name=f"lease-{loop.cluster.name}"))
         tasks.append(
             asyncio.create_task(
                 run_forever(list(loops.values()), settings.loop_interval_seconds), name="failover"
@@ -58,16 +92,3 @@ def build_app(settings: FailoverSettings) -> AsgiFastStream:
 
     runtime.health.add("leadership", leadership)
     return runtime.asgi_app(on_startup=[start], on_shutdown=[stop])
-
-
-def _typed(
-    handler: Callable[[Request], Awaitable[None]], model: type[Request]
-) -> Callable[[Request], Awaitable[None]]:
-    """The handler, annotated with the one model FastStream should validate (and document)."""
-
-    async def handle(request: Request) -> None:
-        await handler(request)
-
-    handle.__annotations__ = {"request": model, "return": None}
-    handle.__name__ = f"on_{model.__name__}"
-    return handle

@@ -128,6 +128,8 @@ def decide(obs: Observation) -> Decision:
         and view.latest is not None
         and view.role is Role.PRIMARY
         and view.latest.writable
+        # A report from before the epoch changed shows the old primary as it rightly was.
+        and view.latest.occurred_at > topo.updated_at
     )
     if obs.request is not None:
         decision = _handle_request(obs, topo, views, obs.request)
@@ -255,7 +257,7 @@ def _handle_request(
     op = Operation(
         kind=kind, old_primary=old, new_primary=candidate, reason=reason, started_at=obs.now
     )
-    new = topo.promoted(candidate, op)
+    new = topo.promoted(candidate, op, at=obs.now)
     commands: list[Command] = [
         Handover(old, candidate, topo.epoch),
         WriteTopology(new),
@@ -396,7 +398,7 @@ def start_failover(
         reason=reason,
         started_at=obs.now,
     )
-    new = topo.promoted(candidate, op)
+    new = topo.promoted(candidate, op, at=obs.now)
     commands: list[Command] = [
         WriteTopology(new),
         Publish(

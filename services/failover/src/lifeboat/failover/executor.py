@@ -85,6 +85,7 @@ class Executor:
                     break
                 continue
             outcomes.append(Outcome(command, True, time.monotonic() - started, detail))
+            log.info("%s: %s (%.3fs)", type(command).__name__, detail, outcomes[-1].seconds)
         return outcomes
 
     async def _guard(self, epoch: int) -> None:

@@ -110,21 +110,29 @@ class NodeActions:
                 await conn.execute("select pg_reload_conf()")
 
     async def handover(self, primary: str, target: str, wait_seconds: float = 10.0) -> str:
-        """Make the primary read-only, end its sessions, wait for the target to replay it all."""
-        async with (
-            asyncio.timeout(self.timeout * 3),
-            self._connect(self.cluster.node(primary)) as conn,
-        ):
+        """The primary stops taking writes; the target replays everything it wrote.
+
+        A node managed here is shut down cleanly, which streams its shutdown checkpoint to
+        the standbys first: the new timeline then forks after it, and the old primary can
+        follow the new one without a rewind. Elsewhere it is left running read-only.
+        """
+        old = self.cluster.node(primary)
+        async with asyncio.timeout(self.timeout * 3), self._connect(old) as conn:
             await conn.execute("alter system set default_transaction_read_only = on")
             await conn.execute("select pg_reload_conf()")
             await conn.execute(_CLIENTS)
             row = await (await conn.execute("select pg_current_wal_lsn()::text")).fetchone()
         assert row is not None
-        final = str(row[0])
+        final, strictly_after = str(row[0]), False
+        if old.data_dir is not None:
+            final = await asyncio.to_thread(stop_cleanly, old.data_dir)
+            strictly_after = True  # past the shutdown checkpoint record, not just its start
+        check = "select pg_last_wal_replay_lsn() {} %s::pg_lsn".format(
+            ">" if strictly_after else ">="
+        )
         async with asyncio.timeout(wait_seconds), self._connect(self.cluster.node(target)) as conn:
             while True:
-                cur = await conn.execute("select pg_last_wal_replay_lsn() >= %s::pg_lsn", (final,))
-                caught_up = await cur.fetchone()
+                caught_up = await (await conn.execute(check, (final,))).fetchone()
                 if caught_up is not None and caught_up[0]:
                     return f"{target} replayed {primary} up to {final}"
                 await asyncio.sleep(0.02)
@@ -174,6 +182,7 @@ class NodeActions:
             await conn.execute("select pg_reload_conf()")
 
 
+_OWN_CONFIG = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf")
 _MANAGED = (
     "primary_conninfo",
     "primary_slot_name",
@@ -204,9 +213,10 @@ def rejoin_local(
             )
         except (RuntimeError, subprocess.TimeoutExpired):
             stop_local(data)
-    env = {**os.environ}
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    rewind_env = dict(env)
     if password is not None:
-        env["PGPASSWORD"] = password.get_secret_value()
+        rewind_env["PGPASSWORD"] = password.get_secret_value()
     source = make_conninfo(
         "",
         host=upstream.host,
@@ -215,12 +225,17 @@ def rejoin_local(
         dbname="postgres",
         connect_timeout=5,
     )
+    # Both pg_rewind and pg_basebackup bring the source's configuration files along; the
+    # node keeps its own (port, sockets, access rules).
+    own_config = {
+        name: (data / name).read_bytes() for name in _OWN_CONFIG if (data / name).exists()
+    }
     method = "pg_rewind"
     try:
         run(
             [str(bindir / "pg_rewind"), f"--target-pgdata={data}", f"--source-server={source}"],
             user=user,
-            env=env,
+            env=rewind_env,
             timeout=600,
         )
     except RuntimeError:
@@ -246,6 +261,9 @@ def rejoin_local(
             env=env,
             timeout=3600,
         )
+    for name, content in own_config.items():
+        (data / name).write_bytes(content)
+    user.own(*(data / name for name in own_config))
     auto = data / "postgresql.auto.conf"
     kept = [
         line
@@ -264,6 +282,22 @@ def rejoin_local(
         timeout=90,
     )
     return method
+
+
+def stop_cleanly(data_dir: Path) -> str:
+    """Shut a local node down (fast mode) and return its last checkpoint's location."""
+    user = OsUser.for_postgres(os.environ.get("LIFEBOAT_PG_OS_USER"))
+    bindir = find_bindir()
+    run(
+        [str(bindir / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "-t", "30", "stop"],
+        user=user,
+        timeout=40,
+    )
+    control = run([str(bindir / "pg_controldata"), str(data_dir)], user=user, timeout=30)
+    for line in control.splitlines():
+        if line.startswith("Latest checkpoint location:"):
+            return line.split(":", 1)[1].strip()
+    raise RuntimeError("pg_controldata shows no latest checkpoint location")
 
 
 def stop_local(data_dir: Path) -> bool:
