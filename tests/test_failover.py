@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import nats
 import psycopg
 import pytest
@@ -327,3 +328,61 @@ async def test_manual_failover_then_the_old_primary_rejoins(ha: HA) -> None:
     assert topo.primary == "node2"
     done = await wait_event(ha, "failover.completed")
     assert done["kind"] == "manual"
+
+
+async def test_gateway_operations_role_checks_and_history(ha: HA) -> None:
+    await start_ha(ha)
+    port = free_port()
+    ha.start("gateway", f"{ha.name}-g1", LIFEBOAT_HTTP_PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base, timeout=60) as api:
+        for _ in range(100):
+            try:
+                if (await api.get(f"/clusters/{ha.name}/nodes/node2/replica")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+        status = (await api.get(f"/clusters/{ha.name}")).json()
+        assert status["topology"]["primary"] == "node1"
+        assert {n["name"]: n["health"]["role"] for n in status["nodes"]} == {
+            "node1": "primary",
+            "node2": "standby",
+            "node3": "standby",
+        }
+        assert (await api.get(f"/clusters/{ha.name}/nodes/node1/primary")).status_code == 200
+        assert (await api.get(f"/clusters/{ha.name}/nodes/node2/primary")).status_code == 503
+        assert (await api.get(f"/clusters/{ha.name}/nodes/node2/replica")).status_code == 200
+
+        missing = await api.get("/clusters/nope/nodes/node1/primary")
+        assert missing.status_code == 404
+        assert "no cluster named 'nope'" in missing.json()["detail"]
+        bad = await api.post(f"/clusters/{ha.name}/switchover", json={"reason": ""})
+        assert bad.status_code == 422
+        unknown = await api.post(
+            f"/clusters/{ha.name}/switchover", json={"target": "node9", "reason": "x"}
+        )
+        assert unknown.status_code == 404
+        refused = await api.post(
+            f"/clusters/{ha.name}/switchover", json={"target": "node1", "reason": "x"}
+        )
+        assert refused.status_code == 409
+        assert refused.json()["reason"] == "node1 is already the primary"
+
+        done = await api.post(
+            f"/clusters/{ha.name}/switchover",
+            json={"target": "node2", "reason": "patching", "requested_by": "ops"},
+        )
+        assert done.status_code == 200, done.text
+        assert done.json()["event"]["new_primary"] == "node2"
+        for _ in range(100):
+            if (await api.get(f"/clusters/{ha.name}/nodes/node2/primary")).status_code == 200:
+                break
+            await asyncio.sleep(0.2)
+        assert (await api.get(f"/clusters/{ha.name}/nodes/node1/primary")).status_code == 503
+
+        history = (await api.get(f"/clusters/{ha.name}/history")).json()
+        kinds = [e["type"] for e in history]
+        assert "switchover.failed" in kinds
+        assert "switchover.completed" in kinds
+        assert kinds.index("switchover.failed") < kinds.index("switchover.completed")
