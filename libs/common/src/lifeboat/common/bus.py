@@ -179,3 +179,17 @@ class DeadLetterMiddleware(BaseMiddleware):
         )
         log.warning("dead-lettered %s: %s", letter.original_subject, letter.reason)
         await EventPublisher(broker, source).publish(letter)
+
+
+def listen(
+    broker: NatsBroker, topic: Topic, *, title: str
+) -> Callable[[Callable[..., Awaitable[None]]], object]:
+    """A plain (non-durable) subscription: every instance gets every message, live.
+
+    It never answers: these subjects are in the stream, and an answer would race the
+    publisher's JetStream ack.
+    """
+    decorator: Callable[[Callable[..., Awaitable[None]]], object] = broker.subscriber(
+        topic.pattern(), no_reply=True, title=title, description=topic.description
+    )
+    return decorator

@@ -5,10 +5,12 @@ The local stack, the test fixtures and the failover service (fencing, rejoining)
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,3 +155,17 @@ def run(
             f"{(result.stderr or result.stdout).strip()}"
         )
     return str(result.stdout)
+
+
+def signal_postgres(data_dir: Path, sig: signal.Signals) -> bool:
+    """Send `sig` to the node's postmaster and every backend; False if it is not running.
+
+    SIGKILL and SIGSTOP reach a frozen node too, which pg_ctl's own signals do not.
+    """
+    pid = postmaster_pid(data_dir)
+    if pid is None:
+        return False
+    for p in process_tree(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+    return True

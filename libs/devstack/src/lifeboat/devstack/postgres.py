@@ -19,7 +19,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
-from lifeboat.common.localpg import OsUser, find_bindir, postmaster_pid, process_tree, run
+from lifeboat.common.localpg import OsUser, find_bindir, postmaster_pid, run, signal_postgres
 from lifeboat.devstack.procs import kill_pid, wait_until
 
 HOST = "127.0.0.1"
@@ -112,16 +112,10 @@ class PgNode:
 
     def freeze(self) -> None:
         """SIGSTOP the postmaster and every backend: the node hangs, as on a stalled host."""
-        for pid in self._tree():
-            kill_pid(pid, signal.SIGSTOP)
+        signal_postgres(self.data_dir, signal.SIGSTOP)
 
     def thaw(self) -> None:
-        for pid in self._tree():
-            kill_pid(pid, signal.SIGCONT)
-
-    def _tree(self) -> list[int]:
-        root = self.pid()
-        return [] if root is None else process_tree(root)
+        signal_postgres(self.data_dir, signal.SIGCONT)
 
     def conninfo(self, dbname: str = "postgres") -> str:
         """Superuser connection over the local socket (trust, reachable only on this host)."""

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from faststream.asgi import AsgiFastStream
 
 from lifeboat.common import subjects
+from lifeboat.common.bus import listen
 from lifeboat.common.events import (
     FailoverRequested,
     NodeHealth,
@@ -42,11 +43,7 @@ def build_app(settings: FailoverSettings) -> AsgiFastStream:
 
     # Every instance needs every report to decide alone: a plain subscription, not a shared
     # durable consumer.
-    @runtime.broker.subscriber(
-        subjects.NODE_HEALTH.pattern(),
-        title="failover-node-health",
-        description="Every monitor's report on every node: the failover quorum",
-    )
+    @listen(runtime.broker, subjects.NODE_HEALTH, title="failover-node-health")
     async def on_health(report: NodeHealth) -> None:
         loop = loops.get(report.cluster)
         if loop is not None:
@@ -64,9 +61,7 @@ def build_app(settings: FailoverSettings) -> AsgiFastStream:
     )
     for topic, model in requests:
         # Every instance hears every request; only the lease holder acts on it.
-        runtime.broker.subscriber(
-            topic.pattern(), title=f"failover-{topic.name}", description=topic.description
-        )(_typed(on_request, model))
+        listen(runtime.broker, topic, title=f"failover-{topic.name}")(_typed(on_request, model))
 
     async def start() -> None:
         for cluster in settings.clusters.clusters:

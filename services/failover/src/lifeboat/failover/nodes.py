@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -18,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
-from lifeboat.common.localpg import OsUser, find_bindir, postmaster_pid, process_tree, run
+from lifeboat.common.localpg import OsUser, find_bindir, postmaster_pid, run, signal_postgres
 
 _CLIENTS = """
 select count(pg_terminate_backend(pid)) from pg_stat_activity
@@ -69,7 +70,7 @@ class NodeActions:
                 done.append("made read-only, client sessions ended")
         except (TimeoutError, psycopg.Error) as exc:
             done.append(f"not reachable over SQL ({type(exc).__name__})")
-        if node.data_dir is not None and stop_local(node.data_dir):
+        if node.data_dir is not None and signal_postgres(node.data_dir, signal.SIGKILL):
             done.append("stopped (SIGKILL)")
         return "; ".join(done)
 
@@ -191,6 +192,18 @@ _MANAGED = (
 )
 
 
+@dataclass(frozen=True)
+class _Local:
+    data: Path
+    user: OsUser
+    bindir: Path
+
+    def pg(
+        self, tool: str, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+    ) -> str:
+        return run([str(self.bindir / tool), *args], user=self.user, env=env, timeout=timeout)
+
+
 def rejoin_local(
     node: NodeSpec,
     upstream: NodeSpec,
@@ -199,20 +212,18 @@ def rejoin_local(
     conninfo: str,
     slot: str,
 ) -> str:
-    """Stop, rewind (or re-clone), configure as a standby and start a local node."""
+    """Stop, rewind, configure as a standby and start a local node; when rewinding fails, or
+    the rewound node will not start, clone it afresh with pg_basebackup instead."""
     assert node.data_dir is not None
-    data = node.data_dir
-    user = OsUser.for_postgres(os.environ.get("LIFEBOAT_PG_OS_USER"))
-    bindir = find_bindir()
+    local = _Local(
+        node.data_dir, OsUser.for_postgres(os.environ.get("LIFEBOAT_PG_OS_USER")), find_bindir()
+    )
+    data = local.data
     if postmaster_pid(data) is not None:
         try:
-            run(
-                [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"],
-                user=user,
-                timeout=40,
-            )
+            local.pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop")
         except (RuntimeError, subprocess.TimeoutExpired):
-            stop_local(data)
+            signal_postgres(data, signal.SIGKILL)
     env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
     rewind_env = dict(env)
     if password is not None:
@@ -225,45 +236,51 @@ def rejoin_local(
         dbname="postgres",
         connect_timeout=5,
     )
-    # Both pg_rewind and pg_basebackup bring the source's configuration files along; the
-    # node keeps its own (port, sockets, access rules).
-    own_config = {
-        name: (data / name).read_bytes() for name in _OWN_CONFIG if (data / name).exists()
-    }
-    method = "pg_rewind"
+    # Both tools bring the source's configuration files along; the node keeps its own
+    # (port, sockets, access rules).
+    own_config = {n: (data / n).read_bytes() for n in _OWN_CONFIG if (data / n).exists()}
     try:
-        run(
-            [str(bindir / "pg_rewind"), f"--target-pgdata={data}", f"--source-server={source}"],
-            user=user,
+        local.pg(
+            "pg_rewind",
+            f"--target-pgdata={data}",
+            f"--source-server={source}",
             env=rewind_env,
             timeout=600,
         )
-    except RuntimeError:
-        method = "pg_basebackup"
-        for child in data.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-        run(
-            [
-                str(bindir / "pg_basebackup"),
-                "-D",
-                str(data),
-                "-d",
-                conninfo,
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-            ],
-            user=user,
-            env=env,
-            timeout=3600,
-        )
+        _configure_standby(local, own_config, conninfo, slot)
+        _start(local)
+        return "pg_rewind"
+    except (RuntimeError, subprocess.TimeoutExpired):
+        signal_postgres(data, signal.SIGKILL)
+    for child in data.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    local.pg(
+        "pg_basebackup",
+        "-D",
+        str(data),
+        "-d",
+        conninfo,
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        env=env,
+        timeout=3600,
+    )
+    _configure_standby(local, own_config, conninfo, slot)
+    _start(local)
+    return "pg_basebackup"
+
+
+def _configure_standby(
+    local: _Local, own_config: dict[str, bytes], conninfo: str, slot: str
+) -> None:
+    data = local.data
     for name, content in own_config.items():
         (data / name).write_bytes(content)
-    user.own(*(data / name for name in own_config))
     auto = data / "postgresql.auto.conf"
     kept = [
         line
@@ -274,14 +291,12 @@ def rejoin_local(
     kept += [f"primary_conninfo = '{quoted}'", f"primary_slot_name = '{slot}'"]
     auto.write_text("\n".join(kept) + "\n")
     (data / "standby.signal").touch()
-    user.own(auto, data / "standby.signal")
-    log_file = data.parent / "postgres.log"
-    run(
-        [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-w", "-t", "60", "start"],
-        user=user,
-        timeout=90,
-    )
-    return method
+    local.user.own(auto, data / "standby.signal", *(data / name for name in own_config))
+
+
+def _start(local: _Local) -> None:
+    log_file = local.data.parent / "postgres.log"
+    local.pg("pg_ctl", "-D", str(local.data), "-l", str(log_file), "-w", "-t", "60", "start")
 
 
 def stop_cleanly(data_dir: Path) -> str:
@@ -298,14 +313,3 @@ def stop_cleanly(data_dir: Path) -> str:
         if line.startswith("Latest checkpoint location:"):
             return line.split(":", 1)[1].strip()
     raise RuntimeError("pg_controldata shows no latest checkpoint location")
-
-
-def stop_local(data_dir: Path) -> bool:
-    """SIGKILL the postmaster and its backends: works on a frozen node too."""
-    pid = postmaster_pid(data_dir)
-    if pid is None:
-        return False
-    for p in process_tree(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p, signal.SIGKILL)
-    return True

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from lifeboat.common import subjects
 from lifeboat.common.breakers import BreakerSnapshot
+from lifeboat.common.bus import listen
 from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.events import (
     FailoverRequested,
@@ -63,7 +64,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         )
     observed = Observed()
 
-    @runtime.broker.subscriber(subjects.NODE_HEALTH.pattern(), title="gateway-node-health")
+    @listen(runtime.broker, subjects.NODE_HEALTH, title="gateway-node-health")
     async def on_health(report: NodeHealth) -> None:
         observed.add(report)
 
