@@ -249,9 +249,13 @@ def rejoin_local(
         )
         _configure_standby(local, own_config, conninfo, slot)
         _start(local)
-        return "pg_rewind"
+        # A rewind can "succeed" yet leave WAL past the fork (the end-of-recovery checkpoint
+        # of a crashed primary): the node starts but never streams. Only streaming counts.
+        if _streams(node, cluster, password):
+            return "pg_rewind"
     except (RuntimeError, subprocess.TimeoutExpired):
-        signal_postgres(data, signal.SIGKILL)
+        pass
+    signal_postgres(data, signal.SIGKILL)
     for child in data.iterdir():
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
@@ -292,6 +296,21 @@ def _configure_standby(
     auto.write_text("\n".join(kept) + "\n")
     (data / "standby.signal").touch()
     local.user.own(auto, data / "standby.signal", *(data / name for name in own_config))
+
+
+def _streams(
+    node: NodeSpec, cluster: ClusterSpec, password: SecretStr | None, wait_seconds: float = 15
+) -> bool:
+    dsn = cluster.node_dsn(node, password, connect_timeout=2).reveal()
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psycopg.Error):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                row = conn.execute("select status from pg_stat_wal_receiver").fetchone()
+            if row is not None and row[0] == "streaming":
+                return True
+        time.sleep(0.3)
+    return False
 
 
 def _start(local: _Local) -> None:
