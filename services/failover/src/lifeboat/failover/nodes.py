@@ -255,7 +255,7 @@ def rejoin_local(
             return "pg_rewind"
     except (RuntimeError, subprocess.TimeoutExpired):
         pass
-    signal_postgres(data, signal.SIGKILL)
+    _kill_and_wait(data)
     for child in data.iterdir():
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
@@ -296,6 +296,20 @@ def _configure_standby(
     auto.write_text("\n".join(kept) + "\n")
     (data / "standby.signal").touch()
     local.user.own(auto, data / "standby.signal", *(data / name for name in own_config))
+
+
+def _kill_and_wait(data: Path, wait_seconds: float = 10) -> None:
+    """SIGKILL the node and wait until its postmaster is gone: its lock files must be stale
+    before a new one starts."""
+    pid = postmaster_pid(data)
+    signal_postgres(data, signal.SIGKILL)
+    deadline = time.monotonic() + wait_seconds
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def _streams(
