@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -23,15 +25,20 @@ from lifeboat.common.clusters import ClustersFile, dump_clusters
 from lifeboat.common.events import (
     ClusterEvent,
     FailoverCompleted,
+    FailoverKind,
     FailoverRequested,
     NodeRejoinRequested,
     Source,
     SwitchoverRequested,
 )
-from lifeboat.common.kv import TopologyStore
-from lifeboat.common.state import Topology
+from lifeboat.common.kv import LeaseStore, TopologyStore
+from lifeboat.common.state import Operation, Topology
 from lifeboat.devstack.postgres import Passwords, PgCluster
 from lifeboat.devstack.procs import ManagedProcess, free_port
+from lifeboat.devstack.servers import NatsPorts, NatsServer
+from lifeboat.failover.commands import Decision, Fence, Promote
+from lifeboat.failover.executor import Executor
+from lifeboat.failover.nodes import NodeActions
 
 
 class HA:
@@ -98,6 +105,12 @@ class HA:
 
 @pytest.fixture
 async def ha(nats_url: str, workdir: Path, unique: str) -> AsyncIterator[HA]:
+    async with make_ha(nats_url, workdir, unique) as harness:
+        yield harness
+
+
+@contextlib.asynccontextmanager
+async def make_ha(nats_url: str, workdir: Path, unique: str) -> AsyncIterator[HA]:
     base = workdir / unique
     base.mkdir()
     base.chmod(0o755)
@@ -123,16 +136,16 @@ async def ha(nats_url: str, workdir: Path, unique: str) -> AsyncIterator[HA]:
     async def collect(msg: Msg) -> None:
         harness.events.append(json.loads(msg.data))
 
-    sub = await nc.subscribe(f"*.*.{unique}", cb=collect)
-    sub2 = await nc.subscribe(f"*.*.{unique}.*", cb=collect)
+    await nc.subscribe(f"*.*.{unique}", cb=collect)
+    await nc.subscribe(f"*.*.{unique}.*", cb=collect)
     try:
         yield harness
     finally:
         for proc in harness.procs:
             proc.stop(timeout=10)
-        await sub.unsubscribe()
-        await sub2.unsubscribe()
-        await nc.close()
+        await harness.nc.close()  # a test may have replaced the connection
+        if not nc.is_closed:
+            await nc.close()
         cluster.stop()
         for node in cluster.nodes:
             node.kill()
@@ -386,3 +399,123 @@ async def test_gateway_operations_role_checks_and_history(ha: HA) -> None:
         assert "switchover.failed" in kinds
         assert "switchover.completed" in kinds
         assert kinds.index("switchover.failed") < kinds.index("switchover.completed")
+
+
+async def test_one_of_two_monitors_killed_and_failover_still_works(ha: HA) -> None:
+    ha.start("monitor", f"{ha.name}-m2", LIFEBOAT_LOCATION="dc2")
+    await start_ha(ha)
+    first = next(p for p in ha.procs if p.name.endswith("-m1"))
+    first.signal(signal.SIGKILL)
+    await asyncio.sleep(1)
+    ha.pg.nodes[0].kill()
+    after = await ha.wait_topology(lambda t: t.primary != "node1" and t.operation is None)
+    assert after.epoch == 1
+
+
+async def test_an_interrupted_failover_is_finished_by_the_next_leader(ha: HA) -> None:
+    """The leader wrote the new epoch and died before promoting: whoever leads next
+    finishes the job instead of starting over."""
+    await start_ha(ha)
+    for proc in ha.procs:
+        proc.stop()
+    ha.pg.nodes[0].kill()
+    store = await TopologyStore.open(ha.nc.jetstream())
+    current = await store.get(ha.name)
+    assert current is not None
+    op = Operation(
+        kind=FailoverKind.AUTOMATIC,
+        old_primary="node1",
+        new_primary="node2",
+        reason="node1 unreachable (interrupted)",
+    )
+    await store.compare_and_set(current.value.promoted("node2", op), current.revision)
+
+    ha.start("monitor", f"{ha.name}-m3")
+    ha.start("failover", f"{ha.name}-f2")
+    after = await ha.wait_topology(lambda t: t.operation is None)
+    assert (after.primary, after.epoch) == ("node2", 1)  # same epoch: finished, not redone
+    await wait_follows(ha, 2, 1)
+    done = await wait_event(ha, "failover.completed")
+    assert done["reason"] == "node1 unreachable (interrupted)"
+
+
+async def test_a_standby_failover_instance_takes_over_the_lease(ha: HA) -> None:
+    ha.start("failover", f"{ha.name}-f2")
+    await start_ha(ha)
+    leader = next(p for p in ha.procs if p.name.endswith("-f1"))
+    standby = next(p for p in ha.procs if p.name.endswith("-f2"))
+    leases = await LeaseStore.open(ha.nc.jetstream())
+    held = await leases.current(f"failover-{ha.name}")
+    assert held is not None
+    active = leader if held.value.holder == leader.name else standby
+    active.signal(signal.SIGKILL)
+    ha.pg.nodes[0].kill()
+    after = await ha.wait_topology(lambda t: t.primary != "node1" and t.operation is None)
+    assert after.epoch == 1
+    held = await leases.current(f"failover-{ha.name}")
+    assert held is not None
+    assert held.value.holder != active.name
+
+
+async def test_a_stale_epoch_is_refused_before_touching_a_node(ha: HA) -> None:
+    await start_ha(ha)
+    for proc in ha.procs:
+        proc.stop()
+    store = await TopologyStore.open(ha.nc.jetstream())
+    current = await store.get(ha.name)
+    assert current is not None
+    spec = ha.pg.spec(ha.name)
+
+    async def leader() -> bool:
+        return True
+
+    async def publish(event: object) -> None:
+        raise AssertionError("nothing may be published for a refused command")
+
+    executor = Executor(
+        ha.name, store, NodeActions(spec, ha.pg.passwords.superuser, 2), publish, leader, OPERATOR
+    )
+    stale = current.value.epoch - 1 if current.value.epoch else 99
+    outcomes = await executor.run(
+        Decision((Fence("node1", stale, "test"), Promote("node2", stale)), "test"), current
+    )
+    assert [o.ok for o in outcomes] == [False]
+    assert "stale" in outcomes[0].detail
+    with psycopg.connect(ha.dsn(0), autocommit=True) as conn:  # node1 untouched, writable
+        assert conn.execute("show default_transaction_read_only").fetchone() == ("off",)
+
+
+async def test_nats_restart_reconnects_everything_without_a_spurious_failover(
+    workdir: Path, unique: str
+) -> None:
+    nats_dir = workdir / f"{unique}-nats"
+    server = NatsServer(nats_dir, NatsPorts(free_port(), free_port()))
+    server.start()
+    try:
+        async with make_ha(server.url, workdir, unique) as ha:
+            await start_ha(ha)
+            await ha.nc.close()
+            server.stop()
+            await asyncio.sleep(3)  # longer than the lease TTL and the failure threshold
+            server.start()
+            ha.nc = await nats.connect(server.url)
+            ha.events.clear()
+            seen: list[Msg] = []
+
+            async def on_health(msg: Msg) -> None:
+                seen.append(msg)
+
+            sub = await ha.nc.subscribe(f"node.health.{ha.name}.*", cb=on_health)
+            deadline = time.monotonic() + 30
+            while len(seen) < 6 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+            await sub.unsubscribe()
+            assert len(seen) >= 6, "the monitor did not report again after NATS came back"
+            await asyncio.sleep(4)  # the failover service had time to (wrongly) act
+            topo = await ha.topology()
+            assert topo is not None
+            assert (topo.primary, topo.epoch) == ("node1", 0)
+            for proc in ha.procs:
+                assert proc.alive(), ha.tail()
+    finally:
+        server.stop()
