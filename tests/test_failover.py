@@ -141,14 +141,16 @@ async def make_ha(nats_url: str, workdir: Path, unique: str) -> AsyncIterator[HA
     try:
         yield harness
     finally:
-        for proc in harness.procs:
-            proc.stop(timeout=10)
-        await harness.nc.close()  # a test may have replaced the connection
-        if not nc.is_closed:
-            await nc.close()
-        cluster.stop()
-        for node in cluster.nodes:
-            node.kill()
+        try:
+            for proc in harness.procs:
+                proc.stop(timeout=10)
+            for conn in {harness.nc, nc}:  # a test may have replaced the connection
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        finally:
+            cluster.stop()
+            for node in cluster.nodes:
+                node.kill()
 
 
 async def start_ha(ha: HA) -> Topology:
