@@ -252,33 +252,9 @@ def _handle_request(
         )
     candidate, why_not = choose_candidate(obs, topo, views, target, handover=True)
     if candidate is None:
-        detail = "; ".join(f"{n}: {w}" for n, w in sorted(why_not.items())) or "no standbys"
-        return _refuse(obs, topo, kind, target, f"no standby can take over: {detail}")
-    op = Operation(
-        kind=kind, old_primary=old, new_primary=candidate, reason=reason, started_at=obs.now
-    )
-    new = topo.promoted(candidate, op, at=obs.now)
-    commands: list[Command] = [
-        Handover(old, candidate, topo.epoch),
-        WriteTopology(new),
-        Publish(
-            FailoverStarted(
-                cluster=topo.cluster,
-                source=obs.source,
-                epoch=new.epoch,
-                kind=kind,
-                old_primary=old,
-                candidate=candidate,
-                reason=reason,
-            )
-        ),
-        Promote(candidate, new.epoch),
-    ]
-    commands += [
-        Repoint(n.name, candidate, new.epoch)
-        for n in obs.cluster.nodes
-        if n.name not in (candidate, old) and views[n.name].role is Role.STANDBY
-    ]
+        return _refuse(obs, topo, kind, target, f"no standby can take over: {_why(why_not)}")
+    new, takeover = _takeover(obs, topo, views, kind, reason, candidate, fence=False)
+    commands: list[Command] = [Handover(old, candidate, topo.epoch), *takeover]
     if obs.cluster.node(old).data_dir is not None:
         commands.append(Rejoin(old, candidate, new.epoch))
     return Decision(tuple(commands), f"{reason}: handing {old} over to {candidate}")
@@ -381,16 +357,34 @@ def start_failover(
 ) -> Decision:
     candidate, why_not = choose_candidate(obs, topo, views, target)
     if candidate is None:
-        detail = "; ".join(f"{n}: {w}" for n, w in sorted(why_not.items())) or "no standbys"
         failed = FailoverFailed(
             cluster=topo.cluster,
             source=obs.source,
             epoch=topo.epoch,
             kind=kind,
             target=target,
-            reason=f"{reason}, but no standby can be promoted: {detail}",
+            reason=f"{reason}, but no standby can be promoted: {_why(why_not)}",
         )
         return Decision((Publish(failed),), failed.reason)
+    new, commands = _takeover(obs, topo, views, kind, reason, candidate, fence=True)
+    return Decision(commands, f"{reason}: promoting {candidate} at epoch {new.epoch}")
+
+
+def _why(why_not: dict[str, str]) -> str:
+    return "; ".join(f"{n}: {w}" for n, w in sorted(why_not.items())) or "no standbys"
+
+
+def _takeover(
+    obs: Observation,
+    topo: Topology,
+    views: dict[str, NodeView],
+    kind: FailoverKind,
+    reason: str,
+    candidate: str,
+    *,
+    fence: bool,
+) -> tuple[Topology, tuple[Command, ...]]:
+    """Commit the new epoch with the operation, then fence, promote and repoint under it."""
     op = Operation(
         kind=kind,
         old_primary=topo.primary,
@@ -399,21 +393,17 @@ def start_failover(
         started_at=obs.now,
     )
     new = topo.promoted(candidate, op, at=obs.now)
-    commands: list[Command] = [
-        WriteTopology(new),
-        Publish(
-            FailoverStarted(
-                cluster=topo.cluster,
-                source=obs.source,
-                epoch=new.epoch,
-                kind=kind,
-                old_primary=topo.primary,
-                candidate=candidate,
-                reason=reason,
-            )
-        ),
-    ]
-    if topo.primary is not None:
+    started = FailoverStarted(
+        cluster=topo.cluster,
+        source=obs.source,
+        epoch=new.epoch,
+        kind=kind,
+        old_primary=topo.primary,
+        candidate=candidate,
+        reason=reason,
+    )
+    commands: list[Command] = [WriteTopology(new), Publish(started)]
+    if fence and topo.primary is not None:
         commands.append(Fence(topo.primary, new.epoch, f"{reason}: {candidate} takes over"))
     commands.append(Promote(candidate, new.epoch))
     commands += [
@@ -421,7 +411,7 @@ def start_failover(
         for n in obs.cluster.nodes
         if n.name not in (candidate, topo.primary) and views[n.name].role is Role.STANDBY
     ]
-    return Decision(tuple(commands), f"{reason}: promoting {candidate} at epoch {new.epoch}")
+    return new, tuple(commands)
 
 
 def _continue(
