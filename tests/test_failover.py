@@ -53,6 +53,18 @@ class HA:
         self.procs: list[ManagedProcess] = []
         self.events: list[dict[str, object]] = []
 
+    def tag(self, node: str, *tags: str) -> None:
+        """Rewrite the cluster file with `tags` on `node` (before the services start)."""
+        spec = self.pg.spec(self.name)
+        nodes = tuple(
+            n.model_copy(update={"tags": frozenset(tags)}) if n.name == node else n
+            for n in spec.nodes
+        )
+        path = Path(self.env["LIFEBOAT_CLUSTERS_FILE"])
+        path.write_text(
+            dump_clusters(ClustersFile(clusters=(spec.model_copy(update={"nodes": nodes}),)))
+        )
+
     def start(self, service: str, instance: str, **extra: str) -> ManagedProcess:
         env = {
             **self.env,
@@ -153,12 +165,12 @@ async def make_ha(nats_url: str, workdir: Path, unique: str) -> AsyncIterator[HA
                 node.kill()
 
 
-async def start_ha(ha: HA) -> Topology:
+async def start_ha(
+    ha: HA, synchronous: tuple[str, ...] = ("node2", "node3"), **failover_env: str
+) -> Topology:
     ha.start("monitor", f"{ha.name}-m1")
-    ha.start("failover", f"{ha.name}-f1")
-    return await ha.wait_topology(
-        lambda t: t.primary == "node1" and t.synchronous == ("node2", "node3")
-    )
+    ha.start("failover", f"{ha.name}-f1", **failover_env)
+    return await ha.wait_topology(lambda t: t.primary == "node1" and t.synchronous == synchronous)
 
 
 def insert(dsn: str, ids: range) -> list[int]:
@@ -521,3 +533,26 @@ async def test_nats_restart_reconnects_everything_without_a_spurious_failover(
                 assert proc.alive(), ha.tail()
     finally:
         server.stop()
+
+
+async def test_a_nofailover_standby_is_never_promoted(ha: HA) -> None:
+    ha.tag("node2", "nofailover")  # node2 would win on priority otherwise
+    await start_ha(ha, synchronous=("node3",))
+    ha.pg.nodes[0].kill()
+    after = await ha.wait_topology(lambda t: t.primary != "node1" and t.operation is None)
+    assert after.primary == "node3"
+
+
+async def test_a_lagging_standby_is_passed_over(ha: HA) -> None:
+    await start_ha(ha, synchronous=(), LIFEBOAT_SYNCHRONOUS_MODE="off")
+    with psycopg.connect(ha.dsn(1), autocommit=True) as conn:  # node2 stops receiving WAL
+        conn.execute("alter system set primary_conninfo = ''")
+        conn.execute("select pg_reload_conf()")
+    with psycopg.connect(ha.dsn(0), autocommit=True) as conn:  # 4 MiB it will not have
+        conn.execute(
+            "create table filler as select repeat('x', 1000) as pad from generate_series(1, 4000)"
+        )
+    await asyncio.sleep(2.5)  # the monitor has seen both positions
+    ha.pg.nodes[0].kill()
+    after = await ha.wait_topology(lambda t: t.primary != "node1" and t.operation is None)
+    assert after.primary == "node3"
