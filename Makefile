@@ -28,7 +28,7 @@ lint: bootstrap
 	$(UV) run --no-sync ruff format --check .
 
 typecheck: bootstrap
-	$(UV) run --no-sync mypy libs services tests
+	$(UV) run --no-sync mypy libs services tests bench
 
 docs: bootstrap
 	$(UV) run --no-sync faststream docs gen lifeboat.common.asyncapi:app --yaml --out docs/asyncapi.yaml

@@ -100,7 +100,7 @@ def main() -> None:
         password = (stack_dir / "secrets" / "pg_password").read_text().strip()
         out: dict[str, Any] = {"baseline_detection_floor_s": DETECTION_FLOOR_S}
         for scenario in ("kill-primary", "freeze-primary", "switchover"):
-            result = drill(args.gateway, cluster, password, scenario, args.runs)  # type: ignore[arg-type]
+            result = drill(args.gateway, cluster, password, scenario, args.runs)
             s = result["summary"]
             key = scenario.replace("-", "_")
             if scenario == "switchover":

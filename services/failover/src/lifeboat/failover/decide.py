@@ -357,15 +357,8 @@ def start_failover(
 ) -> Decision:
     candidate, why_not = choose_candidate(obs, topo, views, target)
     if candidate is None:
-        failed = FailoverFailed(
-            cluster=topo.cluster,
-            source=obs.source,
-            epoch=topo.epoch,
-            kind=kind,
-            target=target,
-            reason=f"{reason}, but no standby can be promoted: {_why(why_not)}",
-        )
-        return Decision((Publish(failed),), failed.reason)
+        why = f"{reason}, but no standby can be promoted: {_why(why_not)}"
+        return _refuse(obs, topo, kind, target, why)
     new, commands = _takeover(obs, topo, views, kind, reason, candidate, fence=True)
     return Decision(commands, f"{reason}: promoting {candidate} at epoch {new.epoch}")
 
