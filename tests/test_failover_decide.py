@@ -614,3 +614,10 @@ def test_rejoin_of_a_fenced_old_primary() -> None:
     )
     decision = decide(dataclasses.replace(obs, request=rejoin_request("node1")))
     assert decision.commands == (Rejoin("node1", "node2", 5),)
+
+
+def test_a_primary_missing_from_the_cluster_file_is_not_acted_on() -> None:
+    topo = TOPO.model_copy(update={"primary": "node7"})
+    decision = decide(observe(*HEALTHY, topology=topo))
+    assert decision.commands == ()
+    assert "not in the cluster file" in decision.reason

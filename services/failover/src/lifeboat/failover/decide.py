@@ -117,6 +117,10 @@ def decide(obs: Observation) -> Decision:
     if obs.topology is None:
         return _bootstrap(obs, views)
     topo = obs.topology
+    if topo.primary is not None and topo.primary not in views:
+        return Decision.nothing(
+            f"the primary {topo.primary} is not in the cluster file: not acting on it"
+        )
     fences = tuple(
         Fence(
             name,

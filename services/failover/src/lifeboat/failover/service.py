@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.events import (
@@ -138,9 +138,13 @@ class ClusterLoop:
         if self.lease is None:
             return None
         request = self.requests.popleft()[1] if self.requests else None
+        now = datetime.now(UTC)
+        # Monitors come and go (a restart may bring a new instance id): forget the silent.
+        horizon = now - timedelta(seconds=10 * self.policy.report_max_age_seconds)
+        self.reports = {k: r for k, r in self.reports.items() if r.occurred_at >= horizon}
         current = await self.topologies.get(self.cluster.name)
         obs = Observation(
-            now=datetime.now(UTC),
+            now=now,
             cluster=self.cluster,
             topology=current.value if current else None,
             reports=tuple(self.reports.values()),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from lifeboat.common.events import NodeHealth, Role
 
@@ -15,8 +15,15 @@ class Observed:
     def add(self, report: NodeHealth) -> None:
         key = (report.cluster, report.node, report.source.instance)
         known = self._reports.get(key)
+        if known is None:
+            self._forget_silent(report.occurred_at)
         if known is None or known.occurred_at <= report.occurred_at:
             self._reports[key] = report
+
+    def _forget_silent(self, now: datetime) -> None:
+        """Monitors come and go (a restart may bring a new instance id)."""
+        horizon = now - timedelta(seconds=10 * self.max_age_seconds)
+        self._reports = {k: r for k, r in self._reports.items() if r.occurred_at >= horizon}
 
     def latest(self, cluster: str, node: str) -> NodeHealth | None:
         """The freshest report on the node, if any monitor sent one recently."""
