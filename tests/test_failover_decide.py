@@ -58,6 +58,7 @@ TOPO = Topology(
     epoch=4,
     members={"node1": Role.PRIMARY, "node2": Role.STANDBY, "node3": Role.STANDBY},
     synchronous=SYNC_ALL,
+    updated_at=NOW - timedelta(minutes=5),
 )
 
 
@@ -621,3 +622,41 @@ def test_a_primary_missing_from_the_cluster_file_is_not_acted_on() -> None:
     decision = decide(observe(*HEALTHY, topology=topo))
     assert decision.commands == ()
     assert "not in the cluster file" in decision.reason
+
+
+def test_a_primary_back_in_recovery_is_failed_over() -> None:
+    demoted = rep(
+        "node1", role="standby", writable=False, consecutive_read_only=3, receive_lsn="0/5000000"
+    )
+    decision = decide(observe(demoted, standby("node2"), standby("node3")))
+    assert Promote("node2", 5) in decision.commands
+    assert "node1 in recovery for 3 probes by 1 of 1 monitors" in decision.reason
+
+
+def test_reports_from_before_the_promotion_do_not_fail_the_new_primary() -> None:
+    done = AFTER.model_copy(update={"operation": None})
+    stale = [
+        rep("node2", m, role="standby", writable=False, consecutive_read_only=9, age=1.5)
+        for m in ("m2", "m3")
+    ]
+    decision = decide(
+        observe(
+            down("node1"),
+            rep("node2", "m1", role="primary", writable=True),
+            *stale,
+            standby("node3", upstream="node2", configured_upstream="node2"),
+            topology=done,
+        )
+    )
+    assert not any(isinstance(c, (Promote, WriteTopology)) for c in decision.commands)
+
+
+def test_read_only_probes_are_counted_by_the_monitor() -> None:
+    from lifeboat.monitor.transitions import NodeState, Observed, Thresholds, step
+
+    state = NodeState()
+    for _ in range(3):
+        state, _ = step(state, Observed(True, Role.STANDBY, writable=False), Thresholds())
+    assert state.consecutive_read_only == 3
+    state, _ = step(state, Observed(True, Role.PRIMARY, writable=True), Thresholds())
+    assert state.consecutive_read_only == 0

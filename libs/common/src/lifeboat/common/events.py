@@ -107,6 +107,8 @@ class NodeHealth(NodeEvent):
     reachable: bool
     # Failed probes in a row by this monitor, this one included; 0 when reachable.
     consecutive_failures: NonNegativeInt = 0
+    # Probes in a row that found it answering but refusing writes (a standby, or read-only).
+    consecutive_read_only: NonNegativeInt = 0
     latency_ms: NonNegativeFloat | None = None
     role: Role = Role.UNKNOWN
     writable: bool | None = None

@@ -102,14 +102,27 @@ def node_views(obs: Observation) -> dict[str, NodeView]:
         views[node.name] = NodeView(
             name=node.name,
             monitors=frozenset(r.source.instance for r in mine),
-            failing=frozenset(
-                r.source.instance
-                for r in mine
-                if not r.reachable and r.consecutive_failures >= obs.policy.failure_threshold
-            ),
+            failing=frozenset(r.source.instance for r in mine if _failing(r, obs)),
             latest=answered[-1] if answered else None,
         )
     return views
+
+
+def _failing(report: NodeHealth, obs: Observation) -> bool:
+    """Down for the threshold, or back in recovery (demoted) for it: either way, no primary.
+
+    Only a report made since the epoch changed can say the primary is in recovery: before it,
+    the new primary rightly was a standby.
+    """
+    threshold = obs.policy.failure_threshold
+    if not report.reachable:
+        return report.consecutive_failures >= threshold
+    since = obs.topology.updated_at if obs.topology else None
+    return (
+        report.role is Role.STANDBY
+        and report.consecutive_read_only >= threshold
+        and (since is None or report.occurred_at > since)
+    )
 
 
 def decide(obs: Observation) -> Decision:
@@ -175,8 +188,9 @@ def _primary_state(
         )
     down = len(view.failing)
     if 2 * down > live:
+        what = "in recovery" if view.role is Role.STANDBY else "unreachable"
         return "failed", (
-            f"{topo.primary} unreachable for {obs.policy.failure_threshold} probes "
+            f"{topo.primary} {what} for {obs.policy.failure_threshold} probes "
             f"by {down} of {live} monitors"
         )
     if down:

@@ -139,7 +139,9 @@ class Monitor:
             lag_bytes, lag_seconds = replication_lag(result, primary, node.name)
         state, transitions = step(
             self.states[key],
-            Observed(result.reachable, result.role, lag_seconds, lag_bytes, result.error),
+            Observed(
+                result.reachable, result.role, result.writable, lag_seconds, lag_bytes, result.error
+            ),
             self.thresholds,
         )
         self.states[key] = state
@@ -150,6 +152,7 @@ class Monitor:
                 monitor_location=self.location,
                 reachable=result.reachable,
                 consecutive_failures=state.consecutive_failures,
+                consecutive_read_only=state.consecutive_read_only,
                 latency_ms=result.latency_ms,
                 role=result.role,
                 writable=result.writable,

@@ -25,6 +25,7 @@ class Thresholds:
 class Observed:
     reachable: bool
     role: Role = Role.UNKNOWN
+    writable: bool | None = None
     lag_seconds: float | None = None
     lag_bytes: int | None = None
     error: str | None = None
@@ -33,6 +34,7 @@ class Observed:
 @dataclass(frozen=True)
 class NodeState:
     consecutive_failures: int = 0
+    consecutive_read_only: int = 0
     down: bool = False
     role: Role | None = None
     lag_level: LagLevel = LagLevel.OK
@@ -85,8 +87,11 @@ def step(state: NodeState, seen: Observed, t: Thresholds) -> tuple[NodeState, li
         failures = state.consecutive_failures + 1
         if not state.down and failures >= t.failure_threshold:
             reason = seen.error or "unreachable"
-            return replace(state, consecutive_failures=failures, down=True), [WentDown(reason)]
-        return replace(state, consecutive_failures=failures), []
+            return (
+                replace(state, consecutive_failures=failures, consecutive_read_only=0, down=True),
+                [WentDown(reason)],
+            )
+        return replace(state, consecutive_failures=failures, consecutive_read_only=0), []
 
     out: list[Transition] = []
     if state.down:
@@ -100,4 +105,5 @@ def step(state: NodeState, seen: Observed, t: Thresholds) -> tuple[NodeState, li
         level = LagLevel.OK  # a primary has no replication lag of its own
     if level != state.lag_level:
         out.append(LagChanged(level, seen.lag_seconds, seen.lag_bytes))
-    return NodeState(consecutive_failures=0, down=False, role=seen.role, lag_level=level), out
+    read_only = state.consecutive_read_only + 1 if seen.writable is False else 0
+    return NodeState(consecutive_read_only=read_only, role=seen.role, lag_level=level), out
