@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
 from pydantic import SecretStr
 
 from lifeboat.common.settings import S3Settings
@@ -28,3 +29,11 @@ class S3Endpoint:
             "LIFEBOAT_S3_ACCESS_KEY_ID": self.access_key_id,
             "LIFEBOAT_S3_SECRET_ACCESS_KEY": self.secret_access_key,
         }
+
+
+def answers_ok(url: str) -> bool:
+    """True when `url` answers 200 right now."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

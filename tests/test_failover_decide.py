@@ -39,7 +39,8 @@ from lifeboat.failover.commands import (
     SetSynchronous,
     WriteTopology,
 )
-from lifeboat.failover.decide import Observation, Policy, decide, parse_sync_names
+from lifeboat.failover.decide import Observation, Policy, decide
+from lifeboat.failover.sync_names import format_sync_names, parse_sync_names
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 ME = Source(service="failover", instance="f-1")
@@ -660,3 +661,8 @@ def test_read_only_probes_are_counted_by_the_monitor() -> None:
     assert state.consecutive_read_only == 3
     state, _ = step(state, Observed(True, Role.PRIMARY, writable=True), Thresholds())
     assert state.consecutive_read_only == 0
+
+
+@pytest.mark.parametrize("names", [(), ("node2",), ("node2", "node3"), ('we"ird', "x-y")])
+def test_sync_names_read_back_what_is_written(names: tuple[str, ...]) -> None:
+    assert parse_sync_names(format_sync_names(names)) == tuple(sorted(names))

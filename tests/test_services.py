@@ -22,7 +22,7 @@ from lifeboat.common.clusters import ClustersFile, dump_clusters
 from lifeboat.common.events import NodeHealth
 from lifeboat.devstack.postgres import PgCluster
 from lifeboat.devstack.procs import ManagedProcess, free_port, wait_until
-from tests.endpoints import S3Endpoint
+from tests.endpoints import S3Endpoint, answers_ok
 
 SERVICES = ("monitor", "failover", "backup", "filesync", "gateway")
 
@@ -181,7 +181,7 @@ def test_gateway_reports_an_unreachable_node_and_opens_its_breaker(
     proc.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _answers(url), timeout=30, what="the gateway")
+        wait_until(lambda: answers_ok(f"{url}/health/live"), timeout=30, what="the gateway")
         for _ in range(3):
             resp = httpx.get(f"{url}/health", timeout=10)
         assert resp.status_code == 503
@@ -197,13 +197,6 @@ def test_gateway_reports_an_unreachable_node_and_opens_its_breaker(
         assert states[f"postgres:{spec.name}/node1"] == "closed"
     finally:
         proc.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_cli_status_shows_every_component(services: Services) -> None:

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from lifeboat.devstack.procs import ManagedProcess, free_port, wait_until
+from tests.endpoints import answers_ok
 
 pytestmark = pytest.mark.stack
 
@@ -113,13 +114,6 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -190,7 +184,7 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     wait_until(lambda: "restarted monitor" in stack.output(), timeout=30, what="the restart")
     assert "!!! monitor exited" in stack.output()
     wait_until(
-        lambda: _ready(f"http://127.0.0.1:{monitor_port}/health/ready"),
+        lambda: answers_ok(f"http://127.0.0.1:{monitor_port}/health/ready"),
         timeout=30,
         what="the restarted monitor",
     )

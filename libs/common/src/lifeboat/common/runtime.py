@@ -30,7 +30,7 @@ from tenacity import (
 from lifeboat.common.breakers import Breakers
 from lifeboat.common.bus import EventPublisher, ensure_stream, make_broker, stream_config
 from lifeboat.common.events import Source
-from lifeboat.common.health import ComponentHealth, HealthRegistry, Status, component
+from lifeboat.common.health import Check, ComponentHealth, HealthRegistry, Status, component
 from lifeboat.common.log import configure_logging
 from lifeboat.common.settings import ServiceSettings
 
@@ -189,7 +189,7 @@ def serve(app: object, settings: ServiceSettings, service: str) -> None:
         raise SystemExit(3)  # startup failed; uvicorn has logged why
 
 
-def cluster_file_check(settings: ServiceSettings) -> Callable[[], Awaitable[ComponentHealth]]:
+def cluster_file_check(settings: ServiceSettings) -> Check:
     """A health check that the cluster description loads and names at least one node."""
 
     async def check() -> ComponentHealth:

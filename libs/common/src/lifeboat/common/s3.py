@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import boto3
@@ -11,7 +10,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lifeboat.common.breakers import Breakers
-from lifeboat.common.health import ComponentHealth, Status, component
+from lifeboat.common.health import Check, ComponentHealth, Status, component
 from lifeboat.common.settings import S3Settings
 
 if TYPE_CHECKING:
@@ -44,7 +43,7 @@ def ensure_buckets(client: S3Client, buckets: tuple[str, ...]) -> None:
             client.create_bucket(Bucket=bucket)
 
 
-def s3_check(settings: S3Settings, breakers: Breakers) -> Callable[[], Awaitable[ComponentHealth]]:
+def s3_check(settings: S3Settings, breakers: Breakers) -> Check:
     """A health check of the configured buckets."""
     client = make_s3_client(settings)
 

@@ -18,17 +18,13 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
-from lifeboat.common.clusters import ClusterSpec, NodeSpec
+from lifeboat.common.clusters import ClusterSpec, NodeSpec, replication_slot
 from lifeboat.common.localpg import OsUser, find_bindir, postmaster_pid, run, signal_postgres
 from lifeboat.devstack.procs import kill_pid, wait_until
 
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
 REPLICATION_USER = "replicator"
-
-
-def slot_name(node: str) -> str:
-    return node.lower().replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -263,7 +259,7 @@ class PgCluster:
         for standby in self.nodes[1:]:
             primary.execute(
                 sql.SQL("select pg_create_physical_replication_slot(%s)"),
-                (slot_name(standby.name),),
+                (replication_slot(standby.name),),
             )
         for standby in self.nodes[1:]:
             self._clone(standby)
@@ -283,7 +279,7 @@ class PgCluster:
                 "stream",
                 "-R",
                 "-S",
-                slot_name(standby.name),
+                replication_slot(standby.name),
                 "-c",
                 "fast",
             ],

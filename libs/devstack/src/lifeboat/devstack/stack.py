@@ -17,7 +17,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -94,7 +94,6 @@ class Service:
     process: ManagedProcess
     restarts: int = 0
     next_start: float = 0.0
-    history: list[float] = field(default_factory=list)
 
 
 class Stack:

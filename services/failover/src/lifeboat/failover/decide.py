@@ -9,7 +9,6 @@ interrupted failover simply by deciding again.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -47,6 +46,7 @@ from lifeboat.failover.commands import (
     SetSynchronous,
     WriteTopology,
 )
+from lifeboat.failover.sync_names import parse_sync_names
 
 SyncMode = Literal["off", "on", "strict"]
 Request = FailoverRequested | SwitchoverRequested | NodeRejoinRequested
@@ -466,17 +466,6 @@ def _continue(
     return Decision(
         (WriteTopology(finished), Publish(done)), f"{op.kind} to {primary} complete in {total:.2f}s"
     )
-
-
-_NAMES = re.compile(r'"((?:[^"]|"")*)"|([A-Za-z0-9_]+)')
-
-
-def parse_sync_names(value: str | None) -> tuple[str, ...]:
-    """The standby names in synchronous_standby_names ('ANY 1 ("a", b)'), sorted."""
-    if not value or "(" not in value:
-        return ()
-    inner = value[value.index("(") + 1 : value.rindex(")")]
-    return tuple(sorted(m[0].replace('""', '"') or m[1] for m in _NAMES.findall(inner)))
 
 
 def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Decision:

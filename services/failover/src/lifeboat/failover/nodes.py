@@ -18,24 +18,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
-from lifeboat.common.clusters import ClusterSpec, NodeSpec
+from lifeboat.common.clusters import ClusterSpec, NodeSpec, replication_slot
 from lifeboat.common.localpg import OsUser, find_bindir, postmaster_pid, run, signal_postgres
+from lifeboat.failover.sync_names import format_sync_names
 
 _CLIENTS = """
 select count(pg_terminate_backend(pid)) from pg_stat_activity
 where backend_type = 'client backend' and pid <> pg_backend_pid()
 """
-
-
-def slot_name(node: str) -> str:
-    return node.lower().replace("-", "_")
-
-
-def sync_standby_names(standbys: tuple[str, ...]) -> str:
-    if not standbys:
-        return ""
-    quoted = ", ".join('"' + s.replace('"', '""') + '"' for s in standbys)
-    return f"ANY 1 ({quoted})"
 
 
 class NodeActions:
@@ -88,7 +78,7 @@ class NodeActions:
     async def repoint(self, name: str, upstream: str) -> None:
         """Stream `name` from `upstream`: its conninfo keeps user and passfile, new host."""
         node, up = self.cluster.node(name), self.cluster.node(upstream)
-        slot = slot_name(name)
+        slot = replication_slot(name)
         async with asyncio.timeout(self.timeout * 3):
             async with self._connect(up) as conn:
                 await conn.execute(
@@ -156,7 +146,7 @@ class NodeActions:
         if node.data_dir is None:
             raise RuntimeError(f"{name} is not managed on this host (no data_dir): rejoin it there")
         template = await self.replication_conninfo(exclude=name)
-        slot = slot_name(name)
+        slot = replication_slot(name)
         async with asyncio.timeout(self.timeout * 3), self._connect(up) as conn:
             await conn.execute(
                 "select pg_create_physical_replication_slot(%s) where not exists "
@@ -173,7 +163,7 @@ class NodeActions:
 
     async def set_synchronous(self, name: str, standbys: tuple[str, ...]) -> None:
         node = self.cluster.node(name)
-        value = sync_standby_names(standbys)
+        value = format_sync_names(standbys)
         async with asyncio.timeout(self.timeout * 3), self._connect(node) as conn:
             await conn.execute(
                 sql.SQL("alter system set synchronous_standby_names = {}").format(

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import httpx
 
 from lifeboat.common.breakers import Breakers
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
 from lifeboat.common.events import Role
-from lifeboat.common.health import ComponentHealth, Status, component
+from lifeboat.common.health import Check, ComponentHealth, Status, component
 from lifeboat.common.postgres import ProbeError, probe_role
 from lifeboat.common.redact import redact
 from lifeboat.common.settings import ServiceSettings
-
-Check = Callable[[], Awaitable[ComponentHealth]]
 
 
 def postgres_node_check(
