@@ -21,7 +21,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
-from lifeboat.common.bus import ensure_stream, stream_config
+from lifeboat.common.bus import ensure_streams, heartbeat_stream_config, stream_config
 from lifeboat.devstack.postgres import Passwords, PgCluster
 from lifeboat.devstack.procs import free_port
 from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Ports, SeaweedS3
@@ -65,7 +65,7 @@ def s3(workdir: Path) -> Iterator[S3Endpoint]:
     if PROVIDER == "docker":
         from testcontainers.community.minio import MinioContainer
 
-        from lifeboat.common.s3 import ensure_buckets, make_s3_client
+        from lifeboat.objstore.client import ensure_buckets, make_s3_client
 
         with MinioContainer() as container:
             cfg = container.get_config()
@@ -105,9 +105,10 @@ def pg_cluster(workdir: Path) -> Iterator[PgCluster]:
 @pytest.fixture
 async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
     client = await nats.connect(nats_url, connect_timeout=5)
-    await ensure_stream(
+    await ensure_streams(
         client.jetstream(),
         stream_config(max_age_seconds=3600, max_bytes=256 * 1024**2, duplicate_window_seconds=120),
+        heartbeat_stream_config(max_age_seconds=600, max_bytes=64 * 1024**2),
     )
     try:
         yield client

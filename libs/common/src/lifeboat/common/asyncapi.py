@@ -6,10 +6,9 @@ faststream docs gen lifeboat.common.asyncapi:app --yaml --out docs/asyncapi.yaml
 from __future__ import annotations
 
 from faststream import FastStream
-from faststream.nats import NatsBroker
+from faststream.nats import JStream, NatsBroker
 from faststream.specification import AsyncAPI
 
-from lifeboat.common.bus import EVENTS_STREAM
 from lifeboat.common.events import EVENT_TYPES
 from lifeboat.common.subjects import ALL_TOPICS, Topic
 
@@ -20,12 +19,15 @@ def _channel(topic: Topic) -> str:
 
 def build_broker() -> NatsBroker:
     broker = NatsBroker(
-        description="NATS JetStream; every subject below is kept in LIFEBOAT_EVENTS"
+        description=(
+            "NATS JetStream; node.health and wal.archived are kept in LIFEBOAT_HEARTBEATS "
+            "(short retention), every other subject in LIFEBOAT_EVENTS (the history)"
+        )
     )
     for topic in ALL_TOPICS:
         broker.publisher(
             _channel(topic),
-            stream=EVENTS_STREAM,
+            stream=JStream(topic.stream, declare=False),
             title=topic.name,
             description=topic.description,
             schema=EVENT_TYPES[topic.name],

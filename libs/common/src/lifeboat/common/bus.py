@@ -1,4 +1,7 @@
-"""The event bus: a FastStream NATS broker, the LIFEBOAT_EVENTS stream, publishing, consuming.
+"""The event bus: a FastStream NATS broker, the two event streams, publishing, consuming.
+
+LIFEBOAT_EVENTS is the history (decisions and outcomes, kept for weeks); LIFEBOAT_HEARTBEATS
+holds the high-volume reports for a short while, so that they can never evict the history.
 
 Every event goes to JetStream with `Nats-Msg-Id` set to its event id, so a retried publish is
 stored once. Consumers are durable pull consumers named after the service, so a restarted
@@ -22,7 +25,13 @@ from nats.js.errors import BadRequestError, NotFoundError
 from pydantic import ValidationError
 
 from lifeboat.common.events import DeadLetter, Envelope, Source
-from lifeboat.common.subjects import STREAM_NAME, STREAM_SUBJECTS, Topic
+from lifeboat.common.subjects import (
+    HEARTBEAT_STREAM_NAME,
+    HEARTBEAT_STREAM_SUBJECTS,
+    STREAM_NAME,
+    STREAM_SUBJECTS,
+    Topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +61,10 @@ def make_broker(nats_url: str, client_name: str, *, graceful_timeout: float = 5.
 def stream_config(
     *, max_age_seconds: float, max_bytes: int, duplicate_window_seconds: float
 ) -> StreamConfig:
+    """The history: failovers, fences, backups, restores, file sync; never heartbeats."""
     return StreamConfig(
         name=STREAM_NAME,
-        description="Every Lifeboat event: health, failover, backup, restore, file sync",
+        description="Lifeboat's history: every decision and outcome (no heartbeats)",
         subjects=list(STREAM_SUBJECTS),
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
@@ -65,10 +75,32 @@ def stream_config(
     )
 
 
+def heartbeat_stream_config(*, max_age_seconds: float, max_bytes: int) -> StreamConfig:
+    """node.health and wal.archived: what live readers need, dropped oldest first."""
+    return StreamConfig(
+        name=HEARTBEAT_STREAM_NAME,
+        description="Lifeboat's heartbeats: node.health reports and per-segment WAL archiving",
+        subjects=list(HEARTBEAT_STREAM_SUBJECTS),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=max_age_seconds,
+        max_bytes=max_bytes,
+        duplicate_window=min(120.0, max_age_seconds),
+    )
+
+
+async def ensure_streams(js: JetStreamContext, *configs: StreamConfig) -> list[StreamInfo]:
+    """Bring every stream to its config, in order: the history first, as an older history
+    stream captured `node.>` and must let go of `node.health` before the other takes it."""
+    return [await ensure_stream(js, config) for config in configs]
+
+
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
     """Create the stream, or bring an existing one to this config; safe to call any time."""
+    assert config.name is not None
     try:
-        await js.stream_info(STREAM_NAME)
+        await js.stream_info(config.name)
     except NotFoundError:
         try:
             return await js.add_stream(config)
@@ -95,7 +127,7 @@ class EventPublisher:
     async def publish(self, event: Envelope) -> None:
         body, headers = encode(event)
         await self.broker.publish(
-            body, event.subject(), headers=headers, stream=STREAM_NAME, timeout=self.timeout
+            body, event.subject(), headers=headers, stream=event.topic.stream, timeout=self.timeout
         )
 
 

@@ -25,12 +25,6 @@ from lifeboat.common.subjects import Name
 NOFAILOVER_TAG = "nofailover"
 
 
-def replication_slot(node: str) -> str:
-    """The physical replication slot a standby streams through: its node name, as slot names
-    allow only lower-case letters, digits and underscores."""
-    return node.lower().replace("-", "_")
-
-
 class NodeSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -28,7 +28,13 @@ from tenacity import (
 )
 
 from lifeboat.common.breakers import Breakers
-from lifeboat.common.bus import EventPublisher, ensure_stream, make_broker, stream_config
+from lifeboat.common.bus import (
+    EventPublisher,
+    ensure_streams,
+    heartbeat_stream_config,
+    make_broker,
+    stream_config,
+)
 from lifeboat.common.events import Source
 from lifeboat.common.health import Check, ComponentHealth, HealthRegistry, Status, component
 from lifeboat.common.log import configure_logging
@@ -70,12 +76,15 @@ class ServiceRuntime:
             with attempt:
                 await self.broker.connect()
         s = self.settings
-        await ensure_stream(
+        await ensure_streams(
             self.broker.config.connection_state.stream,
             stream_config(
                 max_age_seconds=s.events_max_age_seconds,
                 max_bytes=s.events_max_bytes,
                 duplicate_window_seconds=s.events_duplicate_window_seconds,
+            ),
+            heartbeat_stream_config(
+                max_age_seconds=s.heartbeats_max_age_seconds, max_bytes=s.heartbeats_max_bytes
             ),
         )
         self.broker.context.set_global("lifeboat_source", self.source)

@@ -35,10 +35,13 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     clusters_file: Path = Path("clusters.yaml")
 
-    # The LIFEBOAT_EVENTS stream: file storage, bounded by age and size.
-    events_max_age_seconds: PositiveFloat = 7 * 24 * 3600
+    # The history stream (LIFEBOAT_EVENTS): decisions and outcomes, bounded by age and size.
+    events_max_age_seconds: PositiveFloat = 30 * 24 * 3600
     events_max_bytes: PositiveInt = 1024**3
     events_duplicate_window_seconds: PositiveFloat = 120
+    # The heartbeat stream (LIFEBOAT_HEARTBEATS): node.health, wal.archived; live use only.
+    heartbeats_max_age_seconds: PositiveFloat = 3600
+    heartbeats_max_bytes: PositiveInt = 256 * 1024**2
 
     pg_password: SecretStr | None = None
     pg_password_file: Path | None = None

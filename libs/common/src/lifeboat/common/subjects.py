@@ -19,7 +19,12 @@ _NAME_RE = re.compile(NAME_PATTERN)
 # A name that is safe as one subject token and as a KV key part: no dots, wildcards or spaces.
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
+# Two streams, so that heartbeats can never evict history. LIFEBOAT_EVENTS keeps the decisions
+# and outcomes (failovers, fences, backups, restores, files) for weeks; LIFEBOAT_HEARTBEATS
+# keeps the high-volume reports (node.health every second from every monitor about every node,
+# one wal.archived per segment) only as long as live readers need them.
 STREAM_NAME = "LIFEBOAT_EVENTS"
+HEARTBEAT_STREAM_NAME = "LIFEBOAT_HEARTBEATS"
 
 
 def check_name(value: str) -> str:
@@ -38,6 +43,12 @@ class Topic:
     name: str
     params: tuple[str, ...]
     description: str
+    # High-volume and short-lived: kept in the heartbeat stream, not in the history.
+    heartbeat: bool = False
+
+    @property
+    def stream(self) -> str:
+        return HEARTBEAT_STREAM_NAME if self.heartbeat else STREAM_NAME
 
     def subject(self, **values: str) -> str:
         if set(values) != set(self.params):
@@ -61,7 +72,7 @@ _C = ("cluster",)
 _CN = ("cluster", "node")
 _CF = ("cluster", "fileset")
 
-NODE_HEALTH = Topic("node.health", _CN, "One probe of one node by one monitor")
+NODE_HEALTH = Topic("node.health", _CN, "One probe of one node by one monitor", heartbeat=True)
 NODE_DOWN = Topic("node.down", _CN, "A node stopped answering probes")
 NODE_UP = Topic("node.up", _CN, "A node answers probes again")
 NODE_ROLE_CHANGED = Topic("node.role_changed", _CN, "A node's role changed (e.g. promoted)")
@@ -90,7 +101,7 @@ BACKUP_COMPLETED = Topic("backup.completed", _C, "A backup is complete, checksum
 BACKUP_FAILED = Topic("backup.failed", _C, "A backup failed; nothing partial is listed")
 BACKUP_VERIFIED = Topic("backup.verified", _C, "A backup was verified by a test restore")
 BACKUP_EXPIRED = Topic("backup.expired", _C, "A backup was removed by the retention policy")
-WAL_ARCHIVED = Topic("wal.archived", _C, "A WAL segment was archived to S3")
+WAL_ARCHIVED = Topic("wal.archived", _C, "A WAL segment was archived to S3", heartbeat=True)
 RESTORE_REQUESTED = Topic("restore.requested", _C, "Ask for a restore")
 RESTORE_STARTED = Topic("restore.started", _C, "A restore began")
 RESTORE_COMPLETED = Topic("restore.completed", _C, "A restore finished")
@@ -107,5 +118,10 @@ DEAD_LETTER = Topic("deadletter", ("consumer",), "A message a consumer could not
 
 ALL_TOPICS: tuple[Topic, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Topic))
 
-# The event stream captures every domain; each entry is one `<domain>.>` wildcard.
-STREAM_SUBJECTS: tuple[str, ...] = tuple(sorted({f"{t.domain}.>" for t in ALL_TOPICS}))
+# Each stream captures its topics, one `<topic>.>` wildcard each: streams may not overlap.
+STREAM_SUBJECTS: tuple[str, ...] = tuple(
+    sorted(f"{t.name}.>" for t in ALL_TOPICS if t.stream == STREAM_NAME)
+)
+HEARTBEAT_STREAM_SUBJECTS: tuple[str, ...] = tuple(
+    sorted(f"{t.name}.>" for t in ALL_TOPICS if t.stream == HEARTBEAT_STREAM_NAME)
+)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lifeboat.common.localpg import PostgresNotFoundError
 from lifeboat.devstack.stack import up
+from lifeboat.pg.binaries import PostgresNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,7 @@ as root they run as an unprivileged user because PostgreSQL refuses root.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +16,13 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
-from lifeboat.common.clusters import ClusterSpec, NodeSpec, replication_slot
-from lifeboat.common.localpg import OsUser, find_bindir, postmaster_pid, run, signal_postgres
-from lifeboat.devstack.procs import kill_pid, wait_until
+from lifeboat.common.clusters import ClusterSpec, NodeSpec
+from lifeboat.devstack.procs import wait_until
+from lifeboat.pg.binaries import find_bindir
+from lifeboat.pg.datadir import DataDir
+from lifeboat.pg.osuser import OsUser
+from lifeboat.pg.replication import replication_slot
+from lifeboat.pg.tools import run
 
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
@@ -44,74 +46,40 @@ class PgNode:
         self.socket_dir = self.home / "run"
         self.log_file = self.home / "postgres.log"
 
-    def _bin(self, name: str) -> str:
-        return str(self.cluster.bindir / name)
+    @property
+    def data(self) -> DataDir:
+        return DataDir(self.data_dir, self.cluster.os_user, self.cluster.bindir)
 
     @property
     def initialized(self) -> bool:
-        return (self.data_dir / "PG_VERSION").exists()
+        return self.data.initialized
 
     def pid(self) -> int | None:
-        return postmaster_pid(self.data_dir)
+        return self.data.pid()
 
     def running(self) -> bool:
-        return self.pid() is not None
+        return self.data.running()
 
     def start(self, timeout: float = 60) -> None:
-        if self.running():
-            return
-        run(
-            [
-                self._bin("pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.log_file),
-                "-w",
-                "-t",
-                str(int(timeout)),
-                "start",
-            ],
-            user=self.cluster.os_user,
-            timeout=timeout + 10,
-        )
+        self.data.start(self.log_file, timeout)
 
     def stop(self, mode: str = "fast", timeout: float = 30) -> None:
         """Stop cleanly; if pg_ctl cannot, kill the postmaster by PID."""
-        if not self.running():
-            return
-        try:
-            run(
-                [
-                    self._bin("pg_ctl"),
-                    "-D",
-                    str(self.data_dir),
-                    "-m",
-                    mode,
-                    "-w",
-                    "-t",
-                    str(int(timeout)),
-                    "stop",
-                ],
-                user=self.cluster.os_user,
-                timeout=timeout + 10,
-            )
-        except (RuntimeError, subprocess.TimeoutExpired):
-            self.kill(signal.SIGKILL)
+        self.data.stop(mode, timeout)
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        pid = self.pid()
-        if pid is not None:
-            kill_pid(pid, sig)
-            if sig == signal.SIGKILL:
-                wait_until(lambda: not self.running(), timeout=10, what=f"{self.name} to die")
+        if sig == signal.SIGKILL:
+            self.data.kill()
+            wait_until(lambda: not self.running(), timeout=10, what=f"{self.name} to die")
+        else:
+            self.data.signal(sig)
 
     def freeze(self) -> None:
         """SIGSTOP the postmaster and every backend: the node hangs, as on a stalled host."""
-        signal_postgres(self.data_dir, signal.SIGSTOP)
+        self.data.signal(signal.SIGSTOP)
 
     def thaw(self) -> None:
-        signal_postgres(self.data_dir, signal.SIGCONT)
+        self.data.signal(signal.SIGCONT)
 
     def conninfo(self, dbname: str = "postgres") -> str:
         """Superuser connection over the local socket (trust, reachable only on this host)."""
@@ -157,6 +125,7 @@ class PgCluster:
         database: str = "app",
         os_user: OsUser | None = None,
         durable: bool = True,
+        bindir: Path | None = None,
     ) -> None:
         if not ports:
             raise ValueError("a cluster needs at least one node")
@@ -165,7 +134,7 @@ class PgCluster:
         self.database = database
         self.os_user = os_user or OsUser.for_postgres()
         self.durable = durable
-        self.bindir = find_bindir()
+        self.bindir = find_bindir(bindir)
         names = names or [f"node{i + 1}" for i in range(len(ports))]
         self.nodes = [PgNode(self, n, p) for n, p in zip(names, ports, strict=True)]
         self.pgpass = base_dir / "pgpass"
@@ -266,7 +235,7 @@ class PgCluster:
             standby.start()
 
     def _clone(self, standby: PgNode) -> None:
-        env = {**os.environ, "PGPASSFILE": str(self.pgpass)}
+        env = {"PGPASSFILE": str(self.pgpass)}
         run(
             [
                 str(self.bindir / "pg_basebackup"),

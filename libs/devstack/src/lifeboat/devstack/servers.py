@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
-from lifeboat.common.s3 import ensure_buckets, make_s3_client
 from lifeboat.common.settings import S3Settings
 from lifeboat.devstack.procs import LineSink, ManagedProcess, find_binary, tcp_open, wait_until
+from lifeboat.objstore.client import ensure_buckets, make_s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -19,6 +19,7 @@ class StackSettings(BaseSettings):
     pg_nodes: int = Field(default=3, ge=1, le=9)
     pg_base_port: int = Field(default=55432, ge=1024, le=65000)
     pg_os_user: str | None = None
+    pg_bindir: Path | None = None
     nats_port: int = Field(default=4222, ge=1024, le=65535)
     nats_monitor_port: int = Field(default=8222, ge=1024, le=65535)
     # SeaweedFS also listens on each of these plus 10000 (gRPC); keep them below 22768.

@@ -24,11 +24,11 @@ from typing import IO
 from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClustersFile, dump_clusters
-from lifeboat.common.localpg import OsUser
 from lifeboat.devstack.postgres import Passwords, PgCluster
 from lifeboat.devstack.procs import ManagedProcess, kill_pid, port_is_free
 from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Ports, SeaweedS3
 from lifeboat.devstack.settings import StackSettings
+from lifeboat.pg.osuser import OsUser
 
 SERVICES = ("monitor", "failover", "backup", "filesync", "gateway")
 _COLORS = {
@@ -164,6 +164,7 @@ class Stack:
             passwords,
             database=s.database,
             os_user=OsUser.for_postgres(s.pg_os_user),
+            bindir=s.pg_bindir,
         )
         fresh = not self.pg.initialized
         say(
@@ -345,6 +346,7 @@ class Stack:
                 self.settings.pg_ports,
                 Passwords(SecretStr(""), SecretStr("")),
                 os_user=OsUser.for_postgres(self.settings.pg_os_user),
+                bindir=self.settings.pg_bindir,
             )
             for node in stale.nodes:
                 if node.running():

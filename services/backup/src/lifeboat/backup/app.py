@@ -4,7 +4,7 @@ from faststream.asgi import AsgiFastStream
 
 from lifeboat.backup.settings import BackupSettings
 from lifeboat.common.runtime import ServiceRuntime, cluster_file_check
-from lifeboat.common.s3 import s3_check
+from lifeboat.objstore.health import s3_check
 
 SERVICE = "backup"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lifeboat.common.events import ClusterEvent
+from lifeboat.common import decision
+from lifeboat.common.decision import Publish
 from lifeboat.common.state import Topology
 
 
@@ -67,11 +68,6 @@ class SetSynchronous:
     epoch: int
 
 
-@dataclass(frozen=True)
-class Publish:
-    event: ClusterEvent
-
-
 Command = (
     CreateTopology
     | WriteTopology
@@ -85,11 +81,4 @@ Command = (
 )
 
 
-@dataclass(frozen=True)
-class Decision:
-    commands: tuple[Command, ...]
-    reason: str
-
-    @classmethod
-    def nothing(cls, reason: str) -> Decision:
-        return cls((), reason)
+Decision = decision.Decision[Command]

@@ -5,6 +5,10 @@ latest health report of every monitor about every node, what should happen now? 
 converges: each call looks at what is, compares it with what the topology says should be,
 and asks only for the difference. A restarted or replacement instance therefore finishes an
 interrupted failover simply by deciding again.
+
+It is deterministic: `decide(obs) == decide(obs)`. Time comes from `obs.now` only, and every
+event is `stamped` with it and an id derived from its content, so a replacement leader that
+re-decides a step publishes the same `Nats-Msg-Id` and JetStream drops the repeat.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from datetime import datetime
 from typing import Literal
 
 from lifeboat.common.clusters import ClusterSpec
+from lifeboat.common.decision import Publish, stamped
 from lifeboat.common.events import (
     FailoverCompleted,
     FailoverFailed,
@@ -40,7 +45,6 @@ from lifeboat.failover.commands import (
     Fence,
     Handover,
     Promote,
-    Publish,
     Rejoin,
     Repoint,
     SetSynchronous,
@@ -169,7 +173,9 @@ def _bootstrap(obs: Observation, views: dict[str, NodeView]) -> Decision:
             f"no topology yet and {len(writable)} writable primaries seen ({writable}): waiting"
         )
     members = {v.name: v.role for v in views.values() if v.reachable}
-    topo = Topology(cluster=obs.cluster.name, primary=writable[0], members=members)
+    topo = Topology(
+        cluster=obs.cluster.name, primary=writable[0], members=members, updated_at=obs.now
+    )
     return Decision((CreateTopology(topo),), f"first topology: {writable[0]} is the primary")
 
 
@@ -212,7 +218,7 @@ def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Dec
             primary=topo.primary,
             reason=why,
         )
-        return Decision((Publish(held),), why)
+        return Decision((Publish(stamped(held, obs.now)),), why)
     if state == "unknown":
         return Decision.nothing(why)
     primary = views[topo.primary or ""].latest
@@ -237,7 +243,7 @@ def _refuse(
         target=target,
         reason=reason,
     )
-    return Decision((Publish(event),), f"refused: {reason}")
+    return Decision((Publish(stamped(event, obs.now)),), f"refused: {reason}")
 
 
 def _handle_request(
@@ -413,7 +419,7 @@ def _takeover(
         candidate=candidate,
         reason=reason,
     )
-    commands: list[Command] = [WriteTopology(new), Publish(started)]
+    commands: list[Command] = [WriteTopology(new), Publish(stamped(started, obs.now))]
     if fence and topo.primary is not None:
         commands.append(Fence(topo.primary, new.epoch, f"{reason}: {candidate} takes over"))
     commands.append(Promote(candidate, new.epoch))
@@ -464,7 +470,8 @@ def _continue(
     )
     finished = topo.model_copy(update={"operation": None, "updated_at": obs.now})
     return Decision(
-        (WriteTopology(finished), Publish(done)), f"{op.kind} to {primary} complete in {total:.2f}s"
+        (WriteTopology(finished), Publish(stamped(done, obs.now))),
+        f"{op.kind} to {primary} complete in {total:.2f}s",
     )
 
 
@@ -505,17 +512,14 @@ def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -
         reason = f"synchronous standbys: {', '.join(desired)}"
     else:
         reason = "synchronous replication off"
-    commands.append(
-        Publish(
-            SyncChanged(
-                cluster=topo.cluster,
-                source=obs.source,
-                epoch=topo.epoch,
-                primary=primary,
-                standbys=desired,
-                degraded=degraded,
-                reason=reason,
-            )
-        )
+    changed = SyncChanged(
+        cluster=topo.cluster,
+        source=obs.source,
+        epoch=topo.epoch,
+        primary=primary,
+        standbys=desired,
+        degraded=degraded,
+        reason=reason,
     )
+    commands.append(Publish(stamped(changed, obs.now)))
     return Decision(tuple(commands), reason)

@@ -3,16 +3,16 @@
 Every command that touches a node first checks, against KV, that the lease is still ours and
 that the epoch it carries is the cluster's current one: a stale instance can decide what it
 likes, it cannot act on it. A failed topology write or promotion stops the rest of the
-decision; the next decision picks up from what is then true.
+decision; the next decision picks up from what is then true. The run loop itself is the one
+every deciding service shares (`lifeboat.common.decision.execute`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
+from lifeboat.common.decision import Outcome, Publish, Refused, execute
 from lifeboat.common.events import ClusterEvent, NodeFenced, NodeRejoined, Source
 from lifeboat.common.kv import ConflictError, TopologyStore, Versioned
 from lifeboat.common.state import Topology
@@ -23,7 +23,6 @@ from lifeboat.failover.commands import (
     Fence,
     Handover,
     Promote,
-    Publish,
     Rejoin,
     Repoint,
     SetSynchronous,
@@ -34,20 +33,16 @@ from lifeboat.failover.nodes import NodeActions
 log = logging.getLogger(__name__)
 
 
-class StaleEpochError(RuntimeError):
+class StaleEpochError(Refused):
     pass
 
 
-class NotLeaderError(RuntimeError):
+class NotLeaderError(Refused):
     pass
 
 
-@dataclass
-class Outcome:
-    command: Command
-    ok: bool
-    seconds: float
-    detail: str = ""
+# A failure of one of these stops the decision: what follows depends on it.
+_CRITICAL = (Handover, Promote, CreateTopology, WriteTopology)
 
 
 class Executor:
@@ -67,26 +62,19 @@ class Executor:
         self.still_leader = still_leader
         self.source = source
 
-    async def run(self, decision: Decision, topology: Versioned[Topology] | None) -> list[Outcome]:
+    async def run(
+        self, decision: Decision, topology: Versioned[Topology] | None
+    ) -> list[Outcome[Command]]:
         current = topology
-        outcomes: list[Outcome] = []
-        for command in decision.commands:
-            started = time.monotonic()
-            try:
-                detail, current = await self._one(command, current)
-            except (ConflictError, StaleEpochError, NotLeaderError) as exc:
-                outcomes.append(Outcome(command, False, time.monotonic() - started, str(exc)))
-                log.warning("stopped: %s", exc)
-                break
-            except Exception as exc:
-                outcomes.append(Outcome(command, False, time.monotonic() - started, str(exc)))
-                log.warning("%s failed: %s", type(command).__name__, exc)
-                if isinstance(command, (Handover, Promote, CreateTopology, WriteTopology)):
-                    break
-                continue
-            outcomes.append(Outcome(command, True, time.monotonic() - started, detail))
-            log.info("%s: %s (%.3fs)", type(command).__name__, detail, outcomes[-1].seconds)
-        return outcomes
+
+        async def perform(command: Command) -> str:
+            nonlocal current
+            detail, current = await self._one(command, current)
+            return detail
+
+        return await execute(
+            decision.commands, perform, critical=lambda c: isinstance(c, _CRITICAL)
+        )
 
     async def _guard(self, epoch: int) -> None:
         if not await self.still_leader():

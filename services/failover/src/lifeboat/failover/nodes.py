@@ -1,26 +1,27 @@
-"""SQL and process actions on one PostgreSQL node, each bounded in time and idempotent."""
+"""Actions on one PostgreSQL node over SQL, each bounded in time and idempotent.
+
+Nodes whose data directory this host manages (`data_dir` in the cluster file) are also
+stopped, killed and rejoined locally, through `local.py`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
-from lifeboat.common.clusters import ClusterSpec, NodeSpec, replication_slot
-from lifeboat.common.localpg import OsUser, find_bindir, postmaster_pid, run, signal_postgres
+from lifeboat.common.clusters import ClusterSpec, NodeSpec
+from lifeboat.failover.local import local_data_dir, rejoin_local, stop_cleanly
 from lifeboat.failover.sync_names import format_sync_names
+from lifeboat.pg.datadir import DataDir
+from lifeboat.pg.replication import replication_slot, standby_conninfo
 
 _CLIENTS = """
 select count(pg_terminate_backend(pid)) from pg_stat_activity
@@ -29,10 +30,26 @@ where backend_type = 'client backend' and pid <> pg_backend_pid()
 
 
 class NodeActions:
-    def __init__(self, cluster: ClusterSpec, password: SecretStr | None, timeout: float) -> None:
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        password: SecretStr | None,
+        timeout: float,
+        *,
+        os_user: str | None = None,
+        bindir: Path | None = None,
+    ) -> None:
         self.cluster = cluster
         self.password = password
         self.timeout = timeout
+        self.os_user = os_user
+        self.bindir = bindir
+
+    def local(self, node: NodeSpec) -> DataDir | None:
+        """The node's data directory when this host manages it."""
+        if node.data_dir is None:
+            return None
+        return local_data_dir(node.data_dir, self.os_user, self.bindir)
 
     @contextlib.asynccontextmanager
     async def _connect(
@@ -60,7 +77,8 @@ class NodeActions:
                 done.append("made read-only, client sessions ended")
         except (TimeoutError, psycopg.Error) as exc:
             done.append(f"not reachable over SQL ({type(exc).__name__})")
-        if node.data_dir is not None and signal_postgres(node.data_dir, signal.SIGKILL):
+        local = self.local(node)
+        if local is not None and local.signal(signal.SIGKILL):
             done.append("stopped (SIGKILL)")
         return "; ".join(done)
 
@@ -89,9 +107,12 @@ class NodeActions:
             async with self._connect(node) as conn:
                 cur = await conn.execute("select current_setting('primary_conninfo')")
                 row = await cur.fetchone()
-                current = conninfo_to_dict(str(row[0]) if row and row[0] else "")
-                current.update(host=up.host, port=str(up.port), application_name=name)
-                conninfo = make_conninfo("", **current)
+                conninfo = standby_conninfo(
+                    str(row[0]) if row and row[0] else "",
+                    host=up.host,
+                    port=up.port,
+                    application_name=name,
+                )
                 await conn.execute(
                     sql.SQL("alter system set primary_conninfo = {}").format(sql.Literal(conninfo))
                 )
@@ -115,8 +136,9 @@ class NodeActions:
             row = await (await conn.execute("select pg_current_wal_lsn()::text")).fetchone()
         assert row is not None
         final, strictly_after = str(row[0]), False
-        if old.data_dir is not None:
-            final = await asyncio.to_thread(stop_cleanly, old.data_dir)
+        local = self.local(old)
+        if local is not None:
+            final = await asyncio.to_thread(stop_cleanly, local)
             strictly_after = True  # past the shutdown checkpoint record, not just its start
         check = "select pg_last_wal_replay_lsn() {} %s::pg_lsn".format(
             ">" if strictly_after else ">="
@@ -143,7 +165,8 @@ class NodeActions:
 
     async def rejoin(self, name: str, upstream: str) -> tuple[str, float]:
         node, up = self.cluster.node(name), self.cluster.node(upstream)
-        if node.data_dir is None:
+        local = self.local(node)
+        if local is None:
             raise RuntimeError(f"{name} is not managed on this host (no data_dir): rejoin it there")
         template = await self.replication_conninfo(exclude=name)
         slot = replication_slot(name)
@@ -154,10 +177,9 @@ class NodeActions:
                 (slot, slot),
             )
         started = time.monotonic()
-        params = conninfo_to_dict(template)
-        params.update(host=up.host, port=str(up.port), application_name=name)
+        conninfo = standby_conninfo(template, host=up.host, port=up.port, application_name=name)
         method = await asyncio.to_thread(
-            rejoin_local, node, up, self.cluster, self.password, make_conninfo("", **params), slot
+            rejoin_local, local, node, up, self.cluster, self.password, conninfo, slot
         )
         return method, time.monotonic() - started
 
@@ -171,168 +193,3 @@ class NodeActions:
                 )
             )
             await conn.execute("select pg_reload_conf()")
-
-
-_OWN_CONFIG = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf")
-_MANAGED = (
-    "primary_conninfo",
-    "primary_slot_name",
-    "synchronous_standby_names",
-    "default_transaction_read_only",
-)
-
-
-@dataclass(frozen=True)
-class _Local:
-    data: Path
-    user: OsUser
-    bindir: Path
-
-    def pg(
-        self, tool: str, *args: str, env: dict[str, str] | None = None, timeout: float = 90
-    ) -> str:
-        return run([str(self.bindir / tool), *args], user=self.user, env=env, timeout=timeout)
-
-
-def rejoin_local(
-    node: NodeSpec,
-    upstream: NodeSpec,
-    cluster: ClusterSpec,
-    password: SecretStr | None,
-    conninfo: str,
-    slot: str,
-) -> str:
-    """Stop, rewind, configure as a standby and start a local node; when rewinding fails, or
-    the rewound node will not start, clone it afresh with pg_basebackup instead."""
-    assert node.data_dir is not None
-    local = _Local(
-        node.data_dir, OsUser.for_postgres(os.environ.get("LIFEBOAT_PG_OS_USER")), find_bindir()
-    )
-    data = local.data
-    if postmaster_pid(data) is not None:
-        try:
-            local.pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop")
-        except (RuntimeError, subprocess.TimeoutExpired):
-            signal_postgres(data, signal.SIGKILL)
-    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-    rewind_env = dict(env)
-    if password is not None:
-        rewind_env["PGPASSWORD"] = password.get_secret_value()
-    source = make_conninfo(
-        "",
-        host=upstream.host,
-        port=upstream.port,
-        user=cluster.user,
-        dbname="postgres",
-        connect_timeout=5,
-    )
-    # Both tools bring the source's configuration files along; the node keeps its own
-    # (port, sockets, access rules).
-    own_config = {n: (data / n).read_bytes() for n in _OWN_CONFIG if (data / n).exists()}
-    try:
-        local.pg(
-            "pg_rewind",
-            f"--target-pgdata={data}",
-            f"--source-server={source}",
-            env=rewind_env,
-            timeout=600,
-        )
-        _configure_standby(local, own_config, conninfo, slot)
-        _start(local)
-        # A rewind can "succeed" yet leave WAL past the fork (the end-of-recovery checkpoint
-        # of a crashed primary): the node starts but never streams. Only streaming counts.
-        if _streams(node, cluster, password):
-            return "pg_rewind"
-    except (RuntimeError, subprocess.TimeoutExpired):
-        pass
-    _kill_and_wait(data)
-    for child in data.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-    local.pg(
-        "pg_basebackup",
-        "-D",
-        str(data),
-        "-d",
-        conninfo,
-        "-X",
-        "stream",
-        "-c",
-        "fast",
-        env=env,
-        timeout=3600,
-    )
-    _configure_standby(local, own_config, conninfo, slot)
-    _start(local)
-    return "pg_basebackup"
-
-
-def _configure_standby(
-    local: _Local, own_config: dict[str, bytes], conninfo: str, slot: str
-) -> None:
-    data = local.data
-    for name, content in own_config.items():
-        (data / name).write_bytes(content)
-    auto = data / "postgresql.auto.conf"
-    kept = [
-        line
-        for line in (auto.read_text().splitlines() if auto.exists() else [])
-        if line.split("=", 1)[0].strip() not in _MANAGED
-    ]
-    quoted = conninfo.replace("'", "''")
-    kept += [f"primary_conninfo = '{quoted}'", f"primary_slot_name = '{slot}'"]
-    auto.write_text("\n".join(kept) + "\n")
-    (data / "standby.signal").touch()
-    local.user.own(auto, data / "standby.signal", *(data / name for name in own_config))
-
-
-def _kill_and_wait(data: Path, wait_seconds: float = 10) -> None:
-    """SIGKILL the node and wait until its postmaster is gone: its lock files must be stale
-    before a new one starts."""
-    pid = postmaster_pid(data)
-    signal_postgres(data, signal.SIGKILL)
-    deadline = time.monotonic() + wait_seconds
-    while pid is not None and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-
-
-def _streams(
-    node: NodeSpec, cluster: ClusterSpec, password: SecretStr | None, wait_seconds: float = 15
-) -> bool:
-    dsn = cluster.node_dsn(node, password, connect_timeout=2).reveal()
-    deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(psycopg.Error):
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                row = conn.execute("select status from pg_stat_wal_receiver").fetchone()
-            if row is not None and row[0] == "streaming":
-                return True
-        time.sleep(0.3)
-    return False
-
-
-def _start(local: _Local) -> None:
-    log_file = local.data.parent / "postgres.log"
-    local.pg("pg_ctl", "-D", str(local.data), "-l", str(log_file), "-w", "-t", "60", "start")
-
-
-def stop_cleanly(data_dir: Path) -> str:
-    """Shut a local node down (fast mode) and return its last checkpoint's location."""
-    user = OsUser.for_postgres(os.environ.get("LIFEBOAT_PG_OS_USER"))
-    bindir = find_bindir()
-    run(
-        [str(bindir / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "-t", "30", "stop"],
-        user=user,
-        timeout=40,
-    )
-    control = run([str(bindir / "pg_controldata"), str(data_dir)], user=user, timeout=30)
-    for line in control.splitlines():
-        if line.startswith("Latest checkpoint location:"):
-            return line.split(":", 1)[1].strip()
-    raise RuntimeError("pg_controldata shows no latest checkpoint location")

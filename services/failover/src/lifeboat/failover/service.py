@@ -9,6 +9,7 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 
 from lifeboat.common.clusters import ClusterSpec
+from lifeboat.common.decision import Outcome, Publish
 from lifeboat.common.events import (
     FailoverFailed,
     FailoverHeld,
@@ -20,9 +21,17 @@ from lifeboat.common.kv import LeaseLostError, LeaseStore, TopologyStore, Versio
 from lifeboat.common.lsn import lsn_to_int
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Lease
-from lifeboat.failover.commands import Decision, Fence, Handover, Promote, Publish, Rejoin, Repoint
+from lifeboat.failover.commands import (
+    Command,
+    Decision,
+    Fence,
+    Handover,
+    Promote,
+    Rejoin,
+    Repoint,
+)
 from lifeboat.failover.decide import Observation, Policy, Request, decide
-from lifeboat.failover.executor import Executor, Outcome
+from lifeboat.failover.executor import Executor
 from lifeboat.failover.nodes import NodeActions
 from lifeboat.failover.settings import FailoverSettings
 
@@ -169,6 +178,8 @@ class ClusterLoop:
                 self.cluster,
                 self.settings.postgres_password(),
                 self.settings.action_timeout_seconds,
+                os_user=self.settings.pg_os_user,
+                bindir=self.settings.pg_bindir,
             ),
             self.runtime.publisher.publish,
             self.still_leader,
@@ -191,7 +202,7 @@ class ClusterLoop:
         self._recent_events[key] = now
         return True
 
-    async def _record_phases(self, outcomes: list[Outcome]) -> None:
+    async def _record_phases(self, outcomes: list[Outcome[Command]]) -> None:
         phases = [
             PhaseTiming(phase=_PHASES[type(o.command)], seconds=round(o.seconds, 3))
             for o in outcomes

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt
@@ -24,3 +25,7 @@ class FailoverSettings(ServiceSettings):
     action_timeout_seconds: PositiveFloat = 2.0
     # The same refusal or hold is published again only after this long.
     repeat_event_after_seconds: PositiveFloat = 30.0
+    # Who runs pg_ctl and pg_rewind on nodes whose data directory is on this host, when the
+    # service runs as root (PostgreSQL refuses root), and where those binaries are.
+    pg_os_user: str | None = None
+    pg_bindir: Path | None = None

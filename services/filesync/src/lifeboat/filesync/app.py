@@ -3,8 +3,8 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 
 from lifeboat.common.runtime import ServiceRuntime
-from lifeboat.common.s3 import s3_check
 from lifeboat.filesync.settings import FilesyncSettings
+from lifeboat.objstore.health import s3_check
 
 SERVICE = "filesync"
 

@@ -8,9 +8,9 @@ from lifeboat.common.breakers import Breakers
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
 from lifeboat.common.events import Role
 from lifeboat.common.health import Check, ComponentHealth, Status, component
-from lifeboat.common.postgres import ProbeError, probe_role
 from lifeboat.common.redact import redact
 from lifeboat.common.settings import ServiceSettings
+from lifeboat.pg.probe import ProbeError, probe_role
 
 
 def postgres_node_check(

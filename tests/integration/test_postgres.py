@@ -10,9 +10,9 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from lifeboat.common.events import Role
-from lifeboat.common.postgres import ProbeError, probe_role
 from lifeboat.devstack.postgres import PgCluster, PgNode
 from lifeboat.devstack.procs import free_port
+from lifeboat.pg.probe import ProbeError, probe_role
 
 
 def test_one_primary_and_streaming_standbys_on_slots(pg_cluster: PgCluster) -> None:

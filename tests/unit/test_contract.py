@@ -139,11 +139,22 @@ def test_event_subject_is_in_the_stream_and_matches_its_topic(type_name: str) ->
     event = ev.EVENT_TYPES[type_name].model_validate(SAMPLES[type_name])
     subject = event.subject()
     assert subject.startswith(type_name + ".")
-    assert f"{subject.split('.', 1)[0]}.>" in s.STREAM_SUBJECTS
+    kept = s.HEARTBEAT_STREAM_SUBJECTS if event.topic.heartbeat else s.STREAM_SUBJECTS
+    assert f"{event.topic.name}.>" in kept
     tokens = subject.split(".")
     pattern = event.topic.pattern().split(".")
     assert len(tokens) == len(pattern)
     assert all(p in ("*", t) for p, t in zip(pattern, tokens, strict=True))
+
+
+def test_heartbeats_are_kept_apart_from_the_history() -> None:
+    """node.health (every second, every monitor, every node) must never evict a failover."""
+    assert "node.health.>" in s.HEARTBEAT_STREAM_SUBJECTS
+    assert "node.health.>" not in s.STREAM_SUBJECTS
+    assert "failover.completed.>" in s.STREAM_SUBJECTS
+    assert "node.fenced.>" in s.STREAM_SUBJECTS
+    assert not set(s.STREAM_SUBJECTS) & set(s.HEARTBEAT_STREAM_SUBJECTS)
+    assert len(s.STREAM_SUBJECTS) + len(s.HEARTBEAT_STREAM_SUBJECTS) == len(s.ALL_TOPICS)
 
 
 def test_subjects_read_as_documented() -> None:
@@ -199,7 +210,7 @@ def test_committed_asyncapi_document_matches_the_models(tmp_path: Path) -> None:
         capture_output=True,
         timeout=120,
     )
-    committed = Path(__file__).resolve().parents[1] / "docs" / "asyncapi.yaml"
+    committed = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
     assert yaml.safe_load(out.read_text()) == yaml.safe_load(committed.read_text()), (
         "docs/asyncapi.yaml is stale: run `make docs`"
     )

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
+from lifeboat.common.decision import Publish
 from lifeboat.common.events import (
     FailoverCompleted,
     FailoverFailed,
@@ -33,7 +34,6 @@ from lifeboat.failover.commands import (
     Fence,
     Handover,
     Promote,
-    Publish,
     Rejoin,
     Repoint,
     SetSynchronous,

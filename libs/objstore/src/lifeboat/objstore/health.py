@@ -1,50 +1,22 @@
-"""S3 access shared by the services that store things there (needs the `s3` extra: boto3)."""
+"""The health check of the configured buckets, behind the "s3" circuit breaker."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lifeboat.common.breakers import Breakers
 from lifeboat.common.health import Check, ComponentHealth, Status, component
 from lifeboat.common.settings import S3Settings
+from lifeboat.objstore.client import make_s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-else:
-    S3Client = object
-
-
-def make_s3_client(settings: S3Settings) -> S3Client:
-    secret = settings.s3_secret()
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=secret.get_secret_value() if secret else None,
-        config=Config(
-            connect_timeout=settings.s3_timeout_seconds,
-            read_timeout=max(settings.s3_timeout_seconds, 10),
-            retries={"max_attempts": 2, "mode": "standard"},
-            s3={"addressing_style": "path"},
-        ),
-    )
-
-
-def ensure_buckets(client: S3Client, buckets: tuple[str, ...]) -> None:
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    for bucket in buckets:
-        if bucket not in existing:
-            client.create_bucket(Bucket=bucket)
 
 
 def s3_check(settings: S3Settings, breakers: Breakers) -> Check:
-    """A health check of the configured buckets."""
     client = make_s3_client(settings)
 
     async def check() -> ComponentHealth:

@@ -1,4 +1,4 @@
-"""Short, bounded probes of PostgreSQL nodes."""
+"""Short, bounded probes of PostgreSQL nodes: what a node is, asked over a fresh connection."""
 
 from __future__ import annotations
 

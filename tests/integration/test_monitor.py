@@ -1,5 +1,5 @@
 """The monitor's probing against the real replicated cluster (events collected in memory here;
-tests/test_services.py follows them through NATS)."""
+tests/integration/test_services.py follows them through NATS)."""
 
 from __future__ import annotations
 

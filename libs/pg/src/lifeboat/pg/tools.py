@@ -1,0 +1,127 @@
+"""Running PostgreSQL's tools: to completion (sync or async) or streamed, one typed error.
+
+Every run is bounded in time and runs as the PostgreSQL OS user when we are root. A tool that
+fails raises `ToolError` with its name, exit code and (redacted) output, whatever the caller.
+`env` adds to the inherited environment; a password goes in as `PGPASSWORD` there, never on
+the command line, where `ps` would show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from lifeboat.common.redact import redact
+from lifeboat.pg.osuser import OsUser
+
+
+class ToolError(RuntimeError):
+    """A PostgreSQL tool exited non-zero, or did not finish in time."""
+
+    def __init__(self, tool: str, returncode: int | None, output: str) -> None:
+        self.tool = tool
+        self.returncode = returncode
+        self.output = redact(output.strip())
+        what = "timed out" if returncode is None else f"failed ({returncode})"
+        super().__init__(f"{tool} {what}: {self.output}")
+
+
+def _environment(env: dict[str, str] | None) -> dict[str, str] | None:
+    return None if env is None else {**os.environ, **env}
+
+
+def _user_kwargs(user: OsUser | None) -> dict[str, Any]:
+    if user is None:
+        return {}
+    return {"user": user.switch_uid, "group": user.switch_gid, "extra_groups": user.switch_groups}
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    user: OsUser | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    input_text: str | None = None,
+) -> str:
+    """Run a tool to completion and return its standard output."""
+    tool = Path(argv[0]).name
+    try:
+        result = subprocess.run(
+            list(argv),
+            env=_environment(env),
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            **_user_kwargs(user),
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(tool, None, f"no exit within {timeout:g}s") from exc
+    if result.returncode != 0:
+        raise ToolError(tool, result.returncode, result.stderr or result.stdout)
+    return str(result.stdout)
+
+
+async def run_async(
+    argv: Sequence[str],
+    *,
+    user: OsUser | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> str:
+    """`run` without blocking the event loop: for the long tools (pg_rewind, pg_basebackup)."""
+    async with stream(argv, user=user, env=env, timeout=timeout) as proc:
+        assert proc.stdout is not None
+        out = await proc.stdout.read()
+    return out.decode(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def stream(
+    argv: Sequence[str],
+    *,
+    user: OsUser | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 3600,
+    stdin: int | None = subprocess.DEVNULL,
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A tool whose standard output (and input) the caller streams; pg_dump into S3, say.
+
+    On leaving the block the tool must have exited 0 within `timeout` of its start, else
+    `ToolError`; a caller that leaves early (an exception) kills it, so nothing lingers.
+    """
+    tool = Path(argv[0]).name
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_environment(env),
+        **_user_kwargs(user),
+    )
+    assert proc.stderr is not None
+    errors = asyncio.ensure_future(proc.stderr.read())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        yield proc
+        try:
+            async with asyncio.timeout_at(deadline):
+                code = await proc.wait()
+        except TimeoutError:
+            raise ToolError(tool, None, f"no exit within {timeout:g}s") from None
+        if code != 0:
+            raise ToolError(tool, code, (await errors).decode(errors="replace"))
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        errors.cancel()
