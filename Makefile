@@ -8,7 +8,7 @@ export UV_PYTHON ?= $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 export UV_PYTHON_DOWNLOADS ?= never
 PYTEST_ARGS ?=
 
-.PHONY: up test lint typecheck docs clean bootstrap
+.PHONY: up test check lint typecheck imports docs clean bootstrap
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -23,6 +23,14 @@ up: bootstrap
 test: bootstrap
 	$(UV) run --no-sync pytest $(PYTEST_ARGS)
 
+# The quick loop: lint, types, package boundaries and the unit tests (no servers), in seconds.
+check: bootstrap
+	$(UV) run --no-sync ruff check .
+	$(UV) run --no-sync ruff format --check .
+	$(UV) run --no-sync mypy libs services tests bench
+	$(UV) run --no-sync lint-imports
+	$(UV) run --no-sync pytest -q tests/unit --deselect tests/unit/test_quality.py::test_clean
+
 lint: bootstrap
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
@@ -30,10 +38,16 @@ lint: bootstrap
 typecheck: bootstrap
 	$(UV) run --no-sync mypy libs services tests bench
 
+imports: bootstrap
+	$(UV) run --no-sync lint-imports
+
 docs: bootstrap
 	$(UV) run --no-sync faststream docs gen lifeboat.common.asyncapi:app --yaml --out docs/asyncapi.yaml
+	$(UV) run --no-sync python -m lifeboat.devstack.configdoc > docs/configuration.md
 
 clean:
 	@if [ -e .lifeboat/stack.lock ] && ! $(PYTHON) -c "import fcntl,sys; f=open('.lifeboat/stack.lock'); fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)" 2>/dev/null; then \
 		echo "make clean: the stack is running (make up holds .lifeboat/stack.lock); stop it first"; exit 1; fi
+	@# PostgreSQL data kept outside the clone (see LIFEBOAT_PG_DATA_ROOT) goes too.
+	@if [ -L .lifeboat/pg ]; then rm -rf "$$(readlink .lifeboat/pg)"; fi
 	rm -rf .lifeboat

@@ -136,3 +136,11 @@ def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert record["service"] == "gateway"
     assert record["instance"] == "g-1"
     assert "hunter2" not in record["message"]
+
+
+def test_committed_configuration_reference_matches_the_settings_models() -> None:
+    """docs/configuration.md is generated (`make docs`): it cannot drift from the code."""
+    from lifeboat.devstack.configdoc import render
+
+    committed = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert committed.read_text() == render(), "docs/configuration.md is stale: run `make docs`"

@@ -14,6 +14,7 @@ clusters:
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import yaml
 from psycopg.conninfo import make_conninfo
@@ -83,10 +84,24 @@ class ClusterSpec(BaseModel):
             params["password"] = password.get_secret_value()
         return Dsn(make_conninfo("", **params))
 
-    def client_dsn(self) -> str:
-        """The multi-host URI applications use; libpq finds the writable node itself."""
+    def client_dsn(self, *, user: str | None = None, passfile: Path | None = None) -> str:
+        """The multi-host URI applications use; libpq finds the writable node itself.
+
+        With `user` and `passfile` it connects as printed (libpq reads the password from the
+        file), so it can be pasted into psql without putting the password on the screen.
+        """
         hosts = ",".join(f"{n.host}:{n.port}" for n in self.nodes)
-        return f"postgresql://{hosts}/{self.database}?target_session_attrs=read-write"
+        who = f"{quote(user, safe='')}@" if user else ""
+        query = "target_session_attrs=read-write"
+        if passfile is not None:
+            query += f"&passfile={quote(str(passfile))}"
+        return f"postgresql://{who}{hosts}/{self.database}?{query}"
+
+    def jdbc_url(self, *, user: str | None = None) -> str:
+        """The same for JDBC, whose driver reads no passfile: the password goes separately."""
+        hosts = ",".join(f"{n.host}:{n.port}" for n in self.nodes)
+        who = f"&user={quote(user, safe='')}" if user else ""
+        return f"jdbc:postgresql://{hosts}/{self.database}?targetServerType=primary{who}"
 
 
 class ClustersFile(BaseModel):

@@ -25,31 +25,50 @@ def default_instance_id() -> str:
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LIFEBOAT_", extra="ignore", frozen=True)
+    # Attribute docstrings become field descriptions: docs/configuration.md is made from them.
+    model_config = SettingsConfigDict(
+        env_prefix="LIFEBOAT_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server (credentials in the URL are redacted in logs)."""
     instance_id: str = Field(default_factory=default_instance_id, min_length=1)
+    """This instance, on every event and log line; `<hostname>-<pid>` by default."""
     http_host: str = "127.0.0.1"
+    """Address of the health (and, for the gateway, API) endpoint."""
     http_port: int = Field(default=8100, ge=0, le=65535)
+    """Port of the health (and API) endpoint."""
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING or ERROR."""
     log_format: Literal["text", "json"] = "text"
+    """`json` for one JSON object per line."""
     clusters_file: Path = Path("clusters.yaml")
+    """The cluster description file (clusters, nodes, priorities, tags)."""
 
-    # The history stream (LIFEBOAT_EVENTS): decisions and outcomes, bounded by age and size.
     events_max_age_seconds: PositiveFloat = 30 * 24 * 3600
+    """History stream LIFEBOAT_EVENTS (decisions and outcomes): how long events are kept."""
     events_max_bytes: PositiveInt = 1024**3
+    """History stream: at most this many bytes, oldest dropped first."""
     events_duplicate_window_seconds: PositiveFloat = 120
-    # The heartbeat stream (LIFEBOAT_HEARTBEATS): node.health, wal.archived; live use only.
+    """A publish repeated within this window (same Nats-Msg-Id) is stored once."""
     heartbeats_max_age_seconds: PositiveFloat = 3600
+    """Heartbeat stream LIFEBOAT_HEARTBEATS (node.health, wal.archived): how long kept."""
     heartbeats_max_bytes: PositiveInt = 256 * 1024**2
+    """Heartbeat stream: at most this many bytes, oldest dropped first."""
 
     pg_password: SecretStr | None = None
+    """Password of the cluster file's control user (or `LIFEBOAT_PG_PASSWORD_FILE`)."""
     pg_password_file: Path | None = None
+    """A file holding that password."""
     pg_connect_timeout_seconds: PositiveFloat = 1.0
+    """Deadline of one connection attempt to a node."""
 
     breaker_failure_threshold: PositiveInt = 3
+    """Failures in a row that open a dependency's circuit breaker."""
     breaker_reset_seconds: PositiveFloat = 10.0
+    """How long an open breaker waits before letting one call through again."""
     shutdown_grace_seconds: PositiveFloat = 5.0
+    """Time to drain in-flight messages on SIGTERM."""
 
     @cached_property
     def clusters(self) -> ClustersFile:
@@ -65,16 +84,26 @@ class ServiceSettings(BaseSettings):
 class S3Settings(BaseSettings):
     """Where backups and file copies go; mixed into the services that touch S3."""
 
-    model_config = SettingsConfigDict(env_prefix="LIFEBOAT_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="LIFEBOAT_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     s3_endpoint_url: str | None = None
+    """S3 endpoint (MinIO, SeaweedFS, ...); empty for AWS."""
     s3_region: str = "us-east-1"
+    """S3 region."""
     s3_access_key_id: str | None = None
+    """S3 access key id."""
     s3_secret_access_key: SecretStr | None = None
+    """S3 secret key (or `LIFEBOAT_S3_SECRET_ACCESS_KEY_FILE`)."""
     s3_secret_access_key_file: Path | None = None
+    """A file holding the S3 secret key."""
     s3_backup_bucket: str = "lifeboat-backups"
+    """Bucket of backups, WAL and manifests."""
     s3_files_bucket: str = "lifeboat-files"
+    """Bucket of application files."""
     s3_timeout_seconds: PositiveFloat = 2.0
+    """Deadline of the S3 health check."""
 
     def s3_secret(self) -> SecretStr | None:
         return resolve_secret(

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from lifeboat.devstack.stack import up
-from lifeboat.pg.binaries import PostgresNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,11 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="run NATS, S3, a PostgreSQL cluster and all services until Ctrl-C")
     args = parser.parse_args(argv)
     if args.command == "up":
-        try:
-            return up()
-        except PostgresNotFoundError as exc:
-            print(f"make up: {exc}", file=sys.stderr)
-            return 2
+        return up()
     return 1
 
 

@@ -11,28 +11,51 @@ PortField = Field(ge=1024, le=65535)
 class StackSettings(BaseSettings):
     """`make up`'s knobs; every one can be set as LIFEBOAT_<NAME> (e.g. LIFEBOAT_PG_NODES=5)."""
 
-    model_config = SettingsConfigDict(env_prefix="LIFEBOAT_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="LIFEBOAT_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     stack_dir: Path = Path(".lifeboat")
+    """Where the stack keeps its data, logs and secrets."""
     cluster_name: str = "main"
+    """Name of the local PostgreSQL cluster."""
     database: str = "app"
+    """The application database created on the primary."""
     pg_nodes: int = Field(default=3, ge=1, le=9)
+    """PostgreSQL nodes: node1 primary, the others streaming standbys."""
     pg_base_port: int = Field(default=55432, ge=1024, le=65000)
+    """Port of node1; node N listens on this + N - 1."""
     pg_os_user: str | None = None
+    """Who runs PostgreSQL when `make up` runs as root (default `postgres`, else `nobody`)."""
     pg_bindir: Path | None = None
+    """Where `initdb` and the other server binaries are, if not found by themselves."""
+    pg_data_root: Path = Path("/var/tmp/lifeboat")
+    """Where PostgreSQL data directories go when the stack directory is out of the PostgreSQL
+    user's reach (a clone in root's 0700 home, say); one folder per stack directory."""
     nats_port: int = Field(default=4222, ge=1024, le=65535)
+    """NATS client port."""
     nats_monitor_port: int = Field(default=8222, ge=1024, le=65535)
-    # SeaweedFS also listens on each of these plus 10000 (gRPC); keep them below 22768.
+    """NATS monitoring port."""
     s3_port: int = Field(default=8333, ge=1024, le=22767)
+    """S3 (SeaweedFS) port; SeaweedFS also uses each S3 port + 10000 for gRPC."""
     s3_master_port: int = Field(default=9333, ge=1024, le=22767)
+    """SeaweedFS master port."""
     s3_volume_port: int = Field(default=8080, ge=1024, le=22767)
+    """SeaweedFS volume port."""
     s3_filer_port: int = Field(default=8888, ge=1024, le=22767)
+    """SeaweedFS filer port."""
     gateway_port: int = Field(default=8000, ge=1024, le=65535)
+    """The REST API."""
     monitor_port: int = Field(default=8101, ge=1024, le=65535)
+    """Monitor health endpoint."""
     failover_port: int = Field(default=8102, ge=1024, le=65535)
+    """Failover health endpoint."""
     backup_port: int = Field(default=8103, ge=1024, le=65535)
+    """Backup health endpoint."""
     filesync_port: int = Field(default=8104, ge=1024, le=65535)
+    """Filesync health endpoint."""
     ready_timeout_seconds: float = Field(default=90, gt=0)
+    """How long `make up` waits for every service to be ready."""
 
     @property
     def pg_ports(self) -> list[int]:

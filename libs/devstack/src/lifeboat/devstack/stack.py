@@ -7,6 +7,7 @@ Data stays under the stack directory, so the next `make up` resumes with it.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -23,12 +24,14 @@ from typing import IO
 
 from pydantic import SecretStr
 
-from lifeboat.common.clusters import ClustersFile, dump_clusters
+from lifeboat.common.clusters import ClustersFile, ClusterSpec, dump_clusters
 from lifeboat.devstack.postgres import Passwords, PgCluster
 from lifeboat.devstack.procs import ManagedProcess, kill_pid, port_is_free
 from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Ports, SeaweedS3
 from lifeboat.devstack.settings import StackSettings
+from lifeboat.pg.binaries import PostgresNotFoundError
 from lifeboat.pg.osuser import OsUser
+from lifeboat.pg.tools import ToolError
 
 SERVICES = ("monitor", "failover", "backup", "filesync", "gateway")
 _COLORS = {
@@ -158,12 +161,13 @@ class Stack:
         self.s3.start(buckets=("lifeboat-backups", "lifeboat-files"))
         self._record_children()
 
+        os_user = OsUser.for_postgres(s.pg_os_user)
         self.pg = PgCluster(
-            self.dir / "pg",
+            self._pg_home(os_user),
             s.pg_ports,
             passwords,
             database=s.database,
-            os_user=OsUser.for_postgres(s.pg_os_user),
+            os_user=os_user,
             bindir=s.pg_bindir,
         )
         fresh = not self.pg.initialized
@@ -186,6 +190,44 @@ class Stack:
             self._start_service(name, env)
         self._record_children()
         self._wait_ready()
+
+    def _pg_home(self, os_user: OsUser) -> Path:
+        """Where the data directories go: `<stack>/pg`, unless PostgreSQL's user cannot reach
+        it (a clone in root's 0700 home): then a folder of this stack's own under
+        `pg_data_root`, linked from `<stack>/pg` so that `make clean` finds it."""
+        link = self.dir / "pg"
+        if link.is_symlink():
+            return link.resolve()
+        blocked = os_user.can_reach(self.dir)
+        if blocked is None:
+            return link
+        if link.exists():
+            raise StackError(
+                f"{link} holds PostgreSQL data that {os_user.name} cannot reach ({blocked} "
+                f"is closed to it): move the clone elsewhere, or `make clean` and start again"
+            )
+        digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:12]
+        home = self.settings.pg_data_root / digest
+        home.mkdir(parents=True, exist_ok=True)
+        self.settings.pg_data_root.chmod(0o755)
+        home.chmod(0o755)
+        if os_user.can_reach(home) is not None:
+            raise StackError(
+                f"{blocked} is closed to {os_user.name}, who runs PostgreSQL, and so is "
+                f"{home}: set LIFEBOAT_PG_DATA_ROOT to a directory it can reach"
+            )
+        link.symlink_to(home / "pg")
+        say("stack", f"{blocked} is closed to {os_user.name}: PostgreSQL data goes to {home}")
+        return home / "pg"
+
+    def _client_passfile(self, spec: ClusterSpec, password: SecretStr) -> Path:
+        """A libpq password file (mode 0600) for the printed DSN: it connects as printed."""
+        path = self.secrets_dir / "pgpass"
+        escaped = password.get_secret_value().replace("\\", "\\\\").replace(":", "\\:")
+        lines = [f"{n.host}:{n.port}:*:{spec.user}:{escaped}" for n in spec.nodes]
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
 
     def _service_env(self, clusters_file: Path, creds: S3Credentials) -> dict[str, str]:
         s = self.settings
@@ -248,6 +290,7 @@ class Stack:
         assert self.pg is not None
         assert self.s3 is not None
         spec = self.pg.spec(s.cluster_name)
+        passfile = self._client_passfile(spec, self.pg.passwords.superuser)
         gateway = f"http://127.0.0.1:{s.gateway_port}"
         creds = self.s3.credentials
         lines = [
@@ -256,9 +299,11 @@ class Stack:
             f"  NATS        nats://127.0.0.1:{s.nats_port}  "
             "(nats sub 'node.>'; nats stream view LIFEBOAT_EVENTS)",
             f"  S3          {self.s3.endpoint_url}  access key {creds.access_key_id}, "
-            f"secret {creds.secret_access_key}",
-            f"  PostgreSQL  {spec.client_dsn()}",
-            f"              user postgres, password in {self.secrets_dir / 'pg_password'}",
+            f"secret in {self.secrets_dir / 's3_secret_access_key'}",
+            f"  PostgreSQL  {spec.client_dsn(user=spec.user, passfile=passfile)}",
+            f"              (psql, psycopg, libpq: the password is read from {passfile})",
+            f"  JDBC        {spec.jdbc_url(user=spec.user)}",
+            f"              password in {self.secrets_dir / 'pg_password'}",
             f"  data        {self.dir}  (make clean removes it)",
             "Ctrl-C stops everything and keeps the data.",
         ]
@@ -342,7 +387,7 @@ class Stack:
         pg_dir = self.dir / "pg"
         if pg_dir.exists():
             stale = PgCluster(
-                pg_dir,
+                pg_dir.resolve(),
                 self.settings.pg_ports,
                 Passwords(SecretStr(""), SecretStr("")),
                 os_user=OsUser.for_postgres(self.settings.pg_os_user),
@@ -368,8 +413,9 @@ class Stack:
 
 
 def up(settings: StackSettings | None = None, out: IO[str] | None = None) -> int:
+    """Run the stack; what cannot work is one clear line and exit code 2, not a traceback."""
     try:
         return Stack(settings or StackSettings()).run()
-    except StackError as exc:
+    except (StackError, ToolError, PostgresNotFoundError) as exc:
         print(f"make up: {exc}", file=out or sys.stderr)
         return 2

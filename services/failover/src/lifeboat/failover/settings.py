@@ -13,19 +13,25 @@ class FailoverSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LIFEBOAT_", extra="ignore", frozen=True)
 
     http_port: int = Field(default=8102, ge=0, le=65535)
+    """Port of the health endpoint."""
     loop_interval_seconds: PositiveFloat = 0.5
+    """How often the leader observes and decides."""
     lease_ttl_seconds: PositiveInt = 3
+    """The failover lease's time to live; renewed every third of it."""
     failure_threshold: PositiveInt = 3
-    # A monitor's report counts while younger than this.
+    """Failed probes in a row, by a majority of monitors, that fail a primary."""
     report_max_age_seconds: PositiveFloat = 3.0
+    """A monitor's report counts while younger than this."""
     maximum_lag_on_failover: PositiveInt = 1024 * 1024
-    # on: only synchronous standbys are promoted; with none healthy, commits stop waiting
-    # (degrade to async, with an event). strict: commits wait until a standby is back.
+    """Bytes a standby may be behind the primary's last position and still be promoted."""
     synchronous_mode: Literal["off", "on", "strict"] = "on"
+    """on: only synchronous standbys are promoted, and with none healthy commits stop
+    waiting (with an event); strict: commits wait until a standby is back; off: async."""
     action_timeout_seconds: PositiveFloat = 2.0
-    # The same refusal or hold is published again only after this long.
+    """Deadline of one SQL action on a node."""
     repeat_event_after_seconds: PositiveFloat = 30.0
-    # Who runs pg_ctl and pg_rewind on nodes whose data directory is on this host, when the
-    # service runs as root (PostgreSQL refuses root), and where those binaries are.
+    """The same refusal or hold is published again only after this long."""
     pg_os_user: str | None = None
+    """Who runs pg_ctl and pg_rewind on local nodes when the service runs as root."""
     pg_bindir: Path | None = None
+    """Where the PostgreSQL server binaries are, if not found by themselves."""

@@ -10,12 +10,18 @@ class MonitorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LIFEBOAT_", extra="ignore", frozen=True)
 
     http_port: int = Field(default=8101, ge=0, le=65535)
-    # Where this monitor runs (e.g. a data centre); several monitors form the failover quorum.
+    """Port of the health endpoint."""
     location: str = "default"
+    """Where this monitor runs (e.g. a data centre); several monitors form the quorum."""
     probe_interval_seconds: PositiveFloat = 1.0
+    """How often every node is probed."""
     probe_timeout_seconds: PositiveFloat = 1.0
+    """Deadline of one probe (connect and statements)."""
     failure_threshold: PositiveInt = 3
+    """Failed probes in a row before `node.down`."""
     lag_warning_seconds: PositiveFloat = 30.0
+    """Replication lag that raises a `node.lag` warning."""
     lag_critical_seconds: PositiveFloat = 120.0
-    # Events waiting while NATS is away; the oldest health reports go first when it is full.
+    """Replication lag that raises a critical `node.lag`."""
     outbox_size: PositiveInt = 10_000
+    """Events kept while NATS is away; the oldest health reports go first when full."""
