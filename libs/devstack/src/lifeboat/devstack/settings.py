@@ -29,7 +29,7 @@ class StackSettings(BaseSettings):
     """Who runs PostgreSQL when `make up` runs as root (default `postgres`, else `nobody`)."""
     pg_bindir: Path | None = None
     """Where `initdb` and the other server binaries are, if not found by themselves."""
-    pg_data_root: Path = Path("/var/tmp/lifeboat")
+    pg_data_root: Path = Path("/var/lib/lifeboat")
     """Where PostgreSQL data directories go when the stack directory is out of the PostgreSQL
     user's reach (a clone in root's 0700 home, say); one folder per stack directory."""
     nats_port: int = Field(default=4222, ge=1024, le=65535)
