@@ -72,6 +72,8 @@ class FailoverKind(StrEnum):
 class BackupKind(StrEnum):
     LOGICAL = "logical"  # pg_dump
     PHYSICAL = "physical"  # pg_basebackup
+    FILES = "files"  # a snapshot of the application's files (filesync)
+    FULL = "full"  # a physical backup and a files snapshot taken, and restored, together
 
 
 class LagLevel(StrEnum):
@@ -269,6 +271,12 @@ class BackupRequested(ClusterEvent):
     kind: BackupKind = BackupKind.LOGICAL
     reason: str = "on demand"
     requested_by: str = "unknown"
+    # This event's id is the request's id: every event about the backup carries it.
+    database: str | None = None  # logical: the database to dump (the cluster's by default)
+    all_databases: bool = False  # logical: every database, and the globals
+    node: Name | None = None  # take it from this node, not the one Lifeboat would choose
+    verify: bool | None = None  # test-restore it afterwards (the service's setting if None)
+    scheduled_for: AwareDatetime | None = None  # set by the schedule: the slot it fills
 
 
 class BackupStarted(ClusterEvent):
@@ -277,6 +285,9 @@ class BackupStarted(ClusterEvent):
     backup_id: str
     kind: BackupKind
     node: Name
+    request_id: UUID | None = None
+    source_role: Role = Role.UNKNOWN
+    source_reason: str = ""
 
 
 class BackupCompleted(ClusterEvent):
@@ -289,6 +300,15 @@ class BackupCompleted(ClusterEvent):
     duration_seconds: NonNegativeFloat
     manifest_key: str
     sha256: str
+    # The manifest's summary; size_bytes is what is stored (compressed, encrypted).
+    request_id: UUID | None = None
+    raw_bytes: NonNegativeInt = 0
+    source_role: Role = Role.UNKNOWN
+    timeline: NonNegativeInt | None = None
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+    objects: NonNegativeInt = 1
+    encrypted: bool = False
 
 
 class BackupFailed(ClusterEvent):
@@ -297,6 +317,8 @@ class BackupFailed(ClusterEvent):
     backup_id: str | None = None
     kind: BackupKind
     reason: str
+    request_id: UUID | None = None
+    node: Name | None = None
 
 
 class BackupVerified(ClusterEvent):
@@ -305,6 +327,10 @@ class BackupVerified(ClusterEvent):
     backup_id: str
     ok: bool
     detail: str
+    request_id: UUID | None = None
+    restore_seconds: NonNegativeFloat | None = None  # measured: download, recover, open
+    check_seconds: NonNegativeFloat | None = None  # pg_amcheck and row counts
+    tables_checked: NonNegativeInt = 0
 
 
 class BackupExpired(ClusterEvent):
@@ -312,6 +338,7 @@ class BackupExpired(ClusterEvent):
     type: Literal["backup.expired"] = "backup.expired"
     backup_id: str
     reason: str
+    kind: BackupKind | None = None
 
 
 class WalArchived(ClusterEvent):
@@ -320,14 +347,26 @@ class WalArchived(ClusterEvent):
     segment: str
     timeline: NonNegativeInt
     size_bytes: NonNegativeInt
+    stored_bytes: NonNegativeInt | None = None
+    sha256: str | None = None
+    # Seconds from the segment's completion on this host to its upload.
+    seconds: NonNegativeFloat | None = None
 
 
 class RestoreRequested(ClusterEvent):
     topic = s.RESTORE_REQUESTED
     type: Literal["restore.requested"] = "restore.requested"
-    backup_id: str
-    target: str
+    # Without a backup id the service picks the base backup (and WAL) a target time or LSN
+    # needs; without either it restores the newest backup to its end.
+    backup_id: str | None = None
+    target: str = "new"  # "new": a new data directory and port; "node": an existing node
     requested_by: str = "unknown"
+    target_time: AwareDatetime | None = None
+    target_lsn: str | None = None
+    data_dir: str | None = None  # target "new": where (a fresh directory by default)
+    port: int | None = Field(default=None, ge=1, le=65535)  # target "new": a free one if None
+    node: Name | None = None  # target "node": the node whose data directory is replaced
+    confirm: bool = False  # target "node": required, as the node's data is replaced
 
 
 class RestoreStarted(ClusterEvent):
@@ -336,6 +375,7 @@ class RestoreStarted(ClusterEvent):
     restore_id: str
     backup_id: str
     target: str
+    request_id: UUID | None = None
 
 
 class RestoreCompleted(ClusterEvent):
@@ -345,13 +385,107 @@ class RestoreCompleted(ClusterEvent):
     backup_id: str
     target: str
     duration_seconds: NonNegativeFloat
+    request_id: UUID | None = None
+    data_dir: str | None = None
+    port: int | None = None
+    wal_segments: NonNegativeInt = 0  # archived segments fetched for recovery
+    recovered_to: str | None = None  # the target reached, as asked
 
 
 class RestoreFailed(ClusterEvent):
     topic = s.RESTORE_FAILED
     type: Literal["restore.failed"] = "restore.failed"
     restore_id: str | None = None
+    backup_id: str | None = None
+    reason: str
+    request_id: UUID | None = None
+
+
+class BackupProgress(ClusterEvent):
+    topic = s.BACKUP_PROGRESS
+    type: Literal["backup.progress"] = "backup.progress"
     backup_id: str
+    kind: BackupKind
+    request_id: UUID | None = None
+    raw_bytes: NonNegativeInt
+    stored_bytes: NonNegativeInt
+    seconds: NonNegativeFloat
+    mb_per_s: NonNegativeFloat
+
+
+class BackupVerifyRequested(ClusterEvent):
+    topic = s.BACKUP_VERIFY_REQUESTED
+    type: Literal["backup.verify_requested"] = "backup.verify_requested"
+    backup_id: str | None = None  # the newest backup if None
+    requested_by: str = "unknown"
+
+
+class BackupDeleteRequested(ClusterEvent):
+    topic = s.BACKUP_DELETE_REQUESTED
+    type: Literal["backup.delete_requested"] = "backup.delete_requested"
+    backup_id: str
+    force: bool = False  # delete even the last good backup
+    requested_by: str = "unknown"
+
+
+class BackupDeleted(ClusterEvent):
+    topic = s.BACKUP_DELETED
+    type: Literal["backup.deleted"] = "backup.deleted"
+    backup_id: str
+    kind: BackupKind
+    request_id: UUID | None = None
+    forced: bool = False
+    objects: NonNegativeInt = 0
+
+
+class BackupDeleteRefused(ClusterEvent):
+    topic = s.BACKUP_DELETE_REFUSED
+    type: Literal["backup.delete_refused"] = "backup.delete_refused"
+    backup_id: str
+    reason: str
+    request_id: UUID | None = None
+
+
+class WalState(StrEnum):
+    STREAMING = "streaming"  # receiving from the primary, uploading as segments complete
+    CATCHING_UP = "catching_up"  # S3 was unreachable: segments wait on disk
+    SPOOL_FULL = "spool_full"  # the local spool reached its bound: receiving paused
+    NO_PRIMARY = "no_primary"  # no writable node found
+    STOPPED = "stopped"
+
+
+class WalStatus(ClusterEvent):
+    topic = s.WAL_STATUS
+    type: Literal["wal.status"] = "wal.status"
+    state: WalState
+    primary: Name | None = None
+    timeline: NonNegativeInt | None = None
+    primary_lsn: str | None = None
+    archived_lsn: str | None = None  # everything before it is in S3
+    last_segment: str | None = None
+    lag_bytes: NonNegativeInt | None = None
+    lag_seconds: NonNegativeFloat | None = None  # age of the oldest WAL not yet in S3: the RPO
+    spool_bytes: NonNegativeInt = 0
+    error: str | None = None
+
+
+class WalSourceChanged(ClusterEvent):
+    topic = s.WAL_SOURCE_CHANGED
+    type: Literal["wal.source_changed"] = "wal.source_changed"
+    previous: Name | None = None
+    primary: Name
+    timeline: NonNegativeInt | None = None
+    slot: str
+    reason: str
+
+
+class WalSlotLimited(ClusterEvent):
+    topic = s.WAL_SLOT_LIMITED
+    type: Literal["wal.slot_limited"] = "wal.slot_limited"
+    node: Name
+    slot: str
+    wal_status: str  # pg_replication_slots.wal_status: unreserved or lost
+    safe_wal_size: int | None = None
     reason: str
 
 

@@ -106,6 +106,26 @@ RESTORE_REQUESTED = Topic("restore.requested", _C, "Ask for a restore")
 RESTORE_STARTED = Topic("restore.started", _C, "A restore began")
 RESTORE_COMPLETED = Topic("restore.completed", _C, "A restore finished")
 RESTORE_FAILED = Topic("restore.failed", _C, "A restore failed, and why")
+BACKUP_PROGRESS = Topic(
+    "backup.progress", _C, "A running backup's bytes so far and rate", heartbeat=True
+)
+BACKUP_VERIFY_REQUESTED = Topic(
+    "backup.verify_requested", _C, "Ask for a backup to be verified by a test restore"
+)
+BACKUP_DELETE_REQUESTED = Topic("backup.delete_requested", _C, "Ask for a backup to be deleted")
+BACKUP_DELETED = Topic("backup.deleted", _C, "A backup was deleted on request")
+BACKUP_DELETE_REFUSED = Topic(
+    "backup.delete_refused", _C, "A backup was not deleted (e.g. the last good one), and why"
+)
+WAL_STATUS = Topic(
+    "wal.status", _C, "WAL archiving: source, position, lag behind the primary", heartbeat=True
+)
+WAL_SOURCE_CHANGED = Topic(
+    "wal.source_changed", _C, "WAL archiving moved to another primary or timeline"
+)
+WAL_SLOT_LIMITED = Topic(
+    "wal.slot_limited", _C, "The archiver's slot hit its size guard: WAL may go unarchived"
+)
 
 FILE_SYNC_REQUESTED = Topic("file.sync_requested", _CF, "Ask to sync a file set to S3")
 FILE_SYNCED = Topic("file.synced", _CF, "A file set was synced to S3")

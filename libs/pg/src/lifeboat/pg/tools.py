@@ -97,6 +97,39 @@ async def stream(
     On leaving the block the tool must have exited 0 within `timeout` of its start, else
     `ToolError`; a caller that leaves early (an exception) kills it, so nothing lingers.
     """
+    async with stream_logged(argv, user=user, env=env, timeout=timeout, stdin=stdin) as (proc, _):
+        yield proc
+
+
+class Stderr:
+    """What a streamed tool wrote to its standard error so far, line by line (pg_basebackup
+    -v reports its start and end LSNs there)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    async def pump(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            self.lines.append(line.decode(errors="replace").rstrip("\n"))
+            # A chatty tool must not grow this without bound: keep the first and last lines.
+            if len(self.lines) > 2000:
+                del self.lines[100:1100]
+
+
+@contextlib.asynccontextmanager
+async def stream_logged(
+    argv: Sequence[str],
+    *,
+    user: OsUser | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 3600,
+    stdin: int | None = subprocess.DEVNULL,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, Stderr]]:
+    """`stream`, also handing over the tool's standard error as it is written."""
     tool = Path(argv[0]).name
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -107,18 +140,20 @@ async def stream(
         **_user_kwargs(user),
     )
     assert proc.stderr is not None
-    errors = asyncio.ensure_future(proc.stderr.read())
+    log = Stderr()
+    errors = asyncio.ensure_future(log.pump(proc.stderr))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
-        yield proc
+        yield proc, log
         try:
             async with asyncio.timeout_at(deadline):
                 code = await proc.wait()
+                await errors
         except TimeoutError:
             raise ToolError(tool, None, f"no exit within {timeout:g}s") from None
         if code != 0:
-            raise ToolError(tool, code, (await errors).decode(errors="replace"))
+            raise ToolError(tool, code, log.text)
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,95 @@
+"""Turning a restored base backup into a node that recovers to a target, then opens.
+
+The restored copy keeps the source's configuration but for what must differ on the new node:
+its port and sockets, no upstream to stream from, WAL fetched by `restore_command`, and the
+recovery target. Those go last in postgresql.auto.conf, which wins over postgresql.conf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from lifeboat.pg.replication import MANAGED
+
+# Settings of the source that must not follow it to a restored copy.
+_DROPPED = (
+    *MANAGED,
+    "port",
+    "unix_socket_directories",
+    "listen_addresses",
+    "restore_command",
+    "archive_mode",
+    "archive_command",
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_lsn",
+    "recovery_target_timeline",
+    "recovery_target_action",
+)
+
+
+@dataclass(frozen=True)
+class RecoveryTarget:
+    """Where recovery stops: `immediate` (the backup's consistent point), a time, an LSN, or
+    none of them (the end of the archived WAL)."""
+
+    immediate: bool = False
+    time: datetime | None = None
+    lsn: str | None = None
+
+    def settings(self) -> dict[str, str]:
+        if self.time is not None:
+            return {"recovery_target_time": self.time.isoformat(sep=" ")}
+        if self.lsn is not None:
+            return {"recovery_target_lsn": self.lsn}
+        if self.immediate:
+            return {"recovery_target": "immediate"}
+        return {}
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def configure_recovery(
+    data_dir: Path,
+    *,
+    port: int,
+    socket_dir: Path,
+    restore_command: str,
+    target: RecoveryTarget,
+    listen_addresses: str = "",
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Make `data_dir` (a base backup just extracted) recover to `target`, then promote."""
+    auto = data_dir / "postgresql.auto.conf"
+    kept = [
+        line
+        for line in (auto.read_text().splitlines() if auto.exists() else [])
+        if line.split("=", 1)[0].strip() not in _DROPPED
+    ]
+    settings = {
+        "port": str(port),
+        "unix_socket_directories": str(socket_dir),
+        "listen_addresses": listen_addresses,
+        "restore_command": restore_command,
+        "archive_mode": "off",
+        "recovery_target_timeline": "latest",
+        "recovery_target_action": "promote",
+        **target.settings(),
+        **(extra or {}),
+    }
+    kept.append("# lifeboat: restored copy")
+    kept += [f"{k} = {_quote(v)}" for k, v in settings.items()]
+    auto.write_text("\n".join(kept) + "\n")
+    for stale in ("standby.signal", "postmaster.pid", "postmaster.opts"):
+        (data_dir / stale).unlink(missing_ok=True)
+    (data_dir / "recovery.signal").touch()
+
+
+def trust_local_only(data_dir: Path) -> None:
+    """A scratch copy reachable only through its private socket directory answers its owner
+    without a password: verification must not need the source's credentials."""
+    (data_dir / "pg_hba.conf").write_text("local all all trust\n")
