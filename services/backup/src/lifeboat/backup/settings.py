@@ -1,12 +1,85 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from lifeboat.common.secrets import resolve_secret
 from lifeboat.common.settings import S3Settings, ServiceSettings
+from lifeboat.objstore.codec import Codec, Compression, load_key
 
 
 class BackupSettings(ServiceSettings, S3Settings):
     model_config = SettingsConfigDict(env_prefix="LIFEBOAT_", extra="ignore", frozen=True)
 
     http_port: int = Field(default=8103, ge=0, le=65535)
+    """Port of the health endpoint."""
+    work_dir: Path = Path(".lifeboat/backup")
+    """Local room: the WAL spool and scratch instances for test restores."""
+    pg_bindir: Path | None = None
+    """Where the PostgreSQL binaries are, if not found by themselves."""
+    pg_os_user: str | None = None
+    """Who runs initdb/pg_ctl for scratch instances when the service runs as root."""
+    replication_password: SecretStr | None = None
+    """The replication user's password (base backups, WAL streaming)."""
+    replication_password_file: Path | None = None
+
+    compression: Compression = Compression.ZSTD
+    compression_level: int = Field(default=3, ge=-7, le=22)
+    compression_threads: NonNegativeInt = 0
+    """zstd worker threads; 0 compresses on one thread beside the upload threads."""
+    encryption_key: SecretStr | None = None
+    """AES-256 key, 64 hex digits or base64; backups and WAL are encrypted when set."""
+    encryption_key_file: Path | None = None
+    part_size_mb: PositiveInt = 8
+    upload_concurrency: PositiveInt = 4
+
+    schedule_physical: str = "0 2 * * *"
+    """Cron expression of scheduled physical backups; empty for none."""
+    schedule_logical: str = ""
+    schedule_verify: str = "0 5 * * 0"
+    """Cron expression of test restores of the newest backup of each kind."""
+    retention_days: PositiveFloat = 7
+    retention_min_physical: PositiveInt = 3
+    retention_min_logical: PositiveInt = 3
+    verify_after_backup: bool = True
+    prefer_standby: bool = True
+    """Back up from a healthy streaming standby when there is one, sparing the primary."""
+    max_source_lag_bytes: NonNegativeInt = 64 * 1024 * 1024
+
+    wal_archive: bool = True
+    wal_slot: str = "lifeboat_archiver"
+    wal_spool_max_mb: PositiveInt = 2048
+    """Bound of WAL waiting on this host for S3; receiving pauses beyond it."""
+    wal_slot_max_keep_mb: NonNegativeInt = 8192
+    """Sets the primary's max_slot_wal_keep_size when it is unlimited, so the archiver's slot
+    can never fill the primary's disk; 0 leaves the setting alone."""
+    wal_status_interval_seconds: PositiveFloat = 1.0
+
+    lease_ttl_seconds: PositiveInt = 15
+    """The per-cluster-and-kind backup lease; renewed every third of it."""
+    ack_wait_seconds: PositiveFloat = 30
+    """How long a request stays with a silent worker before JetStream hands it to another;
+    a live worker extends it while it works."""
+    orphan_grace_seconds: PositiveFloat = 6 * 3600
+    """Objects of a backup that never got its manifest are removed after this long."""
+    janitor_interval_seconds: PositiveFloat = 600
+
+    def replication_secret(self) -> SecretStr | None:
+        return resolve_secret(
+            "LIFEBOAT_REPLICATION_PASSWORD",
+            self.replication_password,
+            self.replication_password_file,
+        )
+
+    def codec(self) -> Codec:
+        secret = resolve_secret(
+            "LIFEBOAT_ENCRYPTION_KEY", self.encryption_key, self.encryption_key_file
+        )
+        return Codec(
+            compression=self.compression,
+            level=self.compression_level,
+            key=None if secret is None else load_key(secret.get_secret_value()),
+            threads=self.compression_threads,
+        )
