@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from lifeboat.common.clusters import load_clusters
+from lifeboat.devstack.drill import drill
 from lifeboat.devstack.procs import free_port
-from lifeboat.gateway.drill import drill
 
 DETECTION_FLOOR_S = 3 * 1.0  # failure_threshold x probe_interval at their defaults
 

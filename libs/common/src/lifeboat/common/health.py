@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from lifeboat.common.breakers import BreakerSnapshot
 from lifeboat.common.events import utcnow
 from lifeboat.common.redact import redact
 
@@ -47,6 +49,43 @@ class HealthReport(BaseModel):
     checked_at: datetime
     components: tuple[ComponentHealth, ...]
 
+    @property
+    def http_status(self) -> int:
+        """What `/health` answers with: 503 when unhealthy, 200 when healthy or degraded."""
+        return 503 if self.status is Status.UNHEALTHY else 200
+
+
+class Liveness(BaseModel):
+    """`/health/live`: the process answers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["alive"] = "alive"
+    service: str
+
+
+class Readiness(BaseModel):
+    """`/health/ready`: whether the service can do its work now (503 when not)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ready: bool
+    status: Status
+    service: str
+    message: str = ""
+
+    @property
+    def http_status(self) -> int:
+        return 200 if self.ready else 503
+
+
+class BreakerReport(BaseModel):
+    """`/health/circuit-breakers`: every dependency's breaker."""
+
+    model_config = ConfigDict(frozen=True)
+
+    breakers: list[BreakerSnapshot]
+
 
 Check = Callable[[], Awaitable[ComponentHealth]]
 
@@ -80,8 +119,10 @@ class HealthRegistry:
         except Exception as exc:  # a failing check is a finding, never a crash of /health
             return component(name, Status.UNHEALTHY, f"{type(exc).__name__}: {exc}")
 
-    async def report(self) -> HealthReport:
-        results = await asyncio.gather(*(self._run(n, c) for n, c in self._checks.items()))
+    async def report(self, only: Collection[str] | None = None) -> HealthReport:
+        """Run every check (or only those named in `only`) and combine them."""
+        checks = {n: c for n, c in self._checks.items() if only is None or n in only}
+        results = await asyncio.gather(*(self._run(n, c) for n, c in checks.items()))
         return HealthReport(
             service=self.service,
             instance=self.instance,

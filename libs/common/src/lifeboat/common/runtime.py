@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 
 import uvicorn
@@ -36,7 +36,17 @@ from lifeboat.common.bus import (
     stream_config,
 )
 from lifeboat.common.events import Source
-from lifeboat.common.health import Check, ComponentHealth, HealthRegistry, Status, component
+from lifeboat.common.health import (
+    BreakerReport,
+    Check,
+    ComponentHealth,
+    HealthRegistry,
+    HealthReport,
+    Liveness,
+    Readiness,
+    Status,
+    component,
+)
 from lifeboat.common.log import configure_logging
 from lifeboat.common.settings import ServiceSettings
 
@@ -46,8 +56,16 @@ Hook = Callable[[], Awaitable[None]]
 
 
 class ServiceRuntime:
-    def __init__(self, service: str, settings: ServiceSettings) -> None:
+    def __init__(
+        self,
+        service: str,
+        settings: ServiceSettings,
+        *,
+        ready_on: Collection[str] | None = None,
+    ) -> None:
+        """`ready_on`: the health checks readiness depends on (all of them unless given)."""
         self.service = service
+        self.ready_on = ready_on
         self.settings = settings
         self.source = Source(service=service, instance=settings.instance_id)
         self.broker: NatsBroker = make_broker(
@@ -103,6 +121,31 @@ class ServiceRuntime:
             "nats", Status.HEALTHY, "connected, JetStream available", streams=info.streams
         )
 
+    # The four health answers, shared by `health_routes()` and any other HTTP face (the
+    # gateway's FastAPI app): each model's `http_status` is the status code to answer with.
+
+    def liveness(self) -> Liveness:
+        return Liveness(service=self.service)
+
+    async def readiness(self) -> Readiness:
+        """Ready once started (until stopping) with no check in `ready_on` unhealthy."""
+        report = await self.health.report(self.ready_on)
+        failing = [c for c in report.components if c.status is Status.UNHEALTHY]
+        ok = self._ready and not failing
+        if not self._ready:
+            message = "not started, or stopping"
+        elif failing:
+            message = "; ".join(f"{c.name}: {c.message}" for c in failing)
+        else:
+            message = "ready"
+        return Readiness(ready=ok, status=report.status, service=self.service, message=message)
+
+    async def health_report(self) -> HealthReport:
+        return await self.health.report()
+
+    async def breaker_report(self) -> BreakerReport:
+        return BreakerReport(breakers=await self.breakers.snapshot())
+
     def asgi_app(
         self, *, on_startup: Sequence[Hook] = (), on_shutdown: Sequence[Hook] = ()
     ) -> AsgiFastStream:
@@ -134,25 +177,21 @@ class ServiceRuntime:
     def health_routes(self) -> list[tuple[str, ASGIApp]]:
         @get(include_in_schema=False)
         async def live(scope: object) -> AsgiResponse:
-            return JSONResponse({"status": "alive", "service": self.service})
+            return JSONResponse(self.liveness().model_dump(mode="json"))
 
         @get(include_in_schema=False)
         async def ready(scope: object) -> AsgiResponse:
-            report = await self.health.report()
-            ok = self._ready and report.status != Status.UNHEALTHY
-            body = {"ready": ok, "status": report.status.value, "service": self.service}
-            return JSONResponse(body, 200 if ok else 503)
+            answer = await self.readiness()
+            return JSONResponse(answer.model_dump(mode="json"), answer.http_status)
 
         @get(include_in_schema=False)
         async def health(scope: object) -> AsgiResponse:
-            report = await self.health.report()
-            code = 503 if report.status == Status.UNHEALTHY else 200
-            return JSONResponse(report.model_dump(mode="json"), code)
+            report = await self.health_report()
+            return JSONResponse(report.model_dump(mode="json"), report.http_status)
 
         @get(include_in_schema=False)
         async def breakers(scope: object) -> AsgiResponse:
-            snap = await self.breakers.snapshot()
-            return JSONResponse({"breakers": [b.model_dump(mode="json") for b in snap]})
+            return JSONResponse((await self.breaker_report()).model_dump(mode="json"))
 
         return [
             ("/health/live", live),

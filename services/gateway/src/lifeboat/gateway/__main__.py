@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lifeboat.common.runtime import serve
-from lifeboat.gateway.api import SERVICE, build_app
+from lifeboat.gateway.app import SERVICE, build_app
 from lifeboat.gateway.settings import GatewaySettings
 
 

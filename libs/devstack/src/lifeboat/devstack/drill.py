@@ -1,0 +1,288 @@
+"""Failover drills: measure failover on a running stack instead of asserting it.
+
+`lifeboat-stack drill kill-primary|freeze-primary|switchover [--runs N] [--json]` (or
+`python -m lifeboat.devstack drill ...`) runs them against the stack `make up` runs.
+
+A writer inserts increasing ids through the libpq multi-host DSN every ~10 ms and records
+each acknowledged one and which node took it. The drill injects a fault (SIGKILL of the
+primary's postmaster, SIGSTOP of the whole primary for 8 s, or a switchover through the
+gateway), waits for writes to resume, keeps writing a little, then checks what the new
+primary holds:
+
+- RTO: fault to the first acknowledged write after it (for a switchover: the longest gap);
+- acknowledged writes lost: acknowledged ids the new primary does not have;
+- split brain: the old primary acknowledged a write after the new one took its first.
+
+Then it puts the cluster back to three healthy nodes (rejoin) for the next run. Faults are
+injected into local data directories, so drills belong to the dev stack; they talk to the
+gateway only through its client.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import psycopg
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lifeboat.common.clusters import ClusterSpec, load_clusters
+from lifeboat.common.secrets import MissingSecretError, resolve_secret
+from lifeboat.gateway.client import ClusterStatus, GatewayClient, GatewayError, OperationDone
+from lifeboat.pg.datadir import signal_postmaster
+
+Scenario = Literal["kill-primary", "freeze-primary", "switchover"]
+SCENARIOS: tuple[Scenario, ...] = ("kill-primary", "freeze-primary", "switchover")
+TABLE = "lifeboat_drill"
+
+
+class DrillSettings(BaseSettings):
+    """Where the drill finds the stack: by default the one `make up` runs in `.lifeboat/`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LIFEBOAT_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
+
+    stack_dir: Path = Path(".lifeboat")
+    """The stack's directory (cluster file, secrets)."""
+    gateway_url: str = "http://127.0.0.1:8000"
+    """Base URL of the gateway's REST API."""
+    clusters_file: Path | None = None
+    """The cluster description; `<stack_dir>/clusters.yaml` unless given."""
+    pg_password: SecretStr | None = None
+    """Password of the cluster file's control user."""
+    pg_password_file: Path | None = None
+    """A file holding it; `<stack_dir>/secrets/pg_password` unless given."""
+
+    def cluster(self, name: str) -> ClusterSpec:
+        return load_clusters(self.clusters_file or self.stack_dir / "clusters.yaml").cluster(name)
+
+    def postgres_password(self) -> str:
+        file = self.pg_password_file or self.stack_dir / "secrets" / "pg_password"
+        found = resolve_secret("LIFEBOAT_PG_PASSWORD", self.pg_password, file)
+        if found is None:  # not reached: a file is always named
+            raise MissingSecretError("LIFEBOAT_PG_PASSWORD is not set")
+        return found.get_secret_value()
+
+
+@dataclass
+class Writer:
+    dsn: str
+    start_id: int
+    interval: float = 0.01
+    acked: list[tuple[int, float, int]] = field(default_factory=list)  # id, time, server port
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="drill-writer")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        next_id = self.start_id
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=1) as conn:
+                    port = int(str(conn.info.port))
+                    while not self._stop.is_set():
+                        conn.execute(f"insert into {TABLE} (id) values (%s)", (next_id,))
+                        self.acked.append((next_id, time.monotonic(), port))
+                        next_id += 1
+                        time.sleep(self.interval)
+            except psycopg.Error:
+                next_id += 1  # the outcome of that id is unknown: never reuse it
+                time.sleep(0.05)
+
+
+class Drill:
+    def __init__(self, gateway: str, cluster: ClusterSpec, password: str) -> None:
+        self.api = GatewayClient(gateway, timeout=180, operation_timeout=180)
+        self.cluster = cluster
+        self.password = password
+
+    def dsn(self, node: str | None = None) -> str:
+        if node is None:
+            hosts = ",".join(n.host for n in self.cluster.nodes)
+            ports = ",".join(str(n.port) for n in self.cluster.nodes)
+            return (
+                f"host={hosts} port={ports} dbname={self.cluster.database} "
+                f"user={self.cluster.user} password={self.password} "
+                "target_session_attrs=read-write"
+            )
+        spec = self.cluster.node(node)
+        return (
+            f"host={spec.host} port={spec.port} dbname={self.cluster.database} "
+            f"user={self.cluster.user} password={self.password} connect_timeout=2"
+        )
+
+    def status(self) -> ClusterStatus:
+        return self.api.cluster(self.cluster.name)
+
+    def wait_healthy(self, timeout: float = 180) -> str:
+        """Until one writable primary, every other node a streaming standby, no operation."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                status = self.status()
+            except (httpx.HTTPError, GatewayError) as exc:
+                last = str(exc)
+                time.sleep(0.5)
+                continue
+            last = status
+            topo = status.topology
+            healths = {n.name: n.health for n in status.nodes}
+            if topo and topo.operation is None and topo.primary is not None:
+                primary = topo.primary
+                ok = all(
+                    h is not None
+                    and (
+                        (h.role == "primary" and bool(h.writable))
+                        if name == primary
+                        else (
+                            h.role == "standby"
+                            and h.wal_receiver == "streaming"
+                            and h.upstream == primary
+                        )
+                    )
+                    for name, h in healths.items()
+                )
+                in_sync = len(topo.synchronous) == len(healths) - 1
+                if ok and in_sync:
+                    return primary
+            time.sleep(0.5)
+        raise TimeoutError(f"cluster not healthy after {timeout}s: {last}")
+
+    def run(self, scenario: Scenario, start_id: int) -> dict[str, Any]:
+        self.restore()
+        primary = self.wait_healthy()
+        with psycopg.connect(self.dsn(primary), autocommit=True) as conn:
+            conn.execute(f"create table if not exists {TABLE} (id bigint primary key)")
+        writer = Writer(self.dsn(), start_id)
+        writer.start()
+        time.sleep(1.0)
+        fault_at = time.monotonic()
+        if scenario == "kill-primary":
+            self._signal_tree(primary, signal.SIGKILL)
+        elif scenario == "freeze-primary":
+            self._signal_tree(primary, signal.SIGSTOP)
+            threading.Timer(8.0, self._signal_tree, (primary, signal.SIGCONT)).start()
+        else:
+            answer = self.api.switchover(self.cluster.name, reason="drill", requested_by="drill")
+            if not isinstance(answer, OperationDone):
+                writer.stop()
+                raise RuntimeError(f"switchover refused: {answer.model_dump_json()}")
+        old_port = self.cluster.node(primary).port
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            t > fault_at and port != old_port for _, t, port in writer.acked
+        ):
+            time.sleep(0.05)
+        time.sleep(10.0 if scenario == "freeze-primary" else 2.0)  # past the thaw, too
+        writer.stop()
+        result = self._measure(writer, primary, fault_at, scenario)
+        self.restore()
+        return result
+
+    def _measure(
+        self, writer: Writer, old: str, fault_at: float, scenario: Scenario
+    ) -> dict[str, Any]:
+        new = self.wait_healthy_primary(old)
+        with psycopg.connect(self.dsn(new), autocommit=True) as conn:
+            ids = [a[0] for a in writer.acked]
+            rows = conn.execute(f"select id from {TABLE} where id = any(%s)", (ids,)).fetchall()
+        present = {r[0] for r in rows}
+        lost = [i for i in ids if i not in present]
+        old_port = self.cluster.node(old).port
+        # Writes resume when another node takes them; an ack from the old primary just after
+        # the fault was already in flight.
+        after = [t for _, t, port in writer.acked if t > fault_at and port != old_port]
+        rto = (after[0] - fault_at) if after else None
+        times = [t for _, t, _ in writer.acked]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        new_port = self.cluster.node(new).port
+        old_last = max((t for _, t, p in writer.acked if p == old_port), default=None)
+        new_first = min((t for _, t, p in writer.acked if p == new_port), default=None)
+        split = bool(old_last and new_first and old != new and old_last > new_first)
+        out: dict[str, Any] = {
+            "old_primary": old,
+            "new_primary": new,
+            "rto_seconds": None if rto is None else round(rto, 3),
+            "acknowledged": len(ids),
+            "acknowledged_lost": len(lost),
+            "split_brain": split,
+        }
+        if scenario == "switchover":
+            out["unavailable_seconds"] = round(max(gaps, default=0.0), 3)
+        return out
+
+    def wait_healthy_primary(self, old: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            topo = self.status().topology
+            if topo and topo.operation is None and topo.primary not in (None, old):
+                return str(topo.primary)
+            time.sleep(0.3)
+        raise TimeoutError(f"{old} was not replaced within {timeout}s")
+
+    def restore(self) -> None:
+        """Rejoin every node that is not a standby of the primary, then wait for health."""
+        status = self.status()
+        primary = status.topology.primary if status.topology else None
+        for node in status.nodes:
+            if node.name == primary or (node.health and node.health.role == "standby"):
+                continue
+            answer = self.api.rejoin(self.cluster.name, node.name, requested_by="drill")
+            if not isinstance(answer, OperationDone):
+                raise RuntimeError(f"rejoin of {node.name} failed: {answer.model_dump_json()}")
+        self.wait_healthy()
+
+    def _signal_tree(self, node: str, sig: signal.Signals) -> None:
+        data_dir = self.cluster.node(node).data_dir
+        if data_dir is None:
+            raise RuntimeError(f"{node} has no data_dir: drills inject faults on local nodes")
+        signal_postmaster(data_dir, sig)
+
+
+def summarize(runs: list[dict[str, Any]], scenario: Scenario) -> dict[str, Any]:
+    rtos = [r["rto_seconds"] for r in runs if r["rto_seconds"] is not None]
+    summary: dict[str, Any] = {
+        "runs": len(runs),
+        "rto_min_s": min(rtos, default=None),
+        "rto_median_s": statistics.median(rtos) if rtos else None,
+        "rto_max_s": max(rtos, default=None),
+        "lost_total": sum(r["acknowledged_lost"] for r in runs),
+        "split_brain_runs": sum(1 for r in runs if r["split_brain"]),
+    }
+    if scenario == "switchover":
+        gaps = [r["unavailable_seconds"] for r in runs]
+        summary["unavailable_median_s"] = statistics.median(gaps) if gaps else None
+        summary["unavailable_max_s"] = max(gaps, default=None)
+    return summary
+
+
+def drill(
+    gateway: str, cluster: ClusterSpec, password: str, scenario: Scenario, runs: int
+) -> dict[str, Any]:
+    d = Drill(gateway, cluster, password)
+    results = []
+    base = int(time.time() * 1000) * 1000  # ids never collide with an earlier drill
+    try:
+        for i in range(runs):
+            results.append(d.run(scenario, base + i * 1_000_000))
+    finally:
+        d.api.close()
+    return {"scenario": scenario, "runs": results, "summary": summarize(results, scenario)}
