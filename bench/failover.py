@@ -13,73 +13,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from lifeboat.common.clusters import load_clusters
 from lifeboat.devstack.drill import drill
-from lifeboat.devstack.procs import free_port
+from lifeboat.devstack.throwaway import UpStack
 
 DETECTION_FLOOR_S = 3 * 1.0  # failure_threshold x probe_interval at their defaults
 
 
-def start_stack(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFEBOAT_")}
-    env.update(
-        {
-            "LIFEBOAT_STACK_DIR": str(workdir / "stack"),
-            "LIFEBOAT_PG_BASE_PORT": str(free_port(below=29000)),
-            **{
-                k: str(free_port())
-                for k in (
-                    "LIFEBOAT_NATS_PORT",
-                    "LIFEBOAT_NATS_MONITOR_PORT",
-                    "LIFEBOAT_GATEWAY_PORT",
-                    "LIFEBOAT_MONITOR_PORT",
-                    "LIFEBOAT_FAILOVER_PORT",
-                    "LIFEBOAT_BACKUP_PORT",
-                    "LIFEBOAT_FILESYNC_PORT",
-                )
-            },
-            **{
-                k: str(free_port(below=22000))
-                for k in (
-                    "LIFEBOAT_S3_PORT",
-                    "LIFEBOAT_S3_MASTER_PORT",
-                    "LIFEBOAT_S3_VOLUME_PORT",
-                    "LIFEBOAT_S3_FILER_PORT",
-                )
-            },
-        }
-    )
-    log = (workdir / "stack.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lifeboat.devstack", "up"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    gateway = f"http://127.0.0.1:{env['LIFEBOAT_GATEWAY_PORT']}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{gateway}/health", timeout=5).json()["status"] == "healthy":
-                return proc, env
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(1)
-    proc.send_signal(signal.SIGINT)
-    raise SystemExit(f"the stack did not come up; see {workdir / 'stack.log'}")
+def start_stack(workdir: Path) -> UpStack:
+    """`make up` of its own under `workdir`, on free ports, once the gateway says healthy."""
+    stack = UpStack(workdir / "stack", workdir / "stack.log")
+    stack.start()
+    try:
+        stack.wait_healthy(timeout=120)
+    except (TimeoutError, RuntimeError):
+        stack.stop()
+        raise SystemExit(f"the stack did not come up; see {workdir / 'stack.log'}") from None
+    return stack
 
 
 def main() -> None:
@@ -88,13 +43,13 @@ def main() -> None:
     parser.add_argument("--start", action="store_true", help="start a stack of its own")
     parser.add_argument("--gateway", default="http://127.0.0.1:8000")
     args = parser.parse_args()
-    stack_dir, proc, workdir = Path(".lifeboat"), None, None
+    stack_dir, stack, workdir = Path(".lifeboat"), None, None
     if args.start:
         workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-"))
         workdir.chmod(0o755)
-        proc, env = start_stack(workdir)
-        stack_dir = Path(env["LIFEBOAT_STACK_DIR"])
-        args.gateway = f"http://127.0.0.1:{env['LIFEBOAT_GATEWAY_PORT']}"
+        stack = start_stack(workdir)
+        stack_dir = stack.dir
+        args.gateway = stack.gateway
     try:
         cluster = load_clusters(stack_dir / "clusters.yaml").cluster("main")
         password = (stack_dir / "secrets" / "pg_password").read_text().strip()
@@ -122,9 +77,8 @@ def main() -> None:
                 }
         print(json.dumps(out))
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(120)
+        if stack is not None:
+            stack.stop(timeout=120)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import shutil
 import statistics
 import tempfile
@@ -20,17 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from lifeboat.common.clusters import ClustersFile, ClusterSpec, NodeSpec
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.settings import ServiceSettings
-from lifeboat.devstack.postgres import Passwords, PgCluster
-from lifeboat.devstack.procs import free_port
-from lifeboat.devstack.servers import NatsPorts, NatsServer
-from lifeboat.monitor.monitor import Monitor
-from lifeboat.monitor.probe import NodeProber
-from lifeboat.monitor.transitions import Thresholds
+from lifeboat.devstack.postgres import PgCluster
+from lifeboat.devstack.procs import eventually
+from lifeboat.devstack.throwaway import local_ha
+from lifeboat.monitor import Monitor, NodeProber, Thresholds
 
 
 async def measure(pg: PgCluster, nats_url: str, count: int, seconds: float) -> dict[str, Any]:
@@ -67,8 +62,9 @@ async def measure(pg: PgCluster, nats_url: str, count: int, seconds: float) -> d
         next_at += 1.0
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     cpu = time.process_time() - cpu0
-    while monitor.outbox:
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: not monitor.outbox, timeout=120, what="the outbox to drain", interval=0.1
+    )
     publishing.cancel()
     await monitor.close()
     await runtime.broker.stop()
@@ -86,20 +82,10 @@ async def measure(pg: PgCluster, nats_url: str, count: int, seconds: float) -> d
 
 async def main_async(nodes: int, seconds: float) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="lifeboat-bench-"))
-    work.chmod(0o755)
-    nats = NatsServer(work / "nats", NatsPorts(free_port(), free_port()))
-    pg = PgCluster(
-        work / "pg",
-        [free_port(), free_port(), free_port()],
-        Passwords(SecretStr(secrets.token_urlsafe(12)), SecretStr(secrets.token_urlsafe(12))),
-        durable=False,
-    )
     try:
-        nats.start()
-        pg.up()
-        pg.wait_streaming()
-        baseline = await measure(pg, nats.url, 10, seconds)
-        measured = await measure(pg, nats.url, nodes, seconds)
+        with local_ha(work) as stack:  # NATS of its own and a 3-node cluster, no services
+            baseline = await measure(stack.pg, stack.nats_url, 10, seconds)
+            measured = await measure(stack.pg, stack.nats_url, nodes, seconds)
         return {
             "baseline": baseline,
             "measured": measured,
@@ -108,8 +94,6 @@ async def main_async(nodes: int, seconds: float) -> dict[str, Any]:
             ),
         }
     finally:
-        pg.stop()
-        nats.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -12,77 +11,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 
-from lifeboat.devstack.procs import ManagedProcess, free_port, wait_until
+from lifeboat.devstack.procs import wait_until
+from lifeboat.devstack.throwaway import UpStack
 from tests.endpoints import answers_ok
 
 pytestmark = pytest.mark.stack
-
-
-def _stack_env(stack_dir: Path) -> dict[str, str]:
-    ports = {
-        "LIFEBOAT_NATS_PORT": free_port(),
-        "LIFEBOAT_NATS_MONITOR_PORT": free_port(),
-        "LIFEBOAT_S3_PORT": free_port(below=22000),
-        "LIFEBOAT_S3_MASTER_PORT": free_port(below=22000),
-        "LIFEBOAT_S3_VOLUME_PORT": free_port(below=22000),
-        "LIFEBOAT_S3_FILER_PORT": free_port(below=22000),
-        "LIFEBOAT_GATEWAY_PORT": free_port(),
-        "LIFEBOAT_MONITOR_PORT": free_port(),
-        "LIFEBOAT_FAILOVER_PORT": free_port(),
-        "LIFEBOAT_BACKUP_PORT": free_port(),
-        "LIFEBOAT_FILESYNC_PORT": free_port(),
-    }
-    base = free_port(below=29000)
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LIFEBOAT_")},
-        **{k: str(v) for k, v in ports.items()},
-        "LIFEBOAT_PG_BASE_PORT": str(base),
-        "LIFEBOAT_STACK_DIR": str(stack_dir),
-    }
-
-
-class Stack:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.proc = ManagedProcess(
-            "stack", [sys.executable, "-m", "lifeboat.devstack", "up"], env=env, log_file=log
-        )
-        self.gateway = f"http://127.0.0.1:{env['LIFEBOAT_GATEWAY_PORT']}"
-
-    def start(self) -> None:
-        self.proc.start()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def health(self) -> dict[str, object] | None:
-        try:
-            return httpx.get(f"{self.gateway}/health", timeout=5).json()  # type: ignore[no-any-return]
-        except (httpx.HTTPError, ValueError):
-            return None
-
-    def wait_healthy(self, timeout: float) -> dict[str, object]:
-        found: dict[str, object] = {}
-
-        def healthy() -> bool:
-            if not self.proc.alive():
-                raise AssertionError(f"make up exited:\n{self.output()[-4000:]}")
-            found.update(self.health() or {})
-            return found.get("status") == "healthy"
-
-        wait_until(healthy, timeout=timeout, what="the stack to be healthy", interval=1)
-        return found
-
-    def interrupt(self) -> int:
-        """Ctrl-C in a terminal: SIGINT to the foreground process."""
-        assert self.proc.proc is not None
-        self.proc.proc.send_signal(signal.SIGINT)
-        return self.proc.proc.wait(timeout=90)
 
 
 @pytest.fixture
@@ -91,20 +27,10 @@ def stack_dir(workdir: Path) -> Path:
 
 
 @pytest.fixture
-def stack(stack_dir: Path) -> Iterator[Stack]:
-    s = Stack(_stack_env(stack_dir), stack_dir.with_suffix(".log"))
+def stack(stack_dir: Path) -> Iterator[UpStack]:
+    s = UpStack(stack_dir, stack_dir.with_suffix(".log"))
     yield s
-    if s.proc.alive():  # the test failed before Ctrl-C: clean up like it would
-        s.proc.signal(signal.SIGINT)
-        s.proc.stop(timeout=60)
-    _stop_leftover_postgres(stack_dir)
-
-
-def _stop_leftover_postgres(stack_dir: Path) -> None:
-    for pidfile in stack_dir.glob("pg/*/data/postmaster.pid"):
-        pid = int(pidfile.read_text().split()[0])
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    s.stop()  # when the test failed before Ctrl-C: clean up like it would
 
 
 def _cmdline(pid: int) -> bytes:
@@ -130,13 +56,13 @@ def _state(pid: int) -> str:
 
 
 def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
-    stack: Stack, stack_dir: Path
+    stack: UpStack, stack_dir: Path
 ) -> None:
     started = time.monotonic()
     stack.start()
     report = stack.wait_healthy(timeout=90)
     assert time.monotonic() - started < 90
-    components = {c["name"]: c for c in report["components"]}  # type: ignore[attr-defined]
+    components = {c["name"]: c for c in report["components"]}
     assert components["nats"]["status"] == "healthy"
     assert components["s3"]["status"] == "healthy"
     roles = [c["details"]["role"] for n, c in components.items() if n.startswith("postgres:")]
@@ -197,7 +123,7 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     assert (stack_dir / "pg" / "node1" / "data" / "PG_VERSION").exists()
 
     # The next `make up` reuses the data.
-    again = Stack(stack.env, stack_dir.with_suffix(".again.log"))
+    again = UpStack(stack_dir, stack_dir.with_suffix(".again.log"), env=stack.env)
     again.start()
     try:
         again.wait_healthy(timeout=90)

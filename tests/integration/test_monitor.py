@@ -12,6 +12,7 @@ import pytest
 from lifeboat.common.clusters import ClustersFile
 from lifeboat.common.events import ClusterEvent, NodeDown, NodeHealth, NodeUp, Role, Source
 from lifeboat.devstack.postgres import PgCluster
+from lifeboat.devstack.procs import eventually
 from lifeboat.monitor.monitor import Monitor
 from lifeboat.monitor.probe import NodeProber
 from lifeboat.monitor.transitions import Thresholds
@@ -143,8 +144,5 @@ async def test_probing_goes_on_while_events_cannot_be_published(
     assert len(m.outbox) >= 9  # kept, not lost
     assert sink.health() == []
     sink.fail = False
-    for _ in range(50):
-        if not m.outbox:
-            break
-        await asyncio.sleep(0.1)
+    await eventually(lambda: not m.outbox, timeout=5, what="the outbox to drain", interval=0.1)
     assert len(sink.health()) >= 9

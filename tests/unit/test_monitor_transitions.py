@@ -102,3 +102,12 @@ def test_unknown_lag_keeps_the_level_and_a_primary_has_none() -> None:
     state, events = run([Observed(True, Role.PRIMARY)], state)
     assert state.lag_level is LagLevel.OK
     assert RoleChanged(Role.STANDBY, Role.PRIMARY) in events
+
+
+def test_read_only_probes_are_counted_and_reset() -> None:
+    state = NodeState()
+    for _ in range(3):
+        state, _ = step(state, Observed(True, Role.STANDBY, writable=False), Thresholds())
+    assert state.consecutive_read_only == 3
+    state, _ = step(state, Observed(True, Role.PRIMARY, writable=True), Thresholds())
+    assert state.consecutive_read_only == 0

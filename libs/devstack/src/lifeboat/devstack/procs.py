@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import shutil
 import signal
@@ -11,11 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar, overload
 
-from lifeboat.common.localpg import OsUser
+from lifeboat.pg.osuser import OsUser
 
 
 def find_binary(name: str) -> str:
@@ -54,15 +56,72 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+T = TypeVar("T")
+
+
+def _timed_out(timeout: float, what: str, detail: Callable[[], str] | None) -> TimeoutError:
+    message = f"timed out after {timeout}s waiting for {what}"
+    return TimeoutError(f"{message}\n{detail()}" if detail is not None else message)
+
+
 def wait_until(
-    condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.2
+    condition: Callable[[], object],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    detail: Callable[[], str] | None = None,
 ) -> None:
+    """Block until `condition()` is truthy; TimeoutError naming `what` (and `detail()`) if not
+    within `timeout` seconds. An exception from `condition` ends the wait at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    raise _timed_out(timeout, what, detail)
+
+
+@overload
+async def eventually(
+    condition: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    detail: Callable[[], str] | None = None,
+) -> T: ...
+@overload
+async def eventually(
+    condition: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    detail: Callable[[], str] | None = None,
+) -> T: ...
+async def eventually(
+    condition: Callable[[], object],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    detail: Callable[[], str] | None = None,
+) -> object:
+    """`wait_until` for async code: poll `condition` (plain or async) without blocking the loop
+    until it returns something truthy, and return that value. It is asked at least once, and
+    once more at the deadline; then TimeoutError naming `what`, followed by `detail()`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _timed_out(timeout, what, detail)
+        await asyncio.sleep(min(interval, left))
 
 
 def tcp_open(port: int, host: str = "127.0.0.1") -> bool:
