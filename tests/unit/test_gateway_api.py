@@ -148,10 +148,10 @@ def test_unknown_clusters_and_nodes_are_404_naming_the_known_ones(api: GatewayCl
         api.is_primary("main", "node9")
     assert "cluster main has no node 'node9' (known: node1, node2)" in str(node.value)
     with pytest.raises(GatewayError) as target:
-        api.switchover("main", reason="x", target="node9")
+        api.operate("switchover", "main", reason="x", target="node9")
     assert target.value.status_code == 404
     with pytest.raises(GatewayError) as invalid:
-        api.switchover("main", reason="")
+        api.operate("switchover", "main", reason="")
     assert invalid.value.status_code == 422
 
 
@@ -211,7 +211,7 @@ def test_operation_answers_round_trip_through_the_client() -> None:
     pending = result(None, request_id)
     assert isinstance(pending, OperationPending)
     assert reply(pending).status_code == 202
-    assert _answered(pending).failover("main", reason="x") == pending
+    assert _answered(pending).operate("failover", "main", reason="x") == pending
 
     refusal = FailoverFailed(
         cluster="main",
@@ -224,7 +224,7 @@ def test_operation_answers_round_trip_through_the_client() -> None:
     assert isinstance(refused, OperationRefused)
     assert refused.reason == "node1 is already the primary"
     assert reply(refused).status_code == 409
-    assert _answered(refused).switchover("main", reason="x") == refused
+    assert _answered(refused).operate("switchover", "main", reason="x") == refused
 
     completed = SwitchoverCompleted(
         cluster="main",
@@ -240,7 +240,7 @@ def test_operation_answers_round_trip_through_the_client() -> None:
     assert reply(done).status_code == 200
     body = json.loads(bytes(reply(done).body))
     assert (body["status"], body["event"]["new_primary"]) == ("done", "node2")
-    assert _answered(done).switchover("main", reason="x") == done
+    assert _answered(done).operate("switchover", "main", reason="x") == done
 
     rejoined = NodeRejoined(
         cluster="main", node="node1", source=FAILOVER, method="pg_rewind", upstream="node2"
@@ -300,3 +300,30 @@ def test_the_gateway_neither_imports_the_dev_stack_nor_reads_the_environment() -
         assert "lifeboat.devstack" not in text, path
         assert "os.environ" not in text, path
         assert "getenv" not in text, path
+
+
+def test_cli_cluster_and_history_print_one_line_each(
+    app: TestClient,
+    api: GatewayClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gateway(app).reports.add(health("node1", Role.PRIMARY, writable=True, lag_bytes=0))
+    assert cli._cluster(argparse.Namespace(cluster="main", json=False), api) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "main: primary node1 (epoch 4), synchronous: node2"
+    assert lines[1].split() == ["node1", "primary", "writable", "lag", "0"]
+    assert lines[2].split() == ["node2", "unreachable", "lag", "-"]
+
+    refusal = FailoverFailed(
+        cluster="main", source=FAILOVER, kind=FailoverKind.MANUAL, reason="no candidate"
+    )
+
+    async def history(js: object, cluster: str, limit: int) -> list[FailoverFailed]:
+        return [refusal][:limit]
+
+    monkeypatch.setattr("lifeboat.gateway.routes.history.read_history", history)
+    monkeypatch.setattr(Gateway, "js", property(lambda self: None))  # no NATS here
+    assert cli._history(argparse.Namespace(cluster="main", limit=5), api) == 0
+    stamp = refusal.model_dump(mode="json")["occurred_at"]
+    assert capsys.readouterr().out.split() == [stamp, "failover.failed", "no", "candidate"]

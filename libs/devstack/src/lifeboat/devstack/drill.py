@@ -181,7 +181,9 @@ class Drill:
             self._signal_tree(primary, signal.SIGSTOP)
             threading.Timer(8.0, self._signal_tree, (primary, signal.SIGCONT)).start()
         else:
-            answer = self.api.switchover(self.cluster.name, reason="drill", requested_by="drill")
+            answer = self.api.operate(
+                "switchover", self.cluster.name, reason="drill", requested_by="drill"
+            )
             if not isinstance(answer, OperationDone):
                 writer.stop()
                 raise RuntimeError(f"switchover refused: {answer.model_dump_json()}")

@@ -62,9 +62,12 @@ def _operate(args: argparse.Namespace, gw: GatewayClient) -> int:
     if args.command == "rejoin":
         result = gw.rejoin(args.cluster, args.node, requested_by=args.requested_by)
     else:
-        operation = gw.switchover if args.command == "switchover" else gw.failover
-        result = operation(
-            args.cluster, reason=args.reason, target=args.target, requested_by=args.requested_by
+        result = gw.operate(
+            args.command,
+            args.cluster,
+            reason=args.reason,
+            target=args.target,
+            requested_by=args.requested_by,
         )
     _print_json(result)
     return 1 if isinstance(result, OperationRefused) else 0

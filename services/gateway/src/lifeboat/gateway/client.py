@@ -3,7 +3,7 @@
     with GatewayClient("http://127.0.0.1:8000") as gw:
         report = gw.health()                  # HealthReport, healthy or not
         status = gw.cluster("main")           # ClusterStatus
-        result = gw.switchover("main", reason="patching", target="node2")
+        result = gw.operate("switchover", "main", reason="patching", target="node2")
         if isinstance(result, OperationRefused):
             print(result.reason)
 
@@ -16,7 +16,7 @@ operation) are returned as their models; anything else it refuses (404 unknown c
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -142,8 +142,9 @@ class GatewayClient:
 
     # --- operations -----------------------------------------------------------------------
 
-    def failover(
+    def operate(
         self,
+        operation: Literal["failover", "switchover"],
         cluster: str,
         *,
         reason: str,
@@ -151,22 +152,12 @@ class GatewayClient:
         requested_by: str = "api",
         wait_seconds: float | None = None,
     ) -> OperationResult:
-        """Promote `target` (or the best standby) now; done, refused, or still pending."""
-        body = self._operation_body(reason, target, requested_by, wait_seconds)
-        return self._operate(f"/clusters/{cluster}/failover", body)
-
-    def switchover(
-        self,
-        cluster: str,
-        *,
-        reason: str,
-        target: str | None = None,
-        requested_by: str = "api",
-        wait_seconds: float | None = None,
-    ) -> OperationResult:
-        """Hand the primary role over without losing a write."""
-        body = self._operation_body(reason, target, requested_by, wait_seconds)
-        return self._operate(f"/clusters/{cluster}/switchover", body)
+        """A failover (promote `target`, or the best standby, now, fencing the primary) or a
+        switchover (hand over without losing a write): done, refused, or still pending."""
+        # The fields of `OperationRequest`; the gateway validates them (422 if invalid).
+        fields = {"reason": reason, "requested_by": requested_by, "wait_seconds": wait_seconds}
+        body = {"target": target, **_without_none(fields)}
+        return self._operate(f"/clusters/{cluster}/{operation}", body)
 
     def rejoin(
         self,
@@ -181,14 +172,6 @@ class GatewayClient:
         return self._operate(f"/clusters/{cluster}/nodes/{node}/rejoin", body)
 
     # --- plumbing -------------------------------------------------------------------------
-
-    @staticmethod
-    def _operation_body(
-        reason: str, target: str | None, requested_by: str, wait_seconds: float | None
-    ) -> dict[str, Any]:
-        # The fields of `OperationRequest`; the gateway validates them (422 if invalid).
-        fields = {"reason": reason, "requested_by": requested_by, "wait_seconds": wait_seconds}
-        return {"target": target, **_without_none(fields)}
 
     def _operate(self, path: str, body: dict[str, Any]) -> OperationResult:
         resp = self._http.post(path, json=body, timeout=self.operation_timeout)
