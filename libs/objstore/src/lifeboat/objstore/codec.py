@@ -20,7 +20,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -297,3 +297,56 @@ class Decryptor:
         if not self._ended:
             raise CorruptObjectError("encrypted stream ends before its last frame (truncated)")
         return b""
+
+
+class DecodingWriter:
+    """Decodes stored bytes straight into a blocking file (a pipe into tar or pg_restore),
+    in bounded pieces: a highly compressed chunk (a preallocated WAL segment is zeros) never
+    becomes one huge buffer. Truncation of a zstd stream is caught by the object's sha256,
+    which the caller checks at the end of the download."""
+
+    def __init__(self, codec: Codec, out: BinaryIO, write_size: int = 1024 * 1024) -> None:
+        self._decrypt: Transform | None = Decryptor(codec.key) if codec.key else None
+        self._out = out
+        self._compression = codec.compression
+        self._zstd = (
+            zstandard.ZstdDecompressor().stream_writer(out, write_size=write_size, closefd=False)
+            if codec.compression is Compression.ZSTD
+            else None
+        )
+        self._gzip = zlib.decompressobj(31) if codec.compression is Compression.GZIP else None
+        self._write_size = write_size
+
+    def write(self, data: bytes) -> None:
+        if self._decrypt is not None:
+            data = self._decrypt.update(data)
+        self._plain(data)
+
+    def _plain(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._zstd is not None:
+            try:
+                self._zstd.write(data)
+            except zstandard.ZstdError as exc:
+                raise CorruptObjectError(f"zstd: {exc}") from None
+        elif self._gzip is not None:
+            try:
+                out = self._gzip.decompress(data, self._write_size)
+                self._out.write(out)
+                while self._gzip.unconsumed_tail:
+                    out = self._gzip.decompress(self._gzip.unconsumed_tail, self._write_size)
+                    self._out.write(out)
+            except zlib.error as exc:
+                raise CorruptObjectError(f"gzip: {exc}") from None
+        else:
+            self._out.write(data)
+
+    def finish(self) -> None:
+        if self._decrypt is not None:
+            self._plain(self._decrypt.finish())
+        if self._gzip is not None:
+            self._out.write(self._gzip.flush())
+            if not self._gzip.eof:
+                raise CorruptObjectError("gzip: the stream ends before its end (truncated)")
+        self._out.flush()
