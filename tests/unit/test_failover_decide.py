@@ -191,7 +191,7 @@ def test_equal_positions_fall_back_to_priority() -> None:
         # one of two monitors sees it down: no majority
         (
             (down("node1", "m1"), primary("m2"), standby("node2"), standby("node3")),
-            "1 of 2 monitors see node1 down: no majority, keeping it",
+            "1 of 2 monitors see node1 down (2 reporting): no majority, keeping it",
         ),
         # every report is stale: the monitors cannot reach NATS, nobody acts
         (
@@ -322,7 +322,11 @@ AFTER = TOPO.promoted("node2", OP, at=NOW - timedelta(seconds=1))
 def test_an_interrupted_failover_is_finished_not_restarted() -> None:
     # the new primary is still a standby: the promotion did not happen yet
     decision = decide(observe(down("node1"), standby("node2"), standby("node3"), topology=AFTER))
-    assert decision.commands == (Promote("node2", 5),)
+    # ... and whoever resumes it fences the old primary again first (issue 7, guarantee 6)
+    assert decision.commands == (
+        Fence("node1", 5, "automatic: node2 takes over"),
+        Promote("node2", 5),
+    )
     # promoted, node3 still points at node1
     decision = decide(
         observe(

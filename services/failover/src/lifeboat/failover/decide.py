@@ -62,6 +62,8 @@ class Policy:
     report_max_age_seconds: float = 3.0
     maximum_lag_on_failover: int = 1024 * 1024
     synchronous_mode: SyncMode = "on"
+    # The monitors configured: a majority of them (not of those reporting) fails a primary.
+    monitors: int = 1
 
 
 @dataclass(frozen=True)
@@ -192,16 +194,21 @@ def _primary_state(
             f"no monitor reported on {topo.primary} in the last "
             f"{obs.policy.report_max_age_seconds:g}s",
         )
+    # A majority of the configured monitors: a minority cut off with the primary's other
+    # side must never be able to fail it over on its own. More reporting than configured
+    # (a monitor restarted under a new id) never lowers the bar.
+    quorum = max(obs.policy.monitors, live)
     down = len(view.failing)
-    if 2 * down > live:
+    if 2 * down > quorum:
         what = "in recovery" if view.role is Role.STANDBY else "unreachable"
         return "failed", (
             f"{topo.primary} {what} for {obs.policy.failure_threshold} probes "
-            f"by {down} of {live} monitors"
+            f"by {down} of {quorum} monitors"
         )
     if down:
         return "suspect", (
-            f"{down} of {live} monitors see {topo.primary} down: no majority, keeping it"
+            f"{down} of {quorum} monitors see {topo.primary} down ({live} reporting): "
+            "no majority, keeping it"
         )
     return "healthy", f"{topo.primary} is healthy"
 
@@ -210,7 +217,8 @@ def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Dec
     state, why = _primary_state(obs, topo, views)
     if state == "failed":
         return start_failover(obs, topo, views, FailoverKind.AUTOMATIC, why)
-    if state == "suspect":
+    if state in ("suspect", "unknown"):
+        # Not acting is a decision too: say why (the service repeats it only now and then).
         held = FailoverHeld(
             cluster=topo.cluster,
             source=obs.source,
@@ -219,8 +227,6 @@ def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Dec
             reason=why,
         )
         return Decision((Publish(stamped(held, obs.now)),), why)
-    if state == "unknown":
-        return Decision.nothing(why)
     primary = views[topo.primary or ""].latest
     if primary is not None and primary.role is Role.PRIMARY and not primary.writable:
         # Left read-only by a handover that did not finish: it is still the primary.
@@ -443,7 +449,14 @@ def _continue(
             return start_failover(obs, topo, views, op.kind, f"{why} during the {op.kind}")
         return Decision.nothing(f"{op.kind} to {primary}: waiting for it to answer")
     if view.role is Role.STANDBY:
-        return Decision((Promote(primary, topo.epoch),), f"{op.kind}: promoting {primary}")
+        # Whoever resumes the operation fences the old primary before promoting, unless the
+        # operation records that it was fenced (or handed over): the instance that started it
+        # may have died between the topology write and the fence.
+        fence: tuple[Command, ...] = ()
+        phases = {p.phase for p in op.phases}
+        if op.old_primary not in (None, primary) and not phases & {"fence", "handover"}:
+            fence = (Fence(op.old_primary, topo.epoch, f"{op.kind}: {primary} takes over"),)
+        return Decision((*fence, Promote(primary, topo.epoch)), f"{op.kind}: promoting {primary}")
     repoints = tuple(
         Repoint(v.name, primary, topo.epoch)
         for v in views.values()

@@ -41,8 +41,9 @@ class NotLeaderError(Refused):
     pass
 
 
-# A failure of one of these stops the decision: what follows depends on it.
-_CRITICAL = (Handover, Promote, CreateTopology, WriteTopology)
+# A failure of one of these stops the decision: what follows depends on it. A fence above
+# all: nobody is promoted while the old primary may still acknowledge commits.
+_CRITICAL = (Fence, Handover, Promote, CreateTopology, WriteTopology)
 
 
 class Executor:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +26,20 @@ _CLIENTS = """
 select count(pg_terminate_backend(pid)) from pg_stat_activity
 where backend_type = 'client backend' and pid <> pg_backend_pid()
 """
+# A synchronous standby name no node has: a fenced primary's commits wait for it forever.
+FENCED_SYNC_NAMES = "lifeboat_fenced"
+_FENCE_STATE = """
+select current_setting('synchronous_standby_names'),
+       current_setting('default_transaction_read_only'),
+       current_setting('synchronous_commit'),
+       (select count(*)::int from pg_stat_activity
+        where backend_type = 'client backend' and pid <> pg_backend_pid()
+          and backend_start <= pg_conf_load_time())
+"""
+
+
+class FenceUnconfirmedError(RuntimeError):
+    """The node could not be confirmed unable to acknowledge a commit: promote no one."""
 
 
 class NodeActions:
@@ -66,21 +79,62 @@ class NodeActions:
                     await conn.close()
 
     async def fence(self, name: str) -> str:
-        """Make the node refuse writes and end its client sessions; stop it if it is ours."""
+        """Make the node unable to acknowledge a commit, and confirm it; or raise.
+
+        Over SQL: read-only by default, commits made to wait for a synchronous standby that
+        does not exist (so even a session that turns read-only off cannot have a commit
+        acknowledged), client sessions ended, all read back. A node whose data directory is
+        ours is also killed, which works on a frozen node too. Confirmed means stopped, or
+        every SQL step read back; anything less raises `FenceUnconfirmedError`, and the
+        caller must not promote anyone.
+        """
         node = self.cluster.node(name)
-        done = []
+        done: list[str] = []
+        confirmed = False
         try:
             async with asyncio.timeout(self.timeout * 3), self._connect(node) as conn:
                 await conn.execute("alter system set default_transaction_read_only = on")
+                await conn.execute(
+                    sql.SQL("alter system set synchronous_standby_names = {}").format(
+                        sql.Literal(FENCED_SYNC_NAMES)
+                    )
+                )
+                await conn.execute("alter system set synchronous_commit = on")
                 await conn.execute("select pg_reload_conf()")
                 await conn.execute(_CLIENTS)
-                done.append("made read-only, client sessions ended")
+                confirmed = await self._fenced(conn)
+                done.append(
+                    "made read-only, commits wait for a standby that does not exist, "
+                    "client sessions ended"
+                    if confirmed
+                    else "fenced over SQL but could not read the fence back"
+                )
         except (TimeoutError, psycopg.Error) as exc:
             done.append(f"not reachable over SQL ({type(exc).__name__})")
         local = self.local(node)
-        if local is not None and local.signal(signal.SIGKILL):
-            done.append("stopped (SIGKILL)")
+        if local is not None:
+            if local.running():
+                await asyncio.to_thread(local.kill)
+            if local.running():
+                done.append("still running after SIGKILL")
+            else:
+                done.append("stopped (SIGKILL)" if done else "not running")
+                confirmed = True
+        if not confirmed:
+            raise FenceUnconfirmedError(f"{name}: {'; '.join(done)}")
         return "; ".join(done)
+
+    async def _fenced(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
+        """The fence as the node now has it: settings reloaded, and no client session left
+        from before the reload (a session started since has the fenced settings)."""
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            row = await (await conn.execute(_FENCE_STATE)).fetchone()
+            if row is not None and row == (FENCED_SYNC_NAMES, "on", "on", 0):
+                return True
+            await conn.execute(_CLIENTS)
+            await asyncio.sleep(0.05)
+        return False
 
     async def promote(self, name: str) -> None:
         node = self.cluster.node(name)
@@ -89,8 +143,14 @@ class NodeActions:
             row = await cur.fetchone()
             if row is not None and row[0]:
                 await conn.execute("select pg_promote(wait => true, wait_seconds => 10)")
-            # A node promoted by Lifeboat takes writes even if it was fenced before.
+            # A node promoted by Lifeboat takes writes even if it was fenced before; its
+            # synchronous set is the failover service's to set next.
             await conn.execute("alter system reset default_transaction_read_only")
+            await conn.execute("alter system reset synchronous_commit")
+            cur = await conn.execute("select current_setting('synchronous_standby_names')")
+            row = await cur.fetchone()
+            if row is not None and row[0] == FENCED_SYNC_NAMES:
+                await conn.execute("alter system reset synchronous_standby_names")
             await conn.execute("select pg_reload_conf()")
 
     async def repoint(self, name: str, upstream: str) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.decision import Outcome, Publish
@@ -19,6 +19,7 @@ from lifeboat.common.events import (
 )
 from lifeboat.common.kv import LeaseLostError, LeaseStore, TopologyStore, Versioned
 from lifeboat.common.lsn import lsn_to_int
+from lifeboat.common.reports import ReportBook
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Lease
 from lifeboat.failover.commands import (
@@ -57,7 +58,7 @@ class ClusterLoop:
         self.cluster = cluster
         self.settings = settings
         self.runtime = runtime
-        self.reports: dict[tuple[str, str], NodeHealth] = {}  # (monitor, node) -> latest
+        self.reports = ReportBook(settings.report_max_age_seconds)
         self.last_primary_lsn: dict[str, int] = {}
         self.lease: Versioned[Lease] | None = None
         self.leases: LeaseStore | None = None
@@ -71,6 +72,7 @@ class ClusterLoop:
             report_max_age_seconds=settings.report_max_age_seconds,
             maximum_lag_on_failover=settings.maximum_lag_on_failover,
             synchronous_mode=settings.synchronous_mode,
+            monitors=settings.monitors,
         )
 
     @property
@@ -78,10 +80,7 @@ class ClusterLoop:
         return f"failover-{self.cluster.name}"
 
     def observe(self, report: NodeHealth) -> None:
-        key = (report.source.instance, report.node)
-        known = self.reports.get(key)
-        if known is None or known.occurred_at <= report.occurred_at:
-            self.reports[key] = report
+        self.reports.add(report)
         if report.role is Role.PRIMARY and report.current_lsn:
             lsn = lsn_to_int(report.current_lsn)
             self.last_primary_lsn[report.node] = max(lsn, self.last_primary_lsn.get(report.node, 0))
@@ -148,15 +147,13 @@ class ClusterLoop:
             return None
         request = self.requests.popleft()[1] if self.requests else None
         now = datetime.now(UTC)
-        # Monitors come and go (a restart may bring a new instance id): forget the silent.
-        horizon = now - timedelta(seconds=10 * self.policy.report_max_age_seconds)
-        self.reports = {k: r for k, r in self.reports.items() if r.occurred_at >= horizon}
+        self.reports.forget_silent(now)
         current = await self.topologies.get(self.cluster.name)
         obs = Observation(
             now=now,
             cluster=self.cluster,
             topology=current.value if current else None,
-            reports=tuple(self.reports.values()),
+            reports=self.reports.reports(),
             policy=self.policy,
             source=self.runtime.source,
             last_primary_lsn=dict(self.last_primary_lsn),
@@ -186,8 +183,28 @@ class ClusterLoop:
             self.runtime.source,
         )
         outcomes = await executor.run(decision, current)
+        await self._hold_on_failed_fence(outcomes)
         await self._record_phases(outcomes)
         return decision
+
+    async def _hold_on_failed_fence(self, outcomes: list[Outcome[Command]]) -> None:
+        """A fence that failed stopped the decision before any promotion: say so and why."""
+        for outcome in outcomes:
+            if outcome.ok or not isinstance(outcome.command, Fence):
+                continue
+            fence = outcome.command
+            held = FailoverHeld(
+                cluster=self.cluster.name,
+                source=self.runtime.source,
+                epoch=fence.epoch,
+                primary=fence.node,
+                reason=(
+                    f"not promoting anyone: {fence.node} could not be confirmed unable to "
+                    f"commit ({outcome.detail})"
+                ),
+            )
+            if self._worth_sending(Publish(held)):
+                await self.runtime.publisher.publish(held)
 
     def _worth_sending(self, command: object) -> bool:
         """Holds and refusals repeat every tick while nothing changes: say them once a while."""

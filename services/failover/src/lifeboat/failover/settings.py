@@ -20,6 +20,9 @@ class FailoverSettings(ServiceSettings):
     """The failover lease's time to live; renewed every third of it."""
     failure_threshold: PositiveInt = 3
     """Failed probes in a row, by a majority of monitors, that fail a primary."""
+    monitors: PositiveInt = 1
+    """How many monitors are deployed: a majority of these, not of those that happen to be
+    reporting, must see the primary down before it is failed over."""
     report_max_age_seconds: PositiveFloat = 3.0
     """A monitor's report counts while younger than this."""
     maximum_lag_on_failover: PositiveInt = 1024 * 1024
