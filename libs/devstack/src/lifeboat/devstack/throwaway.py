@@ -83,6 +83,24 @@ class LocalHA:
         """Rewrite the cluster file (services read it when they start)."""
         write_clusters(self.clusters_file, spec)
 
+    def remote(self) -> None:
+        """Rewrite the cluster file without data directories (before the services start):
+        the services then manage every node over SQL only, as under docker compose, and
+        cannot kill a node they cannot reach."""
+        spec = self.spec()
+        nodes = tuple(n.model_copy(update={"data_dir": None}) for n in spec.nodes)
+        self.write_spec(spec.model_copy(update={"nodes": nodes}))
+
+    def writer_dsn(self) -> str:
+        """The libpq multi-host DSN a client uses: whichever node takes writes."""
+        hosts = ",".join(HOST for _ in self.pg.nodes)
+        ports = ",".join(str(n.port) for n in self.pg.nodes)
+        password = self.pg.passwords.superuser.get_secret_value()
+        return (
+            f"host={hosts} port={ports} user=postgres password={password} "
+            f"dbname={self.pg.database} target_session_attrs=read-write"
+        )
+
     def up(self) -> None:
         self.pg.up()
         self.pg.wait_streaming()
