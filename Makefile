@@ -49,5 +49,5 @@ clean:
 	@if [ -e .lifeboat/stack.lock ] && ! $(PYTHON) -c "import fcntl,sys; f=open('.lifeboat/stack.lock'); fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)" 2>/dev/null; then \
 		echo "make clean: the stack is running (make up holds .lifeboat/stack.lock); stop it first"; exit 1; fi
 	@# PostgreSQL data kept outside the clone (see LIFEBOAT_PG_DATA_ROOT) goes too.
-	@if [ -L .lifeboat/pg ]; then rm -rf "$$(readlink .lifeboat/pg)"; fi
+	@if [ -L .lifeboat/pg ]; then rm -rf "$$(dirname "$$(readlink .lifeboat/pg)")"; fi
 	rm -rf .lifeboat

@@ -63,10 +63,6 @@ class Topic:
         tokens = [check_name(fixed[p]) if p in fixed else "*" for p in self.params]
         return ".".join([self.name, *tokens])
 
-    @property
-    def domain(self) -> str:
-        return self.name.split(".", 1)[0]
-
 
 _C = ("cluster",)
 _CN = ("cluster", "node")
