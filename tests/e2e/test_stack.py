@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from lifeboat.devstack.procs import wait_until
-from lifeboat.devstack.throwaway import UpStack
+from lifeboat.devstack.throwaway import UpStack, up_stack_env
 from tests.endpoints import answers_ok
 
 pytestmark = pytest.mark.stack
@@ -23,12 +23,18 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture
 def stack_dir(workdir: Path) -> Path:
-    return workdir / f"stack-{time.monotonic_ns()}"
+    """A clone in a home of mode 0700, as root's is on Debian: PostgreSQL's user cannot
+    enter it, so its data must go elsewhere (a newcomer's first `make up`)."""
+    home = workdir / f"home-{time.monotonic_ns()}"
+    home.mkdir(mode=0o700)
+    return home / "lifeboat" / ".lifeboat"
 
 
 @pytest.fixture
-def stack(stack_dir: Path) -> Iterator[UpStack]:
-    s = UpStack(stack_dir, stack_dir.with_suffix(".log"))
+def stack(stack_dir: Path, workdir: Path) -> Iterator[UpStack]:
+    env = up_stack_env(stack_dir)
+    env["LIFEBOAT_PG_DATA_ROOT"] = str(workdir / f"pg-root-{time.monotonic_ns()}")
+    s = UpStack(stack_dir, stack_dir.parent.with_suffix(".log"), env=env)
     yield s
     s.stop()  # when the test failed before Ctrl-C: clean up like it would
 
@@ -76,10 +82,16 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     assert "target_session_attrs=read-write" in out
     assert f"nats://127.0.0.1:{stack.env['LIFEBOAT_NATS_PORT']}" in out
 
-    # The libpq multi-host DSN from the banner reaches the writable node.
+    # The clone's home is closed to PostgreSQL's user: its data went where it can go.
+    if os.getuid() == 0:
+        assert "is closed to" in out
+        assert (stack_dir / "pg").is_symlink()
+    # The libpq multi-host DSN from the banner connects as printed (user and password file
+    # in it) and reaches the writable node; no password is printed.
     password = (stack_dir / "secrets" / "pg_password").read_text().strip()
+    assert password not in out
     dsn = out.split("PostgreSQL  ", 1)[1].split()[0]
-    with psycopg.connect(dsn, user="postgres", password=password, connect_timeout=5) as conn:
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
         conn.execute("create table kept (v text)")
         conn.execute("insert into kept values ('survives a restart')")
 
@@ -127,7 +139,7 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     again.start()
     try:
         again.wait_healthy(timeout=90)
-        with psycopg.connect(dsn, user="postgres", password=password, connect_timeout=5) as conn:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
             rows = conn.execute("select v from kept").fetchall()
         assert rows == [("survives a restart",)]
         assert "creating PostgreSQL cluster" not in again.output()
