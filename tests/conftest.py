@@ -19,12 +19,12 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
-from pydantic import SecretStr
 
 from lifeboat.common.bus import ensure_streams, heartbeat_stream_config, stream_config
-from lifeboat.devstack.postgres import Passwords, PgCluster
+from lifeboat.devstack.postgres import PgCluster
 from lifeboat.devstack.procs import free_port
-from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Ports, SeaweedS3
+from lifeboat.devstack.servers import S3Credentials, S3Ports, SeaweedS3
+from lifeboat.devstack.throwaway import nats_on_free_ports, pg_on_free_ports, stop_cluster
 from tests.endpoints import S3Endpoint
 
 PROVIDER = os.environ.get("LIFEBOAT_TEST_SERVERS", "process")
@@ -48,11 +48,7 @@ def nats_url(workdir: Path) -> Iterator[str]:
         with NatsContainer(jetstream=True) as container:
             yield container.nats_uri()
         return
-    server = NatsServer(
-        workdir / "nats",
-        NatsPorts(free_port(), free_port()),
-        log_file=workdir / "nats.log",
-    )
+    server = nats_on_free_ports(workdir / "nats", log_file=workdir / "nats.log")
     try:
         server.start()
         yield server.url
@@ -86,20 +82,13 @@ def s3(workdir: Path) -> Iterator[S3Endpoint]:
 
 @pytest.fixture(scope="session")
 def pg_cluster(workdir: Path) -> Iterator[PgCluster]:
-    passwords = Passwords(
-        SecretStr(secrets.token_urlsafe(12)), SecretStr(secrets.token_urlsafe(12))
-    )
-    cluster = PgCluster(
-        workdir / "pg", [free_port(), free_port(), free_port()], passwords, durable=False
-    )
+    cluster = pg_on_free_ports(workdir / "pg")
     try:
         cluster.up()
         cluster.wait_streaming()
         yield cluster
     finally:
-        cluster.stop()
-        for node in cluster.nodes:
-            node.kill()
+        stop_cluster(cluster)
 
 
 @pytest.fixture
