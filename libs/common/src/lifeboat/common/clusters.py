@@ -8,12 +8,20 @@ clusters:
     nodes:
       - {name: node1, host: 127.0.0.1, port: 55432, priority: 100, location: dc1}
       - {name: node2, host: 127.0.0.1, port: 55433, priority: 90, tags: [nofailover]}
+    filesets:             # application files kept beside the database (filesync)
+      - name: uploads
+        root: /srv/app/uploads
+        reference_query: select path from images   # optional: rows-and-files check
+        placement:        # who serves the set where: one mirror, any number of pull copies
+          - {node: node1, mode: mirror}
+          - {node: node2, mode: pull, root: /srv/copy/uploads}
 ```
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Literal
 from urllib.parse import quote
 
 import yaml
@@ -44,6 +52,62 @@ class NodeSpec(BaseModel):
         return NOFAILOVER_TAG not in self.tags
 
 
+class FileSetPlacement(BaseModel):
+    """One filesync instance's job: the node it runs beside, and what it does with the set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node: Name
+    # mirror: this node holds the files and keeps S3 current; pull: it keeps a copy from S3.
+    mode: Literal["mirror", "pull"] = "mirror"
+    root: Path | None = None  # where on that node; the set's root if None
+
+
+class FileSetSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Name
+    root: Path
+    bucket: str | None = None  # the files bucket of the settings if None
+    prefix: str | None = None  # `<cluster>/<set>/` if None
+    reference_query: str | None = None  # lists the paths (relative to the root) rows refer to
+    placement: tuple[FileSetPlacement, ...] = Field(min_length=1)
+    # More than this share of the set gone in one pass pauses it instead of deleting.
+    max_delete_share: float = Field(default=0.5, gt=0, le=1)
+    tombstone_days: float = Field(default=7, ge=0)  # deleted files stay recoverable this long
+
+    @model_validator(mode="after")
+    def _check(self) -> FileSetSpec:
+        roots = [self.root, *(p.root for p in self.placement if p.root is not None)]
+        if not all(r.is_absolute() for r in roots):
+            raise ValueError(f"file set {self.name!r}: roots must be absolute paths")
+        if self.prefix is not None and (
+            self.prefix.startswith("/") or ".." in PurePosixPath(self.prefix).parts
+        ):
+            raise ValueError(f"file set {self.name!r}: prefix must be relative, without '..'")
+        mirrors = [p.node for p in self.placement if p.mode == "mirror"]
+        if len(mirrors) > 1:
+            raise ValueError(f"file set {self.name!r} has more than one mirror: {mirrors}")
+        nodes = [p.node for p in self.placement]
+        if len(set(nodes)) != len(nodes):
+            raise ValueError(f"file set {self.name!r} places a node more than once: {nodes}")
+        return self
+
+    def root_on(self, node: str) -> Path:
+        for p in self.placement:
+            if p.node == node:
+                return p.root or self.root
+        raise KeyError(f"file set {self.name!r} is not placed on node {node!r}")
+
+    def key_prefix(self, cluster: str) -> str:
+        prefix = self.prefix if self.prefix is not None else f"{cluster}/{self.name}/"
+        return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def _nested(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
 class ClusterSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -53,6 +117,7 @@ class ClusterSpec(BaseModel):
     replication_user: str = "replicator"
     sslmode: str = "prefer"
     nodes: tuple[NodeSpec, ...] = Field(min_length=1)
+    filesets: tuple[FileSetSpec, ...] = ()
 
     @model_validator(mode="after")
     def _unique_nodes(self) -> ClusterSpec:
@@ -61,6 +126,34 @@ class ClusterSpec(BaseModel):
         if dupes:
             raise ValueError(f"cluster {self.name!r} names node(s) {dupes} more than once")
         return self
+
+    @model_validator(mode="after")
+    def _placed_filesets(self) -> ClusterSpec:
+        sets = [f.name for f in self.filesets]
+        if len(set(sets)) != len(sets):
+            raise ValueError(f"cluster {self.name!r} names a file set more than once: {sets}")
+        nodes = {n.name for n in self.nodes}
+        served: list[tuple[str, Path, str]] = []  # (node, root, set) of every placement
+        for fs in self.filesets:
+            for p in fs.placement:
+                if p.node not in nodes:
+                    raise ValueError(f"file set {fs.name!r} is placed on unknown node {p.node!r}")
+                root = fs.root_on(p.node)
+                # Two sets over one directory tree on one node would mirror or overwrite
+                # each other's files: one root, one set.
+                for node, other, name in served:
+                    if node == p.node and _nested(root, other):
+                        raise ValueError(
+                            f"file sets {name!r} and {fs.name!r} share {root} on {node!r}"
+                        )
+                served.append((p.node, root, fs.name))
+        return self
+
+    def fileset(self, name: str) -> FileSetSpec:
+        for fs in self.filesets:
+            if fs.name == name:
+                return fs
+        raise KeyError(f"cluster {self.name!r} has no file set {name!r}")
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
