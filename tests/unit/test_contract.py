@@ -39,7 +39,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "node.fenced": {**NODE, "reason": "stale epoch", "epoch": 3},
     "node.rejoin_requested": {**NODE, "requested_by": "drill"},
     "node.rejoined": {**NODE, "method": "pg_rewind", "upstream": "node2", "seconds": 2.5},
-    "failover.requested": {**BASE, "target": "node2", "reason": "planned maintenance"},
+    "failover.requested": {
+        **BASE,
+        "target": "node2",
+        "reason": "planned maintenance",
+        "correlation_id": "6f1c2a4e-8a43-4a53-9d7e-2c1e1d3b9f10",
+    },
     "failover.started": {
         **BASE,
         "kind": "manual",
@@ -58,7 +63,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
     "switchover.requested": {**BASE, "target": "node3", "reason": "kernel upgrade"},
     "switchover.completed": {**OUTCOME, "kind": "switchover"},
-    "switchover.failed": {**BASE, "kind": "switchover", "target": "node1", "reason": "is primary"},
+    "switchover.failed": {
+        **BASE,
+        "kind": "switchover",
+        "target": "node1",
+        "reason": "is primary",
+        "correlation_id": "6f1c2a4e-8a43-4a53-9d7e-2c1e1d3b9f10",
+    },
+    "maintenance.paused": {**BASE, "reason": "kernel upgrade", "requested_by": "oncall"},
+    "maintenance.resumed": {**BASE, "requested_by": "oncall"},
     "backup.requested": {**BASE, "kind": "logical"},
     "backup.started": {**BASE, "backup_id": "b1", "kind": "physical", "node": "node2"},
     "backup.completed": {

@@ -38,6 +38,9 @@ class Envelope(BaseModel):
     type: str
     occurred_at: AwareDatetime = Field(default_factory=utcnow)
     source: Source
+    # The operation (the gateway's operation id) this event belongs to; answers copy it from
+    # the request they answer.
+    correlation_id: UUID | None = None
 
     def subject(self) -> str:
         return self.topic.subject(**{p: str(getattr(self, p)) for p in self.topic.params})
@@ -538,6 +541,35 @@ class FileRestored(FileSetEvent):
     destination: str
     files_restored: NonNegativeInt
     bytes_restored: NonNegativeInt
+
+
+# --- maintenance ---------------------------------------------------------------------------
+
+
+class MaintenanceState(BaseModel):
+    """KV `lifeboat_maintenance`/<cluster>: while `paused`, no automatic failover."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cluster: Name
+    paused: bool
+    reason: str = ""
+    requested_by: str = "unknown"
+    since: AwareDatetime = Field(default_factory=utcnow)
+
+
+class MaintenancePaused(ClusterEvent):
+    topic = s.MAINTENANCE_PAUSED
+    type: Literal["maintenance.paused"] = "maintenance.paused"
+    reason: str = Field(min_length=1)
+    requested_by: str = "unknown"
+
+
+class MaintenanceResumed(ClusterEvent):
+    topic = s.MAINTENANCE_RESUMED
+    type: Literal["maintenance.resumed"] = "maintenance.resumed"
+    reason: str = "resumed"
+    requested_by: str = "unknown"
 
 
 # --- dead letters ---------------------------------------------------------------------------

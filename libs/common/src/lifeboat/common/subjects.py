@@ -130,7 +130,16 @@ FILE_VERIFIED = Topic("file.verified", _CF, "A file set was compared with its S3
 FILE_RESTORE_REQUESTED = Topic("file.restore_requested", _CF, "Ask to restore a file set")
 FILE_RESTORED = Topic("file.restored", _CF, "A file set was restored from S3")
 
+MAINTENANCE_PAUSED = Topic(
+    "maintenance.paused", _C, "Automatic failover switched off for a cluster (manual still works)"
+)
+MAINTENANCE_RESUMED = Topic("maintenance.resumed", _C, "Automatic failover switched back on")
+
 DEAD_LETTER = Topic("deadletter", ("consumer",), "A message a consumer could not process")
+
+# KV bucket of each cluster's maintenance state (key: the cluster; value:
+# `events.MaintenanceState`); the failover service reads it before failing over on its own.
+MAINTENANCE_BUCKET = "lifeboat_maintenance"
 
 ALL_TOPICS: tuple[Topic, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Topic))
 
