@@ -18,6 +18,7 @@ from lifeboat.common.events import BackupKind, Role
 from lifeboat.common.lsn import lsn_to_int
 
 NOBACKUP_TAG = "nobackup"
+ARCHIVE_TIME_SLACK_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -366,9 +367,11 @@ def _with_wal(
         last = lsn_segno(target_lsn, size)
         needed = [w for w in needed if (w.segno or 0) <= last]
     if target_time is not None:
-        # The first segment completed after the target holds the target's commit; one more
-        # lets recovery see the first record past it, which is where it stops.
-        cut = next((w for w in needed if w.archived_at >= target_time), None)
+        # Recovery stops at the first commit after the target, so it needs the segments up
+        # to the one holding it: those completed after the target. S3 keeps upload times to
+        # the second, hence the slack, and two more segments to be sure to see past it.
+        slack = target_time + timedelta(seconds=ARCHIVE_TIME_SLACK_SECONDS)
+        cut = next((w for w in needed if w.archived_at >= slack), None)
         if cut is not None:
-            needed = [w for w in needed if (w.segno or 0) <= (cut.segno or 0) + 1]
+            needed = [w for w in needed if (w.segno or 0) <= (cut.segno or 0) + 2]
     return RestorePlan(base, (*histories, *needed), target_time, target_lsn)

@@ -167,8 +167,12 @@ async def restore_physical(
         await asyncio.to_thread(
             _configure, instance, target, wal_dir, listen, trust_local, own_config_from
         )
-        await asyncio.to_thread(instance.start)
-        await asyncio.to_thread(instance.wait_promoted)
+        try:
+            await asyncio.to_thread(instance.start)
+            await asyncio.to_thread(instance.wait_promoted)
+        except tools.ToolError as exc:
+            tail = await asyncio.to_thread(instance.log_tail, 40)
+            raise RestoreError(f"the restored copy did not recover: {exc}\n{tail}") from None
     except BaseException:
         await asyncio.to_thread(instance.remove)
         raise
