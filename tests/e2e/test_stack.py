@@ -112,7 +112,7 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     postmasters = [
         int(p.read_text().split()[0]) for p in stack_dir.glob("pg/*/data/postmaster.pid")
     ]
-    assert len(children) == 7  # nats, s3 and the five services
+    assert len(children) == 9  # nats, s3, three monitors and the four other services
     assert len(postmasters) == 3
 
     # A service that dies is reported loudly and restarted.
@@ -120,7 +120,7 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     victim = next(pid for pid in children if b"lifeboat.monitor" in _cmdline(pid))
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: "restarted monitor" in stack.output(), timeout=30, what="the restart")
-    assert "!!! monitor exited" in stack.output()
+    assert "!!! monitor-1 exited" in stack.output()
     wait_until(
         lambda: answers_ok(f"http://127.0.0.1:{monitor_port}/health/ready"),
         timeout=30,

@@ -47,7 +47,9 @@ class StackSettings(BaseSettings):
     gateway_port: int = Field(default=8000, ge=1024, le=65535)
     """The REST API."""
     monitor_port: int = Field(default=8101, ge=1024, le=65535)
-    """Monitor health endpoint."""
+    """Health endpoint of the first monitor (the others take free ports)."""
+    monitors: int = Field(default=3, ge=1, le=9)
+    """Monitors to run; a majority of them must see the primary down to fail it over."""
     failover_port: int = Field(default=8102, ge=1024, le=65535)
     """Failover health endpoint."""
     backup_port: int = Field(default=8103, ge=1024, le=65535)

@@ -187,7 +187,13 @@ class Stack:
         )
         env = self._service_env(clusters_file, creds)
         for name in SERVICES:
-            self._start_service(name, env)
+            if name == "monitor":
+                # Several monitors are the failover quorum; the first answers on its port.
+                for i in range(1, s.monitors + 1):
+                    port = s.monitor_port if i == 1 else 0
+                    self._start_service(name, env, instance=f"monitor-{i}", port=port)
+            else:
+                self._start_service(name, env)
         self._record_children()
         self._wait_ready()
 
@@ -241,22 +247,29 @@ class Stack:
             "LIFEBOAT_S3_ACCESS_KEY_ID": creds.access_key_id,
             "LIFEBOAT_S3_SECRET_ACCESS_KEY_FILE": str(self.secrets_dir / "s3_secret_access_key"),
             "LIFEBOAT_SERVICE_URLS": json.dumps(urls),
+            "LIFEBOAT_MONITORS": str(s.monitors),
             "PYTHONUNBUFFERED": "1",
         }
 
-    def _start_service(self, name: str, env: dict[str, str]) -> None:
+    def _start_service(
+        self, name: str, env: dict[str, str], *, instance: str = "", port: int | None = None
+    ) -> None:
+        instance = instance or f"{name}-1"
+        label = instance if name == "monitor" else name  # several monitors, one of the rest
         process = ManagedProcess(
-            name,
+            label,
             [sys.executable, "-m", f"lifeboat.{name}"],
             env={
                 **env,
-                "LIFEBOAT_HTTP_PORT": str(self.settings.service_ports[name]),
-                "LIFEBOAT_INSTANCE_ID": f"{name}-1",
+                "LIFEBOAT_HTTP_PORT": str(
+                    self.settings.service_ports[name] if port is None else port
+                ),
+                "LIFEBOAT_INSTANCE_ID": instance,
             },
-            on_line=lambda line, n=name: say(n, line),  # type: ignore[misc]
+            on_line=lambda line, n=label: say(n, line),  # type: ignore[misc]
         )
         process.start()
-        self.services.append(Service(name, process))
+        self.services.append(Service(label, process))
 
     def _wait_ready(self) -> None:
         url = f"http://127.0.0.1:{self.settings.gateway_port}/health"
