@@ -512,6 +512,8 @@ class FileSynced(FileSetEvent):
     files_unchanged: NonNegativeInt
     files_deleted: NonNegativeInt = 0
     bytes_copied: NonNegativeInt
+    # Let this pass delete more than the mass-deletion guard allows (it paused the set).
+    confirm_deletions: bool = False
     duration_seconds: NonNegativeFloat
 
 
@@ -522,10 +524,18 @@ class FileSyncFailed(FileSetEvent):
 
 
 class FileVerified(FileSetEvent):
+    # Files that could not be read (left as S3 has them) and symlinks (never followed).
+    files_unreadable: NonNegativeInt = 0
+    files_skipped: NonNegativeInt = 0
+    problems: tuple[str, ...] = ()  # the first few, "path: reason"
     topic = s.FILE_VERIFIED
     type: Literal["file.verified"] = "file.verified"
     matching: NonNegativeInt
-    differences: tuple[str, ...] = ()
+    differences: tuple[str, ...] = ()  # the first few, "path: what differs"
+    missing_remote: NonNegativeInt = 0  # on disk, not in S3
+    missing_local: NonNegativeInt = 0  # in S3, not on disk
+    differing: NonNegativeInt = 0  # on both sides, different content
+    objects_missing: NonNegativeInt = 0  # named by the manifest, absent from the bucket
 
 
 class FileRestoreRequested(FileSetEvent):
@@ -542,6 +552,10 @@ class FileRestored(FileSetEvent):
     files_restored: NonNegativeInt
     bytes_restored: NonNegativeInt
 
+    snapshot_id: str | None = None  # the set as of that snapshot; as it is now if None
+    # No destination: onto the set's root on `node`, which needs `confirm`.
+    node: Name | None = None
+    confirm: bool = False
 
 # --- maintenance ---------------------------------------------------------------------------
 
@@ -550,6 +564,61 @@ class MaintenanceState(BaseModel):
     """KV `lifeboat_maintenance`/<cluster>: while `paused`, no automatic failover."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    snapshot_id: str | None = None
+    refused: tuple[str, ...] = ()  # paths that would have escaped the destination
+
+
+class FileSyncPaused(FileSetEvent):
+    """An alert: the set stopped syncing until the cause is fixed or deletions confirmed."""
+
+    topic = s.FILE_SYNC_PAUSED
+    type: Literal["file.sync_paused"] = "file.sync_paused"
+    reason: str
+    files_missing: NonNegativeInt = 0
+    files_total: NonNegativeInt = 0
+
+
+class FileStatus(FileSetEvent):
+    topic = s.FILE_STATUS
+    type: Literal["file.status"] = "file.status"
+    node: Name
+    mode: Literal["mirror", "pull"]
+    state: Literal["syncing", "in_sync", "paused", "failed"]
+    files: NonNegativeInt
+    bytes: NonNegativeInt
+    pending: NonNegativeInt = 0  # changes seen, not yet in S3 (or on disk, for pull)
+    pass_seconds: NonNegativeFloat = 0
+    generation: NonNegativeInt = 0  # of the manifest
+    detail: str = ""
+
+
+class FileCheckRequested(FileSetEvent):
+    topic = s.FILE_CHECK_REQUESTED
+    type: Literal["file.check_requested"] = "file.check_requested"
+    requested_by: str = "unknown"
+    references: bool = True  # also run the set's reference query, when it has one
+
+
+class FileReferencesChecked(FileSetEvent):
+    topic = s.FILE_REFERENCES_CHECKED
+    type: Literal["file.references_checked"] = "file.references_checked"
+    referenced: NonNegativeInt
+    files: NonNegativeInt
+    missing: NonNegativeInt  # rows name them, the set has no such file
+    orphans: NonNegativeInt  # files no row names
+    missing_sample: tuple[str, ...] = ()
+    orphan_sample: tuple[str, ...] = ()
+
+
+class FileSnapshotTaken(FileSetEvent):
+    topic = s.FILE_SNAPSHOT_TAKEN
+    type: Literal["file.snapshot_taken"] = "file.snapshot_taken"
+    snapshot_id: str
+    files: NonNegativeInt
+    bytes: NonNegativeInt
+    manifest_key: str
+    expires_at: AwareDatetime | None = None
+    request_id: UUID | None = None
 
     cluster: Name
     paused: bool

@@ -129,6 +129,21 @@ FILE_SYNC_FAILED = Topic("file.sync_failed", _CF, "A file set sync failed, and w
 FILE_VERIFIED = Topic("file.verified", _CF, "A file set was compared with its S3 copy")
 FILE_RESTORE_REQUESTED = Topic("file.restore_requested", _CF, "Ask to restore a file set")
 FILE_RESTORED = Topic("file.restored", _CF, "A file set was restored from S3")
+FILE_SYNC_PAUSED = Topic(
+    "file.sync_paused", _CF, "A file set paused (root gone, mass deletion): nothing deleted"
+)
+FILE_STATUS = Topic(
+    "file.status", _CF, "A file set's latest pass: files, bytes, pending, state", heartbeat=True
+)
+FILE_CHECK_REQUESTED = Topic(
+    "file.check_requested", _CF, "Ask to compare a file set with S3 and with its rows"
+)
+FILE_REFERENCES_CHECKED = Topic(
+    "file.references_checked", _CF, "Rows and files compared: referenced files missing, orphans"
+)
+FILE_SNAPSHOT_TAKEN = Topic(
+    "file.snapshot_taken", _CF, "An immutable snapshot of a file set (a `files` backup)"
+)
 
 MAINTENANCE_PAUSED = Topic(
     "maintenance.paused", _C, "Automatic failover switched off for a cluster (manual still works)"
