@@ -1,0 +1,347 @@
+"""Performs the backup decisions' commands: S3, PostgreSQL and events. The one place that acts.
+
+A backup's outcome is published here because only here is it known: `backup.completed` after
+the manifest (the commit point) is written, `backup.failed` with the reason otherwise. A
+backup whose worker dies before its manifest leaves objects that are never listed; the
+janitor removes them after the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+from lifeboat.backup.catalogue import Catalogue, Listed
+from lifeboat.backup.commands import (
+    Command,
+    Decision,
+    DeleteBackup,
+    ExpireBackup,
+    PruneWal,
+    RemoveOrphans,
+    Restore,
+    TakeBackup,
+    VerifyBackup,
+)
+from lifeboat.backup.manifest import Manifest, Verification
+from lifeboat.backup.nodes import Connections
+from lifeboat.backup.pipeline import Transfer
+from lifeboat.backup.restore import RestoreContext, free_port, restore_logical, restore_physical
+from lifeboat.backup.take import TAKERS, Context
+from lifeboat.backup.verify import verify
+from lifeboat.common.breakers import Breakers
+from lifeboat.common.decision import Outcome, Publish, execute
+from lifeboat.common.events import (
+    BackupCompleted,
+    BackupDeleted,
+    BackupExpired,
+    BackupFailed,
+    BackupKind,
+    BackupProgress,
+    BackupVerified,
+    ClusterEvent,
+    RestoreCompleted,
+    RestoreFailed,
+    RestoreStarted,
+    Source,
+)
+from lifeboat.common.redact import redact
+from lifeboat.pg.datadir import DataDir
+from lifeboat.pg.osuser import OsUser
+from lifeboat.pg.scratch import Instance
+
+log = logging.getLogger(__name__)
+
+PublishFn = Callable[[ClusterEvent], Awaitable[None]]
+
+
+@dataclass
+class Executor:
+    cluster: str
+    conns: Connections
+    transfer: Transfer
+    bindir: Path
+    os_user: OsUser
+    work_dir: Path
+    publish: PublishFn
+    source: Source
+    breakers: Breakers
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return Catalogue(self.transfer.client, self.transfer.bucket, self.cluster)
+
+    def restore_context(self) -> RestoreContext:
+        return RestoreContext(self.transfer, self.bindir, self.os_user)
+
+    async def run(self, decision: Decision) -> list[Outcome[Command]]:
+        return await execute(decision.commands, self._one, critical=lambda c: False)
+
+    async def _one(self, command: Command) -> str:
+        match command:
+            case Publish(event):
+                await self.publish(event)
+                return event.type
+            case TakeBackup(job, verify_after):
+                manifest = await self.take(command)
+                if manifest is not None and verify_after:
+                    await self.verify(manifest.backup_id, job.request_id)
+                return "taken" if manifest else "failed"
+            case VerifyBackup(backup, request_id):
+                return await self.verify(backup, request_id)
+            case ExpireBackup(backup, kind, reason):
+                await self.catalogue.delete_backup(backup)
+                await self.publish(
+                    BackupExpired(
+                        cluster=self.cluster,
+                        source=self.source,
+                        backup_id=backup,
+                        kind=kind,
+                        reason=reason,
+                    )
+                )
+                return f"expired {backup}"
+            case DeleteBackup(backup, kind, request_id, forced):
+                count = await self.catalogue.delete_backup(backup)
+                await self.publish(
+                    BackupDeleted(
+                        cluster=self.cluster,
+                        source=self.source,
+                        backup_id=backup,
+                        kind=kind,
+                        request_id=request_id,
+                        forced=forced,
+                        objects=count,
+                    )
+                )
+                return f"deleted {backup}"
+            case PruneWal(below):
+                wal = await self.catalogue.wal()
+                keys = [w.key for w in wal if w.segno is not None and w.segno < below]
+                await self.catalogue.delete_keys(keys)
+                return f"{len(keys)} WAL segment(s) no retained backup needs"
+            case RemoveOrphans(keys):
+                await self.catalogue.delete_keys(list(keys))
+                return f"{len(keys)} orphaned object(s)"
+            case Restore():
+                return await self.restore(command)
+        raise AssertionError(f"unknown command {command!r}")
+
+    async def take(self, command: TakeBackup) -> Manifest | None:
+        job = command.job
+        started = time.monotonic()
+
+        async def progress(raw: int, stored: int) -> None:
+            seconds = time.monotonic() - started
+            await self.publish(
+                BackupProgress(
+                    cluster=self.cluster,
+                    source=self.source,
+                    backup_id=job.backup_id,
+                    kind=job.kind,
+                    request_id=job.request_id,
+                    raw_bytes=raw,
+                    stored_bytes=stored,
+                    seconds=round(seconds, 3),
+                    mb_per_s=round(raw / 1e6 / seconds, 2) if seconds > 0 else 0,
+                )
+            )
+
+        ctx = Context(self.conns, self.transfer, self.bindir, progress)
+        try:
+            async with self.breakers.guard("s3"):
+                manifest = await TAKERS[job.kind](ctx, job)
+                key = await self.catalogue.write_manifest(manifest)
+        except Exception as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+            log.warning("backup %s failed: %s", job.backup_id, reason)
+            await self.publish(
+                BackupFailed(
+                    cluster=self.cluster,
+                    source=self.source,
+                    backup_id=job.backup_id,
+                    kind=job.kind,
+                    request_id=job.request_id,
+                    node=job.source.node,
+                    reason=reason[:2000],
+                )
+            )
+            return None
+        await self.publish(
+            BackupCompleted(
+                cluster=self.cluster,
+                source=self.source,
+                backup_id=manifest.backup_id,
+                kind=manifest.kind,
+                node=manifest.source.node,
+                size_bytes=manifest.stored_bytes,
+                duration_seconds=manifest.duration_seconds,
+                manifest_key=key,
+                sha256=manifest.objects[0].sha256,
+                request_id=job.request_id,
+                raw_bytes=manifest.raw_bytes,
+                source_role=manifest.source.role,
+                timeline=manifest.timeline,
+                start_lsn=manifest.start_lsn,
+                stop_lsn=manifest.stop_lsn,
+                objects=len(manifest.objects),
+                encrypted=manifest.encryption is not None,
+            )
+        )
+        return manifest
+
+    async def verify(self, backup: str, request_id: object = None) -> str:
+        rid = request_id if isinstance(request_id, UUID) else None
+        try:
+            manifest = await self.catalogue.manifest(backup)
+            result = await verify(self.restore_context(), manifest, self.work_dir / "scratch")
+        except Exception as exc:
+            reason = redact(f"restore failed: {type(exc).__name__}: {exc}")[:2000]
+            result = Verification(
+                backup_id=backup,
+                ok=False,
+                detail=reason,
+                verified_at=datetime.now(UTC),
+                restore_seconds=0,
+            )
+        try:
+            await self.catalogue.write_verification(result)
+        except Exception as exc:
+            log.warning("could not record the verification of %s: %s", backup, exc)
+        await self.publish(
+            BackupVerified(
+                cluster=self.cluster,
+                source=self.source,
+                backup_id=backup,
+                ok=result.ok,
+                detail=result.detail,
+                request_id=rid,
+                restore_seconds=result.restore_seconds if result.ok else None,
+                check_seconds=result.check_seconds if result.ok else None,
+                tables_checked=result.tables_checked,
+            )
+        )
+        if not result.ok:
+            log.error("verification of %s FAILED: %s", backup, result.detail)
+        return ("verified " if result.ok else "verification failed: ") + result.detail
+
+    async def restore(self, command: Restore) -> str:
+        request, plan = command.request, command.plan
+        started = time.monotonic()
+        backup = plan.backup.backup_id
+        await self.publish(
+            RestoreStarted(
+                cluster=self.cluster,
+                source=self.source,
+                restore_id=command.restore_id,
+                backup_id=backup,
+                target=request.target,
+                request_id=request.event_id,
+            )
+        )
+        try:
+            manifest = await self.catalogue.manifest(backup)
+            if request.target == "node":
+                assert request.node is not None
+                data_dir, port = await self._restore_into_node(manifest, command)
+                detail = f"{request.node} restored"
+            else:
+                home = (
+                    Path(request.data_dir)
+                    if request.data_dir
+                    else self.work_dir / "restores" / command.restore_id
+                )
+                instance = Instance(home, request.port or free_port(), self.os_user, self.bindir)
+                ctx = self.restore_context()
+                if manifest.kind == BackupKind.PHYSICAL:
+                    await restore_physical(ctx, manifest, plan, instance, listen="127.0.0.1")
+                else:
+                    await restore_logical(ctx, manifest, instance)
+                data_dir, port = instance.data_dir, instance.port
+                detail = f"running on port {port}, data in {data_dir}"
+        except Exception as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")[:2000]
+            await self.publish(
+                RestoreFailed(
+                    cluster=self.cluster,
+                    source=self.source,
+                    restore_id=command.restore_id,
+                    backup_id=backup,
+                    request_id=request.event_id,
+                    reason=reason,
+                )
+            )
+            return f"restore failed: {reason}"
+        target = plan.target_time.isoformat() if plan.target_time else plan.target_lsn
+        await self.publish(
+            RestoreCompleted(
+                cluster=self.cluster,
+                source=self.source,
+                restore_id=command.restore_id,
+                backup_id=backup,
+                target=request.target,
+                duration_seconds=round(time.monotonic() - started, 3),
+                request_id=request.event_id,
+                data_dir=str(data_dir),
+                port=port,
+                wal_segments=len(plan.wal),
+                recovered_to=target or "consistency",
+            )
+        )
+        return detail
+
+    async def _restore_into_node(self, manifest: Manifest, command: Restore) -> tuple[Path, int]:
+        """Restore beside the node's data directory, then swap: the node's own directory is
+        touched only once the restored copy has recovered, and kept as `.replaced-<id>`."""
+        request = command.request
+        assert request.node is not None
+        spec = self.conns.spec.node(request.node)
+        assert spec.data_dir is not None
+        node = DataDir(spec.data_dir, self.os_user, self.bindir)
+        staging = Instance(
+            spec.data_dir.parent / f"restore-{command.restore_id}",
+            free_port(),
+            self.os_user,
+            self.bindir,
+        )
+        ctx = self.restore_context()
+        if manifest.kind != BackupKind.PHYSICAL:
+            raise RuntimeError("only a physical backup restores into a node")
+        await asyncio.to_thread(node.stop)
+        await restore_physical(
+            ctx, manifest, command.plan, staging, own_config_from=spec.data_dir, trust_local=False
+        )
+        await asyncio.to_thread(staging.stop)
+
+        def swap() -> None:
+            auto = staging.data_dir / "postgresql.auto.conf"
+            kept = [
+                line
+                for line in auto.read_text().splitlines()
+                if line.split("=", 1)[0].strip()
+                not in ("port", "unix_socket_directories", "listen_addresses")
+            ]
+            auto.write_text("\n".join(kept) + "\n")
+            assert spec.data_dir is not None
+            os.rename(
+                spec.data_dir,
+                spec.data_dir.with_name(f"{spec.data_dir.name}.replaced-{command.restore_id}"),
+            )
+            os.rename(staging.data_dir, spec.data_dir)
+            shutil.rmtree(staging.home, ignore_errors=True)
+
+        await asyncio.to_thread(swap)
+        await asyncio.to_thread(node.start, spec.data_dir.parent / "postgres.log")
+        return spec.data_dir, spec.port
+
+
+def listed_request_ids(listed: list[Listed]) -> frozenset[str]:
+    return frozenset(str(i.manifest.request_id) for i in listed if i.manifest.request_id)
