@@ -195,6 +195,11 @@ class FailoverRequested(ClusterEvent):
     target: Name | None = None
     reason: str = Field(min_length=1)
     requested_by: str = "unknown"
+    # Promote a standby that may lack acknowledged commits, up to this many bytes behind the
+    # primary's last known position: the operator accepts losing them. Without `force`,
+    # nothing acknowledged may be lost and the budget is ignored.
+    force: bool = False
+    data_loss_budget_bytes: NonNegativeInt | None = None
 
 
 class SwitchoverRequested(ClusterEvent):
@@ -212,6 +217,10 @@ class FailoverStarted(ClusterEvent):
     old_primary: Name | None
     candidate: Name
     reason: str
+    # Each answering node's WAL position as last reported (the primary's current LSN, a
+    # standby's received or replayed one), and the loss a forced failover accepted.
+    positions: dict[Name, str] = Field(default_factory=dict)
+    data_loss_budget_bytes: NonNegativeInt | None = None
 
 
 class FailoverOutcome(ClusterEvent):
