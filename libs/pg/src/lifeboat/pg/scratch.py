@@ -3,7 +3,9 @@ data directory. Each has its own data directory, port and private socket directo
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,13 @@ class Instance:
 
     @property
     def socket_dir(self) -> Path:
-        return self.home / "run"
+        """home/run, unless that is too long for a socket path (107 bytes with the file
+        name): then a private directory under the system's temporary directory."""
+        run = self.home / "run"
+        if len(str(run)) <= 80:
+            return run
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"lifeboat-{digest}"
 
     @property
     def log_file(self) -> Path:
@@ -45,7 +53,7 @@ class Instance:
         self.home.chmod(0o755)
         for path in (self.data_dir, self.socket_dir):
             path.mkdir(mode=0o700, exist_ok=True)
-        self.user.own(self.home)
+        self.user.own(self.home, self.socket_dir)
 
     def initdb(self) -> None:
         self.prepare()
@@ -110,3 +118,4 @@ class Instance:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -74,6 +74,7 @@ class Executor:
     publish: PublishFn
     source: Source
     breakers: Breakers
+    max_rate: str | None = None
 
     @property
     def catalogue(self) -> Catalogue:
@@ -155,7 +156,7 @@ class Executor:
                 )
             )
 
-        ctx = Context(self.conns, self.transfer, self.bindir, progress)
+        ctx = Context(self.conns, self.transfer, self.bindir, progress, max_rate=self.max_rate)
         try:
             async with self.breakers.guard("s3"):
                 manifest = await TAKERS[job.kind](ctx, job)

@@ -91,6 +91,7 @@ class ClusterBackups:
             publish,
             source,
             breakers,
+            settings.physical_max_rate,
         )
         self.policy = Policy(
             prefer_standby=settings.prefer_standby,

@@ -32,6 +32,8 @@ class BackupSettings(ServiceSettings, S3Settings):
     encryption_key: SecretStr | None = None
     """AES-256 key, 64 hex digits or base64; backups and WAL are encrypted when set."""
     encryption_key_file: Path | None = None
+    physical_max_rate: str | None = None
+    """pg_basebackup --max-rate (e.g. 64M): spare a busy source's disks; unlimited if unset."""
     part_size_mb: PositiveInt = 8
     upload_concurrency: PositiveInt = 4
 

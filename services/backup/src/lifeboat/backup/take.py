@@ -78,6 +78,7 @@ class Context:
     bindir: Path
     progress: Progress | None = None
     count_rows: bool = True
+    max_rate: str | None = None  # physical: pg_basebackup --max-rate
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,8 @@ async def take_physical(ctx: Context, job: Job) -> Manifest:
         "--verbose",
         "--no-sync",
     ]
+    if ctx.max_rate:
+        argv.append(f"--max-rate={ctx.max_rate}")
     async with tools.stream_logged(
         argv, env=ctx.conns.tool_env(replication=True), timeout=24 * 3600
     ) as (proc, stderr):

@@ -52,7 +52,7 @@ async def _counts(instance: Instance, manifest: Manifest) -> tuple[int, list[str
 
 async def verify(ctx: RestoreContext, manifest: Manifest, scratch_dir: Path) -> Verification:
     instance = Instance(
-        scratch_dir / f"verify-{manifest.backup_id}-{uuid.uuid4().hex[:6]}",
+        scratch_dir / f"v-{uuid.uuid4().hex[:8]}",
         free_port(),
         ctx.user,
         ctx.bindir,
