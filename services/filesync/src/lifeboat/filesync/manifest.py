@@ -14,6 +14,7 @@ restore) never sees a path whose bytes are missing. One mirror writes a set's ma
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt
@@ -75,6 +76,10 @@ class Snapshot(BaseModel):
     @property
     def size_bytes(self) -> int:
         return sum(e.size for e in self.entries.values())
+
+    def digest(self) -> str:
+        """sha256 of the snapshot's document as stored."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
     def live(self, now: datetime) -> bool:
         return self.expires_at is None or now < self.expires_at

@@ -1,0 +1,446 @@
+"""One file set as one instance serves it: a mirror (watcher + periodic reconciliation) or a
+pull copy (periodic + following `file.synced`), and the operator's requests about it.
+
+Every pass runs in a worker thread, one at a time per set; it publishes a `file.status`
+heartbeat, and into the history only what an operator wants to read later: `file.synced` when
+something changed (or was asked for), `file.sync_failed`, and `file.sync_paused` once per pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+from uuid import UUID, uuid4
+
+import watchfiles
+from pydantic import SecretStr
+
+from lifeboat.common.clusters import ClusterSpec, FileSetPlacement, FileSetSpec
+from lifeboat.common.decision import stamped
+from lifeboat.common.events import (
+    BackupCompleted,
+    BackupKind,
+    Envelope,
+    FileReferencesChecked,
+    FileRestored,
+    FileRestoreRequested,
+    FileSnapshotTaken,
+    FileStatus,
+    FileSynced,
+    FileSyncFailed,
+    FileVerified,
+    Source,
+)
+from lifeboat.filesync.check import check, compare_references, referenced_paths
+from lifeboat.filesync.index import Index
+from lifeboat.filesync.manifest import Entry
+from lifeboat.filesync.mirror import Mirror, PassResult, SetRef
+from lifeboat.filesync.plan import Policy
+from lifeboat.filesync.pull import FetchResult, fetch, restore_target
+from lifeboat.filesync.scan import TMP_PREFIX
+from lifeboat.filesync.store import SetStore
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Envelope], Awaitable[None]]
+PROBLEMS = 20
+State = Literal["syncing", "in_sync", "paused", "failed"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    scan_interval: float = 300
+    pull_interval: float = 10
+    debounce_ms: int = 50
+    check_interval: float = 0
+    snapshot_keep: timedelta | None = timedelta(days=30)
+
+
+def _problems(problems: dict[str, str]) -> tuple[str, ...]:
+    return tuple(f"{p}: {why}" for p, why in sorted(problems.items())[:PROBLEMS])
+
+
+class SetWorker:
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        fileset: FileSetSpec,
+        placement: FileSetPlacement,
+        *,
+        store: SetStore,
+        state_dir: Path,
+        pool: ThreadPoolExecutor,
+        source: Source,
+        publish: Publish,
+        timing: Timing = Timing(),
+        pg_password: SecretStr | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.spec = fileset
+        self.placement = placement
+        self.root = fileset.root_on(placement.node)
+        self.store = store
+        self.pool = pool
+        self.source = source
+        self.publish = publish
+        self.timing = timing
+        self.pg_password = pg_password
+        self.policy = Policy(
+            max_delete_share=fileset.max_delete_share,
+            tombstone_retention=timedelta(days=fileset.tombstone_days),
+        )
+        self.state_base = state_dir / cluster.name / fileset.name
+        self.index = Index(self.state_base / "index.sqlite")
+        self.mirror: Mirror | None = None
+        if placement.mode == "mirror":
+            ref = SetRef(cluster.name, fileset.name, self.root, self.policy)
+            self.mirror = Mirror(ref, store, self.index, source, pool)
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._paused: str | None = None
+        self.last: PassResult | FetchResult | None = None
+        self.last_pass_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.cluster.name}/{self.spec.name}"
+
+    def _base(self) -> dict[str, str]:
+        return {"cluster": self.cluster.name, "fileset": self.spec.name}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- passes -------------------------------------------------------------------------
+
+    async def sync_now(self, *, confirm_deletions: bool = False, requested: bool = False) -> None:
+        async with self._lock:
+            try:
+                if self.mirror is not None:
+                    mirror = self.mirror
+                    result: PassResult | FetchResult = await asyncio.to_thread(
+                        lambda: mirror.sync(allow_mass_delete=confirm_deletions)
+                    )
+                else:
+                    result = await asyncio.to_thread(self._pull, confirm_deletions)
+            except Exception as exc:
+                log.exception("%s: pass failed", self.name)
+                await self._emit(
+                    FileSyncFailed(source=self.source, **self._base(), reason=str(exc))
+                )
+                await self._status("failed", str(exc))
+                return
+            self.last, self.last_pass_at = result, time.time()
+            await self._report(result, requested)
+
+    def _pull(self, confirm: bool) -> FetchResult:
+        manifest = self.store.read_manifest(self.cluster.name, self.spec.name)
+        return fetch(
+            cluster=self.cluster.name,
+            fileset=self.spec.name,
+            source=self.source,
+            store=self.store,
+            root=self.root,
+            wanted=manifest.entries,
+            index=self.index,
+            pool=self.pool,
+            remove_extra=True,
+            policy=self.policy,
+            allow_mass_delete=confirm,
+        )
+
+    async def _report(self, result: PassResult | FetchResult, requested: bool) -> None:
+        if result.paused is not None:
+            if result.paused != self._paused:  # an alert once per pause, not every pass
+                for event in result.events:
+                    await self._emit(event)
+            self._paused = result.paused
+            await self._status("paused", result.paused)
+            return
+        self._paused = None
+        if isinstance(result, PassResult):
+            copied, deleted, nbytes = result.uploaded, result.deleted, result.uploaded_bytes
+            changed = result.changed
+            unchanged, skipped = result.unchanged, result.skipped
+        else:
+            copied, deleted, nbytes = result.fetched, result.removed, result.fetched_bytes
+            changed = bool(result.fetched or result.removed or result.fixed)
+            unchanged, skipped = result.files - result.fetched - result.fixed, 0
+        if changed or requested or result.problems:
+            await self._emit(
+                FileSynced(
+                    source=self.source,
+                    **self._base(),
+                    files_copied=copied,
+                    files_unchanged=max(unchanged, 0),
+                    files_deleted=deleted,
+                    bytes_copied=nbytes,
+                    duration_seconds=result.seconds,
+                    files_unreadable=len(result.problems),
+                    files_skipped=skipped,
+                    problems=_problems(result.problems),
+                )
+            )
+        await self._status("in_sync" if not result.problems else "syncing", "")
+
+    async def _status(self, state: State, detail: str) -> None:
+        r = self.last
+        files = r.files if r is not None else 0
+        nbytes = r.bytes if isinstance(r, PassResult) else 0
+        generation = r.generation if isinstance(r, PassResult) else 0
+        await self._emit(
+            FileStatus(
+                source=self.source,
+                **self._base(),
+                node=self.placement.node,
+                mode=self.placement.mode,
+                state=state,
+                files=files,
+                bytes=nbytes,
+                pending=len(r.problems) if r is not None else 0,
+                pass_seconds=r.seconds if r is not None else 0,
+                generation=generation,
+                detail=detail[:500],
+            )
+        )
+
+    async def _emit(self, event: Envelope) -> None:
+        try:
+            await self.publish(event)
+        except Exception as exc:  # NATS away: the next pass reports again
+            log.warning("%s: could not publish %s: %s", self.name, event.type, exc)
+
+    # --- loops --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until cancelled: a pass at start, on every wake-up, and at the interval."""
+        watcher = asyncio.create_task(self._watch()) if self.mirror is not None else None
+        interval = self.timing.scan_interval if self.mirror else self.timing.pull_interval
+        checked = time.monotonic()
+        try:
+            while True:
+                await self.sync_now()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), interval)
+                self._wake.clear()
+                every = self.timing.check_interval
+                if every and time.monotonic() - checked > every:
+                    checked = time.monotonic()
+                    await self.check_now()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    async def _watch(self) -> None:
+        """Wake the pass on any change under the root; a root that is not there (yet) is
+        looked for again, and the periodic scan covers whatever the watcher misses."""
+
+        def relevant(change: watchfiles.Change, path: str) -> bool:
+            return TMP_PREFIX not in path
+
+        while True:
+            try:
+                async for _ in watchfiles.awatch(
+                    self.root,
+                    watch_filter=relevant,
+                    debounce=self.timing.debounce_ms,
+                    step=10,
+                    ignore_permission_denied=True,
+                    recursive=True,
+                ):
+                    self._wake.set()
+            except (FileNotFoundError, OSError) as exc:
+                log.info("%s: cannot watch %s (%s); scanning only", self.name, self.root, exc)
+            self._wake.set()  # the root went or came back: look now
+            await asyncio.sleep(2)
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def check_now(self, *, rehash: bool = False, references: bool = True) -> None:
+        async with self._lock:
+            try:
+                manifest = await asyncio.to_thread(
+                    self.store.read_manifest, self.cluster.name, self.spec.name
+                )
+                report = await asyncio.to_thread(
+                    check, self.root, self.store, self.index, self.pool, manifest.entries,
+                    rehash=rehash,
+                )  # fmt: skip
+            except Exception as exc:
+                await self._emit(
+                    FileSyncFailed(source=self.source, **self._base(), reason=f"check: {exc}")
+                )
+                return
+            await self._emit(
+                FileVerified(
+                    source=self.source,
+                    **self._base(),
+                    matching=report.matching,
+                    differences=report.differences(),
+                    missing_remote=len(report.missing_remote),
+                    missing_local=len(report.missing_local),
+                    differing=len(report.differing),
+                    objects_missing=len(report.objects_missing),
+                )
+            )
+            local = set(manifest.entries) - set(report.missing_local)
+            local |= set(report.missing_remote)
+        if references and self.spec.reference_query:
+            await self.check_references(local)
+
+    async def check_references(self, files: set[str]) -> FileReferencesChecked | None:
+        assert self.spec.reference_query is not None
+        try:
+            rows = await referenced_paths(
+                self.cluster, self.spec.reference_query, self.pg_password, root=self.root
+            )
+        except Exception as exc:
+            await self._emit(
+                FileSyncFailed(source=self.source, **self._base(), reason=f"reference query: {exc}")
+            )
+            return None
+        refs = compare_references(rows, files)
+        event = FileReferencesChecked(
+            source=self.source,
+            **self._base(),
+            referenced=refs.referenced,
+            files=refs.files,
+            missing=len(refs.missing),
+            orphans=len(refs.orphans),
+            missing_sample=refs.missing[:PROBLEMS],
+            orphan_sample=refs.orphans[:PROBLEMS],
+        )
+        await self._emit(event)
+        return event
+
+    async def restore(self, request: FileRestoreRequested) -> None:
+        try:
+            target = restore_target(
+                Path(request.destination) if request.destination else None,
+                self.root,
+                confirm=request.confirm,
+            )
+            if request.snapshot_id:
+                snap = await asyncio.to_thread(self.store.snapshot, request.snapshot_id)
+                wanted: dict[str, Entry] = dict(snap.entries)
+            else:
+                manifest = await asyncio.to_thread(
+                    self.store.read_manifest, self.cluster.name, self.spec.name
+                )
+                wanted = dict(manifest.entries)
+            in_place = target == self.root
+            async with self._lock:
+                # Into another directory: an index of its own, thrown away afterwards.
+                scratch = self.state_base / "restores" / uuid4().hex
+                index = self.index if in_place else Index(scratch / "index.sqlite")
+                result = await asyncio.to_thread(
+                    lambda: fetch(
+                        cluster=self.cluster.name,
+                        fileset=self.spec.name,
+                        source=self.source,
+                        store=self.store,
+                        root=target,
+                        wanted=wanted,
+                        index=index,
+                        pool=self.pool,
+                        remove_extra=in_place,
+                        policy=self.policy,
+                        allow_mass_delete=request.confirm,
+                    )
+                )
+                if index is not self.index:
+                    index.close()
+                    shutil.rmtree(scratch, ignore_errors=True)
+        except Exception as exc:
+            await self._emit(
+                FileSyncFailed(source=self.source, **self._base(), reason=f"restore: {exc}")
+            )
+            return
+        if result.problems or result.paused:
+            why = result.paused or "; ".join(_problems(result.problems))
+            await self._emit(
+                FileSyncFailed(source=self.source, **self._base(), reason=f"restore: {why}")
+            )
+        await self._emit(
+            FileRestored(
+                source=self.source,
+                **self._base(),
+                destination=str(target),
+                files_restored=result.fetched + result.fixed,
+                bytes_restored=result.fetched_bytes,
+                snapshot_id=request.snapshot_id,
+                refused=tuple(result.refused[:PROBLEMS]),
+            )
+        )
+
+    async def snapshot(
+        self, *, request_id: UUID | None, kind: BackupKind = BackupKind.FILES
+    ) -> FileSnapshotTaken | None:
+        """A files backup of this set; only its mirror can take one (it writes the set)."""
+        if self.mirror is None:
+            return None
+        mirror = self.mirror
+        started = time.monotonic()
+        now = datetime.now(UTC)
+        tail = request_id.hex[:8] if request_id else "manual"
+        async with self._lock:
+            try:
+                snap, key = await asyncio.to_thread(
+                    lambda: mirror.take_snapshot(
+                        now=now,
+                        keep_for=self.timing.snapshot_keep,
+                        tail=tail,
+                        request_id=str(request_id) if request_id else None,
+                    )
+                )
+            except Exception as exc:
+                await self._emit(
+                    FileSyncFailed(source=self.source, **self._base(), reason=f"snapshot: {exc}")
+                )
+                return None
+        taken = FileSnapshotTaken(
+            source=self.source,
+            **self._base(),
+            snapshot_id=snap.snapshot_id,
+            files=len(snap.entries),
+            bytes=snap.size_bytes,
+            manifest_key=key,
+            expires_at=snap.expires_at,
+            request_id=request_id,
+        )
+        await self._emit(stamped(taken, now))
+        if kind is BackupKind.FILES:
+            await self._emit(
+                BackupCompleted(
+                    source=self.source,
+                    cluster=self.cluster.name,
+                    backup_id=snap.snapshot_id,
+                    kind=BackupKind.FILES,
+                    node=self.placement.node,
+                    size_bytes=snap.size_bytes,
+                    raw_bytes=snap.size_bytes,
+                    duration_seconds=time.monotonic() - started,
+                    manifest_key=key,
+                    sha256=snap.digest(),
+                    request_id=request_id,
+                    objects=len({e.sha256 for e in snap.entries.values()}),
+                )
+            )
+        return taken
+
+    def paused_reason(self) -> str | None:
+        return self._paused
+
+    def close(self) -> None:
+        self.index.close()
