@@ -112,7 +112,7 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     postmasters = [
         int(p.read_text().split()[0]) for p in stack_dir.glob("pg/*/data/postmaster.pid")
     ]
-    assert len(children) == 9  # nats, s3, three monitors and the four other services
+    assert len(children) == 11  # 3 nats, s3, 3 monitors and the 4 other services
     assert len(postmasters) == 3
 
     # A service that dies is reported loudly and restarted.

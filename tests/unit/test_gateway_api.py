@@ -1,45 +1,51 @@
-"""The gateway's API without servers: schemas in OpenAPI, 404s, role checks from the report
-book, operation answers, and the typed client and CLI reading them back."""
+"""The gateway's API without servers: the projection filled by hand, tokens and roles,
+problems (RFC 9457), operations you can follow, history pages, exposure and SLA, metrics,
+and the typed client reading it all back."""
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import get_args
-from uuid import uuid4
+from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClustersFile, ClusterSpec, NodeSpec, dump_clusters
 from lifeboat.common.events import (
-    EVENT_TYPES,
-    FailoverFailed,
+    BackupCompleted,
+    BackupFailed,
+    BackupVerified,
+    Envelope,
+    FailoverCompleted,
     FailoverKind,
+    FailoverRequested,
+    FailoverStarted,
+    NodeDown,
     NodeHealth,
     NodeRejoined,
+    NodeRejoinRequested,
+    ReplicaState,
     Role,
     Source,
     SwitchoverCompleted,
+    SwitchoverFailed,
+    SwitchoverRequested,
+    WalState,
+    WalStatus,
 )
 from lifeboat.common.state import Topology
-from lifeboat.gateway import cli
 from lifeboat.gateway.app import build_app
+from lifeboat.gateway.auth import Role as TokenRole
+from lifeboat.gateway.auth import TokenBook, TokenFileError, hash_token, parse_line
 from lifeboat.gateway.client import GatewayClient, GatewayError
 from lifeboat.gateway.decode import UndecodableEventError, decode_event
 from lifeboat.gateway.deps import Gateway
-from lifeboat.gateway.history import HISTORY_TOPICS
-from lifeboat.gateway.routes.operations import reply, result
-from lifeboat.gateway.schemas import (
-    HistoryEvent,
-    OperationDone,
-    OperationPending,
-    OperationRefused,
-)
+from lifeboat.gateway.metrics import NAMES
+from lifeboat.gateway.projection import Projection, Stored, stream_of, subject_matches
+from lifeboat.gateway.schemas import OperationDone, OperationRefused
 from lifeboat.gateway.settings import CliSettings, GatewaySettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,201 +59,408 @@ SPEC = ClusterSpec(
         NodeSpec(name="node2", port=2, host="127.0.0.1"),
     ),
 )
+TOKENS = {"reader": ("read", "r-token"), "oncall": ("operate", "o-token"), "root": ("admin", "a")}
+
+
+def token_lines() -> str:
+    return "\n".join(
+        f"{name}:{role}:{hash_token(token, scheme='scrypt' if name == 'root' else 'sha256')}"
+        for name, (role, token) in TOKENS.items()
+    )
+
+
+def auth(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[name][1]}"}
+
+
+Publish = Callable[[Envelope], list[Envelope]]
 
 
 @pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TestClient:
+def answers() -> dict[str, Publish]:
+    """What the fake failover service answers to a published request (by request type)."""
+    return {}
+
+
+def make_app(tmp_path: Path, answers: dict[str, Publish], **settings: Any) -> TestClient:
     clusters = tmp_path / "clusters.yaml"
     clusters.write_text(dump_clusters(ClustersFile(clusters=(SPEC,))))
-    topology = Topology(cluster="main", primary="node1", epoch=4, synchronous=("node2",))
+    app = build_app(
+        GatewaySettings(clusters_file=clusters, tokens=SecretStr(token_lines()), **settings)
+    )
+    gw: Gateway = app.state.gateway
+    gw.projection.set_topology(
+        "main", Topology(cluster="main", primary="node1", epoch=4, synchronous=("node2",))
+    )
+    seq = iter(range(1, 10**6))
 
-    async def fake_topology(self: Gateway, cluster: str) -> Topology | None:
-        return topology if cluster == "main" else None
+    async def publish(event: Envelope) -> None:
+        gw.projection.apply(Stored("events", next(seq), event.subject(), event))
+        answer_to = answers.get(event.type)
+        for answer in answer_to(event) if answer_to else []:
+            gw.projection.apply(Stored("events", next(seq), answer.subject(), answer))
 
-    monkeypatch.setattr(Gateway, "topology", fake_topology)
+    gw.runtime.publisher.publish = publish  # type: ignore[method-assign]
     # Not entered as a context manager: no lifespan, so nothing connects to NATS.
-    return TestClient(build_app(GatewaySettings(clusters_file=clusters)))
+    return TestClient(app)
+
+
+@pytest.fixture
+def app(tmp_path: Path, answers: dict[str, Publish]) -> TestClient:
+    return make_app(tmp_path, answers)
 
 
 @pytest.fixture
 def api(app: TestClient) -> Iterator[GatewayClient]:
-    with GatewayClient("http://testserver", http=app) as client:
+    app.headers.update(auth("oncall"))
+    with GatewayClient("http://testserver", http=app, token="") as client:
         yield client
 
 
-def gateway(app: TestClient) -> Gateway:
-    state: Gateway = app.app.state.gateway  # type: ignore[attr-defined]
-    return state
+def projection(app: TestClient) -> Projection:
+    gw: Gateway = app.app.state.gateway  # type: ignore[attr-defined]
+    return gw.projection
 
 
 def health(node: str, role: Role, **fields: object) -> NodeHealth:
     return NodeHealth(
-        cluster="main",
-        node=node,
-        source=MONITOR,
-        reachable=True,
-        role=role,
-        **fields,
+        cluster="main", node=node, source=MONITOR, reachable=True, role=role, **fields
     )
 
 
-def test_openapi_names_a_model_for_every_answer(app: TestClient) -> None:
+def test_openapi_documents_problems_and_operations(app: TestClient) -> None:
     paths = app.get("/openapi.json").json()["paths"]
+    failover = paths["/clusters/{cluster}/failover"]["post"]["responses"]
+    assert set(failover) == {"202", "401", "403", "404", "409", "422"}
+    assert "application/problem+json" in failover["409"]["content"]
+    assert failover["202"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "OperationView"
+    )
+    assert "/operations/{operation_id}" in paths
+    assert "/events" in paths
+    for path in ("exposure", "sla", "history", "pause", "resume"):
+        assert f"/clusters/{{cluster}}/{path}" in paths
 
-    def models(path: str, method: str = "get") -> dict[str, str]:
-        out = {}
-        for code, answer in paths[path][method]["responses"].items():
-            schema = answer["content"]["application/json"]["schema"]
-            ref = schema.get("$ref") or schema.get("items", {}).get("$ref") or schema["items"]
-            out[code] = ref if isinstance(ref, str) else "union"
-        return {code: ref.rsplit("/", 1)[-1] for code, ref in out.items()}
 
-    assert models("/health") == {"200": "HealthReport", "503": "HealthReport"}
-    assert models("/health/live") == {"200": "Liveness"}
-    assert models("/health/ready") == {"200": "Readiness", "503": "Readiness"}
-    assert models("/health/circuit-breakers") == {"200": "BreakerReport"}
-    assert models("/clusters") == {"200": "ClusterSummary"}
-    assert models("/clusters/{cluster}") == {
-        "200": "ClusterStatus",
-        "404": "ErrorDetail",
-        "422": "HTTPValidationError",
+def test_tokens_are_parsed_hashed_and_checked() -> None:
+    book = TokenBook([parse_line(line, "t") for line in token_lines().splitlines()])
+    assert book.check("o-token") is not None
+    admin = book.check("a")
+    assert admin is not None
+    assert admin.role is TokenRole.ADMIN
+    assert book.check("nope") is None
+    for bad in ("x", "a:superuser:sha256:00", "a:read:md5:00", "a:read:sha256:zz"):
+        with pytest.raises(TokenFileError):
+            parse_line(bad, "t")
+
+
+def test_mutations_need_operate_and_reads_are_open_on_loopback_only(
+    tmp_path: Path, app: TestClient, answers: dict[str, Publish]
+) -> None:
+    body = {"reason": "x"}
+    nobody = app.post("/clusters/main/switchover", json=body)
+    assert nobody.status_code == 401
+    assert nobody.headers["content-type"] == "application/problem+json"
+    assert nobody.headers["www-authenticate"].startswith("Bearer")
+    assert "needs a bearer token with role operate" in nobody.json()["detail"]
+    unknown = app.post("/clusters/main/pause", json=body, headers={"Authorization": "Bearer no"})
+    assert (unknown.status_code, unknown.json()["detail"]) == (401, "the bearer token is not known")
+    weak = app.post("/clusters/main/switchover", json=body, headers=auth("reader"))
+    assert weak.status_code == 403
+    assert weak.json()["detail"] == "reader has role read; this needs operate or more"
+    for path in ("/clusters/main/failover", "/clusters/main/nodes/node1/rejoin"):
+        assert app.post(path, json=body, headers=auth("reader")).status_code == 403
+    for path in ("/clusters/main/pause", "/clusters/main/resume"):
+        assert app.post(path, json=body).status_code == 401
+    assert app.get("/clusters/main").status_code == 200  # loopback: reads are open
+    assert app.get("/auth/whoami").json() == {
+        "name": "anonymous",
+        "role": "read",
+        "authenticated": False,
     }
-    for check, model in (("primary", "PrimaryCheck"), ("replica", "ReplicaCheck")):
-        assert models(f"/clusters/{{cluster}}/nodes/{{node}}/{check}") == {
-            "200": model,
-            "503": model,
-            "404": "ErrorDetail",
-            "422": "HTTPValidationError",
-        }
-    operation = {
-        "200": "OperationDone",
-        "202": "OperationPending",
-        "409": "OperationRefused",
-        "404": "ErrorDetail",
-        "422": "HTTPValidationError",
-    }
-    assert models("/clusters/{cluster}/failover", "post") == operation
-    assert models("/clusters/{cluster}/switchover", "post") == operation
-    assert models("/clusters/{cluster}/nodes/{node}/rejoin", "post") == operation
-    history = paths["/clusters/{cluster}/history"]["get"]["responses"]["200"]
-    items = history["content"]["application/json"]["schema"]["items"]
-    assert items["discriminator"]["propertyName"] == "type"
+    assert app.get("/auth/whoami", headers=auth("root")).json()["role"] == "admin"
+
+    public = make_app(tmp_path, answers, http_host="0.0.0.0")
+    assert public.get("/clusters/main").status_code == 401
+    assert public.get("/clusters/main/history").status_code == 401
+    assert public.get("/clusters/main", headers=auth("reader")).status_code == 200
+    # health and the HAProxy role checks stay open
+    assert public.get("/health/live").status_code == 200
+    assert public.get("/clusters/main/nodes/node1/primary").status_code == 503
+    closed = make_app(tmp_path, answers, reads_open=False)
+    assert closed.get("/clusters").status_code == 401
 
 
-def test_the_history_schema_is_the_models_of_the_history_subjects() -> None:
-    union = get_args(HistoryEvent)[0]
-    assert set(get_args(union)) == {EVENT_TYPES[t.name] for t in HISTORY_TOPICS}
-
-
-def test_unknown_clusters_and_nodes_are_404_naming_the_known_ones(api: GatewayClient) -> None:
-    with pytest.raises(GatewayError) as missing:
-        api.cluster("nope")
-    assert missing.value.status_code == 404
-    assert missing.value.body == {"detail": "no cluster named 'nope' (known: main)"}
+def test_errors_are_problems(app: TestClient, api: GatewayClient) -> None:
+    missing = app.get("/clusters/nope")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    problem = missing.json()
+    assert problem["title"] == "Not Found"
+    assert problem["detail"] == "no cluster named 'nope' (known: main)"
+    assert problem["instance"] == "/clusters/nope"
     with pytest.raises(GatewayError) as node:
         api.is_primary("main", "node9")
-    assert "cluster main has no node 'node9' (known: node1, node2)" in str(node.value)
+    assert node.value.detail == "cluster main has no node 'node9' (known: node1, node2)"
     with pytest.raises(GatewayError) as target:
-        api.operate("switchover", "main", reason="x", target="node9")
+        api.submit("switchover", "main", reason="x", target="node9")
     assert target.value.status_code == 404
-    with pytest.raises(GatewayError) as invalid:
-        api.operate("switchover", "main", reason="")
-    assert invalid.value.status_code == 422
+    invalid = app.post("/clusters/main/switchover", json={"reason": "", "wait_seconds": 99})
+    assert invalid.status_code == 422
+    fields = {e["field"]: e["reason"] for e in invalid.json()["errors"]}
+    assert set(fields) == {"body.reason", "body.wait_seconds"}
+    assert "at least 1 character" in fields["body.reason"]
+    unknown_op = app.get("/operations/6f1c2a4e-8a43-4a53-9d7e-2c1e1d3b9f10")
+    assert unknown_op.status_code == 404
+    assert app.get("/operations/not-a-uuid").status_code == 422
 
 
-def test_role_checks_and_status_follow_fresh_reports(app: TestClient, api: GatewayClient) -> None:
-    assert app.get("/clusters/main/nodes/node1/primary").status_code == 503  # nothing heard
-    assert api.is_primary("main", "node1").primary is False
-    book = gateway(app).reports
-    book.add(health("node1", Role.PRIMARY, writable=True))
-    book.add(health("node2", Role.STANDBY, writable=False, wal_receiver="streaming"))
-    assert app.get("/clusters/main/nodes/node1/primary").status_code == 200
-    assert app.get("/clusters/main/nodes/node2/primary").status_code == 503  # not in topology
-    assert app.get("/clusters/main/nodes/node2/replica").status_code == 200
-    assert api.is_replica("main", "node2").replica is True
-    assert api.is_replica("main", "node1").replica is False
-
-    status = api.cluster("main")
-    assert status.topology is not None
-    assert (status.topology.primary, status.topology.epoch) == ("node1", 4)
-    assert status.dsn.startswith("postgresql://127.0.0.1:1,127.0.0.1:2/app")
-    healths = {n.name: n.health for n in status.nodes}
-    assert healths["node1"] is not None
-    assert (healths["node1"].role, healths["node1"].writable) == (Role.PRIMARY, True)
-    assert healths["node2"] is not None
-    assert healths["node2"].wal_receiver == "streaming"
-    assert [(c.name, c.primary, c.epoch) for c in api.clusters()] == [("main", "node1", 4)]
-
-    stale = health("node1", Role.PRIMARY, writable=True)
-    stale = stale.model_copy(update={"occurred_at": datetime.now(UTC) - timedelta(minutes=1)})
-    book.forget_silent(datetime.now(UTC) + timedelta(hours=1))
-    assert len(book) == 0
-    book.add(stale)
-    assert app.get("/clusters/main/nodes/node1/primary").status_code == 503
-    assert app.get("/clusters/main").json()["nodes"][0]["health"] is None
+def _completed(request: Envelope) -> list[Envelope]:
+    assert isinstance(request, SwitchoverRequested)
+    common: dict[str, Any] = {
+        "cluster": "main",
+        "source": FAILOVER,
+        "kind": FailoverKind.SWITCHOVER,
+        "correlation_id": request.correlation_id,
+    }
+    return [
+        FailoverStarted(**common, old_primary="node1", candidate="node2", reason="x"),
+        SwitchoverCompleted(
+            **common, old_primary="node1", new_primary="node2", reason="x", total_seconds=0.7
+        ),
+    ]
 
 
-def test_health_routes_are_the_runtimes(app: TestClient, api: GatewayClient) -> None:
-    assert api.live().model_dump() == {"status": "alive", "service": "gateway"}
-    ready = app.get("/health/ready")
-    assert ready.status_code == 503  # never started: not connected to NATS
-    assert ready.json()["ready"] is False
-    assert api.ready().service == "gateway"
-    assert api.circuit_breakers().breakers == []
+def test_an_operation_answers_202_and_is_followed_to_its_outcome(
+    app: TestClient, api: GatewayClient, answers: dict[str, Publish]
+) -> None:
+    answers["switchover.requested"] = _completed
+    resp = app.post("/clusters/main/switchover", json={"reason": "patching", "target": "node2"})
+    assert resp.status_code == 202, resp.text
+    view = resp.json()
+    assert resp.headers["location"] == f"/operations/{view['id']}" == view["location"]
+    assert view["state"] == "completed"
+    assert view["requested_by"] == "oncall"  # from the token, never the body
+    assert [e["type"] for e in view["events"]] == ["failover.started", "switchover.completed"]
+    assert all(e["correlation_id"] == view["id"] for e in view["events"])
+    request = projection(app).history("main", types=frozenset({"switchover.requested"}))
+    published = request[-1].event
+    assert isinstance(published, SwitchoverRequested)
+    assert published.correlation_id is not None
+    assert published.requested_by == "oncall"
+
+    followed = app.get(f"/operations/{view['id']}", params={"wait": 5}).json()
+    assert followed["state"] == "completed"
+    assert followed["done"] is True
+    done = api.operate("switchover", "main", reason="again", requested_by="ignored")
+    assert isinstance(done, OperationDone)
+    assert isinstance(done.event, SwitchoverCompleted)
+    assert done.event.new_primary == "node2"
+    assert [o.kind for o in api.operations()] == ["switchover", "switchover"]
 
 
-def _answered(body: OperationDone | OperationRefused | OperationPending) -> GatewayClient:
-    response = reply(body)
+def test_a_refusal_is_409_with_the_reason_and_pending_ones_long_poll(
+    app: TestClient, api: GatewayClient, answers: dict[str, Publish]
+) -> None:
+    def refuse(request: Envelope) -> list[Envelope]:
+        return [
+            SwitchoverFailed(
+                cluster="main",
+                source=FAILOVER,
+                kind=FailoverKind.SWITCHOVER,
+                target="node1",
+                reason="node1 is already the primary",
+                correlation_id=request.correlation_id,
+            )
+        ]
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(response.status_code, content=bytes(response.body))
-
-    http = httpx.Client(base_url="http://gw", transport=httpx.MockTransport(handler))
-    return GatewayClient("http://gw", http=http)
-
-
-def test_operation_answers_round_trip_through_the_client() -> None:
-    request_id = uuid4()
-    pending = result(None, request_id)
-    assert isinstance(pending, OperationPending)
-    assert reply(pending).status_code == 202
-    assert _answered(pending).operate("failover", "main", reason="x") == pending
-
-    refusal = FailoverFailed(
-        cluster="main",
-        source=FAILOVER,
-        kind=FailoverKind.SWITCHOVER,
-        target="node1",
-        reason="node1 is already the primary",
-    )
-    refused = result(refusal, request_id)
+    answers["switchover.requested"] = refuse
+    resp = app.post("/clusters/main/switchover", json={"reason": "x", "target": "node1"})
+    assert resp.status_code == 409
+    assert resp.headers["content-type"] == "application/problem+json"
+    body = resp.json()
+    assert body["detail"] == body["reason"] == "node1 is already the primary"
+    assert body["operation"]["state"] == "refused"
+    refused = api.operate("switchover", "main", reason="x", target="node1")
     assert isinstance(refused, OperationRefused)
     assert refused.reason == "node1 is already the primary"
-    assert reply(refused).status_code == 409
-    assert _answered(refused).operate("switchover", "main", reason="x") == refused
 
-    completed = SwitchoverCompleted(
+    # No answer: 202 pending; an answer without a correlation id still finds its operation.
+    started = datetime.now(UTC)
+    resp = app.post("/clusters/main/failover", json={"reason": "x", "wait_seconds": 0})
+    assert resp.status_code == 202
+    view = resp.json()
+    assert view["state"] == "pending"
+    late = FailoverCompleted(
         cluster="main",
         source=FAILOVER,
-        kind=FailoverKind.SWITCHOVER,
+        kind=FailoverKind.MANUAL,
         old_primary="node1",
         new_primary="node2",
-        reason="patching",
-        total_seconds=0.4,
+        reason="x",
+        total_seconds=1.5,
+        occurred_at=started + timedelta(seconds=1),
     )
-    done = result(completed, request_id)
-    assert isinstance(done, OperationDone)
-    assert reply(done).status_code == 200
-    body = json.loads(bytes(reply(done).body))
-    assert (body["status"], body["event"]["new_primary"]) == ("done", "node2")
-    assert _answered(done).operate("switchover", "main", reason="x") == done
+    projection(app).apply(Stored("events", 10**6, late.subject(), late))
+    assert app.get(f"/operations/{view['id']}").json()["state"] == "completed"
+    timed = app.get(f"/operations/{view['id']}", params={"wait": 0.1})
+    assert timed.status_code == 200
 
-    rejoined = NodeRejoined(
-        cluster="main", node="node1", source=FAILOVER, method="pg_rewind", upstream="node2"
+    rejoin = app.post("/clusters/main/nodes/node1/rejoin")
+    assert rejoin.status_code == 202
+    assert rejoin.json()["kind"] == "rejoin"
+    assert rejoin.json()["target"] == "node1"
+
+
+def test_operations_are_rebuilt_from_the_history_alone() -> None:
+    p = Projection()
+    request = NodeRejoinRequested(cluster="main", node="node3", source=MONITOR, requested_by="a")
+    p.apply(Stored("events", 1, request.subject(), request))
+    other = NodeRejoined(
+        cluster="main", node="node2", source=FAILOVER, method="pg_rewind", upstream="node1"
     )
-    assert isinstance(result(rejoined, request_id), OperationDone)
-    with pytest.raises(TypeError):
-        result(health("node1", Role.PRIMARY), request_id)
+    p.apply(Stored("events", 2, other.subject(), other))
+    assert p.operations[request.event_id].state == "pending"
+    mine = other.model_copy(update={"node": "node3", "event_id": request.event_id})
+    p.apply(Stored("events", 3, mine.subject(), mine))
+    assert p.operations[request.event_id].state == "completed"
+    p.apply(Stored("events", 3, mine.subject(), mine))  # a repeat is ignored
+    assert len(p.events) == 3
+
+
+def _fill_history(p: Projection) -> list[Envelope]:
+    now = datetime.now(UTC)
+    events: list[Envelope] = []
+    for i in range(30):
+        events.append(
+            FailoverRequested(
+                cluster="main",
+                source=MONITOR,
+                reason=f"r{i}",
+                occurred_at=now - timedelta(minutes=30 - i),
+            )
+        )
+    events.append(NodeDown(cluster="main", node="node1", source=MONITOR, reason="gone"))
+    events.append(
+        FailoverCompleted(
+            cluster="main",
+            source=FAILOVER,
+            kind=FailoverKind.AUTOMATIC,
+            old_primary="node1",
+            new_primary="node2",
+            reason="x",
+            total_seconds=4.0,
+        )
+    )
+    backup: dict[str, Any] = {"cluster": "main", "source": FAILOVER}
+    events.append(
+        BackupCompleted(
+            **backup,
+            backup_id="b1",
+            kind="physical",
+            node="node2",
+            size_bytes=100,
+            duration_seconds=3,
+            manifest_key="k",
+            sha256="ab" * 32,
+        )
+    )
+    events.append(BackupFailed(**backup, kind="logical", reason="pg_dump exited 1"))
+    events.append(
+        BackupVerified(**backup, backup_id="b1", ok=True, detail="ok", restore_seconds=12.5)
+    )
+    for seq, e in enumerate(events, 1):
+        p.apply(Stored("events", seq, e.subject(), e))
+    return events
+
+
+def test_history_pages_by_sequence_and_filters_by_kind_and_time(app: TestClient) -> None:
+    _fill_history(projection(app))
+    first = app.get("/clusters/main/history", params={"limit": 10}).json()
+    assert [e["seq"] for e in first["events"]] == [*range(22, 31), 32]
+    assert first["last_seq"] == 35
+    before = app.get(
+        "/clusters/main/history", params={"limit": 10, "before": first["next_before"]}
+    ).json()
+    assert [e["seq"] for e in before["events"]] == list(range(12, 22))
+    kinds = app.get(
+        "/clusters/main/history", params={"kind": ["backup.failed", "node.down"]}
+    ).json()
+    assert [e["event"]["type"] for e in kinds["events"]] == ["node.down", "backup.failed"]
+    recent = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    times = app.get("/clusters/main/history", params={"since": recent}).json()
+    assert [e["event"].get("reason") for e in times["events"]][:3] == ["r26", "r27", "r28"]
+    after = app.get("/clusters/main/history", params={"after": 33, "all_kinds": True}).json()
+    assert [e["seq"] for e in after["events"]] == [34, 35]
+
+
+def test_exposure_and_sla_come_from_the_projection(app: TestClient, api: GatewayClient) -> None:
+    p = projection(app)
+    _fill_history(p)
+    p.reports.add(
+        health(
+            "node1",
+            Role.PRIMARY,
+            writable=True,
+            replicas=(ReplicaState(name="node2", state="streaming", sync_state="sync"),),
+        )
+    )
+    p.reports.add(
+        health("node2", Role.STANDBY, wal_receiver="streaming", lag_bytes=4096, lag_seconds=0.2)
+    )
+    wal = WalStatus(cluster="main", source=FAILOVER, state=WalState.STREAMING, lag_seconds=3.0)
+    p.apply(Stored("heartbeats", 1, wal.subject(), wal))
+    e = api.exposure("main")
+    assert (e.primary, e.synchronous_mode, e.rpo_bytes) == ("node1", True, 0)
+    assert e.standbys[0].node == "node2"
+    assert e.standbys[0].lag_bytes == 4096
+    assert e.wal_archive_lag_seconds == 3.0
+    assert (e.last_backup_id, e.last_verified_backup_id, e.restore_seconds) == ("b1", "b1", 12.5)
+
+    s = api.sla("main", days=30)
+    assert [(f.kind, f.new_primary) for f in s.failovers] == [("automatic", "node2")]
+    assert s.downtime_seconds >= 4.0
+    assert 0.99 < s.availability < 1
+    assert (s.backups_completed, s.backups_failed, s.backup_success_rate) == (1, 1, 0.5)
+    assert s.verification_success_rate == 1.0
+
+
+def test_pause_shows_in_status_and_metrics(app: TestClient, api: GatewayClient) -> None:
+    p = projection(app)
+    from lifeboat.common.events import MaintenanceState
+
+    p.set_maintenance("main", MaintenanceState(cluster="main", paused=True, reason="kernel"))
+    status = api.cluster("main")
+    assert status.paused is True
+    assert status.maintenance is not None
+    assert [c.paused for c in api.clusters()] == [True]
+    p.reports.add(health("node1", Role.PRIMARY, writable=True))
+    text = app.get("/metrics").text
+    assert 'lifeboat_cluster_paused{cluster="main"} 1.0' in text
+    assert 'lifeboat_node_up{cluster="main",node="node1"} 1.0' in text
+    assert 'lifeboat_node_role{cluster="main",node="node1",role="primary"} 1.0' in text
+    assert "lifeboat_http_request_duration_seconds_bucket" in text
+    for name in ("lifeboat_service_info", "lifeboat_event_consumer_lag_seconds"):
+        assert name in text
+    _fill_history(p)
+    text = app.get("/metrics").text
+    for name in NAMES:
+        if name not in ("lifeboat_wal_archive_lag_seconds", "lifeboat_wal_archive_lag_bytes"):
+            if name in ("lifeboat_filesync_last_sync_age_seconds", "lifeboat_fences_total"):
+                continue
+            assert name in text, name
+
+
+def test_subjects_match_like_nats_and_pick_their_stream() -> None:
+    assert subject_matches(">", "node.health.main.node1")
+    assert subject_matches("node.health.*.node1", "node.health.main.node1")
+    assert not subject_matches("node.health.*", "node.health.main.node1")
+    assert subject_matches("node.health.>", "node.health.main.node1")
+    assert not subject_matches("node.health.main.>", "node.health.main")
+    assert stream_of("node.health.>") == "heartbeats"
+    assert stream_of("wal.status.main") == "heartbeats"
+    assert stream_of("failover.>") == "events"
+    assert stream_of(">") == "events"
 
 
 def test_events_are_decoded_into_their_models() -> None:
@@ -255,43 +468,50 @@ def test_events_are_decoded_into_their_models() -> None:
         cluster="main", node="node1", source=FAILOVER, method="pg_rewind", upstream="node2"
     )
     decoded = decode_event(event.model_dump_json().encode())
-    assert isinstance(decoded, NodeRejoined)
     assert decoded == event
     for bad in (b"not json", b"[]", b'{"type": "no.such"}', b'{"type": "node.rejoined"}'):
         with pytest.raises(UndecodableEventError):
             decode_event(bad)
 
 
-def _run(
-    handler: Callable[[argparse.Namespace, GatewayClient], int],
-    body: OperationDone | OperationRefused | OperationPending,
-    **args: object,
-) -> int:
-    return handler(argparse.Namespace(**args), _answered(body))
-
-
-def test_cli_operations_print_the_answer_and_exit_by_outcome(
-    capsys: pytest.CaptureFixture[str],
+def test_cli_settings_read_the_token_from_env_file_or_the_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    refusal = FailoverFailed(
-        cluster="main", source=FAILOVER, kind=FailoverKind.MANUAL, reason="no candidate"
-    )
-    common = {"cluster": "main", "target": None, "reason": "x", "requested_by": "me"}
-    assert _run(cli._operate, result(refusal, uuid4()), command="failover", **common) == 1
-    assert json.loads(capsys.readouterr().out)["reason"] == "no candidate"
-    assert _run(cli._operate, result(None, uuid4()), command="switchover", **common) == 0
-    assert json.loads(capsys.readouterr().out)["status"] == "pending"
+    monkeypatch.chdir(tmp_path)
+    for var in ("LIFEBOAT_TOKEN", "LIFEBOAT_TOKEN_FILE", "LIFEBOAT_STACK_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LIFEBOAT_CLI_CONFIG", str(tmp_path / "none.toml"))
+    assert CliSettings().resolve_token() is None
+    stack = tmp_path / ".lifeboat" / "secrets"
+    stack.mkdir(parents=True)
+    (stack / "lifeboat_token").write_text("from-the-stack\n")
+    assert CliSettings().resolve_token() == "from-the-stack"
+    (tmp_path / "t").write_text("from-a-file")
+    monkeypatch.setenv("LIFEBOAT_TOKEN_FILE", str(tmp_path / "t"))
+    assert CliSettings().resolve_token() == "from-a-file"
+    monkeypatch.setenv("LIFEBOAT_TOKEN", "from-env")
+    assert CliSettings().resolve_token() == "from-env"
+    config = tmp_path / "cli.toml"
+    config.write_text('gateway_url = "http://gw.example:9000"\n')
+    monkeypatch.setenv("LIFEBOAT_CLI_CONFIG", str(config))
+    assert CliSettings().gateway_url == "http://gw.example:9000"
+    monkeypatch.setenv("LIFEBOAT_GATEWAY_URL", "http://env:1")
+    assert CliSettings().gateway_url == "http://env:1"
 
 
-def test_cli_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LIFEBOAT_GATEWAY_URL", "http://gw.example:9000")
-    monkeypatch.setenv("LIFEBOAT_REQUESTED_BY", "oncall")
-    settings = CliSettings()
-    assert (settings.gateway_url, settings.requested_by) == ("http://gw.example:9000", "oncall")
-    args = cli.parser(settings).parse_args(["status"])
-    assert args.gateway == "http://gw.example:9000"
-    monkeypatch.delenv("LIFEBOAT_REQUESTED_BY")
-    assert CliSettings().requested_by  # the login name, or "cli"
+def test_the_admin_token_file_is_created_once_and_grants_admin(tmp_path: Path) -> None:
+    path = tmp_path / "secrets" / "lifeboat_token"
+    clusters = tmp_path / "clusters.yaml"
+    clusters.write_text(dump_clusters(ClustersFile(clusters=(SPEC,))))
+    book = TokenBook.from_settings(GatewaySettings(clusters_file=clusters, admin_token_file=path))
+    token = path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600
+    principal = book.check(token)
+    assert principal is not None
+    assert principal.role is TokenRole.ADMIN
+    again = TokenBook.from_settings(GatewaySettings(clusters_file=clusters, admin_token_file=path))
+    assert path.read_text() == token
+    assert again.check(token) is not None
 
 
 def test_the_gateway_neither_imports_the_dev_stack_nor_reads_the_environment() -> None:
@@ -300,30 +520,3 @@ def test_the_gateway_neither_imports_the_dev_stack_nor_reads_the_environment() -
         assert "lifeboat.devstack" not in text, path
         assert "os.environ" not in text, path
         assert "getenv" not in text, path
-
-
-def test_cli_cluster_and_history_print_one_line_each(
-    app: TestClient,
-    api: GatewayClient,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    gateway(app).reports.add(health("node1", Role.PRIMARY, writable=True, lag_bytes=0))
-    assert cli._cluster(argparse.Namespace(cluster="main", json=False), api) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "main: primary node1 (epoch 4), synchronous: node2"
-    assert lines[1].split() == ["node1", "primary", "writable", "lag", "0"]
-    assert lines[2].split() == ["node2", "unreachable", "lag", "-"]
-
-    refusal = FailoverFailed(
-        cluster="main", source=FAILOVER, kind=FailoverKind.MANUAL, reason="no candidate"
-    )
-
-    async def history(js: object, cluster: str, limit: int) -> list[FailoverFailed]:
-        return [refusal][:limit]
-
-    monkeypatch.setattr("lifeboat.gateway.routes.history.read_history", history)
-    monkeypatch.setattr(Gateway, "js", property(lambda self: None))  # no NATS here
-    assert cli._history(argparse.Namespace(cluster="main", limit=5), api) == 0
-    stamp = refusal.model_dump(mode="json")["occurred_at"]
-    assert capsys.readouterr().out.split() == [stamp, "failover.failed", "no", "candidate"]

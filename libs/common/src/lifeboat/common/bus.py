@@ -12,6 +12,7 @@ acknowledged: a bad message never crashes a consumer nor blocks the ones behind 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -42,8 +43,10 @@ EVENTS_STREAM = JStream(STREAM_NAME, declare=False)
 
 
 def make_broker(nats_url: str, client_name: str, *, graceful_timeout: float = 5.0) -> NatsBroker:
+    """A broker of `nats_url`: one server, or a cluster's servers separated by commas (the
+    client moves to another one when its server goes)."""
     return NatsBroker(
-        nats_url,
+        [url.strip() for url in nats_url.split(",") if url.strip()],
         name=client_name,
         # A service outlives NATS restarts: it keeps reconnecting instead of giving up.
         max_reconnect_attempts=-1,
@@ -59,7 +62,11 @@ def make_broker(nats_url: str, client_name: str, *, graceful_timeout: float = 5.
 
 
 def stream_config(
-    *, max_age_seconds: float, max_bytes: int, duplicate_window_seconds: float
+    *,
+    max_age_seconds: float,
+    max_bytes: int,
+    duplicate_window_seconds: float,
+    replicas: int = 1,
 ) -> StreamConfig:
     """The history: failovers, fences, backups, restores, file sync; never heartbeats."""
     return StreamConfig(
@@ -72,10 +79,13 @@ def stream_config(
         max_age=max_age_seconds,
         max_bytes=max_bytes,
         duplicate_window=duplicate_window_seconds,
+        num_replicas=replicas,
     )
 
 
-def heartbeat_stream_config(*, max_age_seconds: float, max_bytes: int) -> StreamConfig:
+def heartbeat_stream_config(
+    *, max_age_seconds: float, max_bytes: int, replicas: int = 1
+) -> StreamConfig:
     """node.health and wal.archived: what live readers need, dropped oldest first."""
     return StreamConfig(
         name=HEARTBEAT_STREAM_NAME,
@@ -87,6 +97,7 @@ def heartbeat_stream_config(*, max_age_seconds: float, max_bytes: int) -> Stream
         max_age=max_age_seconds,
         max_bytes=max_bytes,
         duplicate_window=min(120.0, max_age_seconds),
+        num_replicas=replicas,
     )
 
 
@@ -94,6 +105,18 @@ async def ensure_streams(js: JetStreamContext, *configs: StreamConfig) -> list[S
     """Bring every stream to its config, in order: the history first, as an older history
     stream captured `node.>` and must let go of `node.health` before the other takes it."""
     return [await ensure_stream(js, config) for config in configs]
+
+
+async def wait_for_leader(js: JetStreamContext, stream: str, timeout: float = 15.0) -> None:
+    """Until a replicated stream has elected its leader: a publish before that finds no
+    responder. A single server's stream has no cluster info and is ready at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        info = await js.stream_info(stream)
+        if info.cluster is None or info.cluster.leader or loop.time() > deadline:
+            return
+        await asyncio.sleep(0.1)
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:

@@ -56,6 +56,30 @@ async def open_bucket(js: JetStreamContext, bucket: str, *, history: int = 1) ->
         )
 
 
+async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> list[str]:
+    """Create the topology and lease buckets, or bring them to `replicas` copies.
+
+    On a JetStream cluster the buckets that decide leadership must be replicated (R3): a
+    write is acknowledged only once a majority of servers holds it, so losing one server
+    neither loses nor rolls back a lease, an epoch or a topology. Returns their streams.
+    """
+    for bucket in (TOPOLOGY_BUCKET, LEASE_BUCKET):
+        config = KeyValueConfig(
+            bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas
+        )
+        try:
+            kv = await js.key_value(bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(config)
+            continue
+        status = await kv.status()
+        if status.stream_info.config.num_replicas != replicas:
+            stream = status.stream_info.config
+            stream.num_replicas = replicas
+            await js.update_stream(stream)
+    return [f"KV_{bucket}" for bucket in (TOPOLOGY_BUCKET, LEASE_BUCKET)]
+
+
 async def _get(kv: KeyValue, key: str, model: type[M]) -> Versioned[M] | None:
     try:
         entry = await kv.get(key)

@@ -34,6 +34,7 @@ from lifeboat.common.bus import (
     heartbeat_stream_config,
     make_broker,
     stream_config,
+    wait_for_leader,
 )
 from lifeboat.common.events import Source
 from lifeboat.common.health import (
@@ -47,8 +48,11 @@ from lifeboat.common.health import (
     Status,
     component,
 )
+from lifeboat.common.kv import ensure_buckets
 from lifeboat.common.log import configure_logging
+from lifeboat.common.metrics import CONTENT_TYPE, ServiceMetrics
 from lifeboat.common.settings import ServiceSettings
+from lifeboat.common.subjects import HEARTBEAT_STREAM_NAME, STREAM_NAME
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,7 @@ class ServiceRuntime:
             reset_timeout=settings.breaker_reset_seconds,
         )
         self.health = HealthRegistry(service, settings.instance_id)
+        self.metrics = ServiceMetrics(service, settings.instance_id, self.breakers)
         self.health.add("nats", self.check_nats)
         self._ready = False
 
@@ -94,17 +99,24 @@ class ServiceRuntime:
             with attempt:
                 await self.broker.connect()
         s = self.settings
+        js = self.broker.config.connection_state.stream
         await ensure_streams(
-            self.broker.config.connection_state.stream,
+            js,
             stream_config(
                 max_age_seconds=s.events_max_age_seconds,
                 max_bytes=s.events_max_bytes,
                 duplicate_window_seconds=s.events_duplicate_window_seconds,
+                replicas=s.nats_replicas,
             ),
             heartbeat_stream_config(
-                max_age_seconds=s.heartbeats_max_age_seconds, max_bytes=s.heartbeats_max_bytes
+                max_age_seconds=s.heartbeats_max_age_seconds,
+                max_bytes=s.heartbeats_max_bytes,
+                replicas=s.nats_replicas,
             ),
         )
+        streams = await ensure_buckets(js, replicas=s.nats_replicas)
+        for stream in (STREAM_NAME, HEARTBEAT_STREAM_NAME, *streams):
+            await wait_for_leader(js, stream)
         self.broker.context.set_global("lifeboat_source", self.source)
         log.info("connected to NATS at %s", s.safe_nats_url())
 
@@ -193,7 +205,13 @@ class ServiceRuntime:
         async def breakers(scope: object) -> AsgiResponse:
             return JSONResponse((await self.breaker_report()).model_dump(mode="json"))
 
+        @get(include_in_schema=False)
+        async def metrics(scope: object) -> AsgiResponse:
+            body = await self.metrics.render()
+            return AsgiResponse(body, 200, headers={"content-type": CONTENT_TYPE})
+
         return [
+            ("/metrics", metrics),
             ("/health/live", live),
             ("/health/ready", ready),
             ("/health/circuit-breakers", breakers),

@@ -31,7 +31,10 @@ class ServiceSettings(BaseSettings):
     )
 
     nats_url: str = "nats://127.0.0.1:4222"
-    """NATS server (credentials in the URL are redacted in logs)."""
+    """NATS server, or a cluster's servers separated by commas (credentials are redacted)."""
+    nats_replicas: PositiveInt = 1
+    """Copies of every stream and KV bucket: 3 on a 3-server cluster, so that losing one
+    server loses no event and no lease; 1 on a single server."""
     instance_id: str = Field(default_factory=default_instance_id, min_length=1)
     """This instance, on every event and log line; `<hostname>-<pid>` by default."""
     http_host: str = "127.0.0.1"

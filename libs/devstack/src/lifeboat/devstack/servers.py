@@ -26,35 +26,55 @@ HOST = "127.0.0.1"
 class NatsPorts:
     client: int = 4222
     monitor: int = 8222
+    cluster: int | None = None  # the route port, for a server in a cluster
 
 
 class NatsServer:
+    """One nats-server with JetStream, from a config file of its own.
+
+    `sync_always` fsyncs every JetStream write before acknowledging it (nats-server's default
+    is every two minutes): a lease or topology write that was acknowledged survives a crash
+    of the machine. Throwaway test servers may do without.
+    """
+
     def __init__(
         self,
         data_dir: Path,
         ports: NatsPorts,
         *,
+        name: str = "lifeboat-local",
+        cluster: str | None = None,
+        routes: tuple[int, ...] = (),
+        sync_always: bool = True,
         log_file: Path | None = None,
         on_line: LineSink | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.ports = ports
+        self.name = name
+        self.config_file = data_dir.parent / f"{data_dir.name}.conf"
+        lines = [
+            f'server_name: "{name}"',
+            f'listen: "{HOST}:{ports.client}"',
+            f'http: "{HOST}:{ports.monitor}"',
+            "jetstream {",
+            f'  store_dir: "{data_dir}"',
+            *(["  sync_interval: always"] if sync_always else []),
+            "}",
+        ]
+        if cluster is not None and ports.cluster is not None:
+            route_list = ", ".join(f'"nats-route://{HOST}:{r}"' for r in routes)
+            lines += [
+                "cluster {",
+                f'  name: "{cluster}"',
+                f'  listen: "{HOST}:{ports.cluster}"',
+                f"  routes: [{route_list}]",
+                "}",
+            ]
+        self._config = "\n".join(lines) + "\n"
         self.process = ManagedProcess(
-            "nats",
-            [
-                find_binary("nats-server"),
-                "--jetstream",
-                "--store_dir",
-                str(data_dir),
-                "--addr",
-                HOST,
-                "--port",
-                str(ports.client),
-                "--http_port",
-                str(ports.monitor),
-                "--server_name",
-                "lifeboat-local",
-            ],
+            name if cluster else "nats",
+            [find_binary("nats-server"), "--config", str(self.config_file)],
             log_file=log_file,
             on_line=on_line,
         )
@@ -64,19 +84,29 @@ class NatsServer:
         return f"nats://{HOST}:{self.ports.client}"
 
     def _healthy(self) -> bool:
+        # In a cluster JetStream is usable only once the servers have a meta leader, which
+        # the full check waits for; a single server needs JetStream enabled, no more.
+        query = "" if self.ports.cluster is not None else "?js-enabled-only=true"
         try:
-            url = f"http://{HOST}:{self.ports.monitor}/healthz?js-enabled-only=true"
+            url = f"http://{HOST}:{self.ports.monitor}/healthz{query}"
             with urllib.request.urlopen(url, timeout=1) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
 
-    def start(self, timeout: float = 30) -> None:
+    def launch(self) -> None:
+        """Start the process without waiting for it to be healthy (a cluster's servers are
+        healthy only once a majority of them runs)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self._config)
         self.process.start()
-        wait_until(
-            lambda: self._check_alive() and self._healthy(), timeout=timeout, what="nats-server"
-        )
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        wait_until(lambda: self._check_alive() and self._healthy(), timeout=timeout, what=self.name)
+
+    def start(self, timeout: float = 30) -> None:
+        self.launch()
+        self.wait_healthy(timeout)
 
     def _check_alive(self) -> bool:
         if not self.process.alive():
@@ -85,6 +115,54 @@ class NatsServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+class NatsCluster:
+    """A JetStream cluster of `len(ports)` servers on this host, routed to one another.
+
+    With three servers and replicated (R3) streams and buckets, any one server can die or
+    restart without losing an event, a lease or an epoch.
+    """
+
+    def __init__(
+        self,
+        base_dir: Path,
+        ports: list[NatsPorts],
+        *,
+        name: str = "lifeboat",
+        sync_always: bool = True,
+        log_dir: Path | None = None,
+        on_line: LineSink | None = None,
+    ) -> None:
+        routes = tuple(p.cluster for p in ports if p.cluster is not None)
+        self.servers = [
+            NatsServer(
+                base_dir / f"nats-{i + 1}",
+                p,
+                name=f"nats-{i + 1}",
+                cluster=name,
+                routes=routes,
+                sync_always=sync_always,
+                log_file=None if log_dir is None else log_dir / f"nats-{i + 1}.log",
+                on_line=on_line,
+            )
+            for i, p in enumerate(ports)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every server's URL, comma-separated, as LIFEBOAT_NATS_URL takes them."""
+        return ",".join(s.url for s in self.servers)
+
+    def start(self, timeout: float = 60) -> None:
+        for server in self.servers:
+            server.launch()
+        for server in self.servers:
+            server.wait_healthy(timeout)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,12 @@ class StackSettings(BaseSettings):
     """NATS client port."""
     nats_monitor_port: int = Field(default=8222, ge=1024, le=65535)
     """NATS monitoring port."""
+    nats_servers: int = Field(default=3, ge=1, le=5)
+    """NATS servers: 3 form a JetStream cluster with every stream and KV bucket replicated
+    (R3), so one can die without losing an event or a lease; 1 is the smallest setup and
+    gives that up. Server N listens on each NATS port + N - 1."""
+    nats_cluster_port: int = Field(default=6222, ge=1024, le=65535)
+    """Route port of the first NATS server of the cluster."""
     s3_port: int = Field(default=8333, ge=1024, le=22767)
     """S3 (SeaweedFS) port; SeaweedFS also uses each S3 port + 10000 for gRPC."""
     s3_master_port: int = Field(default=9333, ge=1024, le=22767)
@@ -75,7 +81,11 @@ class StackSettings(BaseSettings):
 
     def all_ports(self) -> dict[str, int]:
         ports = {f"postgres node{i + 1}": p for i, p in enumerate(self.pg_ports)}
-        ports |= {"nats": self.nats_port, "nats monitoring": self.nats_monitor_port}
+        for i in range(self.nats_servers):
+            ports |= {f"nats {i + 1}": self.nats_port + i}
+            ports |= {f"nats {i + 1} monitoring": self.nats_monitor_port + i}
+            if self.nats_servers > 1:
+                ports |= {f"nats {i + 1} routes": self.nats_cluster_port + i}
         for name, port in (
             ("s3", self.s3_port),
             ("s3 master", self.s3_master_port),

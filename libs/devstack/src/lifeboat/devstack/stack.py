@@ -27,7 +27,14 @@ from pydantic import SecretStr
 from lifeboat.common.clusters import ClustersFile, ClusterSpec, dump_clusters
 from lifeboat.devstack.postgres import Passwords, PgCluster
 from lifeboat.devstack.procs import ManagedProcess, kill_pid, port_is_free
-from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Ports, SeaweedS3
+from lifeboat.devstack.servers import (
+    NatsCluster,
+    NatsPorts,
+    NatsServer,
+    S3Credentials,
+    S3Ports,
+    SeaweedS3,
+)
 from lifeboat.devstack.settings import StackSettings
 from lifeboat.pg.binaries import PostgresNotFoundError
 from lifeboat.pg.osuser import OsUser
@@ -107,7 +114,7 @@ class Stack:
         self.pids_file = self.dir / "children.json"
         self._stop = threading.Event()
         self.services: list[Service] = []
-        self.nats: NatsServer | None = None
+        self.nats: NatsServer | NatsCluster | None = None
         self.s3: SeaweedS3 | None = None
         self.pg: PgCluster | None = None
 
@@ -142,12 +149,7 @@ class Stack:
             replication=read_or_create_secret(self.secrets_dir / "pg_replication_password"),
         )
 
-        say("stack", f"starting NATS JetStream on 127.0.0.1:{s.nats_port}")
-        self.nats = NatsServer(
-            self.dir / "nats",
-            NatsPorts(s.nats_port, s.nats_monitor_port),
-            on_line=lambda line: say("nats", line),
-        )
+        self.nats = self._nats()
         self.nats.start()
         self._record_children()
 
@@ -197,6 +199,32 @@ class Stack:
         self._record_children()
         self._wait_ready()
 
+    def _nats(self) -> NatsServer | NatsCluster:
+        s = self.settings
+        if s.nats_servers == 1:
+            say("stack", f"starting NATS JetStream on 127.0.0.1:{s.nats_port} (one server)")
+            return NatsServer(
+                self.dir / "nats",
+                NatsPorts(s.nats_port, s.nats_monitor_port),
+                on_line=lambda line: say("nats", line),
+            )
+        last = s.nats_port + s.nats_servers - 1
+        say(
+            "stack",
+            f"starting a {s.nats_servers}-server NATS JetStream cluster on 127.0.0.1:"
+            f"{s.nats_port}-{last}",
+        )
+        ports = [
+            NatsPorts(s.nats_port + i, s.nats_monitor_port + i, s.nats_cluster_port + i)
+            for i in range(s.nats_servers)
+        ]
+        return NatsCluster(self.dir, ports, on_line=lambda line: say("nats", line))
+
+    def _nats_servers(self) -> list[NatsServer]:
+        if isinstance(self.nats, NatsCluster):
+            return self.nats.servers
+        return [] if self.nats is None else [self.nats]
+
     def _pg_home(self, os_user: OsUser) -> Path:
         """Where the data directories go: `<stack>/pg`, unless PostgreSQL's user cannot reach
         it (a clone in root's 0700 home): then a folder of this stack's own under
@@ -240,7 +268,8 @@ class Stack:
         urls = {n: f"http://127.0.0.1:{p}" for n, p in s.service_ports.items() if n != "gateway"}
         return {
             **os.environ,
-            "LIFEBOAT_NATS_URL": f"nats://127.0.0.1:{s.nats_port}",
+            "LIFEBOAT_NATS_URL": self.nats.url if self.nats else "",
+            "LIFEBOAT_NATS_REPLICAS": str(min(3, s.nats_servers)),
             "LIFEBOAT_CLUSTERS_FILE": str(clusters_file),
             "LIFEBOAT_PG_PASSWORD_FILE": str(self.secrets_dir / "pg_password"),
             "LIFEBOAT_S3_ENDPOINT_URL": f"http://127.0.0.1:{s.s3_port}",
@@ -310,7 +339,8 @@ class Stack:
             "Lifeboat is up.",
             f"  gateway     {gateway}  (try: curl -s {gateway}/health)",
             f"  NATS        nats://127.0.0.1:{s.nats_port}  "
-            "(nats sub 'node.>'; nats stream view LIFEBOAT_EVENTS)",
+            + (f"({s.nats_servers} servers, R3) " if s.nats_servers > 1 else "")
+            + "(nats sub 'failover.>'; nats stream view LIFEBOAT_EVENTS)",
             f"  S3          {self.s3.endpoint_url}  access key {creds.access_key_id}, "
             f"secret in {self.secrets_dir / 's3_secret_access_key'}",
             f"  PostgreSQL  {spec.client_dsn(user=spec.user, passfile=passfile)}",
@@ -340,13 +370,15 @@ class Stack:
                 svc.process.start()
                 self._record_children()
                 say("stack", f"restarted {svc.name} (restart #{svc.restarts})")
-            for name, proc in (("nats", self.nats), ("s3", self.s3)):
-                if proc is not None and not proc.process.alive() and name not in reported_down:
+            servers = [(n.name, n.process) for n in self._nats_servers()]
+            servers += [("s3", self.s3.process)] if self.s3 is not None else []
+            for name, process in servers:
+                if not process.alive() and name not in reported_down:
                     reported_down.add(name)
                     say(
                         "stack",
-                        f"!!! {name} exited with code {proc.process.exit_code()}; "
-                        "the services will report it unhealthy",
+                        f"!!! {name} exited with code {process.exit_code()}; "
+                        "the services will report what that costs",
                     )
             assert self.pg is not None
             for node in self.pg.nodes:
@@ -382,7 +414,8 @@ class Stack:
 
     def _processes(self) -> list[ManagedProcess]:
         procs = [s.process for s in self.services]
-        procs += [srv.process for srv in (self.nats, self.s3) if srv is not None]
+        procs += [srv.process for srv in self._nats_servers()]
+        procs += [self.s3.process] if self.s3 is not None else []
         return procs
 
     def _reap_leftovers(self) -> None:

@@ -27,12 +27,21 @@ from lifeboat.common.clusters import ClustersFile, ClusterSpec, dump_clusters
 from lifeboat.devstack.launch import ServiceProcess, launch, module_argv, service_env
 from lifeboat.devstack.postgres import HOST, Passwords, PgCluster
 from lifeboat.devstack.procs import ManagedProcess, free_port, kill_pid, wait_until
-from lifeboat.devstack.servers import NatsPorts, NatsServer
+from lifeboat.devstack.servers import NatsCluster, NatsPorts, NatsServer
 
 
 def nats_on_free_ports(data_dir: Path, *, log_file: Path | None = None) -> NatsServer:
-    """A NATS server with JetStream in `data_dir` on free ports (not started)."""
-    return NatsServer(data_dir, NatsPorts(free_port(), free_port()), log_file=log_file)
+    """A NATS server with JetStream in `data_dir` on free ports (not started); it is thrown
+    away, so it does not fsync every write."""
+    return NatsServer(
+        data_dir, NatsPorts(free_port(), free_port()), sync_always=False, log_file=log_file
+    )
+
+
+def nats_cluster_on_free_ports(base_dir: Path, size: int = 3) -> NatsCluster:
+    """A JetStream cluster of `size` servers in `base_dir` on free ports (not started)."""
+    ports = [NatsPorts(free_port(), free_port(), free_port()) for _ in range(size)]
+    return NatsCluster(base_dir, ports, sync_always=False, log_dir=base_dir)
 
 
 def pg_on_free_ports(base_dir: Path, nodes: int = 3) -> PgCluster:
@@ -172,6 +181,7 @@ def local_ha(
 _STACK_PORTS = (
     "LIFEBOAT_NATS_PORT",
     "LIFEBOAT_NATS_MONITOR_PORT",
+    "LIFEBOAT_NATS_CLUSTER_PORT",
     "LIFEBOAT_GATEWAY_PORT",
     "LIFEBOAT_MONITOR_PORT",
     "LIFEBOAT_FAILOVER_PORT",

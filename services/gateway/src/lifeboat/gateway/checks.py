@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import httpx
 
 from lifeboat.common.breakers import Breakers
@@ -10,6 +12,7 @@ from lifeboat.common.events import Role
 from lifeboat.common.health import Check, ComponentHealth, Status, component
 from lifeboat.common.redact import redact
 from lifeboat.common.settings import ServiceSettings
+from lifeboat.gateway.projection import Projection
 from lifeboat.pg.probe import ProbeError, probe_role
 
 
@@ -58,5 +61,44 @@ def service_check(name: str, base_url: str, timeout: float, breakers: Breakers) 
         if resp.status_code == 200:
             return component(key, Status.HEALTHY, "ready")
         return component(key, Status.UNHEALTHY, redact(f"not ready ({resp.status_code})"))
+
+    return check
+
+
+def instances_check(projection: Projection, services: list[str], within: float = 60.0) -> Check:
+    """Every running instance of every service, as seen on the bus (their events' source)
+    within `within` seconds: the monitors' heartbeats, the failover service's decisions, ..."""
+
+    async def check() -> ComponentHealth:
+        now = datetime.now(UTC)
+        recent: dict[str, list[str]] = {}
+        for (service, instance), at in projection.instances.items():
+            if (now - at).total_seconds() <= within:
+                recent.setdefault(service, []).append(instance)
+        details: dict[str, str | int | float | bool | None] = {
+            s: ", ".join(sorted(i)) for s, i in sorted(recent.items())
+        }
+        names = ", ".join(f"{s} x{len(i)}" for s, i in sorted(recent.items()))
+        status = (
+            Status.HEALTHY if "monitor" in recent or "monitor" not in services else Status.DEGRADED
+        )
+        message = f"seen on the bus in the last {within:.0f}s: {names or 'nobody'}"
+        return component("instances", status, message, **details)
+
+    return check
+
+
+def projection_check(projection: Projection) -> Check:
+    async def check() -> ComponentHealth:
+        if not projection.caught_up.is_set():
+            return component("projection", Status.DEGRADED, "replaying the history")
+        return component(
+            "projection",
+            Status.HEALTHY,
+            f"current: {projection.applied['events']} events, "
+            f"{len(projection.heartbeats)} heartbeats held",
+            events=projection.applied["events"],
+            lag_seconds=round(projection.lag_seconds["heartbeats"], 3),
+        )
 
     return check

@@ -1,6 +1,6 @@
 """A typed client of the gateway's REST API: every call returns the models in `schemas.py`.
 
-    with GatewayClient("http://127.0.0.1:8000") as gw:
+    with GatewayClient("http://127.0.0.1:8000", token="...") as gw:
         report = gw.health()                  # HealthReport, healthy or not
         status = gw.cluster("main")           # ClusterStatus
         result = gw.operate("switchover", "main", reason="patching", target="node2")
@@ -8,60 +8,84 @@
             print(result.reason)
 
 Answers the API gives on purpose (a 503 health report, a 503 role check, a 202 or 409
-operation) are returned as their models; anything else it refuses (404 unknown cluster or node,
-422 invalid request) raises `GatewayError` with the body. Transport failures raise httpx's
-`httpx.HTTPError` as they are.
+operation) are returned as their models; anything else it refuses (401, 403, 404, 422: RFC 9457
+problems) raises `GatewayError` with the problem. Transport failures raise httpx's
+`httpx.HTTPError` as they are. Without a `token`, the CLI's (`LIFEBOAT_TOKEN`,
+`LIFEBOAT_TOKEN_FILE`, the local stack's) is used when there is one.
+
+`operate()` and `rejoin()` follow the operation to its end (`submit()` and `operation()` do
+it step by step): a command answers 202 with an operation id, then `GET /operations/{id}
+?wait=...` long-polls until it is done.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Literal, TypeVar
+from uuid import UUID
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from lifeboat.gateway.schemas import (
-    OPERATION_STATUS,
+    AllBreakers,
     BreakerReport,
     ClusterStatus,
     ClusterSummary,
+    Exposure,
     HealthReport,
     HistoryEvent,
+    HistoryPage,
+    InstanceSeen,
     Liveness,
+    MaintenanceView,
     OperationDone,
     OperationPending,
     OperationRefused,
     OperationResult,
+    OperationView,
     PrimaryCheck,
     Readiness,
     ReplicaCheck,
+    Sla,
+    WhoAmI,
 )
 
 # The models it returns, importable from here by whoever uses the client.
 __all__ = [
+    "AllBreakers",
     "BreakerReport",
     "ClusterStatus",
     "ClusterSummary",
+    "Exposure",
     "GatewayClient",
     "GatewayError",
     "HealthReport",
     "HistoryEvent",
+    "HistoryPage",
+    "InstanceSeen",
     "Liveness",
+    "MaintenanceView",
     "OperationDone",
     "OperationPending",
     "OperationRefused",
     "OperationResult",
+    "OperationView",
     "PrimaryCheck",
     "Readiness",
     "ReplicaCheck",
+    "Sla",
+    "WhoAmI",
 ]
 
 M = TypeVar("M", bound=BaseModel)
 
 _CLUSTERS = TypeAdapter(list[ClusterSummary])
-_HISTORY = TypeAdapter(list[HistoryEvent])
-_MODEL_BY_STATUS = {code: model for model, code in OPERATION_STATUS.items()}
+_INSTANCES = TypeAdapter(list[InstanceSeen])
+_OPERATIONS = TypeAdapter(list[OperationView])
 
 
 class GatewayError(Exception):
@@ -69,9 +93,11 @@ class GatewayError(Exception):
 
     def __init__(self, status_code: int, body: Any) -> None:
         detail = body.get("detail") if isinstance(body, dict) else None
-        super().__init__(f"gateway answered {status_code}: {detail or body}")
+        title = body.get("title") if isinstance(body, dict) else None
+        super().__init__(f"{status_code} {title or 'error'}: {detail or body}")
         self.status_code = status_code
         self.body = body
+        self.detail = str(detail or body)
 
 
 class GatewayClient:
@@ -82,6 +108,7 @@ class GatewayClient:
         self,
         base_url: str,
         *,
+        token: str | None = None,
         timeout: float = 30.0,
         operation_timeout: float = 600.0,
         http: httpx.Client | None = None,
@@ -89,7 +116,13 @@ class GatewayClient:
         """`http`: an httpx client of one's own (e.g. FastAPI's TestClient) instead."""
         self.base_url = base_url.rstrip("/")
         self.operation_timeout = operation_timeout
+        if token is None:
+            from lifeboat.gateway.settings import CliSettings
+
+            token = CliSettings().resolve_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http.headers.update(headers)
 
     def close(self) -> None:
         self._http.close()
@@ -117,8 +150,19 @@ class GatewayClient:
     def ready(self) -> Readiness:
         return self._get(Readiness, "/health/ready", ok=(200, 503))
 
-    def circuit_breakers(self) -> BreakerReport:
-        return self._get(BreakerReport, "/health/circuit-breakers")
+    def circuit_breakers(self) -> AllBreakers:
+        return self._get(AllBreakers, "/health/circuit-breakers")
+
+    def instances(self) -> list[InstanceSeen]:
+        return _INSTANCES.validate_python(self._json(self._http.get("/health/instances")))
+
+    def whoami(self) -> WhoAmI:
+        return self._get(WhoAmI, "/auth/whoami")
+
+    def metrics(self) -> str:
+        resp = self._http.get("/metrics")
+        self._json(resp, parse=False)
+        return resp.text
 
     # --- clusters -------------------------------------------------------------------------
 
@@ -136,11 +180,111 @@ class GatewayClient:
         path = f"/clusters/{cluster}/nodes/{node}/replica"
         return self._get(ReplicaCheck, path, ok=(200, 503))
 
-    def history(self, cluster: str, limit: int = 100) -> list[HistoryEvent]:
-        resp = self._http.get(f"/clusters/{cluster}/history", params={"limit": limit})
-        return _HISTORY.validate_python(self._json(resp))
+    def history(
+        self,
+        cluster: str,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+        kinds: list[str] | None = None,
+        all_kinds: bool = False,
+    ) -> HistoryPage:
+        params: dict[str, Any] = {"limit": limit, "all_kinds": all_kinds}
+        if before is not None:
+            params["before"] = before
+        if kinds:
+            params["kind"] = kinds
+        return self._get(HistoryPage, f"/clusters/{cluster}/history", params=params)
+
+    def exposure(self, cluster: str) -> Exposure:
+        return self._get(Exposure, f"/clusters/{cluster}/exposure")
+
+    def sla(self, cluster: str, days: float = 30) -> Sla:
+        return self._get(Sla, f"/clusters/{cluster}/sla", params={"days": days})
+
+    def maintenance(self, cluster: str) -> MaintenanceView:
+        return self._get(MaintenanceView, f"/clusters/{cluster}/maintenance")
+
+    def pause(self, cluster: str, reason: str = "maintenance") -> MaintenanceView:
+        resp = self._http.post(f"/clusters/{cluster}/pause", json={"reason": reason})
+        return MaintenanceView.model_validate(self._json(resp))
+
+    def resume(self, cluster: str, reason: str = "resumed") -> MaintenanceView:
+        resp = self._http.post(f"/clusters/{cluster}/resume", json={"reason": reason})
+        return MaintenanceView.model_validate(self._json(resp))
+
+    def events(
+        self, subject: str = ">", since: str | int | None = None
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Live events as (stream sequence, event), resumed after `since` if given."""
+        params: dict[str, Any] = {"subject": subject}
+        if since is not None:
+            params["since"] = str(since)
+        with self._http.stream("GET", "/events", params=params, timeout=None) as resp:
+            if resp.status_code != 200:
+                resp.read()
+                self._json(resp)
+            seq, data = 0, []
+            for line in resp.iter_lines():
+                if line.startswith("id:"):
+                    seq = int(line[3:].strip())
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    yield seq, json.loads("\n".join(data))
+                    data = []
 
     # --- operations -----------------------------------------------------------------------
+
+    def submit(
+        self,
+        operation: Literal["failover", "switchover"],
+        cluster: str,
+        *,
+        reason: str,
+        target: str | None = None,
+        wait_seconds: float | None = None,
+    ) -> OperationView | OperationRefused:
+        """Ask for it: the accepted operation (202), or its refusal (409)."""
+        body = _without_none({"target": target, "reason": reason, "wait_seconds": wait_seconds})
+        return self._command(f"/clusters/{cluster}/{operation}", body)
+
+    def submit_rejoin(
+        self, cluster: str, node: str, *, wait_seconds: float | None = None
+    ) -> OperationView | OperationRefused:
+        body = _without_none({"wait_seconds": wait_seconds})
+        return self._command(f"/clusters/{cluster}/nodes/{node}/rejoin", body)
+
+    def operation(self, operation_id: UUID | str, wait: float = 0) -> OperationView:
+        """The operation now, or once done if within `wait` seconds."""
+        return self._get(
+            OperationView,
+            f"/operations/{operation_id}",
+            params={"wait": wait},
+            timeout=wait + 30,
+        )
+
+    def operations(self, limit: int = 50) -> list[OperationView]:
+        resp = self._http.get("/operations", params={"limit": limit})
+        return _OPERATIONS.validate_python(self._json(resp))
+
+    def follow(
+        self,
+        view: OperationView,
+        *,
+        timeout: float | None = None,
+        on_update: Callable[[OperationView], None] | None = None,
+    ) -> OperationView:
+        """Long-poll `view`'s operation until it is done or `timeout` (operation_timeout)."""
+        deadline = time.monotonic() + (self.operation_timeout if timeout is None else timeout)
+        while not view.done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            view = self.operation(view.id, wait=min(30.0, left))
+            if on_update is not None:
+                on_update(view)
+        return view
 
     def operate(
         self,
@@ -149,45 +293,76 @@ class GatewayClient:
         *,
         reason: str,
         target: str | None = None,
-        requested_by: str = "api",
+        requested_by: str | None = None,
         wait_seconds: float | None = None,
     ) -> OperationResult:
         """A failover (promote `target`, or the best standby, now, fencing the primary) or a
-        switchover (hand over without losing a write): done, refused, or still pending."""
-        # The fields of `OperationRequest`; the gateway validates them (422 if invalid).
-        fields = {"reason": reason, "requested_by": requested_by, "wait_seconds": wait_seconds}
-        body = {"target": target, **_without_none(fields)}
-        return self._operate(f"/clusters/{cluster}/{operation}", body)
+        switchover (hand over without losing a write), followed to its end: done, refused,
+        or still pending after `operation_timeout`. (`requested_by` is ignored: the gateway
+        records the token's name.)"""
+        answer = self.submit(
+            operation, cluster, reason=reason, target=target, wait_seconds=wait_seconds
+        )
+        return self._result(answer)
 
     def rejoin(
         self,
         cluster: str,
         node: str,
         *,
-        requested_by: str = "api",
+        requested_by: str | None = None,
         wait_seconds: float | None = None,
     ) -> OperationResult:
-        """Turn `node` back into a standby of the primary."""
-        body = _without_none({"requested_by": requested_by, "wait_seconds": wait_seconds})
-        return self._operate(f"/clusters/{cluster}/nodes/{node}/rejoin", body)
+        """Turn `node` back into a standby of the primary, followed to its end."""
+        return self._result(self.submit_rejoin(cluster, node, wait_seconds=wait_seconds))
 
     # --- plumbing -------------------------------------------------------------------------
 
-    def _operate(self, path: str, body: dict[str, Any]) -> OperationResult:
-        resp = self._http.post(path, json=body, timeout=self.operation_timeout)
-        model = _MODEL_BY_STATUS.get(resp.status_code)
-        if model is None:
-            raise GatewayError(resp.status_code, _body(resp))
-        return model.model_validate(resp.json())
+    def _result(self, answer: OperationView | OperationRefused) -> OperationResult:
+        if isinstance(answer, OperationRefused):
+            return answer
+        return result_of(self.follow(answer))
 
-    def _get(self, model: type[M], path: str, *, ok: tuple[int, ...] = (200,)) -> M:
-        return model.model_validate(self._json(self._http.get(path), ok=ok))
+    def _command(self, path: str, body: dict[str, Any]) -> OperationView | OperationRefused:
+        resp = self._http.post(path, json=body, timeout=60)
+        if resp.status_code == 409:
+            problem = _body(resp)
+            view = OperationView.model_validate(problem["operation"])
+            refused = result_of(view)
+            if isinstance(refused, OperationRefused):
+                return refused
+        return OperationView.model_validate(self._json(resp, ok=(202,)))
+
+    def _get(
+        self,
+        model: type[M],
+        path: str,
+        *,
+        ok: tuple[int, ...] = (200,),
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> M:
+        kwargs: dict[str, Any] = {"params": params}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        return model.model_validate(self._json(self._http.get(path, **kwargs), ok=ok))
 
     @staticmethod
-    def _json(resp: httpx.Response, *, ok: tuple[int, ...] = (200,)) -> Any:
+    def _json(resp: httpx.Response, *, ok: tuple[int, ...] = (200,), parse: bool = True) -> Any:
         if resp.status_code not in ok:
             raise GatewayError(resp.status_code, _body(resp))
-        return resp.json()
+        return resp.json() if parse else None
+
+
+def result_of(view: OperationView) -> OperationResult:
+    """An operation as the old one-call answer: done, refused (or failed), or pending."""
+    if view.state == "completed" and view.outcome is not None:
+        return OperationDone.model_validate({"event": view.outcome})
+    if view.state in ("refused", "failed") and view.outcome is not None:
+        return OperationRefused.model_validate(
+            {"reason": view.outcome_reason or "refused", "event": view.outcome}
+        )
+    return OperationPending(request_id=view.id, message=f"{view.state}: follow {view.location}")
 
 
 def _without_none(fields: dict[str, Any]) -> dict[str, Any]:

@@ -1,20 +1,22 @@
 """What the routes share, as FastAPI dependencies: the gateway's state (settings, runtime,
-the book of monitor reports) and the cluster and node named in the path, or a 404."""
+the projection) and the cluster and node named in the path, or a 404 problem."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from lifeboat.common.clusters import ClusterSpec
-from lifeboat.common.kv import TopologyStore
 from lifeboat.common.reports import ReportBook
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Topology
+from lifeboat.gateway.auth import TokenBook
+from lifeboat.gateway.problems import Problem
+from lifeboat.gateway.projection import Projection
 from lifeboat.gateway.settings import GatewaySettings
 
 
@@ -24,18 +26,23 @@ class Gateway:
 
     settings: GatewaySettings
     runtime: ServiceRuntime
-    reports: ReportBook
+    projection: Projection
+    tokens: TokenBook
 
     def attach(self, app: FastAPI) -> None:
         app.state.gateway = self
+        app.state.tokens = self.tokens
+
+    @property
+    def reports(self) -> ReportBook:
+        return self.projection.reports
 
     @property
     def js(self) -> Any:  # nats.js.JetStreamContext, once connected
         return self.runtime.broker.config.connection_state.stream
 
-    async def topology(self, cluster: str) -> Topology | None:
-        found = await (await TopologyStore.open(self.js)).get(cluster)
-        return None if found is None else found.value
+    def topology(self, cluster: str) -> Topology | None:
+        return self.projection.topologies.get(cluster)
 
 
 def gateway(request: Request) -> Gateway:
@@ -52,7 +59,9 @@ def cluster_spec(cluster: str, gw: GatewayDep) -> ClusterSpec:
         return clusters.cluster(cluster)
     except KeyError:
         known = ", ".join(c.name for c in clusters.clusters)
-        raise HTTPException(404, f"no cluster named {cluster!r} (known: {known})") from None
+        raise Problem(
+            404, "Not Found", f"no cluster named {cluster!r} (known: {known})", cluster=cluster
+        ) from None
 
 
 ClusterDep = Annotated[ClusterSpec, Depends(cluster_spec)]
@@ -62,7 +71,13 @@ def require_node(spec: ClusterSpec, node: str) -> str:
     """`node` if the cluster has it, else 404 naming the known ones."""
     if node not in {n.name for n in spec.nodes}:
         known = ", ".join(n.name for n in spec.nodes)
-        raise HTTPException(404, f"cluster {spec.name} has no node {node!r} (known: {known})")
+        raise Problem(
+            404,
+            "Not Found",
+            f"cluster {spec.name} has no node {node!r} (known: {known})",
+            cluster=spec.name,
+            node=node,
+        )
     return node
 
 
@@ -74,7 +89,7 @@ def node_name(node: str, spec: ClusterDep) -> str:
 NodeDep = Annotated[str, Depends(node_name)]
 
 
-def respond(body: BaseModel, status_code: int = 200) -> JSONResponse:
-    """`body` as JSON with a status code of the endpoint's choosing (e.g. 503, 409); the
+def respond(body: BaseModel, status_code: int = 200, **headers: str) -> JSONResponse:
+    """`body` as JSON with a status code of the endpoint's choosing (e.g. 503, 202); the
     route declares each code's model in its `responses`."""
-    return JSONResponse(body.model_dump(mode="json"), status_code=status_code)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)

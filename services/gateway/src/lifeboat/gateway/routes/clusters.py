@@ -1,28 +1,23 @@
-"""`/clusters`: topology and node health, and the role checks load balancers poll."""
+"""`/clusters`: topology and node health from the projection, and the role checks load
+balancers poll (always open: HAProxy sends no token)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from lifeboat.common.events import NodeHealth, Role
+from lifeboat.gateway import views
+from lifeboat.gateway.auth import Reader
 from lifeboat.gateway.deps import ClusterDep, GatewayDep, NodeDep, respond
-from lifeboat.gateway.schemas import (
-    ClusterStatus,
-    ClusterSummary,
-    ErrorDetail,
-    NodeStatus,
-    PrimaryCheck,
-    ReplicaCheck,
-)
+from lifeboat.gateway.problems import responses
+from lifeboat.gateway.schemas import ClusterStatus, ClusterSummary, PrimaryCheck, ReplicaCheck
 
 router = APIRouter(prefix="/clusters", tags=["clusters"])
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorDetail, "description": "no such cluster or node"}
-}
+READ = responses(401, 403)
+NOT_FOUND = responses(404)
 
 
 def is_writable_primary(report: NodeHealth | None) -> bool:
@@ -38,33 +33,16 @@ def is_streaming_standby(report: NodeHealth | None) -> bool:
     )
 
 
-@router.get("")
-async def clusters(gw: GatewayDep) -> list[ClusterSummary]:
-    out = []
-    for cluster in gw.settings.clusters.clusters:
-        topo = await gw.topology(cluster.name)
-        out.append(
-            ClusterSummary(
-                name=cluster.name,
-                primary=topo.primary if topo else None,
-                epoch=topo.epoch if topo else None,
-            )
-        )
-    return out
+@router.get("", responses=READ)
+async def clusters(gw: GatewayDep, _: Reader) -> list[ClusterSummary]:
+    return [views.cluster_summary(gw.projection, c) for c in gw.settings.clusters.clusters]
 
 
-@router.get("/{cluster}", responses=NOT_FOUND)
-async def cluster_status(spec: ClusterDep, gw: GatewayDep) -> ClusterStatus:
-    """Topology (primary, epoch, synchronous standbys, operation under way) and nodes."""
-    now = datetime.now(UTC)
-    return ClusterStatus(
-        name=spec.name,
-        dsn=spec.client_dsn(),
-        topology=await gw.topology(spec.name),
-        nodes=[
-            NodeStatus.of(node, gw.reports.latest(spec.name, node.name, now)) for node in spec.nodes
-        ],
-    )
+@router.get("/{cluster}", responses={**READ, **NOT_FOUND})
+async def cluster_status(spec: ClusterDep, gw: GatewayDep, _: Reader) -> ClusterStatus:
+    """Topology (primary, epoch, synchronous standbys, operation under way), each node's
+    latest fresh report, maintenance and the last failover."""
+    return views.cluster_status(gw.projection, spec, datetime.now(UTC))
 
 
 @router.get(
@@ -74,7 +52,7 @@ async def cluster_status(spec: ClusterDep, gw: GatewayDep) -> ClusterStatus:
 )
 async def is_primary(spec: ClusterDep, node: NodeDep, gw: GatewayDep) -> JSONResponse:
     """200 when the node is the primary and takes writes, 503 otherwise (for HAProxy)."""
-    topo = await gw.topology(spec.name)
+    topo = gw.topology(spec.name)
     report = gw.reports.latest(spec.name, node, datetime.now(UTC))
     ok = topo is not None and topo.primary == node and is_writable_primary(report)
     return respond(PrimaryCheck(node=node, primary=ok), 200 if ok else 503)

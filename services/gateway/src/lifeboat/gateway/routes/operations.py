@@ -1,144 +1,137 @@
-"""Operator requests: failover, switchover, rejoin. Each publishes the request event, waits
-up to `wait_seconds` for the failover service's answer and says what came back."""
+"""Commands you can follow: failover, switchover, rejoin. Each publishes its request event
+(its id is the operation id, and travels as `correlation_id`) and answers 202 with the
+operation and its `Location`, or 409 with the failover service's reason when it refuses
+within `wait_seconds`. `GET /operations/{id}?wait=30` long-polls for the outcome."""
 
 from __future__ import annotations
 
-from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from lifeboat.common import subjects
 from lifeboat.common.events import (
-    Envelope,
-    FailoverCompleted,
-    FailoverFailed,
-    FailoverKind,
-    FailoverOutcome,
-    FailoverRefusal,
+    ClusterEvent,
     FailoverRequested,
-    NodeRejoined,
     NodeRejoinRequested,
-    SwitchoverCompleted,
-    SwitchoverFailed,
     SwitchoverRequested,
 )
-from lifeboat.gateway.deps import (
-    ClusterDep,
-    Gateway,
-    GatewayDep,
-    NodeDep,
-    require_node,
-    respond,
-)
-from lifeboat.gateway.requests import request_and_wait
-from lifeboat.gateway.schemas import (
-    OPERATION_STATUS,
-    ErrorDetail,
-    OperationDone,
-    OperationPending,
-    OperationRefused,
-    OperationRequest,
-    OperationResult,
-    RejoinRequest,
-)
+from lifeboat.gateway import views
+from lifeboat.gateway.auth import Operator, Reader
+from lifeboat.gateway.deps import ClusterDep, Gateway, GatewayDep, NodeDep, require_node, respond
+from lifeboat.gateway.problems import Problem, responses
+from lifeboat.gateway.schemas import OperationRequest, OperationView, RejoinRequest
 
-router = APIRouter(prefix="/clusters", tags=["operations"])
+router = APIRouter(tags=["operations"])
 
-RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {"model": OperationPending, "description": "no answer within wait_seconds"},
-    404: {"model": ErrorDetail, "description": "no such cluster or node"},
-    409: {"model": OperationRefused, "description": "refused or failed, with the reason"},
+COMMAND = {
+    202: {"model": OperationView, "description": "accepted: follow it at its Location"},
+    **responses(401, 403, 404, 409, 422),
 }
 
 
-def result(answer: Envelope | None, request_id: UUID) -> OperationResult:
-    """The answer (or its absence) as the endpoint's body."""
-    if answer is None:
-        return OperationPending(request_id=request_id)
-    if isinstance(answer, FailoverFailed | SwitchoverFailed):
-        return OperationRefused(reason=answer.reason, event=answer)
-    if isinstance(answer, FailoverCompleted | SwitchoverCompleted | NodeRejoined):
-        return OperationDone(event=answer)
-    raise TypeError(f"{answer.type} does not answer an operation")
+async def start(gw: Gateway, request: ClusterEvent, wait_seconds: float) -> JSONResponse:
+    """Publish `request` as a new operation; 202, or 409 if refused within `wait_seconds`."""
+    op = gw.projection.open_operation(request)
+    await gw.runtime.publisher.publish(request)
+    done = await gw.projection.wait_operation(op.id, wait_seconds) or op
+    view = views.operation_view(done)
+    if done.state == "refused":
+        raise Problem(
+            409,
+            "Conflict",
+            done.refusal_reason or "refused",
+            type_="https://lifeboat.dev/problems/refused",
+            operation=view.model_dump(mode="json"),
+            reason=done.refusal_reason,
+        )
+    return respond(view, 202, Location=view.location)
 
 
-def reply(body: OperationResult) -> JSONResponse:
-    return respond(body, OPERATION_STATUS[type(body)])
+def _ids() -> UUID:
+    return uuid4()
 
 
-async def _operate(
-    gw: Gateway, cluster: str, body: OperationRequest, *, switchover: bool
+@router.post("/clusters/{cluster}/failover", status_code=202, responses=COMMAND)
+async def failover(
+    spec: ClusterDep, body: OperationRequest, gw: GatewayDep, who: Operator
 ) -> JSONResponse:
-    model = SwitchoverRequested if switchover else FailoverRequested
-    request = model(
-        cluster=cluster,
-        source=gw.runtime.source,
-        target=body.target,
-        reason=body.reason,
-        requested_by=body.requested_by,
-    )
-    done, failed = (
-        (subjects.SWITCHOVER_COMPLETED, subjects.SWITCHOVER_FAILED)
-        if switchover
-        else (subjects.FAILOVER_COMPLETED, subjects.FAILOVER_FAILED)
-    )
-    kind = FailoverKind.SWITCHOVER if switchover else FailoverKind.MANUAL
-
-    def ours(event: Envelope) -> bool:  # not an automatic failover's outcome
-        return isinstance(event, FailoverOutcome | FailoverRefusal) and event.kind is kind
-
-    answer = await request_and_wait(
-        gw.runtime.broker.connection,
-        gw.runtime.publisher,
-        request,
-        {done: {"cluster": cluster}, failed: {"cluster": cluster}},
-        body.wait_seconds,
-        accept=ours,
-    )
-    return reply(result(answer, request.event_id))
-
-
-@router.post("/{cluster}/failover", response_model=OperationDone, responses=RESPONSES)
-async def failover(spec: ClusterDep, body: OperationRequest, gw: GatewayDep) -> JSONResponse:
     """Promote `target` (or the best standby) now, fencing the primary."""
     if body.target is not None:
         require_node(spec, body.target)
-    return await _operate(gw, spec.name, body, switchover=False)
+    op_id = _ids()
+    request = FailoverRequested(
+        event_id=op_id,
+        correlation_id=op_id,
+        cluster=spec.name,
+        source=gw.runtime.source,
+        target=body.target,
+        reason=body.reason,
+        requested_by=who.name,
+    )
+    return await start(gw, request, body.wait_seconds)
 
 
-@router.post("/{cluster}/switchover", response_model=OperationDone, responses=RESPONSES)
-async def switchover(spec: ClusterDep, body: OperationRequest, gw: GatewayDep) -> JSONResponse:
+@router.post("/clusters/{cluster}/switchover", status_code=202, responses=COMMAND)
+async def switchover(
+    spec: ClusterDep, body: OperationRequest, gw: GatewayDep, who: Operator
+) -> JSONResponse:
     """Hand the primary role over without losing a write; the old primary follows."""
     if body.target is not None:
         require_node(spec, body.target)
-    return await _operate(gw, spec.name, body, switchover=True)
+    op_id = _ids()
+    request = SwitchoverRequested(
+        event_id=op_id,
+        correlation_id=op_id,
+        cluster=spec.name,
+        source=gw.runtime.source,
+        target=body.target,
+        reason=body.reason,
+        requested_by=who.name,
+    )
+    return await start(gw, request, body.wait_seconds)
 
 
-@router.post("/{cluster}/nodes/{node}/rejoin", response_model=OperationDone, responses=RESPONSES)
+@router.post("/clusters/{cluster}/nodes/{node}/rejoin", status_code=202, responses=COMMAND)
 async def rejoin(
-    spec: ClusterDep, node: NodeDep, body: RejoinRequest, gw: GatewayDep
+    spec: ClusterDep,
+    node: NodeDep,
+    gw: GatewayDep,
+    who: Operator,
+    body: RejoinRequest | None = None,
 ) -> JSONResponse:
     """Turn a node (e.g. a fenced former primary) back into a standby of the primary."""
+    op_id = _ids()
     request = NodeRejoinRequested(
-        cluster=spec.name, node=node, source=gw.runtime.source, requested_by=body.requested_by
+        event_id=op_id,
+        correlation_id=op_id,
+        cluster=spec.name,
+        node=node,
+        source=gw.runtime.source,
+        requested_by=who.name,
     )
+    return await start(gw, request, (body or RejoinRequest()).wait_seconds)
 
-    def about_node(event: Envelope) -> bool:
-        return isinstance(event, NodeRejoined) or (
-            isinstance(event, FailoverFailed) and event.target == node
-        )
 
-    answer = await request_and_wait(
-        gw.runtime.broker.connection,
-        gw.runtime.publisher,
-        request,
-        {
-            subjects.NODE_REJOINED: {"cluster": spec.name, "node": node},
-            subjects.FAILOVER_FAILED: {"cluster": spec.name},
-        },
-        body.wait_seconds,
-        accept=about_node,
-    )
-    return reply(result(answer, request.event_id))
+@router.get("/operations/{operation_id}", responses=responses(401, 403, 404, 422))
+async def operation(
+    operation_id: UUID,
+    gw: GatewayDep,
+    _: Reader,
+    wait: float = Query(0, ge=0, le=60, description="seconds to wait for it to finish"),
+) -> OperationView:
+    """The operation's state and outcome; with `wait`, answers once it is done (or then)."""
+    if operation_id not in gw.projection.operations:
+        raise Problem(404, "Not Found", f"no operation {operation_id}")
+    op = await gw.projection.wait_operation(operation_id, wait)
+    assert op is not None
+    return views.operation_view(op)
+
+
+@router.get("/operations", responses=responses(401, 403))
+async def operations(
+    gw: GatewayDep, _: Reader, limit: int = Query(50, ge=1, le=1000)
+) -> list[OperationView]:
+    """The newest operations, newest first."""
+    ops = sorted(gw.projection.operations.values(), key=lambda o: o.requested_at, reverse=True)
+    return [views.operation_view(o) for o in ops[:limit]]

@@ -1,0 +1,459 @@
+"""The gateway's read model: what the API answers from, kept current by watching NATS.
+
+- the topology of every cluster and its maintenance state: KV watches (`lifeboat_topology`,
+  `lifeboat_maintenance`), so a failover's new primary is seen the moment it is written;
+- the history: one ordered consumer on `LIFEBOAT_EVENTS` from its first message, once at
+  start, then live; each event kept with its stream sequence, so history pages by sequence
+  (a cursor) and filters by kind and time without asking NATS anything per request;
+- heartbeats: one ordered consumer on `LIFEBOAT_HEARTBEATS` from a little before start,
+  feeding the book of monitor reports and a bounded buffer of recent heartbeats;
+- operations (failover, switchover, rejoin) from their request events and the answers that
+  carry their id as `correlation_id` (answers without one are matched to the oldest open
+  operation they can answer), so any gateway instance, or a restarted one, knows them;
+- live readers (SSE, the notifier, metrics) subscribe to what is applied.
+
+Everything is applied in one task per source on the event loop: no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
+
+from lifeboat.common import subjects
+from lifeboat.common.events import (
+    Envelope,
+    FailoverCompleted,
+    FailoverFailed,
+    FailoverKind,
+    FailoverRequested,
+    FailoverStarted,
+    MaintenanceState,
+    NodeHealth,
+    NodeRejoined,
+    NodeRejoinRequested,
+    SwitchoverCompleted,
+    SwitchoverFailed,
+    SwitchoverRequested,
+)
+from lifeboat.common.kv import TOPOLOGY_BUCKET, open_bucket
+from lifeboat.common.reports import ReportBook
+from lifeboat.common.state import Topology
+from lifeboat.gateway.decode import UndecodableEventError, decode_event
+
+log = logging.getLogger(__name__)
+
+StreamKind = Literal["events", "heartbeats"]
+OperationKind = Literal["failover", "switchover", "rejoin"]
+OperationStateName = Literal["pending", "running", "completed", "failed", "refused"]
+TERMINAL = frozenset({"completed", "failed", "refused"})
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One event as it sits in its stream."""
+
+    stream: StreamKind
+    seq: int
+    subject: str
+    event: Envelope
+
+
+@dataclass
+class Operation:
+    id: UUID
+    kind: OperationKind
+    cluster: str
+    requested_by: str
+    requested_at: datetime
+    target: str | None = None
+    reason: str = ""
+    state: OperationStateName = "pending"
+    outcome: Envelope | None = None
+    events: list[Envelope] = field(default_factory=list)
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def refusal_reason(self) -> str | None:
+        out = self.outcome
+        return out.reason if isinstance(out, FailoverFailed | SwitchoverFailed) else None
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: `*` one token, `>` the rest (at least one token)."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def stream_of(pattern: str) -> StreamKind:
+    """Which stream holds the subjects `pattern` names (heartbeat topics, or the history)."""
+    for topic in subjects.ALL_TOPICS:
+        if topic.heartbeat and (pattern.startswith(topic.name + ".") or pattern == topic.name):
+            return "heartbeats"
+    return "events"
+
+
+Listener = Callable[[Stored], None]
+
+
+class Projection:
+    def __init__(self, *, heartbeat_buffer: int = 20000, report_max_age: float = 5.0) -> None:
+        self.topologies: dict[str, Topology] = {}
+        self.topology_seen_at: dict[str, float] = {}  # monotonic, for the projection lag
+        self.maintenance: dict[str, MaintenanceState] = {}
+        self.reports = ReportBook(max_age_seconds=report_max_age)
+        self.events: list[Stored] = []  # the history, by sequence
+        self._events_seq: list[int] = []
+        self.heartbeats: deque[Stored] = deque(maxlen=heartbeat_buffer)
+        self.operations: dict[UUID, Operation] = {}
+        self.instances: dict[tuple[str, str], datetime] = {}  # (service, instance): last seen
+        self.latest: dict[tuple[str, str, str], Envelope] = {}  # (type, cluster, key): newest
+        self.lag_seconds: dict[StreamKind, float] = {"events": 0.0, "heartbeats": 0.0}
+        self.applied: dict[StreamKind, int] = {"events": 0, "heartbeats": 0}
+        self.caught_up = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._op_changed = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subs: list[Any] = []
+        self._watchers: list[Any] = []
+
+    # --- feeding ----------------------------------------------------------------------------
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` with every event applied from now on; returns the unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def apply(self, stored: Stored) -> None:
+        """Take one event in (in stream order per stream; repeats are ignored)."""
+        event = stored.event
+        if stored.stream == "events":
+            if self._events_seq and stored.seq <= self._events_seq[-1]:
+                return
+            self.events.append(stored)
+            self._events_seq.append(stored.seq)
+            self._operation(event)
+        else:
+            if self.heartbeats and stored.seq <= self.heartbeats[-1].seq:
+                return
+            self.heartbeats.append(stored)
+            if isinstance(event, NodeHealth):
+                self.reports.add(event)
+        self.applied[stored.stream] += 1
+        self.instances[(event.source.service, event.source.instance)] = event.occurred_at
+        cluster = getattr(event, "cluster", "")
+        key = getattr(event, "node", None) or getattr(event, "fileset", None) or ""
+        self.latest[(event.type, cluster, "")] = event
+        if key:
+            self.latest[(event.type, cluster, key)] = event
+        self.lag_seconds[stored.stream] = max(
+            0.0, (datetime.now(UTC) - event.occurred_at).total_seconds()
+        )
+        for listener in list(self._listeners):
+            try:
+                listener(stored)
+            except Exception:  # a broken reader must not stop the projection
+                log.exception("a projection listener failed")
+
+    def set_topology(self, cluster: str, topology: Topology | None) -> None:
+        if topology is None:
+            self.topologies.pop(cluster, None)
+        else:
+            self.topologies[cluster] = topology
+        self.topology_seen_at[cluster] = time.monotonic()
+
+    def set_maintenance(self, cluster: str, state: MaintenanceState | None) -> None:
+        if state is None:
+            self.maintenance.pop(cluster, None)
+        else:
+            self.maintenance[cluster] = state
+
+    # --- operations ---------------------------------------------------------------------------
+
+    def open_operation(self, request: Envelope) -> Operation:
+        """Record a request as an operation (its id: the correlation id, else the event's)."""
+        op_id = request.correlation_id or request.event_id
+        found = self.operations.get(op_id)
+        if found is not None:
+            return found
+        if isinstance(request, SwitchoverRequested):
+            kind: OperationKind = "switchover"
+        elif isinstance(request, FailoverRequested):
+            kind = "failover"
+        else:
+            kind = "rejoin"
+        target = getattr(request, "target", None) or getattr(request, "node", None)
+        op = Operation(
+            id=op_id,
+            kind=kind,
+            cluster=getattr(request, "cluster", ""),
+            requested_by=getattr(request, "requested_by", "unknown"),
+            requested_at=request.occurred_at,
+            target=target,
+            reason=getattr(request, "reason", ""),
+        )
+        self.operations[op_id] = op
+        return op
+
+    def _answers(self, op: Operation, event: Envelope) -> bool:
+        if op.done or getattr(event, "cluster", None) != op.cluster:
+            return False
+        if event.occurred_at < op.requested_at:
+            return False
+        if op.kind == "rejoin":
+            return (isinstance(event, NodeRejoined) and event.node == op.target) or (
+                isinstance(event, FailoverFailed) and event.target == op.target
+            )
+        if op.kind == "switchover":
+            return isinstance(event, SwitchoverCompleted | SwitchoverFailed) or (
+                isinstance(event, FailoverStarted) and event.kind is FailoverKind.SWITCHOVER
+            )
+        return (
+            isinstance(event, FailoverStarted | FailoverCompleted | FailoverFailed)
+            and event.kind is FailoverKind.MANUAL
+        )
+
+    def _operation(self, event: Envelope) -> None:
+        if isinstance(event, FailoverRequested | SwitchoverRequested | NodeRejoinRequested):
+            self.open_operation(event)
+            return
+        if not isinstance(
+            event,
+            FailoverStarted
+            | FailoverCompleted
+            | FailoverFailed
+            | SwitchoverCompleted
+            | SwitchoverFailed
+            | NodeRejoined,
+        ):
+            return
+        op = self.operations.get(event.correlation_id) if event.correlation_id else None
+        if op is None or op.done:
+            op = next((o for o in self.operations.values() if self._answers(o, event)), None)
+        if op is None:
+            return
+        op.events.append(event)
+        op.updated_at = datetime.now(UTC)
+        if isinstance(event, FailoverStarted):
+            op.state = "running"
+        elif isinstance(event, FailoverFailed | SwitchoverFailed):
+            op.state = "failed" if op.state == "running" else "refused"
+            op.outcome = event
+        else:
+            op.state = "completed"
+            op.outcome = event
+        self._notify_operations()
+
+    def _notify_operations(self) -> None:
+        async def notify() -> None:
+            async with self._op_changed:
+                self._op_changed.notify_all()
+
+        with contextlib.suppress(RuntimeError):  # no running loop (plain unit tests)
+            asyncio.get_running_loop().create_task(notify())
+
+    async def wait_operation(self, op_id: UUID, timeout: float) -> Operation | None:
+        """The operation once it is done, or as it is after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        async with self._op_changed:
+            while True:
+                op = self.operations.get(op_id)
+                left = deadline - time.monotonic()
+                if (op is not None and op.done) or left <= 0:
+                    return op
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._op_changed.wait(), left)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def history(
+        self,
+        cluster: str | None = None,
+        *,
+        types: frozenset[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> list[Stored]:
+        """Up to `limit` events, oldest first: the newest before sequence `before` (or the
+        oldest after `after`), of these types, in [since, until)."""
+
+        def wanted(s: Stored) -> bool:
+            e = s.event
+            return (
+                (cluster is None or getattr(e, "cluster", None) == cluster)
+                and (types is None or e.type in types)
+                and (since is None or e.occurred_at >= since)
+                and (until is None or e.occurred_at < until)
+            )
+
+        out: list[Stored] = []
+        if after is not None:
+            start = bisect.bisect_right(self._events_seq, after)
+            for s in self.events[start:]:
+                if wanted(s):
+                    out.append(s)
+                    if len(out) >= limit:
+                        break
+            return out
+        end = len(self.events) if before is None else bisect.bisect_left(self._events_seq, before)
+        for s in reversed(self.events[:end]):
+            if since is not None and s.event.occurred_at < since:
+                break
+            if wanted(s):
+                out.append(s)
+                if len(out) >= limit:
+                    break
+        out.reverse()
+        return out
+
+    def buffered(self, stream: StreamKind, after: int) -> Iterator[Stored]:
+        """What is kept of `stream` after sequence `after`, oldest first."""
+        if stream == "events":
+            start = bisect.bisect_right(self._events_seq, after)
+            yield from self.events[start:]
+        else:
+            for s in list(self.heartbeats):
+                if s.seq > after:
+                    yield s
+
+    def last_seq(self, stream: StreamKind) -> int:
+        if stream == "events":
+            return self._events_seq[-1] if self._events_seq else 0
+        return self.heartbeats[-1].seq if self.heartbeats else 0
+
+    def newest(self, type_: str, cluster: str, key: str = "") -> Envelope | None:
+        return self.latest.get((type_, cluster, key))
+
+    def newest_of(self, type_: str, cluster: str) -> dict[str, Envelope]:
+        """The newest event of a type per node or file set in a cluster."""
+        return {
+            k[2]: e for k, e in self.latest.items() if k[0] == type_ and k[1] == cluster and k[2]
+        }
+
+    # --- running against NATS -----------------------------------------------------------------
+
+    async def start(self, js: JetStreamContext, *, heartbeat_backfill_seconds: float = 30) -> None:
+        """Watch KV and both streams; `caught_up` is set once the history is replayed."""
+        info = await js.stream_info(subjects.STREAM_NAME)
+        history_end = info.state.last_seq
+        if history_end == 0:
+            self.caught_up.set()
+
+        async def on_event(msg: Msg) -> None:
+            stored = _decode(msg, "events")
+            if stored is not None:
+                self.apply(stored)
+                if stored.seq >= history_end:
+                    self.caught_up.set()
+            elif msg.metadata.sequence.stream >= history_end:
+                self.caught_up.set()
+
+        async def on_heartbeat(msg: Msg) -> None:
+            stored = _decode(msg, "heartbeats")
+            if stored is not None:
+                self.apply(stored)
+
+        self._subs.append(
+            await js.subscribe(
+                "",
+                stream=subjects.STREAM_NAME,
+                cb=on_event,
+                ordered_consumer=True,
+                config=ConsumerConfig(filter_subjects=list(subjects.STREAM_SUBJECTS)),
+                deliver_policy=DeliverPolicy.ALL,
+                pending_msgs_limit=1_000_000,
+            )
+        )
+        backfill = datetime.fromtimestamp(time.time() - heartbeat_backfill_seconds, UTC)
+        self._subs.append(
+            await js.subscribe(
+                "",
+                stream=subjects.HEARTBEAT_STREAM_NAME,
+                cb=on_heartbeat,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    filter_subjects=list(subjects.HEARTBEAT_STREAM_SUBJECTS),
+                    deliver_policy=DeliverPolicy.BY_START_TIME,
+                    opt_start_time=backfill,
+                ),
+                pending_msgs_limit=1_000_000,
+            )
+        )
+        topology = await open_bucket(js, TOPOLOGY_BUCKET, history=16)
+        maintenance = await open_bucket(js, subjects.MAINTENANCE_BUCKET)
+        self._tasks.append(asyncio.create_task(self._watch(topology, self._on_topology)))
+        self._tasks.append(asyncio.create_task(self._watch(maintenance, self._on_maintenance)))
+
+    def _on_topology(self, key: str, value: bytes | None) -> None:
+        self.set_topology(key, None if value is None else Topology.model_validate_json(value))
+
+    def _on_maintenance(self, key: str, value: bytes | None) -> None:
+        state = None if value is None else MaintenanceState.model_validate_json(value)
+        self.set_maintenance(key, state)
+
+    async def _watch(self, kv: KeyValue, apply: Callable[[str, bytes | None], None]) -> None:
+        while True:
+            try:
+                watcher = await kv.watchall()
+                self._watchers.append(watcher)
+                async for entry in watcher:
+                    if entry is None:
+                        continue  # the end of the initial values
+                    deleted = entry.operation in ("DEL", "PURGE")
+                    try:
+                        apply(entry.key, None if deleted else entry.value)
+                    except ValueError as exc:
+                        log.warning("ignored KV %s: %s", entry.key, exc)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("KV watch failed (%s); watching again", exc)
+                await asyncio.sleep(1)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._tasks.clear()
+        self._subs.clear()
+
+
+def _decode(msg: Msg, stream: StreamKind) -> Stored | None:
+    try:
+        event = decode_event(msg.data)
+    except UndecodableEventError as exc:
+        log.warning("projection: skipped a message on %s: %s", msg.subject, exc)
+        return None
+    return Stored(stream, msg.metadata.sequence.stream, msg.subject, event)

@@ -1,0 +1,111 @@
+"""A 3-server JetStream cluster: killing any one server loses no lease, epoch or event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from lifeboat.common import subjects
+from lifeboat.common.events import FailoverCompleted, FailoverKind, Source
+from lifeboat.common.kv import LEASE_BUCKET, TOPOLOGY_BUCKET, LeaseStore, TopologyStore, Versioned
+from lifeboat.common.runtime import ServiceRuntime
+from lifeboat.common.settings import ServiceSettings
+from lifeboat.common.state import Topology
+from lifeboat.devstack.procs import eventually, free_port
+from lifeboat.devstack.servers import NatsCluster
+from lifeboat.devstack.throwaway import nats_cluster_on_free_ports
+
+SRC = Source(service="failover", instance="f-1")
+
+
+@pytest.fixture
+async def cluster(workdir: Path) -> AsyncIterator[NatsCluster]:
+    servers = nats_cluster_on_free_ports(workdir / f"nats-cluster-{free_port()}")
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+async def test_losing_the_kv_leader_changes_nothing(cluster: NatsCluster) -> None:
+    settings = ServiceSettings(nats_url=cluster.url, nats_replicas=3, instance_id="f-1")
+    runtime = ServiceRuntime("failover", settings)
+    await runtime.connect()
+    try:
+        js = runtime.broker.config.connection_state.stream
+        for stream in (subjects.STREAM_NAME, subjects.HEARTBEAT_STREAM_NAME):
+            assert (await js.stream_info(stream)).config.num_replicas == 3
+        for bucket in (TOPOLOGY_BUCKET, LEASE_BUCKET):
+            assert (await js.stream_info(f"KV_{bucket}")).config.num_replicas == 3
+
+        topologies, leases = await TopologyStore.open(js), await LeaseStore.open(js)
+        lease = await leases.acquire("failover-main", "f-1", ttl_seconds=10)
+        assert lease is not None
+        topo = await topologies.create(Topology(cluster="main", primary="node1"))
+        event = FailoverCompleted(
+            cluster="main",
+            source=SRC,
+            epoch=1,
+            kind=FailoverKind.AUTOMATIC,
+            old_primary="node1",
+            new_primary="node2",
+            reason="drill",
+            total_seconds=1.0,
+        )
+        await runtime.publisher.publish(event)
+
+        # Kill the server that leads the topology bucket's stream: the others elect a new
+        # leader and carry on with what a majority acknowledged.
+        info = await js.stream_info(f"KV_{TOPOLOGY_BUCKET}")
+        assert info.cluster is not None
+        leader = next(s for s in cluster.servers if s.name == info.cluster.leader)
+        leader.stop()
+
+        async def renewed() -> object:
+            try:
+                return await leases.renew(lease)
+            except Exception:
+                return None
+
+        async with asyncio.timeout(30):
+            renewed_lease = await eventually(renewed, timeout=30, what="the lease renewal")
+        assert renewed_lease is not None
+        moved = await eventually(
+            lambda: _cas(topologies, topo.value.promoted("node2", None), topo.revision),
+            timeout=30,
+            what="a topology write on the survivors",
+        )
+        assert moved.value.epoch == 1
+        kept = await js.get_last_msg(subjects.STREAM_NAME, event.subject())
+        assert FailoverCompleted.model_validate_json(kept.data or b"") == event
+    finally:
+        await runtime.broker.stop()
+
+
+async def _cas(
+    store: TopologyStore, topology: Topology, revision: int
+) -> Versioned[Topology] | None:
+    try:
+        return await store.compare_and_set(topology, revision)
+    except Exception:
+        return None
+
+
+async def test_a_client_of_the_cluster_moves_to_another_server(cluster: NatsCluster) -> None:
+    nc = await nats.connect(cluster.url.split(","), connect_timeout=5, reconnect_time_wait=0.5)
+    try:
+        first = nc.connected_url
+        assert first is not None
+        next(s for s in cluster.servers if str(s.ports.client) == str(first.port)).stop()
+        await eventually(
+            lambda: nc.is_connected and nc.connected_url is not None and nc.connected_url != first,
+            timeout=30,
+            what="the client to reconnect elsewhere",
+        )
+    finally:
+        await nc.close()
