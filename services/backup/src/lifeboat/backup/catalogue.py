@@ -100,6 +100,19 @@ class Catalogue:
             raise CatalogueError(f"no backup {backup!r} is listed for {self.cluster}") from None
         return Manifest.model_validate_json(raw)
 
+    async def has_request(self, request_id: str) -> bool:
+        """Whether a listed backup came from this request: one LIST, no manifest read, as
+        backup ids end with the request id's first 8 hex digits (then the manifest says)."""
+        tail = request_id.replace("-", "")[:8]
+        prefix = backups_prefix(self.cluster)
+        for key, _, _ in await self.keys(prefix):
+            backup = key[len(prefix) :].split("/", 1)[0]
+            if key.endswith("/manifest.json") and backup.endswith(f"-{tail}"):
+                manifest = await self.manifest(backup)
+                if str(manifest.request_id) == request_id:
+                    return True
+        return False
+
     async def listed(self) -> list[Listed]:
         """Every listed backup, oldest first: those with a manifest, and only those."""
         keys = await self.keys(backups_prefix(self.cluster))

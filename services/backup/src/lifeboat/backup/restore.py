@@ -191,48 +191,56 @@ async def _psql_file(ctx: RestoreContext, instance: Instance, data: bytes) -> No
 
 
 async def restore_logical(ctx: RestoreContext, manifest: Manifest, instance: Instance) -> Restored:
+    """A fresh instance (initdb, start), then the dumps into it."""
     check_key(manifest, ctx.transfer.codec)
-    codec = _codec_for(manifest, ctx.transfer.codec)
-    transfer = Transfer(ctx.transfer.client, ctx.transfer.bucket, codec)
     started = time.monotonic()
     await asyncio.to_thread(_must_be_empty, instance)
     try:
         await asyncio.to_thread(instance.initdb)
         await asyncio.to_thread(instance.start)
-        has_globals = any(o.name == "globals.sql" for o in manifest.objects)
-        for obj in manifest.objects:
-            if obj.name == "globals.sql":
-                stored = await read_object(transfer.client, transfer.bucket, obj.key)
-                decoder = codec.decoder()
-                await _psql_file(ctx, instance, decoder.update(stored) + decoder.finish())
-        for obj in manifest.objects:
-            if obj.database is None:
-                continue
-            if obj.database != "postgres":
-                async with await psycopg.AsyncConnection.connect(
-                    instance.conninfo(), autocommit=True
-                ) as conn:
-                    await conn.execute(
-                        sql.SQL("create database {}").format(sql.Identifier(obj.database))
-                    )
-            argv = [
-                str(ctx.bindir / "pg_restore"),
-                "--exit-on-error",
-                "--dbname",
-                instance.conninfo(obj.database),
-            ]
-            if not has_globals:
-                argv += ["--no-owner", "--no-privileges"]
-            read_end, sink = pipe()
-            try:
-                async with tools.stream(argv, stdin=read_end, timeout=24 * 3600):
-                    os.close(read_end)
-                    read_end = -1
-                    await receive_into(transfer, obj.key, obj.sha256, sink)
-            finally:
-                if read_end >= 0:
-                    os.close(read_end)
+        await restore_dumps(ctx, manifest, instance)
     except BaseException:
         await asyncio.to_thread(instance.remove)
         raise
     return Restored(instance, time.monotonic() - started, 0)
+
+
+async def restore_dumps(ctx: RestoreContext, manifest: Manifest, instance: Instance) -> None:
+    """The globals (if backed up) and every database of `manifest` into a running instance,
+    each dump streamed from S3 into pg_restore's stdin."""
+    check_key(manifest, ctx.transfer.codec)
+    codec = _codec_for(manifest, ctx.transfer.codec)
+    transfer = Transfer(ctx.transfer.client, ctx.transfer.bucket, codec)
+    has_globals = any(o.name == "globals.sql" for o in manifest.objects)
+    for obj in manifest.objects:
+        if obj.name == "globals.sql":
+            stored = await read_object(transfer.client, transfer.bucket, obj.key)
+            decoder = codec.decoder()
+            await _psql_file(ctx, instance, decoder.update(stored) + decoder.finish())
+    for obj in manifest.objects:
+        if obj.database is None:
+            continue
+        if obj.database != "postgres":
+            async with await psycopg.AsyncConnection.connect(
+                instance.conninfo(), autocommit=True
+            ) as conn:
+                await conn.execute(
+                    sql.SQL("create database {}").format(sql.Identifier(obj.database))
+                )
+        argv = [
+            str(ctx.bindir / "pg_restore"),
+            "--exit-on-error",
+            "--dbname",
+            instance.conninfo(obj.database),
+        ]
+        if not has_globals:
+            argv += ["--no-owner", "--no-privileges"]
+        read_end, sink = pipe()
+        try:
+            async with tools.stream(argv, stdin=read_end, timeout=24 * 3600):
+                os.close(read_end)
+                read_end = -1
+                await receive_into(transfer, obj.key, obj.sha256, sink)
+        finally:
+            if read_end >= 0:
+                os.close(read_end)

@@ -21,7 +21,7 @@ from lifeboat.backup.decide import (
     decide_schedule,
     decide_verify,
 )
-from lifeboat.backup.executor import Executor, listed_request_ids
+from lifeboat.backup.executor import Executor
 from lifeboat.backup.nodes import Connections, observe
 from lifeboat.backup.pipeline import Transfer
 from lifeboat.backup.plan import RetentionPolicy
@@ -147,9 +147,8 @@ class ClusterBackups:
 
     async def on_backup(self, request: BackupRequested) -> None:
         rid = str(request.event_id)
-        listed = await self.catalogue.listed()
-        done = listed_request_ids(listed)
-        if rid in done:
+        done = frozenset({rid}) if await self.catalogue.has_request(rid) else frozenset()
+        if done:
             log.info("request %s already produced a listed backup", rid)
             return
         name = f"backup-{self.cluster}-{request.kind.value}"
