@@ -512,6 +512,8 @@ class FileSyncRequested(FileSetEvent):
     topic = s.FILE_SYNC_REQUESTED
     type: Literal["file.sync_requested"] = "file.sync_requested"
     requested_by: str = "unknown"
+    # Let this pass delete more than the mass-deletion guard allows (it paused the set).
+    confirm_deletions: bool = False
 
 
 class FileSynced(FileSetEvent):
@@ -521,9 +523,11 @@ class FileSynced(FileSetEvent):
     files_unchanged: NonNegativeInt
     files_deleted: NonNegativeInt = 0
     bytes_copied: NonNegativeInt
-    # Let this pass delete more than the mass-deletion guard allows (it paused the set).
-    confirm_deletions: bool = False
     duration_seconds: NonNegativeFloat
+    # Files that could not be read (left as S3 has them) and symlinks (never followed).
+    files_unreadable: NonNegativeInt = 0
+    files_skipped: NonNegativeInt = 0
+    problems: tuple[str, ...] = ()  # the first few, "path: reason"
 
 
 class FileSyncFailed(FileSetEvent):
@@ -533,10 +537,6 @@ class FileSyncFailed(FileSetEvent):
 
 
 class FileVerified(FileSetEvent):
-    # Files that could not be read (left as S3 has them) and symlinks (never followed).
-    files_unreadable: NonNegativeInt = 0
-    files_skipped: NonNegativeInt = 0
-    problems: tuple[str, ...] = ()  # the first few, "path: reason"
     topic = s.FILE_VERIFIED
     type: Literal["file.verified"] = "file.verified"
     matching: NonNegativeInt
@@ -552,6 +552,10 @@ class FileRestoreRequested(FileSetEvent):
     type: Literal["file.restore_requested"] = "file.restore_requested"
     destination: str | None = None
     requested_by: str = "unknown"
+    snapshot_id: str | None = None  # the set as of that snapshot; as it is now if None
+    # No destination: onto the set's root on `node`, which needs `confirm`.
+    node: Name | None = None
+    confirm: bool = False
 
 
 class FileRestored(FileSetEvent):
@@ -560,19 +564,6 @@ class FileRestored(FileSetEvent):
     destination: str
     files_restored: NonNegativeInt
     bytes_restored: NonNegativeInt
-
-    snapshot_id: str | None = None  # the set as of that snapshot; as it is now if None
-    # No destination: onto the set's root on `node`, which needs `confirm`.
-    node: Name | None = None
-    confirm: bool = False
-
-# --- maintenance ---------------------------------------------------------------------------
-
-
-class MaintenanceState(BaseModel):
-    """KV `lifeboat_maintenance`/<cluster>: while `paused`, no automatic failover."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
     snapshot_id: str | None = None
     refused: tuple[str, ...] = ()  # paths that would have escaped the destination
 
@@ -628,6 +619,15 @@ class FileSnapshotTaken(FileSetEvent):
     manifest_key: str
     expires_at: AwareDatetime | None = None
     request_id: UUID | None = None
+
+
+# --- maintenance ---------------------------------------------------------------------------
+
+
+class MaintenanceState(BaseModel):
+    """KV `lifeboat_maintenance`/<cluster>: while `paused`, no automatic failover."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     cluster: Name
     paused: bool
