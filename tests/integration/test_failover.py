@@ -385,6 +385,7 @@ async def test_an_interrupted_failover_is_finished_by_the_next_leader(ha: HA) ->
         old_primary="node1",
         new_primary="node2",
         reason="node1 unreachable (interrupted)",
+        synchronous=current.value.synchronous,  # as the interrupted leader recorded it
     )
     await store.compare_and_set(current.value.promoted("node2", op), current.revision)
 

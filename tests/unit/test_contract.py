@@ -44,6 +44,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "target": "node2",
         "reason": "planned maintenance",
         "correlation_id": "6f1c2a4e-8a43-4a53-9d7e-2c1e1d3b9f10",
+        "force": True,
+        "data_loss_budget_bytes": 1048576,
     },
     "failover.started": {
         **BASE,
@@ -51,6 +53,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "old_primary": "node1",
         "candidate": "node2",
         "reason": "x",
+        "positions": {"node1": "0/5000000", "node2": "0/4FFFF00"},
+        "data_loss_budget_bytes": 1048576,
     },
     "failover.completed": OUTCOME,
     "failover.failed": {**BASE, "kind": "automatic", "reason": "no standby within max lag"},

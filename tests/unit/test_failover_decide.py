@@ -31,6 +31,7 @@ from lifeboat.common.lsn import lsn_to_int
 from lifeboat.common.state import Operation, Topology
 from lifeboat.failover.commands import (
     CreateTopology,
+    Detach,
     Fence,
     Handover,
     Promote,
@@ -95,6 +96,7 @@ def primary(monitor: str = "m1", sync: str = 'ANY 1 ("node2", "node3")', **kw: A
 def standby(node: str, lsn: str = "0/5000000", monitor: str = "m1", **kw: Any) -> NodeHealth:
     kw.setdefault("upstream", "node1")
     kw.setdefault("configured_upstream", "node1")
+    kw.setdefault("wal_receiver", "streaming")
     return rep(node, monitor, role="standby", writable=False, receive_lsn=lsn, replay_lsn=lsn, **kw)
 
 
@@ -124,6 +126,10 @@ def observe(
 
 def kinds(decision: Any) -> list[str]:
     return [type(c).__name__ for c in decision.commands]
+
+
+def promotions(decision: Any) -> list[tuple[str, int]]:
+    return [(c.node, c.epoch) for c in decision.commands if isinstance(c, Promote)]
 
 
 def published(decision: Any, kind: type) -> list[Any]:
@@ -161,7 +167,7 @@ def test_primary_lost_promotes_the_most_advanced_synchronous_standby() -> None:
     decision = decide(
         observe(down("node1"), standby("node2", "0/4FFFF00"), standby("node3", "0/5000000"))
     )
-    assert kinds(decision) == ["WriteTopology", "Publish", "Fence", "Promote", "Repoint"]
+    assert kinds(decision) == ["WriteTopology", "Publish", "Fence", "Detach", "Promote", "Repoint"]
     write = decision.commands[0]
     assert isinstance(write, WriteTopology)
     assert write.topology.primary == "node3"
@@ -171,8 +177,10 @@ def test_primary_lost_promotes_the_most_advanced_synchronous_standby() -> None:
     assert decision.commands[2] == Fence(
         "node1", 5, "node1 unreachable for 3 probes by 1 of 1 monitors: node3 takes over"
     )
-    assert decision.commands[3] == Promote("node3", 5)
-    assert decision.commands[4] == Repoint("node2", "node3", 5)
+    assert decision.commands[3] == Detach("node2", 5, "node1")  # before the promotion (guarantee 2)
+    # promoted only if, read after the fence, it has all node2 has (guarantee 2)
+    assert decision.commands[4] == Promote("node3", 5, peers=("node2",), old_primary="node1")
+    assert decision.commands[5] == Repoint("node2", "node3", 5)
     (started,) = published(decision, FailoverStarted)
     assert started.candidate == "node3"
     assert started.epoch == 5
@@ -181,7 +189,7 @@ def test_primary_lost_promotes_the_most_advanced_synchronous_standby() -> None:
 
 def test_equal_positions_fall_back_to_priority() -> None:
     decision = decide(observe(down("node1"), standby("node2"), standby("node3")))
-    assert Promote("node2", 5) in decision.commands
+    assert ("node2", 5) in promotions(decision)
 
 
 @pytest.mark.parametrize(
@@ -225,13 +233,13 @@ def test_two_of_three_monitors_are_a_majority() -> None:
             standby("node3"),
         )
     )
-    assert Promote("node2", 5) in decision.commands
+    assert ("node2", 5) in promotions(decision)
 
 
 def test_a_dead_monitor_does_not_block_the_live_one() -> None:
     stale = rep("node1", "m2", role="primary", writable=True, age=30)
     decision = decide(observe(down("node1", "m1"), stale, standby("node2"), standby("node3")))
-    assert Promote("node2", 5) in decision.commands
+    assert ("node2", 5) in promotions(decision)
 
 
 @pytest.mark.parametrize(
@@ -283,12 +291,12 @@ def test_synchronous_mode_passes_over_an_asynchronous_standby() -> None:
     # acknowledged commits, so the synchronous node3 is promoted instead
     topology = TOPO.model_copy(update={"synchronous": ("node3",)})
     decision = decide(observe(down("node1"), standby("node2"), standby("node3"), topology=topology))
-    assert kinds(decision) == ["WriteTopology", "Publish", "Fence", "Promote", "Repoint"]
+    assert kinds(decision) == ["WriteTopology", "Publish", "Fence", "Detach", "Promote", "Repoint"]
     write = decision.commands[0]
     assert isinstance(write, WriteTopology)
     assert write.topology.primary == "node3"
-    assert decision.commands[3] == Promote("node3", 5)
-    assert decision.commands[4] == Repoint("node2", "node3", 5)
+    assert decision.commands[4] == Promote("node3", 5, old_primary="node1")
+    assert decision.commands[5] == Repoint("node2", "node3", 5)
     assert published(decision, FailoverFailed) == []
 
 
@@ -298,7 +306,7 @@ def test_async_mode_may_promote_any_healthy_standby() -> None:
             down("node1"), standby("node2"), down("node3"), policy=Policy(synchronous_mode="off")
         )
     )
-    assert Promote("node2", 5) in decision.commands
+    assert ("node2", 5) in promotions(decision)
 
 
 def test_lag_is_measured_against_the_last_primary_position() -> None:
@@ -315,6 +323,7 @@ OP = Operation(
     new_primary="node2",
     reason="node1 unreachable",
     started_at=NOW - timedelta(seconds=2),
+    synchronous=SYNC_ALL,
 )
 AFTER = TOPO.promoted("node2", OP, at=NOW - timedelta(seconds=1))
 
@@ -325,7 +334,8 @@ def test_an_interrupted_failover_is_finished_not_restarted() -> None:
     # ... and whoever resumes it fences the old primary again first (issue 7, guarantee 6)
     assert decision.commands == (
         Fence("node1", 5, "automatic: node2 takes over"),
-        Promote("node2", 5),
+        Detach("node3", 5, "node1"),
+        Promote("node2", 5, peers=("node3",), old_primary="node1"),
     )
     # promoted, node3 still points at node1
     decision = decide(
@@ -405,7 +415,7 @@ def test_new_primary_dying_mid_failover_starts_another_under_a_new_epoch() -> No
             policy=Policy(synchronous_mode="off"),
         )
     )
-    assert Promote("node3", 6) in decision.commands
+    assert ("node3", 6) in promotions(decision)
 
 
 def test_a_lost_standby_is_no_failover() -> None:
@@ -417,24 +427,22 @@ def test_a_lost_standby_is_no_failover() -> None:
     ("streaming", "actual", "topo_sync", "mode", "expected"),
     [
         (["node2", "node3"], 'ANY 1 ("node2", "node3")', SYNC_ALL, "on", []),
-        # a standby stopped streaming: narrow the topology first, then PostgreSQL
-        (
-            ["node2"],
-            'ANY 1 ("node2", "node3")',
-            SYNC_ALL,
-            "on",
-            ["WriteTopology", "SetSynchronous", "Publish"],
-        ),
-        # a standby is back: PostgreSQL waits for it first, then it becomes promotable
+        # a standby stopped streaming: PostgreSQL stops waiting for it first; the record
+        # keeps it (it may hold a commit only it acknowledged) until a later report
+        (["node2"], 'ANY 1 ("node2", "node3")', SYNC_ALL, "on", ["SetSynchronous", "Publish"]),
+        # ... which shows PostgreSQL narrowed and node2 caught up: the record follows
+        (["node2"], 'ANY 1 ("node2")', SYNC_ALL, "on", ["WriteTopology", "Publish"]),
+        # a standby is back: recorded first (Patroni's invariant for ANY 1), then waited for
         (
             ["node2", "node3"],
             'ANY 1 ("node2")',
             ("node2",),
             "on",
-            ["SetSynchronous", "WriteTopology", "Publish"],
+            ["WriteTopology", "SetSynchronous", "Publish"],
         ),
-        # none left: degrade to async, with an event
-        ([], 'ANY 1 ("node2")', ("node2",), "on", ["WriteTopology", "SetSynchronous", "Publish"]),
+        # none left: degrade to async, with an event; the record empties on the next report
+        ([], 'ANY 1 ("node2")', ("node2",), "on", ["SetSynchronous", "Publish"]),
+        ([], "", ("node2",), "on", ["WriteTopology", "Publish"]),
         # none left, strict: keep waiting
         ([], 'ANY 1 ("node2")', ("node2",), "strict", []),
         (["node2"], "", (), "off", []),
@@ -447,7 +455,10 @@ def test_synchronous_standby_set_follows_healthy_standbys(
     mode: str,
     expected: list[str],
 ) -> None:
-    replicas = [ReplicaState(name=n, state="streaming", sync_state="quorum") for n in streaming]
+    replicas = [
+        ReplicaState(name=n, state="streaming", sync_state="quorum", flush_lsn="0/5000000")
+        for n in streaming
+    ]
     topo = TOPO.model_copy(update={"synchronous": topo_sync})
     decision = decide(
         observe(
@@ -461,7 +472,7 @@ def test_synchronous_standby_set_follows_healthy_standbys(
     assert kinds(decision) == expected
     if expected:
         sets = [c for c in decision.commands if isinstance(c, SetSynchronous)]
-        assert sets[0].standbys == tuple(streaming)
+        assert not sets or sets[0].standbys == tuple(streaming)
         (event,) = published(decision, SyncChanged)
         assert event.degraded == (not streaming and mode == "on")
 
@@ -577,14 +588,14 @@ def test_switchover_hands_over_then_promotes_repoints_and_rejoins_the_old_primar
 
 def test_switchover_without_a_target_picks_the_best_standby() -> None:
     decision = decide(dataclasses.replace(observe(*HEALTHY), request=ask("switchover", None)))
-    assert Promote("node2", 5) in decision.commands
+    assert ("node2", 5) in promotions(decision)
     assert not any(isinstance(c, Rejoin) for c in decision.commands)  # node1 is not local
 
 
 def test_manual_failover_promotes_the_named_standby_at_once() -> None:
     decision = decide(dataclasses.replace(observe(*HEALTHY), request=ask("failover", "node3")))
-    assert kinds(decision) == ["WriteTopology", "Publish", "Fence", "Promote", "Repoint"]
-    assert Promote("node3", 5) in decision.commands
+    assert kinds(decision) == ["WriteTopology", "Publish", "Fence", "Detach", "Promote", "Repoint"]
+    assert ("node3", 5) in promotions(decision)
 
 
 def test_a_primary_left_read_only_takes_writes_again() -> None:
@@ -638,7 +649,7 @@ def test_a_primary_back_in_recovery_is_failed_over() -> None:
         "node1", role="standby", writable=False, consecutive_read_only=3, receive_lsn="0/5000000"
     )
     decision = decide(observe(demoted, standby("node2"), standby("node3")))
-    assert Promote("node2", 5) in decision.commands
+    assert ("node2", 5) in promotions(decision)
     assert "node1 in recovery for 3 probes by 1 of 1 monitors" in decision.reason
 
 

@@ -4,12 +4,33 @@ acting is said, and a resumed failover fences the old primary first."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 from lifeboat.common.decision import Publish
-from lifeboat.common.events import FailoverHeld, PhaseTiming
-from lifeboat.failover.commands import Fence, Promote, WriteTopology
+from lifeboat.common.events import (
+    FailoverFailed,
+    FailoverHeld,
+    FailoverKind,
+    FailoverRequested,
+    FailoverStarted,
+    PhaseTiming,
+    ReplicaState,
+)
+from lifeboat.failover.commands import Detach, Fence, Promote, WriteTopology
 from lifeboat.failover.decide import Policy, decide
-from tests.unit.test_failover_decide import AFTER, OP, down, observe, primary, rep, standby
+from tests.unit.test_failover_decide import (
+    AFTER,
+    ME,
+    NOW,
+    OP,
+    TOPO,
+    down,
+    observe,
+    primary,
+    promotions,
+    rep,
+    standby,
+)
 
 THREE = Policy(monitors=3)
 
@@ -41,7 +62,7 @@ def test_two_of_three_configured_monitors_fail_the_primary() -> None:
             policy=THREE,
         )
     )
-    assert Promote("node2", 5) in decision.commands
+    assert ("node2", 5) in promotions(decision)
 
 
 def test_more_monitors_reporting_than_configured_never_lower_the_bar() -> None:
@@ -79,7 +100,10 @@ def test_a_resumed_failover_whose_fence_was_recorded_only_promotes() -> None:
     fenced = OP.model_copy(update={"phases": (PhaseTiming(phase="fence", seconds=0.2),)})
     topology = AFTER.model_copy(update={"operation": fenced})
     decision = decide(observe(down("node1"), standby("node2"), standby("node3"), topology=topology))
-    assert decision.commands == (Promote("node2", 5),)
+    assert decision.commands == (
+        Detach("node3", 5, "node1"),
+        Promote("node2", 5, peers=("node3",), old_primary="node1"),
+    )
 
 
 def test_a_resumed_switchover_does_not_fence_the_handed_over_primary() -> None:
@@ -90,3 +114,189 @@ def test_a_resumed_switchover_does_not_fence_the_handed_over_primary() -> None:
         observe(standby("node1"), standby("node2"), standby("node3"), topology=topology)
     )
     assert not any(isinstance(c, Fence) for c in decision.commands)
+
+
+# --- guarantee 3: the synchronous set is never silently lost -------------------------------
+
+
+def test_a_second_failure_during_the_operation_is_not_treated_as_asynchronous() -> None:
+    """node2 was chosen and died before it took writes: node3 may lack commits only node2
+    had, so nobody is promoted (before, the new epoch's empty set meant "asynchronous")."""
+    decision = decide(observe(down("node1"), down("node2"), standby("node3"), topology=AFTER))
+    assert promotions(decision) == []
+    (refused,) = [
+        c.event
+        for c in decision.commands
+        if isinstance(c, Publish) and isinstance(c.event, FailoverFailed)
+    ]
+    assert "synchronous set is empty" in refused.reason
+
+
+def test_the_operation_keeps_the_synchronous_set_it_started_with() -> None:
+    decision = decide(observe(down("node1"), standby("node2"), standby("node3")))
+    write = decision.commands[0]
+    assert isinstance(write, WriteTopology)
+    assert write.topology.synchronous == ()  # nobody holds the new primary's commits yet
+    assert write.topology.operation is not None
+    assert write.topology.operation.synchronous == ("node2", "node3")
+
+
+def test_strict_mode_makes_the_new_primary_wait_for_a_standby_from_its_first_commit() -> None:
+    decision = decide(
+        observe(
+            down("node1"),
+            standby("node2"),
+            standby("node3"),
+            policy=Policy(synchronous_mode="strict"),
+        )
+    )
+    (promote,) = [c for c in decision.commands if isinstance(c, Promote)]
+    assert promote.node == "node2"
+    assert promote.synchronous == ("node1", "node3")
+
+
+def test_a_standby_leaves_the_record_only_after_postgres_stops_waiting_and_another_caught_up() -> (
+    None
+):
+    """node3 stopped streaming; it may hold a commit it alone acknowledged. PostgreSQL stops
+    waiting for it first; the record keeps it until node2 has everything written."""
+    behind = [ReplicaState(name="node2", state="streaming", sync_state="quorum", flush_lsn="0/4F")]
+    narrowed = primary(sync='ANY 1 ("node2")', replicas=behind)
+    decision = decide(observe(narrowed, standby("node2"), standby("node3")))
+    assert not any(isinstance(c, WriteTopology) for c in decision.commands)
+    assert "catch up" in decision.reason
+    caught = [
+        ReplicaState(name="node2", state="streaming", sync_state="quorum", flush_lsn="0/5000000")
+    ]
+    decision = decide(
+        observe(
+            primary(sync='ANY 1 ("node2")', replicas=caught), standby("node2"), standby("node3")
+        )
+    )
+    (write,) = [c for c in decision.commands if isinstance(c, WriteTopology)]
+    assert write.topology.synchronous == ("node2",)
+
+
+def test_an_empty_record_is_filled_only_once_postgres_waits_for_the_standbys() -> None:
+    after = TOPO.model_copy(update={"synchronous": ()})
+    decision = decide(observe(primary(sync=""), standby("node2"), standby("node3"), topology=after))
+    assert [type(c).__name__ for c in decision.commands] == ["SetSynchronous", "Publish"]
+
+
+# --- guarantee 4: never promote a standby that may lack acknowledged commits ---------------
+
+EMPTY = TOPO.model_copy(update={"synchronous": ()})
+
+
+def test_a_degraded_cluster_promotes_nobody_automatically() -> None:
+    """Commits stopped waiting for a standby (mode on, degraded): any standby may lack some."""
+    decision = decide(observe(down("node1"), standby("node2"), standby("node3"), topology=EMPTY))
+    assert promotions(decision) == []
+
+
+def manual(**kw: object) -> FailoverRequested:
+    return FailoverRequested(cluster="main", source=ME, reason="dc1 lost", requested_by="ops", **kw)
+
+
+def test_a_forced_failover_accepts_the_stated_loss_and_records_positions() -> None:
+    obs = observe(down("node1"), standby("node2", "0/4F00000"), standby("node3"), topology=EMPTY)
+    decision = decide(
+        replace(obs, request=manual(target="node2", force=True, data_loss_budget_bytes=2 << 20))
+    )
+    assert promotions(decision) == [("node2", 5)]
+    (started,) = [
+        c.event
+        for c in decision.commands
+        if isinstance(c, Publish) and isinstance(c.event, FailoverStarted)
+    ]
+    assert started.data_loss_budget_bytes == 2 << 20
+    assert started.positions == {"node2": "0/4F00000", "node3": "0/5000000"}
+    (promote,) = [c for c in decision.commands if isinstance(c, Promote)]
+    assert promote.peers == ()  # the loss is accepted: it is not held to its peers
+
+
+def test_a_forced_failover_beyond_its_budget_is_refused() -> None:
+    obs = observe(down("node1"), standby("node2", "0/4000000"), standby("node3"), topology=EMPTY)
+    decision = decide(
+        replace(obs, request=manual(target="node2", force=True, data_loss_budget_bytes=1024))
+    )
+    assert promotions(decision) == []
+    assert "accepted data-loss budget (1024)" in decision.reason
+
+
+def test_force_without_a_budget_is_refused() -> None:
+    obs = observe(down("node1"), standby("node2"), standby("node3"), topology=EMPTY)
+    decision = decide(replace(obs, request=manual(target="node2", force=True)))
+    assert promotions(decision) == []
+    assert "force needs data_loss_budget_bytes" in decision.reason
+
+
+def test_a_manual_failover_to_a_target_that_does_not_stream_is_refused() -> None:
+    obs = observe(primary(), standby("node2", wal_receiver="stopped"), standby("node3"))
+    decision = decide(replace(obs, request=manual(target="node2")))
+    assert promotions(decision) == []
+    assert "node2 does not stream from node1" in decision.reason
+
+
+def test_a_manual_failover_whose_target_never_catches_up_is_undone() -> None:
+    op = OP.model_copy(
+        update={"kind": FailoverKind.MANUAL, "started_at": NOW - timedelta(seconds=40)}
+    )
+    op = op.model_copy(update={"phases": (PhaseTiming(phase="fence", seconds=0.1),)})
+    topology = AFTER.model_copy(update={"operation": op})
+    fenced = rep("node1", role="primary", writable=False, current_lsn="0/6000000")
+    decision = decide(observe(fenced, standby("node2"), standby("node3"), topology=topology))
+    write = decision.commands[0]
+    assert isinstance(write, WriteTopology)
+    assert (write.topology.primary, write.topology.epoch) == ("node1", 6)
+    assert ("node1", 6) in promotions(decision)
+    assert "node2 did not catch up with node1" in decision.reason
+
+
+# --- guarantee 2: the candidate is chosen from positions read after the fence --------------
+
+
+def test_the_candidate_is_chosen_again_after_the_fence() -> None:
+    fenced = OP.model_copy(update={"phases": (PhaseTiming(phase="fence", seconds=0.2),)})
+    topology = AFTER.model_copy(update={"operation": fenced})
+    decision = decide(
+        observe(
+            down("node1"),
+            standby("node2", "0/5000000", configured_upstream=None),
+            standby("node3", "0/5000100", configured_upstream=None),
+            topology=topology,
+        )
+    )
+    write = decision.commands[0]
+    assert isinstance(write, WriteTopology)
+    assert (write.topology.primary, write.topology.epoch) == ("node3", 5)
+    assert decision.commands[1] == Promote("node3", 5, peers=("node2",), old_primary="node1")
+
+
+# --- guarantee 9: positions after restarts -------------------------------------------------
+
+
+def test_restarted_standbys_are_judged_by_what_they_have() -> None:
+    """No received position (walreceiver not started) or one rounded down to a segment:
+    what they replayed, they have."""
+    decision = decide(
+        observe(
+            down("node1"),
+            rep("node2", role="standby", writable=False, receive_lsn=None, replay_lsn="0/5000000"),
+            rep(
+                "node3",
+                role="standby",
+                writable=False,
+                receive_lsn="0/3000000",
+                replay_lsn="0/5000000",
+            ),
+        )
+    )
+    assert promotions(decision) == [("node2", 5)]
+
+
+def test_a_standby_on_another_timeline_is_not_a_candidate() -> None:
+    decision = decide(
+        observe(down("node1"), standby("node2", timeline=1), standby("node3", timeline=2))
+    )
+    assert promotions(decision) == [("node3", 5)]

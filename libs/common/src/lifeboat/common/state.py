@@ -22,6 +22,13 @@ class Operation(BaseModel):
     reason: str
     started_at: AwareDatetime = Field(default_factory=utcnow)
     phases: tuple[PhaseTiming, ...] = ()
+    # The synchronous set when the operation began: the standbys that may hold acknowledged
+    # commits of the old primary. The candidate is (re)chosen among them, by positions read
+    # after the fence; the new topology's own set starts empty (see Topology.promoted).
+    synchronous: tuple[Name, ...] = ()
+    # An operator accepted losing up to this many bytes of acknowledged commits (a forced
+    # manual failover); None: nothing acknowledged may be lost.
+    data_loss_budget_bytes: NonNegativeInt | None = None
 
 
 class Topology(BaseModel):
@@ -42,7 +49,14 @@ class Topology(BaseModel):
     def promoted(
         self, new_primary: str, operation: Operation | None = None, at: datetime | None = None
     ) -> Topology:
-        """The topology after `new_primary` takes over, one epoch later."""
+        """The topology after `new_primary` takes over, one epoch later.
+
+        Its synchronous set is empty on purpose, and empty does not mean asynchronous: no
+        standby is yet known to hold the new primary's acknowledged commits (nor, until it
+        streams from the new primary, everything the old timeline acknowledged), so in
+        synchronous mode nobody is promotable until the set is widened from what the new
+        primary reports. The old set stays in the operation (`Operation.synchronous`).
+        """
         members = {
             name: Role.PRIMARY if name == new_primary else Role.STANDBY for name in self.members
         }

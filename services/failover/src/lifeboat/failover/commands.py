@@ -30,8 +30,30 @@ class Fence:
 
 @dataclass(frozen=True)
 class Promote:
+    """Promote `node`, but only if, read just before (after the fence), it has at least the
+    WAL of every one of `peers` (the other standbys that may hold acknowledged commits) and,
+    when it still answers, of the fenced `old_primary`; it is given a bounded time to catch
+    up, else the promotion is refused and the next decision chooses again.
+
+    `synchronous`: names the new primary's commits wait for from the start (strict mode)."""
+
     node: str
     epoch: int
+    peers: tuple[str, ...] = ()
+    old_primary: str | None = None
+    synchronous: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Detach:
+    """Stop a standby streaming from the old primary (empty primary_conninfo) before the
+    promotion: it can then neither receive WAL the new primary lacks nor help the old one
+    acknowledge a commit. It is repointed once the new primary takes writes. Only while it
+    still names `upstream`: a repeat after the repoint (a stale report) changes nothing."""
+
+    node: str
+    epoch: int
+    upstream: str
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,7 @@ Command = (
     | Fence
     | Handover
     | Promote
+    | Detach
     | Repoint
     | Rejoin
     | SetSynchronous

@@ -36,12 +36,13 @@ from lifeboat.common.events import (
     SwitchoverRequested,
     SyncChanged,
 )
-from lifeboat.common.lsn import lsn_to_int
+from lifeboat.common.lsn import int_to_lsn, lsn_to_int
 from lifeboat.common.state import Operation, Topology
 from lifeboat.failover.commands import (
     Command,
     CreateTopology,
     Decision,
+    Detach,
     Fence,
     Handover,
     Promote,
@@ -64,6 +65,9 @@ class Policy:
     synchronous_mode: SyncMode = "on"
     # The monitors configured: a majority of them (not of those reporting) fails a primary.
     monitors: int = 1
+    # A manual failover whose target has not caught up with the fenced primary after this
+    # long is undone: the old primary takes writes again, and failover.failed says why.
+    manual_catch_up_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,16 @@ def node_views(obs: Observation) -> dict[str, NodeView]:
             latest=answered[-1] if answered else None,
         )
     return views
+
+
+def position(report: NodeHealth) -> int | None:
+    """The WAL a standby has: the further of what it received and what it replayed.
+
+    A restarted standby reports no received position until its walreceiver runs (NULL), then
+    one rounded down to the start of a segment; what it replayed, it has all the same.
+    """
+    found = [lsn_to_int(lsn) for lsn in (report.receive_lsn, report.replay_lsn) if lsn]
+    return max(found) if found else None
 
 
 def _failing(report: NodeHealth, obs: Observation) -> bool:
@@ -272,8 +286,13 @@ def _handle_request(
     if target is not None and target == topo.primary:
         return _refuse(obs, topo, kind, target, f"{target} is already the primary")
     reason = f"{kind} requested by {request.requested_by}: {request.reason}"
-    if kind is FailoverKind.MANUAL:
-        return start_failover(obs, topo, views, kind, reason, target)
+    if isinstance(request, FailoverRequested):
+        budget = request.data_loss_budget_bytes if request.force else None
+        if request.force and budget is None:
+            return _refuse(
+                obs, topo, kind, target, "force needs data_loss_budget_bytes: the loss accepted"
+            )
+        return start_failover(obs, topo, views, kind, reason, target, budget=budget)
     state, why = _primary_state(obs, topo, views)
     old = topo.primary
     if state != "healthy" or old is None or not views[old].reachable:
@@ -320,32 +339,52 @@ def choose_candidate(
     target: str | None = None,
     *,
     handover: bool = False,
+    budget: int | None = None,
+    members: tuple[str, ...] | None = None,
 ) -> tuple[str | None, dict[str, str]]:
     """The standby to promote, or None with the reason each node was passed over.
 
-    With `handover` (a switchover) the old primary stops and the candidate replays all it
-    wrote before promotion, so it need not have been synchronous.
+    In synchronous mode only the recorded synchronous set (`members`, the topology's unless
+    given) may hold every acknowledged commit: every one of them must answer, the candidate
+    is the most advanced of them, and an empty set means nobody (not "asynchronous": see
+    Topology.promoted). With `handover` (a switchover) the old primary stops and the
+    candidate replays all it wrote before promotion, so it need not have been synchronous.
+    With a `budget` (a forced manual failover) the operator accepted losing up to that many
+    bytes: any standby that close qualifies.
     """
     policy = obs.policy
     why_not: dict[str, str] = {}
     eligible: list[tuple[int, int, str]] = []
-    reference = obs.last_primary_lsn.get(topo.primary or "")
-    received = {
-        name: lsn_to_int(v.latest.receive_lsn)
-        for name, v in views.items()
-        if v.latest is not None and v.latest.receive_lsn
+    sync_set = topo.synchronous if members is None else members
+    standbys = {
+        name: v.latest for name, v in views.items() if v.latest is not None and name != topo.primary
     }
-    if reference is None and received:
-        reference = max(received.values())
-    sync = policy.synchronous_mode != "off" and bool(topo.synchronous) and not handover
+    has = {name: p for name, r in standbys.items() if (p := position(r)) is not None}
+    reference = obs.last_primary_lsn.get(topo.primary or "")
+    if reference is None and has:
+        reference = max(has.values())
+    # The newest timeline any node is seen on: a standby left on an older one did not follow
+    # a promotion, and whatever it has is not the history the cluster went on with.
+    timelines = [r.timeline for v in views.values() if (r := v.latest) and r.timeline is not None]
+    timeline = max(timelines, default=None)
+    forced = budget is not None
+    sync = policy.synchronous_mode != "off" and not handover and not forced
     if sync:
-        missing = [n for n in topo.synchronous if not views[n].reachable and n != topo.primary]
+        if not sync_set:
+            return None, {
+                n.name: "no standby is recorded as holding every acknowledged commit (the "
+                "synchronous set is empty)"
+                for n in obs.cluster.nodes
+                if n.name != topo.primary
+            }
+        missing = [n for n in sync_set if not views[n].reachable and n != topo.primary]
         if missing:
             return None, {
                 n: "synchronous standby unreachable: it may hold acknowledged commits the "
                 "others lack"
                 for n in missing
             }
+    limit = policy.maximum_lag_on_failover if budget is None else budget
     for node in obs.cluster.nodes:
         name = node.name
         view = views[name]
@@ -359,17 +398,21 @@ def choose_candidate(
             why_not[name] = f"not a standby ({view.role})"
         elif not node.can_be_promoted:
             why_not[name] = "tagged nofailover"
-        elif sync and name not in topo.synchronous:
+        elif sync and name not in sync_set:
             why_not[name] = "not a synchronous standby: it may miss acknowledged commits"
-        elif name not in received:
-            why_not[name] = "reports no received WAL position"
-        elif reference is not None and reference - received[name] > policy.maximum_lag_on_failover:
-            why_not[name] = (
-                f"{reference - received[name]} bytes behind, more than "
-                f"maximum_lag_on_failover ({policy.maximum_lag_on_failover})"
-            )
+        elif name not in has:
+            why_not[name] = "reports no WAL position (neither received nor replayed)"
+        elif (
+            timeline is not None
+            and view.latest.timeline is not None
+            and view.latest.timeline < timeline
+        ):
+            why_not[name] = f"on timeline {view.latest.timeline}, the cluster is on {timeline}"
+        elif reference is not None and reference - has[name] > limit:
+            what = "the accepted data-loss budget" if forced else "maximum_lag_on_failover"
+            why_not[name] = f"{reference - has[name]} bytes behind, more than {what} ({limit})"
         else:
-            eligible.append((-received[name], -node.priority, name))
+            eligible.append((-has[name], -node.priority, name))
     if target is not None and target not in {n.name for n in obs.cluster.nodes}:
         why_not[target] = "no such node in the cluster"
     if not eligible:
@@ -384,12 +427,34 @@ def start_failover(
     kind: FailoverKind,
     reason: str,
     target: str | None = None,
+    *,
+    budget: int | None = None,
 ) -> Decision:
-    candidate, why_not = choose_candidate(obs, topo, views, target)
+    candidate, why_not = choose_candidate(obs, topo, views, target, budget=budget)
     if candidate is None:
         why = f"{reason}, but no standby can be promoted: {_why(why_not)}"
         return _refuse(obs, topo, kind, target, why)
-    new, commands = _takeover(obs, topo, views, kind, reason, candidate, fence=True)
+    old = views[topo.primary].latest if topo.primary else None
+    chosen = views[candidate].latest
+    if (
+        kind is FailoverKind.MANUAL
+        and budget is None
+        and old is not None
+        and old.role is Role.PRIMARY
+        and chosen is not None
+        and chosen.wal_receiver != "streaming"
+    ):
+        # The primary still answers, so the candidate must catch up with it once it is
+        # fenced: one that does not stream from it never will.
+        return _refuse(
+            obs,
+            topo,
+            kind,
+            target,
+            f"{reason}, but {candidate} does not stream from {topo.primary}: it could not "
+            "catch up with every acknowledged commit",
+        )
+    new, commands = _takeover(obs, topo, views, kind, reason, candidate, fence=True, budget=budget)
     return Decision(commands, f"{reason}: promoting {candidate} at epoch {new.epoch}")
 
 
@@ -406,14 +471,17 @@ def _takeover(
     candidate: str,
     *,
     fence: bool,
+    budget: int | None = None,
 ) -> tuple[Topology, tuple[Command, ...]]:
-    """Commit the new epoch with the operation, then fence, promote and repoint under it."""
+    """Commit the new epoch with the operation, then fence, detach, promote and repoint."""
     op = Operation(
         kind=kind,
         old_primary=topo.primary,
         new_primary=candidate,
         reason=reason,
         started_at=obs.now,
+        synchronous=topo.synchronous if obs.policy.synchronous_mode != "off" else (),
+        data_loss_budget_bytes=budget,
     )
     new = topo.promoted(candidate, op, at=obs.now)
     started = FailoverStarted(
@@ -424,17 +492,53 @@ def _takeover(
         old_primary=topo.primary,
         candidate=candidate,
         reason=reason,
+        positions=_positions(views, topo.primary),
+        data_loss_budget_bytes=budget,
     )
     commands: list[Command] = [WriteTopology(new), Publish(stamped(started, obs.now))]
-    if fence and topo.primary is not None:
-        commands.append(Fence(topo.primary, new.epoch, f"{reason}: {candidate} takes over"))
-    commands.append(Promote(candidate, new.epoch))
-    commands += [
-        Repoint(n.name, candidate, new.epoch)
+    standbys = [
+        n.name
         for n in obs.cluster.nodes
         if n.name not in (candidate, topo.primary) and views[n.name].role is Role.STANDBY
     ]
+    if fence and topo.primary is not None:
+        commands.append(Fence(topo.primary, new.epoch, f"{reason}: {candidate} takes over"))
+        commands += [Detach(name, new.epoch, topo.primary) for name in standbys]
+    commands.append(_promote(obs, new, op, candidate))
+    commands += [Repoint(name, candidate, new.epoch) for name in standbys]
     return new, tuple(commands)
+
+
+def _positions(views: dict[str, NodeView], primary: str | None) -> dict[str, str]:
+    """Each answering node's WAL position as last reported, for the record."""
+    out = {}
+    for name, view in sorted(views.items()):
+        r = view.latest
+        if r is None:
+            continue
+        lsn = r.current_lsn if name == primary else None
+        if lsn is None and (p := position(r)) is not None:
+            lsn = int_to_lsn(p)
+        if lsn is not None:
+            out[name] = lsn
+    return out
+
+
+def _promote(obs: Observation, topo: Topology, op: Operation, candidate: str) -> Promote:
+    """Promote `candidate`, checked against the standbys that may hold acknowledged commits
+    (read by the executor right before, after the fence)."""
+    if op.kind is FailoverKind.SWITCHOVER or op.data_loss_budget_bytes is not None:
+        peers: tuple[str, ...] = ()  # handed over (replayed all), or a loss accepted
+    else:
+        peers = tuple(n for n in op.synchronous if n not in (candidate, op.old_primary))
+    synchronous: tuple[str, ...] = ()
+    if obs.policy.synchronous_mode == "strict":
+        # Its commits wait for a standby from the first one: strict never stops blocking.
+        synchronous = tuple(
+            sorted(n.name for n in obs.cluster.nodes if n.name != candidate and n.can_be_promoted)
+        )
+    old = None if op.kind is FailoverKind.SWITCHOVER else op.old_primary
+    return Promote(candidate, topo.epoch, peers, old, synchronous)
 
 
 def _continue(
@@ -449,14 +553,7 @@ def _continue(
             return start_failover(obs, topo, views, op.kind, f"{why} during the {op.kind}")
         return Decision.nothing(f"{op.kind} to {primary}: waiting for it to answer")
     if view.role is Role.STANDBY:
-        # Whoever resumes the operation fences the old primary before promoting, unless the
-        # operation records that it was fenced (or handed over): the instance that started it
-        # may have died between the topology write and the fence.
-        fence: tuple[Command, ...] = ()
-        phases = {p.phase for p in op.phases}
-        if op.old_primary not in (None, primary) and not phases & {"fence", "handover"}:
-            fence = (Fence(op.old_primary, topo.epoch, f"{op.kind}: {primary} takes over"),)
-        return Decision((*fence, Promote(primary, topo.epoch)), f"{op.kind}: promoting {primary}")
+        return _resume_promotion(obs, topo, op, views)
     repoints = tuple(
         Repoint(v.name, primary, topo.epoch)
         for v in views.values()
@@ -488,6 +585,101 @@ def _continue(
     )
 
 
+def _resume_promotion(
+    obs: Observation, topo: Topology, op: Operation, views: dict[str, NodeView]
+) -> Decision:
+    """The candidate is still a standby: fence (if not recorded), detach, choose, promote."""
+    primary = topo.primary
+    assert primary is not None
+    # Whoever resumes the operation fences the old primary before promoting, unless the
+    # operation records that it was fenced (or handed over): the instance that started it
+    # may have died between the topology write and the fence.
+    commands: list[Command] = []
+    phases = {p.phase for p in op.phases}
+    old = op.old_primary
+    if op.kind is not FailoverKind.SWITCHOVER and old not in (None, primary):
+        if not phases & {"fence", "handover"}:
+            commands.append(Fence(old, topo.epoch, f"{op.kind}: {primary} takes over"))
+        commands += [
+            Detach(v.name, topo.epoch, old)
+            for v in views.values()
+            if v.name not in (primary, old)
+            and v.role is Role.STANDBY
+            and v.latest is not None
+            and v.latest.configured_upstream == old
+        ]
+        age = (obs.now - op.started_at).total_seconds()
+        old_view = views[old] if old is not None else None
+        if (
+            op.kind is FailoverKind.MANUAL
+            and age > obs.policy.manual_catch_up_seconds
+            and old_view is not None
+            and old_view.role is Role.PRIMARY
+        ):
+            return _undo_manual(obs, topo, op, age)
+        if op.kind is FailoverKind.AUTOMATIC:
+            # Chosen again from what the standbys report now, after the fence: the one
+            # picked at the start may have been overtaken, or be gone.
+            before = topo.model_copy(update={"primary": old, "synchronous": op.synchronous})
+            best, why_not = choose_candidate(
+                obs, before, views, members=op.synchronous, budget=op.data_loss_budget_bytes
+            )
+            if best is None:
+                why = f"{op.kind}: nobody can be promoted yet: {_why(why_not)}"
+                held = FailoverHeld(
+                    cluster=topo.cluster,
+                    source=obs.source,
+                    epoch=topo.epoch,
+                    primary=primary,
+                    reason=why,
+                )
+                return Decision((*commands, Publish(stamped(held, obs.now))), why)
+            if best != primary:
+                op = op.model_copy(update={"new_primary": best})
+                moved = topo.promoted(best, op, at=topo.updated_at)
+                moved = moved.model_copy(update={"epoch": topo.epoch})
+                commands.append(WriteTopology(moved))
+                primary = best
+    commands.append(_promote(obs, topo, op, primary))
+    return Decision(tuple(commands), f"{op.kind}: promoting {primary}")
+
+
+def _undo_manual(obs: Observation, topo: Topology, op: Operation, age: float) -> Decision:
+    """The target never caught up with the fenced primary: give the primary back its
+    writes under a new epoch, and say why. Nobody was promoted; nothing is lost."""
+    old = op.old_primary
+    assert old is not None
+    reason = (
+        f"{op.new_primary} did not catch up with {old} within {age:.0f}s: {old} stays the primary"
+    )
+    back = topo.promoted(old, None, at=obs.now).model_copy(update={"synchronous": ()})
+    failed = FailoverFailed(
+        cluster=topo.cluster,
+        source=obs.source,
+        epoch=back.epoch,
+        kind=op.kind,
+        target=op.new_primary,
+        reason=reason,
+    )
+    return Decision(
+        (WriteTopology(back), Promote(old, back.epoch), Publish(stamped(failed, obs.now))),
+        reason,
+    )
+
+
+def _caught_up(report: NodeHealth, standbys: tuple[str, ...]) -> bool:
+    """One of `standbys` has flushed everything the primary had written at this report."""
+    if not standbys:
+        return True
+    if not report.current_lsn:
+        return False
+    current = lsn_to_int(report.current_lsn)
+    return any(
+        r.name in standbys and r.flush_lsn and lsn_to_int(r.flush_lsn) >= current
+        for r in report.replicas
+    )
+
+
 def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Decision:
     primary = topo.primary
     assert primary is not None
@@ -506,19 +698,37 @@ def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -
     elif streaming:
         desired = streaming
     elif mode == "strict":
-        desired = topo.synchronous or actual  # commits wait until a standby is back
+        desired = actual or topo.synchronous  # commits wait until a standby is back
     else:
         desired, degraded = (), True
     if desired == actual and desired == topo.synchronous:
         return Decision.nothing(f"{primary} is healthy")
+    # The recorded set, when not empty, must name every standby that may hold an
+    # acknowledged commit (a failover needs all of them to answer and takes the most
+    # advanced). So: a standby joins the record before PostgreSQL waits for it; it leaves
+    # the record only once PostgreSQL no longer waits for it and one it waits for has
+    # everything written so far (a commit it alone acknowledged is then on that one too).
+    # An empty record promotes nobody; it is filled the same careful way, once PostgreSQL
+    # waits for the new set and one of them has caught up (commits acknowledged while
+    # nobody was waited for are then on it).
     commands: list[Command] = []
-    keep = tuple(n for n in topo.synchronous if n in desired)
-    if keep != topo.synchronous:  # narrow the promotable set before PostgreSQL stops waiting
-        commands.append(WriteTopology(topo.model_copy(update={"synchronous": keep})))
+    recorded = topo.synchronous
+    if mode == "strict" and not streaming:
+        pass  # keep the record: nobody streams, nobody is added
+    elif recorded and set(desired) - set(recorded):
+        recorded = tuple(sorted(set(recorded) | set(desired)))
+        commands.append(WriteTopology(topo.model_copy(update={"synchronous": recorded})))
     if desired != actual:
         commands.append(SetSynchronous(primary, desired, topo.epoch))
-    if desired != keep:  # widen it only once PostgreSQL waits for them
+    elif recorded != desired and not (mode == "strict" and not streaming):
+        if not _caught_up(report, desired):
+            return Decision.nothing(
+                f"waiting for {', '.join(desired)} to catch up before recording the synchronous set"
+            )
+        recorded = desired
         commands.append(WriteTopology(topo.model_copy(update={"synchronous": desired})))
+    if not commands:
+        return Decision.nothing(f"{primary} is healthy")
     if degraded:
         reason = "no standby is streaming: commits no longer wait for one (synchronous mode on)"
     elif desired:

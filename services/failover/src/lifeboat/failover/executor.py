@@ -20,6 +20,7 @@ from lifeboat.failover.commands import (
     Command,
     CreateTopology,
     Decision,
+    Detach,
     Fence,
     Handover,
     Promote,
@@ -127,11 +128,17 @@ class Executor:
                     )
                 )
                 return f"rejoined with {method}", current
-            case Promote(node, epoch):
+            case Promote(node, epoch, peers, old_primary, synchronous):
                 await self._guard(epoch)
-                await self.nodes.promote(node)
-                log.warning("promoted %s at epoch %d", node, epoch)
-                return "promoted", current
+                detail = await self.nodes.promote(
+                    node, peers=peers, old_primary=old_primary, synchronous=synchronous
+                )
+                log.warning("promoted %s at epoch %d (%s)", node, epoch, detail)
+                return f"promoted: {detail}", current
+            case Detach(node, epoch, upstream):
+                await self._guard(epoch)
+                done = await self.nodes.detach(node, upstream)
+                return f"detached from {upstream}" if done else "not following it", current
             case Repoint(node, upstream, epoch):
                 await self._guard(epoch)
                 await self.nodes.repoint(node, upstream)

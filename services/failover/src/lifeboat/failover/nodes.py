@@ -14,9 +14,11 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
+from lifeboat.common.lsn import int_to_lsn, lsn_to_int
 from lifeboat.failover.local import local_data_dir, rejoin_local, stop_cleanly
 from lifeboat.failover.sync_names import format_sync_names
 from lifeboat.pg.datadir import DataDir
@@ -40,6 +42,24 @@ select current_setting('synchronous_standby_names'),
 
 class FenceUnconfirmedError(RuntimeError):
     """The node could not be confirmed unable to acknowledge a commit: promote no one."""
+
+
+class CandidateBehindError(RuntimeError):
+    """The candidate lacks WAL another standby (or the fenced primary) has: promoting it
+    could lose an acknowledged commit."""
+
+
+# The WAL a node has, read on the node: as a standby the further of received and replayed
+# (a restarted standby's received position is NULL or rounded down to a segment start); as
+# a primary (a fenced one still answering) what it flushed.
+_POSITION = """
+select case when pg_is_in_recovery()
+  then greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'),
+                coalesce(pg_last_wal_replay_lsn(), '0/0'))
+  else pg_current_wal_flush_lsn() end::text
+"""
+# How long a candidate may take to receive what a peer or the fenced primary has.
+CATCH_UP_SECONDS = 5.0
 
 
 class NodeActions:
@@ -136,12 +156,73 @@ class NodeActions:
             await asyncio.sleep(0.05)
         return False
 
-    async def promote(self, name: str) -> None:
+    async def position(self, name: str, timeout: float | None = None) -> int:
+        """The WAL position the node has (see _POSITION), read on it now."""
         node = self.cluster.node(name)
-        async with asyncio.timeout(self.timeout + 15), self._connect(node) as conn:
+        async with asyncio.timeout(timeout or self.timeout * 2), self._connect(node) as conn:
+            row = await (await conn.execute(_POSITION)).fetchone()
+        assert row is not None
+        return lsn_to_int(str(row[0]))
+
+    async def _must_have(self, peers: tuple[str, ...], old_primary: str | None) -> tuple[int, str]:
+        """The furthest position a promoted node must have: every peer's (each must answer),
+        and the fenced old primary's when it still answers (it may not: it is fenced)."""
+        need, who = 0, "nobody"
+        for peer in peers:
+            try:
+                pos = await self.position(peer)
+            except (TimeoutError, psycopg.Error) as exc:
+                raise CandidateBehindError(
+                    f"{peer} may hold acknowledged commits and cannot be read "
+                    f"({type(exc).__name__})"
+                ) from exc
+            if pos > need:
+                need, who = pos, peer
+        if old_primary is not None:
+            with contextlib.suppress(TimeoutError, psycopg.Error):
+                pos = await self.position(old_primary, timeout=1.0)
+                if pos > need:
+                    need, who = pos, old_primary
+        return need, who
+
+    async def promote(
+        self,
+        name: str,
+        *,
+        peers: tuple[str, ...] = (),
+        old_primary: str | None = None,
+        synchronous: tuple[str, ...] = (),
+    ) -> str:
+        node = self.cluster.node(name)
+        need, who = await self._must_have(peers, old_primary)
+        async with (
+            asyncio.timeout(self.timeout + 15 + CATCH_UP_SECONDS),
+            self._connect(node) as conn,
+        ):
             cur = await conn.execute("select pg_is_in_recovery()")
             row = await cur.fetchone()
-            if row is not None and row[0]:
+            in_recovery = row is not None and bool(row[0])
+            have = 0
+            if in_recovery:
+                deadline = time.monotonic() + CATCH_UP_SECONDS
+                while True:
+                    found = await (await conn.execute(_POSITION)).fetchone()
+                    have = lsn_to_int(str(found[0])) if found else 0
+                    if have >= need or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.02)
+                if have < need:
+                    raise CandidateBehindError(
+                        f"{name} has {int_to_lsn(have)}, {who} has {int_to_lsn(need)}: not "
+                        f"promoting it (waited {CATCH_UP_SECONDS:g}s)"
+                    )
+                if synchronous:  # strict: its first commit already waits for a standby
+                    await conn.execute(
+                        sql.SQL("alter system set synchronous_standby_names = {}").format(
+                            sql.Literal(format_sync_names(synchronous))
+                        )
+                    )
+                    await conn.execute("select pg_reload_conf()")
                 await conn.execute("select pg_promote(wait => true, wait_seconds => 10)")
             # A node promoted by Lifeboat takes writes even if it was fenced before; its
             # synchronous set is the failover service's to set next.
@@ -152,6 +233,28 @@ class NodeActions:
             if row is not None and row[0] == FENCED_SYNC_NAMES:
                 await conn.execute("alter system reset synchronous_standby_names")
             await conn.execute("select pg_reload_conf()")
+        if not in_recovery:
+            return "already out of recovery"
+        return f"had {int_to_lsn(have)}, needed {int_to_lsn(need)} ({who})"
+
+    async def detach(self, name: str, upstream: str) -> bool:
+        """Stop a standby streaming from `upstream` (empty primary_conninfo), if it still
+        does: see commands.Detach."""
+        node, up = self.cluster.node(name), self.cluster.node(upstream)
+        async with asyncio.timeout(self.timeout * 3), self._connect(node) as conn:
+            row = await (
+                await conn.execute(
+                    "select pg_is_in_recovery(), current_setting('primary_conninfo')"
+                )
+            ).fetchone()
+            if row is None or not row[0] or not row[1]:
+                return False
+            names = conninfo_to_dict(str(row[1]))
+            if (str(names.get("host")), str(names.get("port", 5432))) != (up.host, str(up.port)):
+                return False
+            await conn.execute("alter system set primary_conninfo = ''")
+            await conn.execute("select pg_reload_conf()")
+            return True
 
     async def repoint(self, name: str, upstream: str) -> None:
         """Stream `name` from `upstream`: its conninfo keeps user and passfile, new host."""
@@ -167,8 +270,13 @@ class NodeActions:
             async with self._connect(node) as conn:
                 cur = await conn.execute("select current_setting('primary_conninfo')")
                 row = await cur.fetchone()
+                current = str(row[0]) if row and row[0] else ""
+        if not current:  # detached (commands.Detach): model it on another node's
+            current = await self.replication_conninfo(exclude=name)
+        async with asyncio.timeout(self.timeout * 3):
+            async with self._connect(node) as conn:
                 conninfo = standby_conninfo(
-                    str(row[0]) if row and row[0] else "",
+                    current,
                     host=up.host,
                     port=up.port,
                     application_name=name,

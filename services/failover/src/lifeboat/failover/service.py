@@ -188,20 +188,25 @@ class ClusterLoop:
         return decision
 
     async def _hold_on_failed_fence(self, outcomes: list[Outcome[Command]]) -> None:
-        """A fence that failed stopped the decision before any promotion: say so and why."""
+        """A fence that failed stopped the decision before any promotion, and a promotion
+        refused for a candidate behind its peers promoted nobody: say so and why."""
         for outcome in outcomes:
-            if outcome.ok or not isinstance(outcome.command, Fence):
+            command = outcome.command
+            if outcome.ok or not isinstance(command, (Fence, Promote)):
                 continue
-            fence = outcome.command
+            if isinstance(command, Fence):
+                why = (
+                    f"not promoting anyone: {command.node} could not be confirmed unable to "
+                    f"commit ({outcome.detail})"
+                )
+            else:
+                why = f"{command.node} not promoted: {outcome.detail}"
             held = FailoverHeld(
                 cluster=self.cluster.name,
                 source=self.runtime.source,
-                epoch=fence.epoch,
-                primary=fence.node,
-                reason=(
-                    f"not promoting anyone: {fence.node} could not be confirmed unable to "
-                    f"commit ({outcome.detail})"
-                ),
+                epoch=command.epoch,
+                primary=command.node,
+                reason=why,
             )
             if self._worth_sending(Publish(held)):
                 await self.runtime.publisher.publish(held)
