@@ -42,7 +42,7 @@ from lifeboat.common.kv import TOPOLOGY_BUCKET, open_bucket
 from lifeboat.common.state import Topology
 from lifeboat.devstack.launch import ServiceProcess, launch, service_env
 from lifeboat.devstack.procs import eventually, free_port
-from lifeboat.devstack.throwaway import write_clusters
+from lifeboat.devstack.throwaway import local_ha, write_clusters
 from lifeboat.gateway.auth import hash_token
 
 FAILOVER = Source(service="failover", instance="stand-in")
@@ -492,3 +492,47 @@ async def test_health_lists_instances_and_breakers(gw: Gw, bus: NatsClient) -> N
         assert {b["name"] for b in breakers["breakers"]} >= {"nats"}
         metrics = await api.get("/metrics")
         assert 'lifeboat_breaker_state{breaker="nats",service="gateway"} 0.0' in metrics.text
+
+
+async def test_a_switchover_through_the_api_changes_the_primary_on_a_real_cluster(
+    nats_url: str, workdir: Path, unique: str
+) -> None:
+    """Monitor, failover service and gateway on a real replicated cluster: the operation a
+    switchover answers with reaches `completed`, and the API shows the new primary."""
+    with local_ha(workdir / unique, nats_url, name=unique) as ha:
+        token_file = ha.dir / "secrets" / "lifeboat_token"
+        ha.start("monitor", f"{unique}-m1")
+        ha.start("failover", f"{unique}-f1")
+        gateway = ha.start("gateway", f"{unique}-g1", LIFEBOAT_ADMIN_TOKEN_FILE=str(token_file))
+        gateway.wait_ready(30)
+        token = token_file.read_text().strip()
+        async with httpx.AsyncClient(
+            base_url=gateway.url, headers={"Authorization": f"Bearer {token}"}, timeout=90
+        ) as api:
+
+            async def synchronous() -> bool:
+                status = (await api.get(f"/clusters/{unique}")).json()
+                topo = status["topology"]
+                healthy = all(n["health"] for n in status["nodes"])
+                return bool(topo and topo["primary"] == "node1" and topo["synchronous"] and healthy)
+
+            await eventually(synchronous, timeout=60, what="the cluster to be synchronous")
+            resp = await api.post(
+                f"/clusters/{unique}/switchover", json={"target": "node2", "reason": "e2e"}
+            )
+            assert resp.status_code == 202, resp.text
+            done = (await api.get(resp.headers["location"], params={"wait": 60})).json()
+            assert done["state"] == "completed", (done, ha.tail())
+            assert done["outcome"]["new_primary"] == "node2"
+            assert done["requested_by"] == "local-admin"
+
+            async def moved() -> bool:
+                r = await api.get(f"/clusters/{unique}/nodes/node2/primary")
+                return r.status_code == 200
+
+            await eventually(moved, timeout=30, what="node2 to answer as the primary")
+            status = (await api.get(f"/clusters/{unique}")).json()
+            assert status["topology"]["primary"] == "node2"
+            assert status["last_failover"]["type"] == "switchover.completed"
+            sla = (await api.get(f"/clusters/{unique}/sla", params={"days": 1})).json()
+            assert [f["new_primary"] for f in sla["failovers"]] == ["node2"]
