@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
+from ipaddress import ip_network
 from pathlib import Path
 
 import psycopg
@@ -36,10 +37,19 @@ class Passwords:
 
 
 class PgNode:
-    def __init__(self, cluster: PgCluster, name: str, port: int) -> None:
+    def __init__(
+        self,
+        cluster: PgCluster,
+        name: str,
+        port: int,
+        host: str = HOST,
+        netns: str | None = None,
+    ) -> None:
         self.cluster = cluster
         self.name = name
         self.port = port
+        self.host = host  # where it listens: loopback, or a test host's address
+        self.netns = netns
         self.home = cluster.base_dir / name
         self.data_dir = self.home / "data"
         # Sockets outside the data directory: pg_rewind copies a data directory file by file.
@@ -48,7 +58,7 @@ class PgNode:
 
     @property
     def data(self) -> DataDir:
-        return DataDir(self.data_dir, self.cluster.os_user, self.cluster.bindir)
+        return DataDir(self.data_dir, self.cluster.os_user, self.cluster.bindir, self.netns)
 
     @property
     def initialized(self) -> bool:
@@ -103,13 +113,17 @@ class PgNode:
 
     def spec(self, priority: int) -> NodeSpec:
         return NodeSpec(
-            name=self.name, host=HOST, port=self.port, priority=priority, data_dir=self.data_dir
+            name=self.name,
+            host=self.host,
+            port=self.port,
+            priority=priority,
+            data_dir=self.data_dir,
         )
 
     def node_settings(self) -> str:
         # Appended last, so these win over what a base backup copied from the primary.
         return (
-            f"\n# lifeboat: this node\nport = {self.port}\n"
+            f"\n# lifeboat: this node\nlisten_addresses = '{self.host}'\nport = {self.port}\n"
             f"unix_socket_directories = '{self.socket_dir}'\n"
         )
 
@@ -126,7 +140,10 @@ class PgCluster:
         os_user: OsUser | None = None,
         durable: bool = True,
         bindir: Path | None = None,
+        hosts: list[tuple[str, str | None]] | None = None,
     ) -> None:
+        """`hosts`: each node's (address, network namespace), for nodes on test hosts;
+        loopback by default."""
         if not ports:
             raise ValueError("a cluster needs at least one node")
         self.base_dir = base_dir
@@ -136,7 +153,11 @@ class PgCluster:
         self.durable = durable
         self.bindir = find_bindir(bindir)
         names = names or [f"node{i + 1}" for i in range(len(ports))]
-        self.nodes = [PgNode(self, n, p) for n, p in zip(names, ports, strict=True)]
+        places = hosts or [(HOST, None)] * len(ports)
+        self.nodes = [
+            PgNode(self, n, p, host, netns)
+            for n, p, (host, netns) in zip(names, ports, places, strict=True)
+        ]
         self.pgpass = base_dir / "pgpass"
 
     @property
@@ -179,7 +200,7 @@ class PgCluster:
             node.home.mkdir(mode=0o700)
             node.socket_dir.mkdir(mode=0o700)
         rp = self.passwords.replication.get_secret_value()
-        self.pgpass.write_text(f"{HOST}:*:*:{REPLICATION_USER}:{rp}\n")
+        self.pgpass.write_text(f"*:*:*:{REPLICATION_USER}:{rp}\n")
         self.pgpass.chmod(0o600)
         self.os_user.own(self.pgpass, *(n.home for n in self.nodes))
 
@@ -217,6 +238,11 @@ class PgCluster:
             hba.write(
                 f"\n# lifeboat\nhost replication {REPLICATION_USER} {HOST}/32 scram-sha-256\n"
             )
+            nets = {ip_network(f"{n.host}/24", strict=False) for n in self.nodes if n.host != HOST}
+            for net in sorted(str(n) for n in nets):
+                # Test hosts: the others on the test network replicate and connect too.
+                hba.write(f"host replication {REPLICATION_USER} {net} scram-sha-256\n")
+                hba.write(f"host all all {net} scram-sha-256\n")
         primary.start()
         rp = self.passwords.replication.get_secret_value()
         primary.execute(
@@ -242,7 +268,7 @@ class PgCluster:
                 "-D",
                 str(standby.data_dir),
                 "-d",
-                f"host={HOST} port={self.primary.port} user={REPLICATION_USER} "
+                f"host={self.primary.host} port={self.primary.port} user={REPLICATION_USER} "
                 f"passfile={self.pgpass} application_name={standby.name}",
                 "-X",
                 "stream",
@@ -263,7 +289,6 @@ class PgCluster:
         lines = [
             "",
             "# lifeboat: replication, failover and pg_rewind",
-            f"listen_addresses = '{HOST}'",
             "wal_level = replica",
             "max_wal_senders = 10",
             "max_replication_slots = 10",

@@ -64,6 +64,9 @@ class DataDir:
     path: Path
     user: OsUser
     bindir: Path
+    # A network namespace the node runs in (a test host); its tools are started inside it,
+    # as root, then become `user` (`ip netns exec` needs root).
+    netns: str | None = None
 
     @property
     def initialized(self) -> bool:
@@ -75,8 +78,13 @@ class DataDir:
     def pg(
         self, tool: str, *args: str, env: dict[str, str] | None = None, timeout: float = 90
     ) -> str:
-        """Run one of the server binaries as the PostgreSQL user."""
-        return run([self.tool(tool), *args], user=self.user, env=env, timeout=timeout)
+        """Run one of the server binaries as the PostgreSQL user (inside its namespace)."""
+        argv = [self.tool(tool), *args]
+        if self.netns is None:
+            return run(argv, user=self.user, env=env, timeout=timeout)
+        inside = ["ip", "netns", "exec", self.netns]
+        become = [f"--reuid={self.user.uid}", f"--regid={self.user.gid}", "--clear-groups"]
+        return run([*inside, "setpriv", *become, *argv], env=env, timeout=timeout)
 
     def pid(self) -> int | None:
         return postmaster_pid(self.path)
