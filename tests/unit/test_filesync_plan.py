@@ -10,8 +10,6 @@ import pytest
 
 from lifeboat.common.decision import Publish
 from lifeboat.common.events import FileSyncPaused, Source
-from lifeboat.filesync.manifest import Entry, Manifest
-from lifeboat.filesync.manifest import Tombstone as Stone
 from lifeboat.filesync.plan import (
     Download,
     Expire,
@@ -29,6 +27,8 @@ from lifeboat.filesync.plan import (
     plan_pull,
     unsafe_path,
 )
+from lifeboat.objstore.filesets import Entry, Manifest
+from lifeboat.objstore.filesets import Tombstone as Stone
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SRC = Source(service="filesync", instance="t")

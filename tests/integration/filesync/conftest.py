@@ -13,13 +13,13 @@ import pytest
 
 from lifeboat.common.events import Source
 from lifeboat.filesync.index import Index
-from lifeboat.filesync.manifest import Entry
 from lifeboat.filesync.mirror import Mirror, SetRef
 from lifeboat.filesync.plan import Policy
 from lifeboat.filesync.pull import FetchResult, fetch
 from lifeboat.filesync.scan import hash_file
 from lifeboat.filesync.store import SetStore, Sizes
 from lifeboat.objstore.client import make_s3_client
+from lifeboat.objstore.filesets import Entry
 from tests.endpoints import S3Endpoint
 
 BUCKET = "lifeboat-files"

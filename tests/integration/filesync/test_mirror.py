@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from lifeboat.filesync.index import Index
-from lifeboat.filesync.manifest import Entry, object_key
 from lifeboat.filesync.plan import Policy
 from lifeboat.filesync.scan import hash_file, hash_scan, scan
 from lifeboat.filesync.store import Sizes
+from lifeboat.objstore.filesets import Entry, object_key
 from tests.integration.filesync.conftest import BUCKET, Rig, tree, write
 
 MiB = 1024 * 1024

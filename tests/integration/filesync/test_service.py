@@ -210,6 +210,15 @@ async def test_a_files_backup_then_restore_it_as_of_then(
     )
     taken = ev.of("file.snapshot_taken")[-1]
     assert taken["request_id"] == str(request.event_id)
+    # the files half of a `full` backup: a snapshot named by the request, no backup.completed
+    full = BackupRequested(source=SRC, cluster=setup.cluster, kind=BackupKind.FULL)
+    await publish(nc, full)
+    await eventually(
+        lambda: ev.of("file.snapshot_taken", request_id=str(full.event_id)),
+        timeout=20,
+        what="the files half of a full backup",
+    )
+    assert len(ev.of("backup.completed")) == 1
     write(setup.mirror_root, "a.jpg", b"changed after the snapshot")
     dest = setup.base / "restored"
     await publish(

@@ -1,4 +1,5 @@
-"""What S3 holds for a file set, and where.
+"""What S3 holds for a file set, and where: written by filesync, read by anyone who lists,
+restores or verifies application files (the backup catalogue's `files` and `full` kinds).
 
 ```
 <prefix>objects/<sha256[:2]>/<sha256>   one object per distinct content (content-addressed)

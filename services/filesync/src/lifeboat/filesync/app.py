@@ -96,11 +96,14 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
             spawn(w.restore(event), f"restore-{w.name}")
 
     async def on_backup(event: BackupRequested) -> None:
-        if event.kind is not BackupKind.FILES:
-            return  # the database kinds are the backup service's; `full` needs both (below)
+        # `files`: a snapshot of each set is the backup. `full`: the files half of it, named
+        # by the request's id; the backup service takes the physical half and lists the pair.
+        if event.kind not in (BackupKind.FILES, BackupKind.FULL):
+            return  # the database kinds are the backup service's
         for (cluster, _), w in workers.items():
             if cluster == event.cluster and w.mirror is not None:
-                spawn(w.snapshot(request_id=event.event_id), f"snapshot-{w.name}")
+                work = w.snapshot(request_id=event.event_id, kind=event.kind)
+                spawn(work, f"snapshot-{w.name}")
 
     b = runtime.broker
     subscribe(

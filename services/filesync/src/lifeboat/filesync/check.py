@@ -16,9 +16,9 @@ from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClusterSpec
 from lifeboat.filesync.index import Index
-from lifeboat.filesync.manifest import Entry
 from lifeboat.filesync.scan import hash_scan, scan
 from lifeboat.filesync.store import SetStore
+from lifeboat.objstore.filesets import Entry
 
 SAMPLE = 20
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from lifeboat.common.decision import Publish
 from lifeboat.common.events import ClusterEvent, Source
 from lifeboat.filesync.index import Index, Known
-from lifeboat.filesync.manifest import Entry, Manifest, Snapshot, Tombstone, snapshot_id
 from lifeboat.filesync.plan import (
     Expire,
     MirrorObservation,
@@ -33,6 +32,7 @@ from lifeboat.filesync.plan import (
 from lifeboat.filesync.plan import Tombstone as Bury
 from lifeboat.filesync.scan import Changed, hash_file, hash_scan, scan
 from lifeboat.filesync.store import SetStore
+from lifeboat.objstore.filesets import Entry, Manifest, Snapshot, Tombstone, snapshot_id
 
 log = logging.getLogger(__name__)
 

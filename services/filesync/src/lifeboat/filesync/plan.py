@@ -24,7 +24,7 @@ from pathlib import PurePosixPath
 
 from lifeboat.common.decision import Decision, Publish, stamped
 from lifeboat.common.events import FileSyncPaused, Source
-from lifeboat.filesync.manifest import Entry, Manifest
+from lifeboat.objstore.filesets import Entry, Manifest
 
 
 @dataclass(frozen=True)

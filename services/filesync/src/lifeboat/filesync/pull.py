@@ -20,7 +20,6 @@ from pathlib import Path
 from lifeboat.common.decision import Publish
 from lifeboat.common.events import ClusterEvent, Source
 from lifeboat.filesync.index import Index, Known
-from lifeboat.filesync.manifest import Entry
 from lifeboat.filesync.plan import (
     Download,
     Pause,
@@ -33,6 +32,7 @@ from lifeboat.filesync.plan import (
 )
 from lifeboat.filesync.scan import hash_scan, scan, stat_of
 from lifeboat.filesync.store import SetStore, remove, set_meta
+from lifeboat.objstore.filesets import Entry
 
 
 class RestoreRefused(ValueError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lifeboat.filesync.index import Known, Stat
-from lifeboat.filesync.manifest import Entry
+from lifeboat.objstore.filesets import Entry
 
 READ_CHUNK = 1024 * 1024
 TMP_PREFIX = ".lifeboat-tmp-"  # partial downloads: never synced

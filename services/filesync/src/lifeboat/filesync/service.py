@@ -42,12 +42,12 @@ from lifeboat.common.events import (
 )
 from lifeboat.filesync.check import check, compare_references, referenced_paths
 from lifeboat.filesync.index import Index
-from lifeboat.filesync.manifest import Entry
 from lifeboat.filesync.mirror import Mirror, PassResult, SetRef
 from lifeboat.filesync.plan import Policy
 from lifeboat.filesync.pull import FetchResult, fetch, restore_target
 from lifeboat.filesync.scan import TMP_PREFIX
 from lifeboat.filesync.store import SetStore
+from lifeboat.objstore.filesets import Entry
 
 log = logging.getLogger(__name__)
 

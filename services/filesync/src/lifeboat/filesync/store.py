@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import ClientError
 
 from lifeboat.filesync.index import Index, Stat
-from lifeboat.filesync.manifest import (
+from lifeboat.filesync.scan import TMP_PREFIX, Changed, stat_of
+from lifeboat.objstore.filesets import (
     Entry,
     Manifest,
     Snapshot,
@@ -30,7 +31,6 @@ from lifeboat.filesync.manifest import (
     snapshot_key,
     snapshots_prefix,
 )
-from lifeboat.filesync.scan import TMP_PREFIX, Changed, stat_of
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
