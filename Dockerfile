@@ -3,9 +3,10 @@
 FROM python:3.11-slim
 ARG SERVICE
 RUN test -n "$SERVICE" || (echo "build with --build-arg SERVICE=<monitor|failover|backup|filesync|gateway>" && exit 1)
-# pg_dump / pg_basebackup / pg_rewind for the services that run them.
+# The PostgreSQL 15 server binaries (the client package alone lacks pg_ctl, pg_rewind and
+# initdb): pg_dump / pg_basebackup / pg_receivewal for backup, scratch instances for restores.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends postgresql-client \
+    && apt-get install -y --no-install-recommends postgresql-15 \
     && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir "uv>=0.5"
 WORKDIR /app

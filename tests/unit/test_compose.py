@@ -62,9 +62,24 @@ def test_every_lifeboat_service_builds_from_the_workspace_and_runs_its_module() 
         assert svc["command"] == ["python", "-m", f"lifeboat.{name}"]
         assert (ROOT / "services" / name / "src" / "lifeboat" / name / "__main__.py").is_file()
         assert "healthcheck" in svc
-        assert svc["depends_on"]["nats"]["condition"] == "service_healthy"
+        for server in ("nats-1", "nats-2", "nats-3"):
+            assert svc["depends_on"][server]["condition"] == "service_healthy"
+        # No service waits for one particular PostgreSQL node: any may be down at start.
+        assert not any(dep.startswith("pg-") for dep in svc["depends_on"])
+        assert svc["restart"] == "unless-stopped"
         env = svc["environment"]
         assert all(key.startswith("LIFEBOAT_") for key in env)
+        assert env["LIFEBOAT_NATS_URL"].count("nats://") == 3
+        assert env["LIFEBOAT_NATS_REPLICAS"] == "3"
+
+
+def test_three_monitors_and_a_failover_that_counts_them() -> None:
+    services = compose()["services"]
+    monitors = [
+        s for s in services.values() if s.get("command") == ["python", "-m", "lifeboat.monitor"]
+    ]
+    assert len({m["environment"]["LIFEBOAT_INSTANCE_ID"] for m in monitors}) == 3
+    assert services["failover"]["environment"]["LIFEBOAT_MONITORS"] == "3"
 
 
 def test_mounted_files_exist_and_postgres_has_two_streaming_standbys() -> None:
