@@ -143,6 +143,7 @@ class Catalogue:
 
     async def wal(self) -> list[WalFile]:
         files: list[WalFile] = []
+        partials: dict[str, WalFile] = {}
         prefix = wal_prefix(self.cluster)
         for key, modified, _ in await self.keys(prefix):
             name = key[len(prefix) :].split(".", 1)[0]
@@ -151,11 +152,18 @@ class Catalogue:
                 if tli is not None:
                     files.append(WalFile(f"{name}.history", key, tli, None, modified))
                 continue
-            if ".partial" in key:
-                continue
             parsed = parse_segment(name, 16 * 1024 * 1024)
-            if parsed is not None:
-                files.append(WalFile(name, key, parsed[0], parsed[1], modified))
+            if parsed is None:
+                continue
+            found = WalFile(name, key, parsed[0], parsed[1], modified)
+            if ".partial" in key:
+                partials[name] = found
+            else:
+                files.append(found)
+        # The segment being written, as far as it was uploaded: restored under its own name
+        # (recovery reads it up to its last valid record) when no whole copy exists.
+        whole = {f.name for f in files}
+        files += [p for n, p in partials.items() if n not in whole]
         return files
 
     async def delete_keys(self, keys: list[str]) -> int:

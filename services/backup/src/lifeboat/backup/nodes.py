@@ -53,14 +53,16 @@ class Connections:
             application_name="lifeboat_backup",
         )
 
-    def replication_conninfo(self, node: NodeSpec) -> str:
+    def replication_conninfo(
+        self, node: NodeSpec, *, application_name: str = "lifeboat_backup"
+    ) -> str:
         return make_conninfo(
             "",
             host=node.host,
             port=node.port,
             user=self.spec.replication_user,
             sslmode=self.spec.sslmode,
-            application_name="lifeboat_backup",
+            application_name=application_name,
         )
 
     def tool_env(self, *, replication: bool = False) -> dict[str, str]:

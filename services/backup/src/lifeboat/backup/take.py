@@ -30,7 +30,7 @@ from lifeboat.backup.manifest import (
     backup_prefix,
 )
 from lifeboat.backup.nodes import Connections
-from lifeboat.backup.pipeline import Progress, Sent, Transfer, send
+from lifeboat.backup.pipeline import Progress, Sent, Transfer, send_fd
 from lifeboat.backup.plan import SourceChoice
 from lifeboat.common.events import BackupKind, Role
 from lifeboat.objstore.codec import key_id
@@ -114,6 +114,16 @@ def _tool(ctx: Context, name: str) -> str:
     return str(ctx.bindir / name)
 
 
+_VERSIONS: dict[str, str] = {}
+
+
+async def _version(ctx: Context, name: str) -> str:
+    tool = _tool(ctx, name)
+    if tool not in _VERSIONS:
+        _VERSIONS[tool] = (await tools.run_async([tool, "--version"])).strip()
+    return _VERSIONS[tool]
+
+
 def _stored(name: str, sent: Sent, database: str | None = None) -> StoredObject:
     return StoredObject(
         name=name,
@@ -172,16 +182,16 @@ async def _dump_database(
             "--dbname",
             ctx.conns.tool_conninfo(node, dbname=db),
         ]
-        async with tools.stream(argv, env=ctx.conns.tool_env(), timeout=24 * 3600) as proc:
-            assert proc.stdout is not None
+        env = ctx.conns.tool_env()
+        async with tools.stream_fd(argv, env=env, timeout=24 * 3600) as (_, _, out):
             counting = asyncio.ensure_future(count_rows(conn, db)) if ctx.count_rows else None
             try:
-                sent = await send(proc.stdout, ctx.transfer, key, progress=offset())
+                sent = await send_fd(out, ctx.transfer, key, progress=offset())
             finally:
                 counts = await counting if counting is not None else {}
         await conn.execute("commit")
     offset.done(sent)
-    version = (await tools.run_async([_tool(ctx, "pg_dump"), "--version"])).strip()
+    version = await _version(ctx, "pg_dump")
     return _stored(f"{db}.dump", sent, db), counts, info, version
 
 
@@ -194,9 +204,8 @@ async def _globals(ctx: Context, job: Job, offset: _Offset) -> StoredObject:
         "--dbname",
         ctx.conns.tool_conninfo(node, dbname="postgres"),
     ]
-    async with tools.stream(argv, env=ctx.conns.tool_env(), timeout=3600) as proc:
-        assert proc.stdout is not None
-        sent = await send(proc.stdout, ctx.transfer, key, progress=offset())
+    async with tools.stream_fd(argv, env=ctx.conns.tool_env(), timeout=3600) as (_, _, out):
+        sent = await send_fd(out, ctx.transfer, key, progress=offset())
     offset.done(sent)
     return _stored("globals.sql", sent)
 
@@ -315,11 +324,20 @@ async def take_physical(ctx: Context, job: Job) -> Manifest:
     ]
     if ctx.max_rate:
         argv.append(f"--max-rate={ctx.max_rate}")
-    async with tools.stream_logged(
-        argv, env=ctx.conns.tool_env(replication=True), timeout=24 * 3600
-    ) as (proc, stderr):
-        assert proc.stdout is not None
-        sent = await send(proc.stdout, ctx.transfer, key, progress=ctx.progress)
+    # The counts run beside the backup. They are the backup's own when no transaction got an
+    # id from before its start to after the counts (xmax did not move).
+    counting = (
+        asyncio.ensure_future(_counts_everywhere(ctx, job.source.node)) if ctx.count_rows else None
+    )
+    try:
+        env = ctx.conns.tool_env(replication=True)
+        async with tools.stream_fd(argv, env=env, timeout=24 * 3600) as (_, stderr, out):
+            sent = await send_fd(out, ctx.transfer, key, progress=ctx.progress)
+        counts = (await counting)[0] if counting is not None else {}
+    except BaseException:
+        if counting is not None:
+            counting.cancel()
+        raise
     start = _START.search(stderr.text)
     end = _END.search(stderr.text)
     if start is None or end is None:
@@ -328,8 +346,8 @@ async def take_physical(ctx: Context, job: Job) -> Manifest:
         after = await _info(conn)
     if after.in_recovery != before.in_recovery:
         raise BackupError(f"{node.name} was promoted during its base backup: not listed")
-    counts, xmax = await _counts_everywhere(ctx, job.source.node) if ctx.count_rows else ({}, "")
-    version = (await tools.run_async([_tool(ctx, "pg_basebackup"), "--version"])).strip()
+    xmax = after.xmax
+    version = await _version(ctx, "pg_basebackup")
     return _manifest(
         ctx,
         job,

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[ClusterEvent], Awaitable[None]]
 
+RECEIVER_NAME = "lifeboat_archiver"  # pg_receivewal's application_name on the primary
+
 
 @dataclass
 class Position:
@@ -82,6 +84,7 @@ class Archiver:
         slot_max_keep_mb: int = 8192,
         status_interval: float = 1.0,
         segment_size: int = 16 * 1024 * 1024,
+        partial_interval: float = 0.5,
     ) -> None:
         self.cluster = cluster
         self.conns = conns
@@ -96,6 +99,9 @@ class Archiver:
         self.slot_max_keep_mb = slot_max_keep_mb
         self.status_interval = status_interval
         self.seg = segment_size
+        self.partial_interval = partial_interval
+        self._partial_at = 0.0
+        self._partial_keys: dict[str, str] = {}  # segment name -> its partial's key in S3
         self.primary: str | None = None
         self.timeline: int | None = None
         self.position = Position()
@@ -173,9 +179,11 @@ class Archiver:
             self.slot,
             "--no-loop",
             "--no-password",
-            "--status-interval=1",
+            # Flushed and reported at once: the primary then knows how far the spool is,
+            # which is how far an uploaded partial segment reaches.
+            "--synchronous",
             "--dbname",
-            self.conns.replication_conninfo(node),
+            self.conns.replication_conninfo(node, application_name=RECEIVER_NAME),
         ]
         env = self.conns.tool_env(replication=True)
         stopping = False
@@ -365,6 +373,8 @@ class Archiver:
             try:
                 for path in pending:
                     await self._upload(path)
+                if self.partial_interval > 0:
+                    await self._upload_partial()
                 backoff = 0.2
                 if self.state is WalState.CATCHING_UP:
                     self.state = WalState.STREAMING
@@ -393,6 +403,7 @@ class Archiver:
                 Metadata={"sha256": digest, "raw-bytes": str(len(raw))},
             )
         self._uploaded.add(path.name)
+        await self._drop_partial(path.name)  # the whole segment supersedes its partial
         parsed = parse_segment(path.name, self.seg)
         timeline = history_timeline(path.name) if parsed is None else parsed[0]
         if parsed is not None:
@@ -413,6 +424,69 @@ class Archiver:
             )
         )
         log.debug("archived %s in %.3fs", path.name, time.monotonic() - started)
+
+    async def _upload_partial(self) -> None:
+        """The segment being written, uploaded as it grows (every `partial_interval`), so the
+        archive reaches within a fraction of a second of the primary, not a segment behind.
+        The position it covers is what the primary saw flushed before the file was read."""
+        if time.monotonic() - self._partial_at < self.partial_interval or self.primary is None:
+            return
+        self._partial_at = time.monotonic()
+        partials = sorted(
+            (p for p in self.spool.iterdir() if p.name.endswith(".partial")),
+            key=lambda p: p.name[8:] + p.name[:8],
+        )
+        if not partials:
+            return
+        path = partials[-1]
+        name = path.name.removesuffix(".partial")
+        parsed = parse_segment(name, self.seg)
+        if parsed is None:
+            return
+        tli, segno = parsed
+        dsn = self.conns.dsn(self.conns.spec.node(self.primary))
+        try:
+            async with await psycopg.AsyncConnection.connect(dsn.reveal(), autocommit=True) as conn:
+                cur = await conn.execute(
+                    "select flush_lsn::text from pg_stat_replication where application_name = %s",
+                    (RECEIVER_NAME,),
+                )
+                row = await cur.fetchone()
+        except (psycopg.Error, OSError):
+            return
+        if row is None or row[0] is None:
+            return
+        flushed = lsn_to_int(str(row[0]))
+        if flushed // self.seg != segno or (tli, flushed) <= (
+            self.position.timeline,
+            self.position.end,
+        ):
+            return
+        raw = await asyncio.to_thread(path.read_bytes)
+        encoder = self.transfer.codec.encoder()
+        stored = await asyncio.to_thread(lambda: encoder.update(raw) + encoder.finish())
+        key = wal_prefix(self.cluster) + name + ".partial" + self.transfer.codec.suffix
+        async with self.breakers.guard("s3"):
+            await asyncio.to_thread(
+                self.transfer.client.put_object,
+                Bucket=self.transfer.bucket,
+                Key=key,
+                Body=stored,
+                Metadata={
+                    "sha256": hashlib.sha256(stored).hexdigest(),
+                    "flushed-lsn": int_to_lsn(flushed),
+                },
+            )
+        self._partial_keys[name] = key
+        self.position = Position(tli, flushed, name + ".partial")
+
+    async def _drop_partial(self, name: str) -> None:
+        key = self._partial_keys.pop(name, None)
+        if key is not None:
+            with contextlib.suppress(BotoCoreError, ClientError):
+                await asyncio.to_thread(
+                    self.transfer.client.delete_object, Bucket=self.transfer.bucket, Key=key
+                )
 
     def _prune(self) -> None:
         """Drop uploaded files but the newest segment (pg_receivewal resumes after it), and
