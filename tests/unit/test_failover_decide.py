@@ -522,7 +522,8 @@ LOCAL = CLUSTER.model_copy(
         (
             "switchover",
             "node2",
-            (down("node1"), standby("node2"), standby("node3")),
+            # suspect, not failed (one of two monitors): a failed one is failed over first
+            (down("node1", "m1"), primary("m2"), standby("node2"), standby("node3")),
             TOPO,
             "a switchover needs a healthy primary",
         ),

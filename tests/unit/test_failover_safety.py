@@ -15,6 +15,7 @@ from lifeboat.common.events import (
     FailoverStarted,
     PhaseTiming,
     ReplicaState,
+    SwitchoverRequested,
 )
 from lifeboat.failover.commands import Detach, Fence, Promote, WriteTopology
 from lifeboat.failover.decide import Policy, decide
@@ -300,3 +301,22 @@ def test_a_standby_on_another_timeline_is_not_a_candidate() -> None:
         observe(down("node1"), standby("node2", timeline=1), standby("node3", timeline=2))
     )
     assert promotions(decision) == [("node3", 5)]
+
+
+def test_a_dead_primary_goes_before_a_queued_switchover() -> None:
+    """A burst of operator requests must not starve the automatic failover (guarantee 10)."""
+    switchover = SwitchoverRequested(
+        cluster="main", source=ME, target="node3", reason="maintenance", requested_by="ops"
+    )
+    obs = replace(observe(down("node1"), standby("node2"), standby("node3")), request=switchover)
+    decision = decide(obs)
+    assert any(isinstance(c, Promote) for c in decision.commands) or any(
+        isinstance(c, WriteTopology) and c.topology.primary != "node1" for c in decision.commands
+    )
+    refused = [
+        c.event
+        for c in decision.commands
+        if isinstance(c, Publish) and c.event.type == "switchover.failed"
+    ]
+    assert len(refused) == 1
+    assert "automatic failover goes first" in refused[0].reason

@@ -168,7 +168,15 @@ def decide(obs: Observation) -> Decision:
         # A report from before the epoch changed shows the old primary as it rightly was.
         and view.latest.occurred_at > topo.updated_at
     )
-    if obs.request is not None:
+    if obs.request is not None and _failed_first(obs, topo, views, obs.request):
+        # A dead primary goes before any queued operator request: requests must never
+        # starve the automatic failover. The request is answered, not silently dropped.
+        failover = _steady(obs, topo, views)
+        refusal = _refuse_request(
+            obs, topo, obs.request, "the primary failed: the automatic failover goes first"
+        )
+        decision = Decision(failover.commands + refusal.commands, failover.reason)
+    elif obs.request is not None:
         decision = _handle_request(obs, topo, views, obs.request)
     elif topo.operation is not None:
         decision = _continue(obs, topo, topo.operation, views)
@@ -264,6 +272,25 @@ def _refuse(
         reason=reason,
     )
     return Decision((Publish(stamped(event, obs.now)),), f"refused: {reason}")
+
+
+def _failed_first(
+    obs: Observation, topo: Topology, views: dict[str, NodeView], request: Request
+) -> bool:
+    """A switchover or rejoin asked while the primary has failed and nothing is under way:
+    the failover comes first. (A manual failover is a failover: it is handled as asked.)"""
+    if isinstance(request, FailoverRequested) or topo.operation is not None:
+        return False
+    return _primary_state(obs, topo, views)[0] == "failed"
+
+
+def _refuse_request(obs: Observation, topo: Topology, request: Request, reason: str) -> Decision:
+    if isinstance(request, NodeRejoinRequested):
+        return _refuse(obs, topo, FailoverKind.MANUAL, request.node, reason)
+    kind = (
+        FailoverKind.SWITCHOVER if isinstance(request, SwitchoverRequested) else FailoverKind.MANUAL
+    )
+    return _refuse(obs, topo, kind, request.target, reason)
 
 
 def _handle_request(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -67,6 +68,9 @@ class ClusterLoop:
         self._recent_events: dict[tuple[str, str], float] = {}
         self.requests: deque[tuple[float, Request]] = deque(maxlen=100)
         self._lease_lock = asyncio.Lock()
+        # The lease names this process, not the configured id: two instances started with
+        # the same LIFEBOAT_INSTANCE_ID (`--scale failover=2`) must not both believe they lead.
+        self.holder = f"{settings.instance_id}#{secrets.token_hex(4)}"
         self.policy = Policy(
             failure_threshold=settings.failure_threshold,
             report_max_age_seconds=settings.report_max_age_seconds,
@@ -111,7 +115,7 @@ class ClusterLoop:
 
     async def _renew_or_acquire(self) -> bool:
         assert self.leases is not None
-        holder = self.settings.instance_id
+        holder = self.holder
         try:
             if self.lease is not None:
                 self.lease = await self.leases.renew(self.lease)
@@ -121,6 +125,9 @@ class ClusterLoop:
                 )
                 if self.lease is not None:
                     log.warning("%s: took the failover lease", self.cluster.name)
+                    # Requests heard while another instance led were its to answer: a new
+                    # leader does not replay them.
+                    self.requests.clear()
         except LeaseLostError as exc:
             log.warning("%s: %s", self.cluster.name, exc)
             self.lease = None
