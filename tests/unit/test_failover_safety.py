@@ -15,6 +15,7 @@ from lifeboat.common.events import (
     FailoverStarted,
     PhaseTiming,
     ReplicaState,
+    SwitchoverFailed,
     SwitchoverRequested,
 )
 from lifeboat.failover.commands import Detach, Fence, Promote, WriteTopology
