@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import uvicorn
+
+from lifeboat.common.log import configure_logging
 from lifeboat.common.runtime import serve
 from lifeboat.gateway.app import SERVICE, build_app
 from lifeboat.gateway.settings import GatewaySettings
 
 
+def create_app() -> object:
+    """The app of one worker (uvicorn's factory when `LIFEBOAT_WORKERS` > 1)."""
+    return build_app(GatewaySettings())
+
+
 def main() -> None:
     settings = GatewaySettings()
-    serve(build_app(settings), settings, SERVICE)
+    if settings.workers == 1:
+        serve(build_app(settings), settings, SERVICE)
+        return
+    configure_logging(
+        SERVICE, settings.instance_id, level=settings.log_level, fmt=settings.log_format
+    )
+    uvicorn.run(
+        "lifeboat.gateway.__main__:create_app",
+        factory=True,
+        host=settings.http_host,
+        port=settings.http_port,
+        workers=settings.workers,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
 
 
 if __name__ == "__main__":

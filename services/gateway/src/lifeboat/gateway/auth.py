@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import secrets
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import IntEnum
@@ -108,11 +110,23 @@ def parse_line(line: str, where: str) -> _Entry:
 
 def ensure_token_file(path: Path) -> str:
     """The plain token in `path`, which is created (0600, random) when missing."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
-    return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:  # created once, whole, by whoever comes first (several workers may race)
+        fd = os.open(path.with_suffix(".new"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fd = -1
+    if fd >= 0 and not path.exists():
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+        os.replace(path.with_suffix(".new"), path)
+    elif fd >= 0:
+        os.close(fd)
+        path.with_suffix(".new").unlink(missing_ok=True)
+    for _ in range(50):
+        if path.exists():
+            return path.read_text(encoding="utf-8").strip()
+        time.sleep(0.1)
+    raise TokenFileError(f"{path}: not created")
 
 
 class TokenBook:
@@ -174,37 +188,42 @@ def require(role: Role) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
     """A dependency: the caller's principal, or 401 (no or unknown token) / 403 (too weak)."""
 
     async def dependency(request: Request) -> Principal:
-        book: TokenBook = request.app.state.tokens
-        settings: GatewaySettings = request.app.state.gateway.settings
-        token = _bearer(request)
-        if token is None:
-            if role is Role.READ and not settings.reads_need_token():
-                return ANONYMOUS
-            raise Problem(
-                401,
-                "Unauthorized",
-                f"this endpoint needs a bearer token with role {role.name.lower()} or more",
-                headers={"WWW-Authenticate": 'Bearer realm="lifeboat"'},
-            )
-        principal = book.check(token)
-        if principal is None:
-            log.warning("refused an unknown token from %s", request.client)
-            raise Problem(
-                401,
-                "Unauthorized",
-                "the bearer token is not known",
-                headers={"WWW-Authenticate": 'Bearer realm="lifeboat", error="invalid_token"'},
-            )
-        if principal.role < role:
-            raise Problem(
-                403,
-                "Forbidden",
-                f"{principal.name} has role {principal.role.name.lower()}; "
-                f"this needs {role.name.lower()} or more",
-            )
-        return principal
+        return authorize(request, role)
 
     return dependency
+
+
+def authorize(request: Request, role: Role) -> Principal:
+    """The caller's principal for an endpoint that needs `role`, or a 401/403 problem."""
+    book: TokenBook = request.app.state.tokens
+    settings: GatewaySettings = request.app.state.gateway.settings
+    token = _bearer(request)
+    if token is None:
+        if role is Role.READ and not settings.reads_need_token():
+            return ANONYMOUS
+        raise Problem(
+            401,
+            "Unauthorized",
+            f"this endpoint needs a bearer token with role {role.name.lower()} or more",
+            headers={"WWW-Authenticate": 'Bearer realm="lifeboat"'},
+        )
+    principal = book.check(token)
+    if principal is None:
+        log.warning("refused an unknown token from %s", request.client)
+        raise Problem(
+            401,
+            "Unauthorized",
+            "the bearer token is not known",
+            headers={"WWW-Authenticate": 'Bearer realm="lifeboat", error="invalid_token"'},
+        )
+    if principal.role < role:
+        raise Problem(
+            403,
+            "Forbidden",
+            f"{principal.name} has role {principal.role.name.lower()}; "
+            f"this needs {role.name.lower()} or more",
+        )
+    return principal
 
 
 Reader = Annotated[Principal, Depends(require(Role.READ))]

@@ -45,15 +45,19 @@ class Gateway:
         return self.projection.topologies.get(cluster)
 
 
-def gateway(request: Request) -> Gateway:
+async def gateway(request: Request) -> Gateway:
     return cast(Gateway, request.app.state.gateway)
 
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
 
 
-def cluster_spec(cluster: str, gw: GatewayDep) -> ClusterSpec:
+async def cluster_spec(cluster: str, gw: GatewayDep) -> ClusterSpec:
     """The cluster named in the path, or 404 naming the known ones."""
+    return find_cluster(gw, cluster)
+
+
+def find_cluster(gw: Gateway, cluster: str) -> ClusterSpec:
     clusters = gw.settings.clusters
     try:
         return clusters.cluster(cluster)
@@ -81,7 +85,7 @@ def require_node(spec: ClusterSpec, node: str) -> str:
     return node
 
 
-def node_name(node: str, spec: ClusterDep) -> str:
+async def node_name(node: str, spec: ClusterDep) -> str:
     """The node named in the path, checked against the cluster in the path."""
     return require_node(spec, node)
 

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 from nats.aio.msg import Msg
@@ -117,6 +117,7 @@ def stream_of(pattern: str) -> StreamKind:
 
 
 Listener = Callable[[Stored], None]
+T = TypeVar("T")
 
 
 class Projection:
@@ -134,6 +135,10 @@ class Projection:
         self.lag_seconds: dict[StreamKind, float] = {"events": 0.0, "heartbeats": 0.0}
         self.applied: dict[StreamKind, int] = {"events": 0, "heartbeats": 0}
         self.caught_up = asyncio.Event()
+        # Bumped by every change: answers computed from the projection may be reused while
+        # it stays the same (see `cached`).
+        self.version = 0
+        self._cache: dict[object, tuple[int, float, object]] = {}
         self._listeners: list[Listener] = []
         self._op_changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
@@ -150,6 +155,7 @@ class Projection:
     def apply(self, stored: Stored) -> None:
         """Take one event in (in stream order per stream; repeats are ignored)."""
         event = stored.event
+        self.version += 1
         if stored.stream == "events":
             if self._events_seq and stored.seq <= self._events_seq[-1]:
                 return
@@ -179,6 +185,7 @@ class Projection:
                 log.exception("a projection listener failed")
 
     def set_topology(self, cluster: str, topology: Topology | None) -> None:
+        self.version += 1
         if topology is None:
             self.topologies.pop(cluster, None)
         else:
@@ -186,10 +193,22 @@ class Projection:
         self.topology_seen_at[cluster] = time.monotonic()
 
     def set_maintenance(self, cluster: str, state: MaintenanceState | None) -> None:
+        self.version += 1
         if state is None:
             self.maintenance.pop(cluster, None)
         else:
             self.maintenance[cluster] = state
+
+    def cached(self, key: object, max_age: float, compute: Callable[[], T]) -> T:
+        """`compute()`, reused while nothing changed and for at most `max_age` seconds (what
+        depends on the clock, e.g. a report's freshness, is at most that much late)."""
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == self.version and now - hit[1] < max_age:
+            return hit[2]  # type: ignore[return-value]
+        value = compute()
+        self._cache[key] = (self.version, now, value)
+        return value
 
     # --- operations ---------------------------------------------------------------------------
 
@@ -216,6 +235,7 @@ class Projection:
             reason=getattr(request, "reason", ""),
         )
         self.operations[op_id] = op
+        self._notify_operations()
         return op
 
     def _answers(self, op: Operation, event: Envelope) -> bool:
@@ -274,6 +294,17 @@ class Projection:
 
         with contextlib.suppress(RuntimeError):  # no running loop (plain unit tests)
             asyncio.get_running_loop().create_task(notify())
+
+    async def wait_known(self, op_id: UUID, timeout: float) -> None:
+        """Until the operation is known here (its request applied), or `timeout`."""
+        deadline = time.monotonic() + timeout
+        async with self._op_changed:
+            while op_id not in self.operations:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._op_changed.wait(), left)
 
     async def wait_operation(self, op_id: UUID, timeout: float) -> Operation | None:
         """The operation once it is done, or as it is after `timeout` seconds."""

@@ -83,6 +83,9 @@ class GatewaySettings(ServiceSettings, S3Settings):
     loopback address. Health and HAProxy role checks are always open."""
     heartbeat_buffer: PositiveInt = 20000
     """Heartbeats (node.health, wal.status, ...) kept in memory for live readers and resumes."""
+    workers: PositiveInt = 1
+    """uvicorn worker processes. Each keeps a whole projection of its own (every worker
+    reads KV and both streams), so any worker answers any request, operations included."""
     webhooks: tuple[Webhook, ...] = ()
     """Where the notifier delivers alerts, as JSON: `[{"url": ..., "format": "slack"}]`."""
 

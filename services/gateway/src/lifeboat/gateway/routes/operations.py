@@ -122,6 +122,9 @@ async def operation(
 ) -> OperationView:
     """The operation's state and outcome; with `wait`, answers once it is done (or then)."""
     if operation_id not in gw.projection.operations:
+        # Just asked through another worker: its request event is on its way here.
+        await gw.projection.wait_known(operation_id, 2.0)
+    if operation_id not in gw.projection.operations:
         raise Problem(404, "Not Found", f"no operation {operation_id}")
     op = await gw.projection.wait_operation(operation_id, wait)
     assert op is not None
