@@ -42,6 +42,21 @@ def _user_kwargs(user: OsUser | None) -> dict[str, Any]:
     return {"user": user.switch_uid, "group": user.switch_gid, "extra_groups": user.switch_groups}
 
 
+def _async_user_kwargs(user: OsUser | None) -> dict[str, Any]:
+    """For asyncio's subprocesses: uvloop (which uvicorn picks when installed) refuses
+    Popen's user/group arguments, so the switch happens in the child before exec."""
+    if user is None or user.is_current:
+        return {}
+    uid, gid = user.uid, user.gid
+
+    def switch() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return {"preexec_fn": switch}
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -138,7 +153,7 @@ async def stream_logged(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_environment(env),
-        **_user_kwargs(user),
+        **_async_user_kwargs(user),
     )
     assert proc.stderr is not None
     log = Stderr()
@@ -187,7 +202,7 @@ async def stream_fd(
             stdout=write_end,
             stderr=subprocess.PIPE,
             env=_environment(env),
-            **_user_kwargs(user),
+            **_async_user_kwargs(user),
         )
     except BaseException:
         os.close(read_end)
