@@ -172,7 +172,8 @@ def _parse_wrk(out: str) -> dict[str, Any]:
     requests = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket = re.search(r"Socket errors: (.*)", out)
-    assert p99 and p50 and rps and requests, out
+    if p99 is None or p50 is None or rps is None or requests is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
     return {
         "requests": int(requests[1]),
         "errors": int(errors[1]) if errors else 0,

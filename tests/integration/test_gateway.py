@@ -494,6 +494,42 @@ async def test_health_lists_instances_and_breakers(gw: Gw, bus: NatsClient) -> N
         assert 'lifeboat_breaker_state{breaker="nats",service="gateway"} 0.0' in metrics.text
 
 
+async def test_two_workers_each_know_every_operation(
+    gw: Gw, bus: NatsClient, nats_url: str, workdir: Path
+) -> None:
+    base = workdir / f"{gw.cluster}-workers"
+    base.mkdir()
+    env = dict(gw.proc.env or {})
+    env.update(
+        {
+            "LIFEBOAT_WORKERS": "2",
+            "LIFEBOAT_ADMIN_TOKEN_FILE": str(base / "token"),
+            "LIFEBOAT_WEBHOOKS": "[]",
+        }
+    )
+    proc = launch("gateway", env, name="gateway-2w", log_file=base / "gateway.log")
+    try:
+        proc.wait_ready(60)
+        token = (base / "token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            stand_in(bus, gw.cluster, completes),
+            httpx.AsyncClient(base_url=proc.url, headers=headers, timeout=30) as api,
+        ):
+            for _ in range(3):
+                resp = await api.post(f"/clusters/{gw.cluster}/switchover", json={"reason": "w"})
+                assert resp.status_code == 202, resp.text
+                # New connections: the answers come from either worker.
+                for _ in range(4):
+                    async with httpx.AsyncClient(base_url=proc.url, headers=headers) as fresh:
+                        got = await fresh.get(resp.headers["location"], params={"wait": 10})
+                    assert got.status_code == 200, got.text
+                    assert got.json()["state"] == "completed"
+    finally:
+        proc.stop()
+    assert "Traceback" not in proc.output(), proc.output()[-3000:]
+
+
 async def test_a_switchover_through_the_api_changes_the_primary_on_a_real_cluster(
     nats_url: str, workdir: Path, unique: str
 ) -> None:
