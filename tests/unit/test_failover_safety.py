@@ -258,7 +258,11 @@ def test_a_manual_failover_whose_target_never_catches_up_is_undone() -> None:
 # --- guarantee 2: the candidate is chosen from positions read after the fence --------------
 
 
-def test_the_candidate_is_chosen_again_after_the_fence() -> None:
+def test_a_resumed_promotion_never_moves_to_another_candidate_at_the_same_epoch() -> None:
+    """The candidate's latest report may predate its promotion (monitors probe each second,
+    decisions run twice a second): choosing another at the same epoch could promote a second
+    primary. The same candidate is promoted again (idempotent); the executor checks it
+    against its peers' positions read after the fence, and holds if it is behind."""
     fenced = OP.model_copy(update={"phases": (PhaseTiming(phase="fence", seconds=0.2),)})
     topology = AFTER.model_copy(update={"operation": fenced})
     decision = decide(
@@ -269,10 +273,10 @@ def test_the_candidate_is_chosen_again_after_the_fence() -> None:
             topology=topology,
         )
     )
-    write = decision.commands[0]
-    assert isinstance(write, WriteTopology)
-    assert (write.topology.primary, write.topology.epoch) == ("node3", 5)
-    assert decision.commands[1] == Promote("node3", 5, peers=("node2",), old_primary="node1")
+    assert not any(isinstance(c, WriteTopology) for c in decision.commands)
+    (promote,) = [c for c in decision.commands if isinstance(c, Promote)]
+    assert (promote.node, promote.epoch) == ("node2", 5)
+    assert promote.peers == ("node3",)
 
 
 # --- guarantee 9: positions after restarts -------------------------------------------------
@@ -318,3 +322,40 @@ def test_a_dead_primary_goes_before_a_queued_switchover() -> None:
     refused = [e for e in events if isinstance(e, SwitchoverFailed)]
     assert len(refused) == 1
     assert "automatic failover goes first" in refused[0].reason
+
+
+# --- the way out, and resuming with a dead candidate -----------------------------------
+
+
+def test_a_forced_failover_accepts_an_unconfirmed_fence() -> None:
+    """A remote primary that is gone for good can never be confirmed fenced: only an
+    operator's forced failover, with a stated data-loss budget, goes ahead without it."""
+    obs = observe(down("node1"), standby("node2"), standby("node3"), topology=EMPTY)
+    decision = decide(replace(obs, request=manual(force=True, data_loss_budget_bytes=1 << 20)))
+    (fence,) = [c for c in decision.commands if isinstance(c, Fence)]
+    assert (fence.node, fence.accepted) == ("node1", True)
+    automatic = decide(observe(down("node1"), standby("node2"), standby("node3")))
+    assert all(not c.accepted for c in automatic.commands if isinstance(c, Fence))
+
+
+def test_a_forced_failover_supersedes_a_stuck_operation() -> None:
+    """Unforced requests are refused while an operation is under way; a forced one is the
+    operator's way out of one that cannot finish, and fences its old primary too."""
+    stuck = replace(
+        observe(down("node1"), standby("node2"), standby("node3"), topology=AFTER),
+        request=manual(target="node3", force=True, data_loss_budget_bytes=1 << 20),
+    )
+    decision = decide(stuck)
+    fences = [c for c in decision.commands if isinstance(c, Fence)]
+    assert [(f.node, f.accepted) for f in fences] == [("node1", True), ("node2", True)]
+    assert promotions(decision) == [("node3", 6)]
+    refused = decide(replace(stuck, request=manual(target="node3")))
+    assert promotions(refused) == []
+
+
+def test_a_dead_candidate_does_not_leave_the_original_primary_unfenced() -> None:
+    """The instance that started the failover died before fencing node1, and node2, the
+    candidate, died too: node1 is fenced before anyone else is promoted."""
+    decision = decide(observe(down("node1"), down("node2"), standby("node3"), topology=AFTER))
+    assert isinstance(decision.commands[0], Fence)
+    assert decision.commands[0].node == "node1"

@@ -26,6 +26,9 @@ class Fence:
     node: str
     epoch: int
     reason: str
+    # A forced failover: the operator accepts a fence that cannot be confirmed (a remote
+    # primary that is gone, say), with the data-loss budget the request states.
+    accepted: bool = False
 
 
 @dataclass(frozen=True)

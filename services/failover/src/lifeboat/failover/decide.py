@@ -303,7 +303,8 @@ def _handle_request(
         FailoverKind.SWITCHOVER if isinstance(request, SwitchoverRequested) else FailoverKind.MANUAL
     )
     target = request.target
-    if topo.operation is not None:
+    forced = isinstance(request, FailoverRequested) and request.force
+    if topo.operation is not None and not forced:
         op = topo.operation
         return _refuse(obs, topo, kind, target, f"a {op.kind} to {op.new_primary} is under way")
     if target is not None and target not in names:
@@ -319,7 +320,15 @@ def _handle_request(
             return _refuse(
                 obs, topo, kind, target, "force needs data_loss_budget_bytes: the loss accepted"
             )
-        return start_failover(obs, topo, views, kind, reason, target, budget=budget)
+        decision = start_failover(obs, topo, views, kind, reason, target, budget=budget)
+        stuck = topo.operation
+        if stuck is None or stuck.old_primary in (None, topo.primary):
+            return decision
+        # A forced failover out of an operation that is stuck (its old primary gone for good,
+        # its candidate unable to catch up): the old primary is fenced too, accepted.
+        why = f"{reason}: superseding the {stuck.kind}"
+        first = Fence(stuck.old_primary, topo.epoch, why, True)
+        return Decision((first, *decision.commands), decision.reason)
     state, why = _primary_state(obs, topo, views)
     old = topo.primary
     if state != "healthy" or old is None or not views[old].reachable:
@@ -529,7 +538,9 @@ def _takeover(
         if n.name not in (candidate, topo.primary) and views[n.name].role is Role.STANDBY
     ]
     if fence and topo.primary is not None:
-        commands.append(Fence(topo.primary, new.epoch, f"{reason}: {candidate} takes over"))
+        accepted = budget is not None  # forced: an unconfirmed fence is the operator's call
+        why = f"{reason}: {candidate} takes over"
+        commands.append(Fence(topo.primary, new.epoch, why, accepted))
         commands += [Detach(name, new.epoch, topo.primary) for name in standbys]
     commands.append(_promote(obs, new, op, candidate))
     commands += [Repoint(name, candidate, new.epoch) for name in standbys]
@@ -577,7 +588,14 @@ def _continue(
     if view.latest is None:
         state, why = _primary_state(obs, topo, views)
         if state == "failed":
-            return start_failover(obs, topo, views, op.kind, f"{why} during the {op.kind}")
+            again = start_failover(obs, topo, views, op.kind, f"{why} during the {op.kind}")
+            old = op.old_primary
+            if old in (None, primary) or {p.phase for p in op.phases} & {"fence", "handover"}:
+                return again
+            # The instance that started the operation may have died before fencing the
+            # original primary: fence it too, before anyone else is promoted.
+            first = Fence(old, topo.epoch, f"{op.kind}: {primary} failed too")
+            return Decision((first, *again.commands), again.reason)
         return Decision.nothing(f"{op.kind} to {primary}: waiting for it to answer")
     if view.role is Role.STANDBY:
         return _resume_promotion(obs, topo, op, views)
@@ -644,29 +662,6 @@ def _resume_promotion(
             and old_view.role is Role.PRIMARY
         ):
             return _undo_manual(obs, topo, op, age)
-        if op.kind is FailoverKind.AUTOMATIC:
-            # Chosen again from what the standbys report now, after the fence: the one
-            # picked at the start may have been overtaken, or be gone.
-            before = topo.model_copy(update={"primary": old, "synchronous": op.synchronous})
-            best, why_not = choose_candidate(
-                obs, before, views, members=op.synchronous, budget=op.data_loss_budget_bytes
-            )
-            if best is None:
-                why = f"{op.kind}: nobody can be promoted yet: {_why(why_not)}"
-                held = FailoverHeld(
-                    cluster=topo.cluster,
-                    source=obs.source,
-                    epoch=topo.epoch,
-                    primary=primary,
-                    reason=why,
-                )
-                return Decision((*commands, Publish(stamped(held, obs.now))), why)
-            if best != primary:
-                op = op.model_copy(update={"new_primary": best})
-                moved = topo.promoted(best, op, at=topo.updated_at)
-                moved = moved.model_copy(update={"epoch": topo.epoch})
-                commands.append(WriteTopology(moved))
-                primary = best
     commands.append(_promote(obs, topo, op, primary))
     return Decision(tuple(commands), f"{op.kind}: promoting {primary}")
 
@@ -745,6 +740,12 @@ def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -
     elif recorded and set(desired) - set(recorded):
         recorded = tuple(sorted(set(recorded) | set(desired)))
         commands.append(WriteTopology(topo.model_copy(update={"synchronous": recorded})))
+    if not desired and recorded and desired != actual:
+        # PostgreSQL is about to stop waiting for any standby: from then on a commit may be
+        # acknowledged that no standby has, so first the record says nobody holds them all
+        # (an empty record promotes nobody).
+        recorded = ()
+        commands.append(WriteTopology(topo.model_copy(update={"synchronous": ()})))
     if desired != actual:
         commands.append(SetSynchronous(primary, desired, topo.epoch))
     elif recorded != desired and not (mode == "strict" and not streaming):

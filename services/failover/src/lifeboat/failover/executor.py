@@ -29,7 +29,7 @@ from lifeboat.failover.commands import (
     SetSynchronous,
     WriteTopology,
 )
-from lifeboat.failover.nodes import NodeActions
+from lifeboat.failover.nodes import FenceUnconfirmedError, NodeActions
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,14 @@ class Executor:
                 if current is None:
                     raise ConflictError("no topology to update")
                 return "written", await self.store.compare_and_set(topology, current.revision)
-            case Fence(node, epoch, reason):
+            case Fence(node, epoch, reason, accepted):
                 await self._guard(epoch)
-                detail = await self.nodes.fence(node)
+                try:
+                    detail = await self.nodes.fence(node)
+                except FenceUnconfirmedError as exc:
+                    if not accepted:
+                        raise
+                    detail = f"not confirmed ({exc}), accepted by a forced failover"
                 log.warning("fenced %s: %s (%s)", node, reason, detail)
                 await self.publish(
                     NodeFenced(
