@@ -186,6 +186,18 @@ async def test_a_request_is_backed_up_once_with_progress_and_can_be_restored(
     assert verified["tables_checked"] >= 1
     listed = await Catalogue(transfer(s3).client, BUCKET, cluster_name).listed()
     assert [i.manifest.backup_id for i in listed] == [done["backup_id"]]
+    # The catalogue is mirrored into KV for the gateway (S3 stays the truth).
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            entry = await (await client.jetstream().key_value("lifeboat_backups")).get(cluster_name)
+            mirrored = json.loads(entry.value or b"{}")["backups"]
+            if [b["backup_id"] for b in mirrored] == [done["backup_id"]]:
+                break
+        except Exception:
+            pass
+        assert time.monotonic() < deadline, "catalogue not mirrored into KV"
+        await asyncio.sleep(0.2)
 
     restore = await send(
         client,

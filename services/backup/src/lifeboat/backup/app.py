@@ -8,6 +8,7 @@ from typing import TypeVar
 from faststream.asgi import AsgiFastStream
 from nats.aio.msg import Msg
 
+from lifeboat.backup.mirror import Mirror
 from lifeboat.backup.service import ClusterBackups
 from lifeboat.backup.settings import BackupSettings
 from lifeboat.backup.worker import WorkQueue
@@ -105,6 +106,7 @@ def build_app(settings: BackupSettings) -> AsgiFastStream:
     async def start() -> None:
         js = runtime.broker.config.connection_state.stream
         leases = await LeaseStore.open(js)
+        mirror = await Mirror.open(js)
         bindir = find_bindir(settings.pg_bindir)
         os_user = OsUser.for_postgres(settings.pg_os_user)
         for spec in settings.clusters.clusters:
@@ -117,12 +119,15 @@ def build_app(settings: BackupSettings) -> AsgiFastStream:
                 breakers=runtime.breakers,
                 bindir=bindir,
                 os_user=os_user,
+                mirror=mirror,
             )
             clusters[spec.name] = c
+            tasks.append(asyncio.create_task(c.refresh_mirror(), name=f"mirror-{spec.name}"))
             tasks.append(asyncio.create_task(c.schedule(), name=f"schedule-{spec.name}"))
             tasks.append(asyncio.create_task(c.janitor(), name=f"janitor-{spec.name}"))
             if archiving:
                 tasks.append(asyncio.create_task(c.archiver.run(), name=f"wal-{spec.name}"))
+                tasks.append(asyncio.create_task(c.mirror_wal(), name=f"wal-kv-{spec.name}"))
 
         def serve_queue(
             topic: subjects.Topic,

@@ -22,6 +22,7 @@ from lifeboat.backup.decide import (
     decide_verify,
 )
 from lifeboat.backup.executor import Executor
+from lifeboat.backup.mirror import Mirror
 from lifeboat.backup.nodes import Connections, observe
 from lifeboat.backup.pipeline import Transfer
 from lifeboat.backup.plan import RetentionPolicy
@@ -60,8 +61,10 @@ class ClusterBackups:
         breakers: Breakers,
         bindir: Path,
         os_user: OsUser,
+        mirror: Mirror | None = None,
     ) -> None:
         self.spec = spec
+        self.mirror = mirror
         self.cluster = spec.name
         self.settings = settings
         self.leases = leases
@@ -186,10 +189,12 @@ class ClusterBackups:
             raise RuntimeError(f"a verification runs on {held}: retried later")
         entries = tuple(i.entry() for i in await self.catalogue.listed())
         await self._under(held, self.executor.run(decide_verify(entries, request)))
+        await self.refresh_mirror()
 
     async def on_delete(self, request: BackupDeleteRequested) -> None:
         entries = tuple(i.entry() for i in await self.catalogue.listed())
         await self.executor.run(decide_delete(entries, request, datetime.now(UTC), self.source))
+        await self.refresh_mirror()
 
     async def on_restore(self, request: RestoreRequested) -> None:
         restore_id = f"r{request.event_id.hex[:10]}"
@@ -232,7 +237,23 @@ class ClusterBackups:
         await catalogue.abort_stale_uploads(grace)
         decision = decide_retention(entries, wal, orphans, self.policy.retention, datetime.now(UTC))
         await self.executor.run(decision)
+        await self.refresh_mirror()
         return decision
+
+    async def refresh_mirror(self) -> None:
+        if self.mirror is None:
+            return
+        try:
+            await self.mirror.catalogue(self.cluster, await self.catalogue.listed())
+        except Exception as exc:  # the mirror is a convenience: S3 stays the truth
+            log.warning("could not mirror the catalogue of %s: %s", self.cluster, exc)
+
+    async def mirror_wal(self, every: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if self.mirror is not None:
+                with contextlib.suppress(Exception):
+                    await self.mirror.wal(self.archiver.status())
 
     async def janitor(self) -> None:
         """Retention and orphan removal, by whichever instance holds the janitor lease."""

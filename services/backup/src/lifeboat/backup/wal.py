@@ -462,7 +462,10 @@ class Archiver:
             self.position.end,
         ):
             return
-        raw = await asyncio.to_thread(path.read_bytes)
+        try:
+            raw = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return  # completed (renamed) meanwhile: the whole segment goes up instead
         encoder = self.transfer.codec.encoder()
         stored = await asyncio.to_thread(lambda: encoder.update(raw) + encoder.finish())
         key = wal_prefix(self.cluster) + name + ".partial" + self.transfer.codec.suffix
