@@ -6,8 +6,6 @@ Prints one JSON object:
   generator in a separate process (`wrk` when it is installed, else an asyncio + httpx
   client in a subprocess), after a warm-up. Closed loop: each connection sends its next
   request when the last is answered, so latency is 200 / rps (Little's law) plus noise;
-- `p99_ms_at_rate`: open loop, `--rate` (200) requests a second over the same 200
-  connections, each latency counted from when its request was due;
 - `projection_lag_ms`: from a topology change (the KV write and its `failover.completed`)
   to the API showing the new primary, median and max of several changes;
 - `sse_subscribers_complete`: of 100 concurrent SSE subscribers to `node.health`, how many
@@ -86,36 +84,6 @@ async def _load(url: str, connections: int, seconds: float) -> dict[str, Any]:
     }
 
 
-async def _rate(url: str, connections: int, rate: float, seconds: float) -> dict[str, Any]:
-    """Open loop: `rate` requests a second spread over `connections`, each latency measured
-    from when the request was due (so a stall is not hidden by sending less)."""
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    interval = connections / rate
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        began = time.perf_counter()
-
-        async def worker(i: int) -> None:
-            due = began + i * interval / connections
-            while due < began + seconds:
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                resp = await client.get(url)
-                if resp.status_code == 200:
-                    latencies.append(time.perf_counter() - due)
-                due += interval
-
-        await asyncio.gather(*(worker(i) for i in range(connections)))
-    latencies.sort()
-    return {
-        "rate": rate,
-        "requests": len(latencies),
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "p50_ms": statistics.median(latencies) * 1000,
-    }
-
-
 async def _sse(
     base: str, subject: str, subscribers: int, expect: int, timeout: float
 ) -> dict[str, Any]:
@@ -153,8 +121,7 @@ def child(argv: list[str]) -> None:
     kind = argv[0]
     if kind == "load":
         out = asyncio.run(_load(argv[1], int(argv[2]), float(argv[3])))
-    elif kind == "rate":
-        out = asyncio.run(_rate(argv[1], int(argv[2]), float(argv[3]), float(argv[4])))
+
     else:
         out = asyncio.run(_sse(argv[1], argv[2], int(argv[3]), int(argv[4]), float(argv[5])))
     print(json.dumps(out), flush=True)
@@ -323,7 +290,6 @@ def main() -> None:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--events", type=int, default=20)
-    parser.add_argument("--rate", type=float, default=200, help="open-loop requests/s")
     parser.add_argument("--workers", type=int, default=1, help="gateway workers (--start)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-gw-"))
@@ -356,14 +322,6 @@ def main() -> None:
         assert body["topology"], body
         run_load(url, args.connections, 2, args.loadgen)  # warm up
         load = run_load(url, args.connections, args.seconds, args.loadgen)
-        at_rate = json.loads(
-            subprocess.run(
-                _child_argv("rate", url, str(args.connections), str(args.rate), str(args.seconds)),
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.splitlines()[-1]
-        )
         lags = asyncio.run(projection_lag(args.nats, args.gateway, args.cluster, 10))
         sse = sse_complete(args.nats, args.gateway, args.cluster, args.subscribers, args.events)
         out = {
@@ -372,9 +330,7 @@ def main() -> None:
             "projection_lag_ms": round(statistics.median(lags), 2),
             "projection_lag_max_ms": round(max(lags), 2),
             "sse_subscribers_complete": sse["complete"],
-            "p99_ms_at_rate": round(at_rate["p99_ms"], 2),
             "load": {**load, "connections": args.connections, "seconds": args.seconds},
-            "open_loop": at_rate,
             "sse": sse,
             "gateway_workers": args.workers,
         }

@@ -520,3 +520,19 @@ def test_the_gateway_neither_imports_the_dev_stack_nor_reads_the_environment() -
         assert "lifeboat.devstack" not in text, path
         assert "os.environ" not in text, path
         assert "getenv" not in text, path
+
+
+def test_the_fast_path_answers_what_the_route_answers(tmp_path: Path, app: TestClient) -> None:
+    projection(app).reports.add(health("node1", Role.PRIMARY, writable=True))
+    fast = app.get("/clusters/main")
+    routed = app.get("/clusters/main", params={"via": "route"})  # a query: FastAPI answers
+    assert fast.status_code == routed.status_code == 200
+    assert fast.json() == routed.json()
+    assert fast.headers["content-type"] == "application/json"
+    assert app.get("/clusters/nope").status_code == 404  # passed on: a problem
+    public = make_app(tmp_path, {}, http_host="0.0.0.0")
+    assert public.get("/clusters/main").status_code == 401
+    assert public.get("/clusters/main", headers={"Authorization": "Bearer no"}).status_code == 401
+    assert public.get("/clusters/main", headers=auth("reader")).status_code == 200
+    text = app.get("/metrics").text
+    assert 'route="/clusters/{cluster}",status="200"' in text

@@ -27,6 +27,7 @@ from lifeboat.gateway.checks import (
     service_check,
 )
 from lifeboat.gateway.deps import Gateway, GatewayDep
+from lifeboat.gateway.fastpath import ClusterStatusFastPath
 from lifeboat.gateway.metrics import HttpLatency, ProjectionCollector
 from lifeboat.gateway.notifier import Notifier
 from lifeboat.gateway.projection import Projection
@@ -135,5 +136,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         assert role in ("read", "operate", "admin")
         return WhoAmI(name=who.name, role=role, authenticated=who.authenticated)
 
+    app.add_middleware(ClusterStatusFastPath, gateway=lambda: app.state.gateway)
     app.add_middleware(HttpLatency, registry=runtime.metrics.registry)
     return app
