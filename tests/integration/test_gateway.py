@@ -482,13 +482,19 @@ async def test_the_cli_against_the_running_gateway(gw: Gw, bus: NatsClient) -> N
 async def test_health_lists_instances_and_breakers(gw: Gw, bus: NatsClient) -> None:
     await publish(bus, health(gw.cluster, "node1"))
     async with gw.http() as api:
-        instances = (await api.get("/health/instances")).json()
-        assert any(i["instance"] == "monitor-it" for i in instances)
+        instances = {i["instance"]: i for i in (await api.get("/health/instances")).json()}
+        assert "monitor-it" in instances
+        assert instances["monitor-it"]["heartbeat"] is False  # seen by its events only
+        own = instances[f"{gw.cluster}-gw"]  # the gateway's own service.heartbeat
+        assert (own["service"], own["heartbeat"], own["ready"]) == ("gateway", True, True)
+        assert own["version"] == "0.1.0"
+        assert own["breakers"]["nats"] == "closed"
         report = (await api.get("/health")).json()
         seen = next(c for c in report["components"] if c["name"] == "instances")
         assert "monitor-it" in seen["details"]["monitor"]
         breakers = (await api.get("/health/circuit-breakers")).json()
         assert breakers["services"] == []
+        assert f"{gw.cluster}-gw" in {i["instance"] for i in breakers["instances"]}
         assert {b["name"] for b in breakers["breakers"]} >= {"nats"}
         metrics = await api.get("/metrics")
         assert 'lifeboat_breaker_state{breaker="nats",service="gateway"} 0.0' in metrics.text

@@ -76,6 +76,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
     "maintenance.paused": {**BASE, "reason": "kernel upgrade", "requested_by": "oncall"},
     "maintenance.resumed": {**BASE, "requested_by": "oncall"},
+    "service.heartbeat": {
+        "source": {"service": "backup", "instance": "backup-1"},
+        "service": "backup",
+        "version": "0.1.0",
+        "ready": True,
+        "breakers": {"s3": "closed"},
+    },
     "backup.requested": {**BASE, "kind": "logical"},
     "backup.started": {**BASE, "backup_id": "b1", "kind": "physical", "node": "node2"},
     "backup.completed": {

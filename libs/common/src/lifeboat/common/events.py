@@ -650,6 +650,23 @@ class MaintenanceResumed(ClusterEvent):
     requested_by: str = "unknown"
 
 
+# --- service instances -----------------------------------------------------------------------
+
+
+class ServiceHeartbeat(Envelope):
+    """Every few seconds from every running service instance (`source` says which)."""
+
+    topic = s.SERVICE_HEARTBEAT
+    type: Literal["service.heartbeat"] = "service.heartbeat"
+    service: Name
+    version: str = "unknown"
+    ready: bool
+    message: str = ""
+    uptime_seconds: NonNegativeFloat = 0
+    interval_seconds: NonNegativeFloat = 5
+    breakers: dict[str, str] = Field(default_factory=dict)  # name -> closed/open/half-open
+
+
 # --- dead letters ---------------------------------------------------------------------------
 
 

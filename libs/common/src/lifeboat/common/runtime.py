@@ -8,8 +8,12 @@ SIGTERM/SIGINT stop the HTTP server, drain in-flight messages and close NATS, th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import importlib.metadata
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -36,7 +40,7 @@ from lifeboat.common.bus import (
     stream_config,
     wait_for_leader,
 )
-from lifeboat.common.events import Source
+from lifeboat.common.events import ServiceHeartbeat, Source
 from lifeboat.common.health import (
     BreakerReport,
     Check,
@@ -86,6 +90,8 @@ class ServiceRuntime:
         self.metrics = ServiceMetrics(service, settings.instance_id, self.breakers)
         self.health.add("nats", self.check_nats)
         self._ready = False
+        self._heartbeats: asyncio.Task[None] | None = None
+        self._started = time.monotonic()
 
     async def connect(self, *, give_up_after: float = 60.0) -> None:
         """Connect to NATS (retrying while it starts) and declare the event stream."""
@@ -122,6 +128,47 @@ class ServiceRuntime:
 
     def mark_ready(self, ready: bool = True) -> None:
         self._ready = ready
+
+    def start_heartbeats(self) -> None:
+        """Publish `service.heartbeat` every `service_heartbeat_seconds` until stopped."""
+        if self._heartbeats is None:
+            self._heartbeats = asyncio.create_task(self._beat())
+
+    async def stop_heartbeats(self) -> None:
+        task, self._heartbeats = self._heartbeats, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _beat(self) -> None:
+        try:
+            version = importlib.metadata.version(f"lifeboat-{self.service}")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        interval = self.settings.service_heartbeat_seconds
+        while True:
+            try:
+                ready = await self.readiness()
+                breakers = {b.name: b.state.value for b in await self.breakers.snapshot()}
+                await self.publisher.publish(
+                    ServiceHeartbeat(
+                        source=self.source,
+                        service=self.service,
+                        version=version,
+                        ready=ready.ready,
+                        message=ready.message,
+                        uptime_seconds=self.liveness_seconds(),
+                        interval_seconds=interval,
+                        breakers=breakers,
+                    )
+                )
+            except Exception as exc:  # NATS away: the next beat tries again
+                log.debug("heartbeat not published: %s", exc)
+            await asyncio.sleep(interval)
+
+    def liveness_seconds(self) -> float:
+        return round(time.monotonic() - self._started, 3)
 
     async def check_nats(self) -> ComponentHealth:
         conn = self.broker._connection  # None until connected
@@ -168,9 +215,11 @@ class ServiceRuntime:
 
         async def after_startup() -> None:
             self.mark_ready()
+            self.start_heartbeats()
 
         async def shutdown() -> None:
             self.mark_ready(False)
+            await self.stop_heartbeats()
             for hook in on_shutdown:
                 await hook()
 

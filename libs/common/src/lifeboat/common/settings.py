@@ -72,6 +72,8 @@ class ServiceSettings(BaseSettings):
     """How long an open breaker waits before letting one call through again."""
     shutdown_grace_seconds: PositiveFloat = 5.0
     """Time to drain in-flight messages on SIGTERM."""
+    service_heartbeat_seconds: PositiveFloat = 5.0
+    """How often this instance publishes `service.heartbeat` (readiness, breakers, version)."""
 
     @cached_property
     def clusters(self) -> ClustersFile:

@@ -150,6 +150,13 @@ MAINTENANCE_PAUSED = Topic(
 )
 MAINTENANCE_RESUMED = Topic("maintenance.resumed", _C, "Automatic failover switched back on")
 
+SERVICE_HEARTBEAT = Topic(
+    "service.heartbeat",
+    ("service",),
+    "A service instance is alive: readiness, circuit breakers, version",
+    heartbeat=True,
+)
+
 DEAD_LETTER = Topic("deadletter", ("consumer",), "A message a consumer could not process")
 
 # KV bucket of each cluster's maintenance state (key: the cluster; value:

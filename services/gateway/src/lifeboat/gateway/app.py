@@ -92,6 +92,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(projection.caught_up.wait(), CATCH_UP_SECONDS)
         runtime.mark_ready()
+        runtime.start_heartbeats()
         log.info(
             "serving: %d events replayed, %d token(s), reads %s",
             projection.applied["events"],
@@ -102,6 +103,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             runtime.mark_ready(False)
+            await runtime.stop_heartbeats()
             await notifier.stop()
             await projection.stop()
             await runtime.broker.stop()

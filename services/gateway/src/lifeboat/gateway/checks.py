@@ -13,6 +13,7 @@ from lifeboat.common.health import Check, ComponentHealth, Status, component
 from lifeboat.common.redact import redact
 from lifeboat.common.settings import ServiceSettings
 from lifeboat.gateway.projection import Projection
+from lifeboat.gateway.schemas import InstanceSeen
 from lifeboat.pg.probe import ProbeError, probe_role
 
 
@@ -65,24 +66,57 @@ def service_check(name: str, base_url: str, timeout: float, breakers: Breakers) 
     return check
 
 
+def instances(projection: Projection, now: datetime) -> list[InstanceSeen]:
+    """Every service instance seen: its heartbeat (fresh within 3 intervals) or its events."""
+    out = []
+    for (service, instance), at in projection.instances.items():
+        beat = projection.beats.get((service, instance))
+        fresh = beat is not None and (now - beat.occurred_at).total_seconds() <= 3 * max(
+            1.0, beat.interval_seconds
+        )
+        out.append(
+            InstanceSeen(
+                service=service,
+                instance=instance,
+                last_event_at=at,
+                seconds_ago=round((now - at).total_seconds(), 3),
+                heartbeat=fresh,
+                ready=beat.ready if beat is not None and fresh else None,
+                message=beat.message if beat is not None and fresh else "",
+                version=beat.version if beat is not None else None,
+                uptime_seconds=beat.uptime_seconds if beat is not None and fresh else None,
+                breakers=dict(beat.breakers) if beat is not None and fresh else {},
+            )
+        )
+    return sorted(out, key=lambda i: (i.service, i.instance))
+
+
 def instances_check(projection: Projection, services: list[str], within: float = 60.0) -> Check:
-    """Every running instance of every service, as seen on the bus (their events' source)
-    within `within` seconds: the monitors' heartbeats, the failover service's decisions, ..."""
+    """Every running instance of every service: those whose heartbeat is fresh, with their
+    readiness; those that sent no heartbeat but events within `within` seconds."""
 
     async def check() -> ComponentHealth:
         now = datetime.now(UTC)
-        recent: dict[str, list[str]] = {}
-        for (service, instance), at in projection.instances.items():
-            if (now - at).total_seconds() <= within:
-                recent.setdefault(service, []).append(instance)
+        running: dict[str, list[str]] = {}
+        not_ready = []
+        for seen in instances(projection, now):
+            if not seen.heartbeat and seen.seconds_ago > within:
+                continue
+            label = seen.instance if seen.ready is not False else f"{seen.instance} (not ready)"
+            running.setdefault(seen.service, []).append(label)
+            if seen.ready is False:
+                not_ready.append(f"{seen.service}/{seen.instance}: {seen.message}")
         details: dict[str, str | int | float | bool | None] = {
-            s: ", ".join(sorted(i)) for s, i in sorted(recent.items())
+            s: ", ".join(sorted(i)) for s, i in sorted(running.items())
         }
-        names = ", ".join(f"{s} x{len(i)}" for s, i in sorted(recent.items()))
-        status = (
-            Status.HEALTHY if "monitor" in recent or "monitor" not in services else Status.DEGRADED
-        )
-        message = f"seen on the bus in the last {within:.0f}s: {names or 'nobody'}"
+        names = ", ".join(f"{s} x{len(i)}" for s, i in sorted(running.items()))
+        missing = [s for s in services if s not in running]
+        if not_ready:
+            status, message = Status.DEGRADED, "not ready: " + "; ".join(not_ready)
+        elif missing:
+            status, message = Status.DEGRADED, f"no instance heard from: {', '.join(missing)}"
+        else:
+            status, message = Status.HEALTHY, f"running: {names or 'nobody'}"
         return component("instances", status, message, **details)
 
     return check

@@ -46,6 +46,7 @@ from lifeboat.common.events import (
     NodeHealth,
     NodeRejoined,
     NodeRejoinRequested,
+    ServiceHeartbeat,
     SwitchoverCompleted,
     SwitchoverFailed,
     SwitchoverRequested,
@@ -131,6 +132,7 @@ class Projection:
         self.heartbeats: deque[Stored] = deque(maxlen=heartbeat_buffer)
         self.operations: dict[UUID, Operation] = {}
         self.instances: dict[tuple[str, str], datetime] = {}  # (service, instance): last seen
+        self.beats: dict[tuple[str, str], ServiceHeartbeat] = {}  # (service, instance): newest
         self.latest: dict[tuple[str, str, str], Envelope] = {}  # (type, cluster, key): newest
         self.lag_seconds: dict[StreamKind, float] = {"events": 0.0, "heartbeats": 0.0}
         self.applied: dict[StreamKind, int] = {"events": 0, "heartbeats": 0}
@@ -168,6 +170,8 @@ class Projection:
             self.heartbeats.append(stored)
             if isinstance(event, NodeHealth):
                 self.reports.add(event)
+            elif isinstance(event, ServiceHeartbeat):
+                self.beats[(event.service, event.source.instance)] = event
         self.applied[stored.stream] += 1
         self.instances[(event.source.service, event.source.instance)] = event.occurred_at
         cluster = getattr(event, "cluster", "")

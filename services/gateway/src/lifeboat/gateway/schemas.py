@@ -344,10 +344,18 @@ class Sla(_Body):
 
 
 class InstanceSeen(_Body):
+    """A service instance: from its heartbeats when it sends them, else from its events."""
+
     service: str
     instance: str
     last_event_at: AwareDatetime
     seconds_ago: float
+    heartbeat: bool = Field(default=False, description="a fresh service.heartbeat")
+    ready: bool | None = None
+    message: str = ""
+    version: str | None = None
+    uptime_seconds: float | None = None
+    breakers: dict[str, str] = Field(default_factory=dict)
 
 
 class ServiceBreakers(_Body):
@@ -362,6 +370,9 @@ class AllBreakers(_Body):
 
     breakers: list[BreakerSnapshot] = Field(description="the gateway's own")
     services: list[ServiceBreakers]
+    instances: list[InstanceSeen] = Field(
+        default_factory=list, description="every instance's breakers, from its heartbeats"
+    )
 
 
 class WhoAmI(_Body):

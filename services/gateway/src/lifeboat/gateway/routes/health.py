@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from lifeboat.common.health import BreakerReport
 from lifeboat.common.redact import redact
+from lifeboat.gateway import checks
 from lifeboat.gateway.deps import GatewayDep, respond
 from lifeboat.gateway.schemas import (
     AllBreakers,
@@ -74,20 +75,14 @@ async def circuit_breakers(gw: GatewayDep) -> AllBreakers:
     others = await asyncio.gather(
         *(_service_breakers(n, u, timeout) for n, u in sorted(gw.settings.service_urls.items()))
     )
-    return AllBreakers(breakers=own.breakers, services=list(others))
+    seen = checks.instances(gw.projection, datetime.now(UTC))
+    return AllBreakers(
+        breakers=own.breakers, services=list(others), instances=[i for i in seen if i.heartbeat]
+    )
 
 
 @router.get("/instances")
 async def instances(gw: GatewayDep) -> list[InstanceSeen]:
-    """Every service instance whose events reached the bus, newest first."""
-    now = datetime.now(UTC)
-    seen = [
-        InstanceSeen(
-            service=service,
-            instance=instance,
-            last_event_at=at,
-            seconds_ago=round((now - at).total_seconds(), 3),
-        )
-        for (service, instance), at in gw.projection.instances.items()
-    ]
-    return sorted(seen, key=lambda s: s.seconds_ago)
+    """Every service instance: readiness, version and breakers from its heartbeats, or when
+    its last event reached the bus."""
+    return checks.instances(gw.projection, datetime.now(UTC))
