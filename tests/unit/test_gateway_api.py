@@ -536,3 +536,9 @@ def test_the_fast_path_answers_what_the_route_answers(tmp_path: Path, app: TestC
     assert public.get("/clusters/main", headers=auth("reader")).status_code == 200
     text = app.get("/metrics").text
     assert 'route="/clusters/{cluster}",status="200"' in text
+
+
+def test_authentication_comes_before_anything_about_the_cluster(app: TestClient) -> None:
+    for path in ("/clusters/nope/switchover", "/clusters/nope/pause", "/clusters/main/failover"):
+        assert app.post(path, json={"reason": ""}).status_code == 401, path
+    assert app.post("/clusters/main/nodes/nope/rejoin").status_code == 401

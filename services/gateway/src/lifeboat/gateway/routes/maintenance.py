@@ -43,7 +43,7 @@ async def _set(gw: Gateway, state: MaintenanceState) -> MaintenanceView:
 
 @router.post("/{cluster}/pause", responses=responses(401, 403, 404, 422))
 async def pause(
-    spec: ClusterDep, gw: GatewayDep, who: Operator, body: PauseRequest | None = None
+    who: Operator, spec: ClusterDep, gw: GatewayDep, body: PauseRequest | None = None
 ) -> MaintenanceView:
     """Switch automatic failover off for the cluster; manual operations still work."""
     reason = (body or PauseRequest()).reason
@@ -54,7 +54,7 @@ async def pause(
 
 @router.post("/{cluster}/resume", responses=responses(401, 403, 404, 422))
 async def resume(
-    spec: ClusterDep, gw: GatewayDep, who: Operator, body: PauseRequest | None = None
+    who: Operator, spec: ClusterDep, gw: GatewayDep, body: PauseRequest | None = None
 ) -> MaintenanceView:
     """Switch automatic failover back on."""
     reason = body.reason if body else "resumed"

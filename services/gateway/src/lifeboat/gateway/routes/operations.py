@@ -54,7 +54,7 @@ def _ids() -> UUID:
 
 @router.post("/clusters/{cluster}/failover", status_code=202, responses=COMMAND)
 async def failover(
-    spec: ClusterDep, body: OperationRequest, gw: GatewayDep, who: Operator
+    who: Operator, spec: ClusterDep, body: OperationRequest, gw: GatewayDep
 ) -> JSONResponse:
     """Promote `target` (or the best standby) now, fencing the primary."""
     if body.target is not None:
@@ -74,7 +74,7 @@ async def failover(
 
 @router.post("/clusters/{cluster}/switchover", status_code=202, responses=COMMAND)
 async def switchover(
-    spec: ClusterDep, body: OperationRequest, gw: GatewayDep, who: Operator
+    who: Operator, spec: ClusterDep, body: OperationRequest, gw: GatewayDep
 ) -> JSONResponse:
     """Hand the primary role over without losing a write; the old primary follows."""
     if body.target is not None:
@@ -94,10 +94,10 @@ async def switchover(
 
 @router.post("/clusters/{cluster}/nodes/{node}/rejoin", status_code=202, responses=COMMAND)
 async def rejoin(
+    who: Operator,
     spec: ClusterDep,
     node: NodeDep,
     gw: GatewayDep,
-    who: Operator,
     body: RejoinRequest | None = None,
 ) -> JSONResponse:
     """Turn a node (e.g. a fenced former primary) back into a standby of the primary."""
@@ -115,9 +115,9 @@ async def rejoin(
 
 @router.get("/operations/{operation_id}", responses=responses(401, 403, 404, 422))
 async def operation(
+    _: Reader,
     operation_id: UUID,
     gw: GatewayDep,
-    _: Reader,
     wait: float = Query(0, ge=0, le=60, description="seconds to wait for it to finish"),
 ) -> OperationView:
     """The operation's state and outcome; with `wait`, answers once it is done (or then)."""
