@@ -47,7 +47,8 @@ token_app = typer.Typer(help="API tokens", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(token_app, name="token")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped (scripts, tests): wide enough for the status table on one line per member.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _MARK = {"healthy": "ok ", "degraded": "DEG", "unhealthy": "BAD"}
