@@ -132,6 +132,7 @@ class Bench:
                 "LIFEBOAT_WORK_DIR": str(self.workdir / "work"),
                 "LIFEBOAT_WAL_ARCHIVE": "false",
                 "LIFEBOAT_SCHEDULE_PHYSICAL": "",
+                "LIFEBOAT_FIRST_BACKUP_AT_START": "false",
                 "LIFEBOAT_SCHEDULE_VERIFY": "",
                 "LIFEBOAT_VERIFY_AFTER_BACKUP": "false",
                 "LIFEBOAT_JANITOR_INTERVAL_SECONDS": "36000",

@@ -117,3 +117,13 @@ def test_restore_of_a_standby_node_on_this_host_is_planned() -> None:
     (only,) = decision.commands
     assert isinstance(only, Restore)
     assert only.plan.backup.backup_id == "b1"
+
+
+def test_a_cluster_without_a_physical_backup_asks_for_one_at_once() -> None:
+    one = decide_schedule("main", {}, "", NOW, NOW, SRC, first_physical=True)
+    other = decide_schedule("main", {}, "", NOW, NOW, SRC, first_physical=True)
+    (a,) = one.commands
+    assert isinstance(a, Publish)
+    assert isinstance(a.event, BackupRequested)
+    assert a.event.kind is BackupKind.PHYSICAL
+    assert other.commands == one.commands

@@ -74,6 +74,7 @@ def env(
             "LIFEBOAT_WORK_DIR": str(workdir / f"work-{cluster_name}"),
             "LIFEBOAT_WAL_ARCHIVE": "false",
             "LIFEBOAT_SCHEDULE_PHYSICAL": "",
+            "LIFEBOAT_FIRST_BACKUP_AT_START": "false",
             "LIFEBOAT_ACK_WAIT_SECONDS": "3",
             "LIFEBOAT_LEASE_TTL_SECONDS": "3",
             "LIFEBOAT_VERIFY_AFTER_BACKUP": "false",

@@ -126,10 +126,23 @@ def decide_schedule(
     after: datetime,
     now: datetime,
     source: Source,
+    *,
+    first_physical: bool = False,
 ) -> Decision:
     """Requests for the slots due since `after`; every instance derives the same ids, so the
-    stream's de-duplication keeps one request per slot whatever the number of workers."""
+    stream's de-duplication keeps one request per slot whatever the number of workers.
+    `first_physical`: the cluster has no physical backup yet, so one is asked for now (a new
+    stack backs itself up without waiting for the first slot)."""
     commands: list[Command] = []
+    if first_physical:
+        first = BackupRequested(
+            cluster=cluster,
+            source=source,
+            kind=BackupKind.PHYSICAL,
+            reason="no physical backup is listed yet",
+            requested_by="schedule",
+        )
+        commands.append(Publish(stamped(first, now)))
     for kind, expression in sorted(schedules.items()):
         for slot in due_slots(expression, after, now, limit=1):
             request = BackupRequested(

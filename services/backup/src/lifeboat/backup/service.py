@@ -279,11 +279,30 @@ class ClusterBackups:
             BackupKind.LOGICAL: self.settings.schedule_logical,
         }
         after = datetime.now(UTC) - timedelta(seconds=tick)
+        # Only where a backup can work: without the replication password it cannot.
+        first = (
+            self.settings.first_backup_at_start and self.settings.replication_secret() is not None
+        )
         while True:
             now = datetime.now(UTC)
+            if first:
+                try:
+                    listed = await self.catalogue.listed()
+                    first = not any(i.manifest.kind == BackupKind.PHYSICAL for i in listed)
+                except Exception as exc:
+                    log.warning("cannot list the backups of %s yet: %s", self.cluster, exc)
+                    await asyncio.sleep(tick)
+                    continue
             decision = decide_schedule(
-                self.cluster, schedules, self.settings.schedule_verify, after, now, self.source
+                self.cluster,
+                schedules,
+                self.settings.schedule_verify,
+                after,
+                now,
+                self.source,
+                first_physical=first,
             )
+            first = False
             try:
                 await self.executor.run(decision)
                 after = now

@@ -40,6 +40,9 @@ class BackupSettings(ServiceSettings, S3Settings):
     schedule_physical: str = "0 2 * * *"
     """Cron expression of scheduled physical backups; empty for none."""
     schedule_logical: str = ""
+    first_backup_at_start: bool = True
+    """Ask for a physical backup at start when the cluster has none listed (once per start;
+    workers starting together ask with one request id)."""
     schedule_verify: str = "0 5 * * 0"
     """Cron expression of test restores of the newest backup of each kind."""
     retention_days: PositiveFloat = 7
