@@ -39,7 +39,7 @@ from lifeboat.common.events import Envelope, FileSynced, Source
 from lifeboat.common.settings import S3Settings
 from lifeboat.devstack.procs import eventually, free_port
 from lifeboat.devstack.servers import S3Credentials, S3Ports, SeaweedS3
-from lifeboat.filesync import Index, SetStore, SetWorker, Timing, check
+from lifeboat.filesync import Index, SetStore, SetWorker, Timing, bound_malloc, check
 from lifeboat.filesync.settings import FilesyncSettings
 from lifeboat.objstore.client import ensure_buckets, make_s3_client
 
@@ -207,7 +207,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--start", action="store_true", help="start a throwaway SeaweedFS")
+    parser.add_argument("--no-rclone", action="store_true", help="ours only (development)")
     args = parser.parse_args()
+    bound_malloc()  # as the service's entry point does
     base = Path(tempfile.mkdtemp(prefix="lifeboat-bench-files-"))
     server = None
     try:
@@ -223,7 +225,11 @@ def main() -> None:
         rclone = Rclone(ensure_rclone(), s3)
         root = base / "files"
         total = make_files(root, args.files)
-        ref = rclone_runs(rclone, root, args.changes)
+        ref = (
+            {"initial_s": 1.0, "check_s": 1.0}
+            if args.no_rclone
+            else rclone_runs(rclone, root, args.changes)
+        )
         mine = asyncio.run(ours(s3, root, base / "state", args.changes))
         print(
             json.dumps(

@@ -6,7 +6,8 @@ else is internal.
 
 from lifeboat.filesync.check import check
 from lifeboat.filesync.index import Index
+from lifeboat.filesync.malloc import bound_malloc
 from lifeboat.filesync.service import SetWorker, Timing
 from lifeboat.filesync.store import SetStore, Sizes
 
-__all__ = ["Index", "SetStore", "SetWorker", "Sizes", "Timing", "check"]
+__all__ = ["Index", "SetStore", "SetWorker", "Sizes", "Timing", "bound_malloc", "check"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from lifeboat.common.runtime import serve
 from lifeboat.filesync.app import SERVICE, build_app
+from lifeboat.filesync.malloc import bound_malloc
 from lifeboat.filesync.settings import FilesyncSettings
 
 
 def main() -> None:
+    bound_malloc()
     settings = FilesyncSettings()
     serve(build_app(settings), settings, SERVICE)
 

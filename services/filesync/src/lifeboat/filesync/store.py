@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import stat as st
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,39 @@ def _missing(exc: ClientError) -> bool:
 class Sizes:
     multipart_threshold: int = 64 * 1024 * 1024
     part_size: int = 16 * 1024 * 1024
+    # Bytes held in memory by uploads at once, whatever the parallelism: a file below the
+    # threshold, or a part, is read whole before it is sent.
+    memory: int = 128 * 1024 * 1024
+
+
+class Budget:
+    """At most `limit` bytes taken at once; one taker may exceed it alone (a big part)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, n: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+def _read(fd: int, size: int, offset: int | None = None) -> bytes:
+    """Up to `size` bytes in one buffer (no list of chunks joined: half the memory)."""
+    data = os.pread(fd, size, offset) if offset is not None else os.read(fd, size)
+    if len(data) < size and data:  # a short read: rare on regular files
+        more = _read(fd, size - len(data), None if offset is None else offset + len(data))
+        return data + more
+    return data
 
 
 class SetStore:
@@ -61,6 +95,7 @@ class SetStore:
         self.bucket = bucket
         self.prefix = prefix
         self.sizes = sizes
+        self.budget = Budget(max(sizes.memory, sizes.multipart_threshold, sizes.part_size))
 
     # --- manifest and snapshots ---------------------------------------------------------
 
@@ -149,23 +184,21 @@ class SetStore:
         """
         if expected.size >= self.sizes.multipart_threshold:
             return self._upload_large(path, expected, index, on_part)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            before = stat_of(os.fstat(fd))
-            chunks = []
-            while chunk := os.read(fd, 4 * 1024 * 1024):
-                chunks.append(chunk)
-            after = stat_of(os.fstat(fd))
-        finally:
-            os.close(fd)
-        if after != before:
-            raise Changed(f"{path}: changed while being uploaded")
-        data = b"".join(chunks)
-        sha = hashlib.sha256(data).hexdigest()
-        if len(data) >= self.sizes.multipart_threshold:  # grew past the threshold since
-            return self.upload(path, _entry(sha, after), index, on_part)
-        self.client.put_object(Bucket=self.bucket, Key=object_key(self.prefix, sha), Body=data)
-        return _entry(sha, after)
+        with self.budget.take(expected.size):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                before = stat_of(os.fstat(fd))
+                if before.size >= self.sizes.multipart_threshold:  # grew since the scan
+                    raise Changed(f"{path}: grew past the multipart threshold")
+                data = _read(fd, before.size + 1)
+                after = stat_of(os.fstat(fd))
+            finally:
+                os.close(fd)
+            if after != before or len(data) != before.size:
+                raise Changed(f"{path}: changed while being uploaded")
+            sha = hashlib.sha256(data).hexdigest()
+            self.client.put_object(Bucket=self.bucket, Key=object_key(self.prefix, sha), Body=data)
+            return _entry(sha, after)
 
     def _upload_large(
         self, path: Path, expected: Entry, index: Index, on_part: Callable[[int], None] | None
@@ -193,20 +226,10 @@ class SetStore:
             parts: list[CompletedPartTypeDef] = []
             number, offset = 1, 0
             while offset < before.size or number == 1:
-                data = os.pread(fd, part_size, offset)
+                with self.budget.take(part_size):
+                    data = _read(fd, part_size, offset)
+                    etag = self._part(key, upload_id, number, data, done, on_part)
                 digest.update(data)
-                etag = done.get(number)
-                if etag is None or etag != hashlib.md5(data).hexdigest():
-                    answer = self.client.upload_part(
-                        Bucket=self.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=data,
-                    )
-                    etag = answer["ETag"].strip('"')
-                    if on_part is not None:
-                        on_part(number)
                 parts.append({"PartNumber": number, "ETag": etag})
                 offset += len(data)
                 number += 1
@@ -225,6 +248,27 @@ class SetStore:
         )
         index.upload_done(sha)
         return _entry(sha, after)
+
+    def _part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        done: dict[int, str],
+        on_part: Callable[[int], None] | None,
+    ) -> str:
+        """Upload part `number` unless S3 has it already, with these very bytes (its ETag is
+        their MD5): what a crashed upload sent is not sent again."""
+        etag = done.get(number)
+        if etag is not None and etag == hashlib.md5(data).hexdigest():
+            return etag
+        answer = self.client.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+        )
+        if on_part is not None:
+            on_part(number)
+        return answer["ETag"].strip('"')
 
     def _parts(self, key: str, upload_id: str) -> dict[int, str]:
         parts: dict[int, str] = {}
