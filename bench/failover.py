@@ -53,9 +53,11 @@ def main() -> None:
     try:
         cluster = load_clusters(stack_dir / "clusters.yaml").cluster("main")
         password = (stack_dir / "secrets" / "pg_password").read_text().strip()
+        token_file = stack_dir / "secrets" / "lifeboat_token"
+        token = token_file.read_text().strip() if token_file.exists() else None
         out: dict[str, Any] = {"baseline_detection_floor_s": DETECTION_FLOOR_S}
         for scenario in ("kill-primary", "freeze-primary", "switchover"):
-            result = drill(args.gateway, cluster, password, scenario, args.runs)
+            result = drill(args.gateway, cluster, password, scenario, args.runs, token)
             s = result["summary"]
             key = scenario.replace("-", "_")
             if scenario == "switchover":

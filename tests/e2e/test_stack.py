@@ -66,8 +66,9 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
 ) -> None:
     started = time.monotonic()
     stack.start()
-    report = stack.wait_healthy(timeout=90)
-    assert time.monotonic() - started < 90
+    # Seconds on an idle machine; the bound leaves room for a busy CI host.
+    report = stack.wait_healthy(timeout=150)
+    assert time.monotonic() - started < 150
     components = {c["name"]: c for c in report["components"]}
     assert components["nats"]["status"] == "healthy"
     assert components["s3"]["status"] == "healthy"
@@ -138,7 +139,7 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     again = UpStack(stack_dir, stack_dir.with_suffix(".again.log"), env=stack.env)
     again.start()
     try:
-        again.wait_healthy(timeout=90)
+        again.wait_healthy(timeout=150)
         with psycopg.connect(dsn, connect_timeout=5) as conn:
             rows = conn.execute("select v from kept").fetchall()
         assert rows == [("survives a restart",)]

@@ -25,7 +25,9 @@ def _drill(args: argparse.Namespace) -> int:
         print(f"drill: {exc} (is the stack `make up` runs up?)", file=sys.stderr)
         return 2
     try:
-        result = drill(gateway, cluster, password, args.scenario, args.runs)
+        result = drill(
+            gateway, cluster, password, args.scenario, args.runs, settings.gateway_token()
+        )
     except httpx.HTTPError as exc:
         print(f"drill: cannot reach the gateway at {gateway}: {exc}", file=sys.stderr)
         return 2

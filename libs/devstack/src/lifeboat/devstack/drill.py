@@ -65,6 +65,11 @@ class DrillSettings(BaseSettings):
     def cluster(self, name: str) -> ClusterSpec:
         return load_clusters(self.clusters_file or self.stack_dir / "clusters.yaml").cluster(name)
 
+    def gateway_token(self) -> str | None:
+        """The stack's admin token (`make up` writes it), if there is one."""
+        file = self.stack_dir / "secrets" / "lifeboat_token"
+        return file.read_text().strip() if file.exists() else None
+
     def postgres_password(self) -> str:
         file = self.pg_password_file or self.stack_dir / "secrets" / "pg_password"
         found = resolve_secret("LIFEBOAT_PG_PASSWORD", self.pg_password, file)
@@ -108,8 +113,10 @@ class Writer:
 
 
 class Drill:
-    def __init__(self, gateway: str, cluster: ClusterSpec, password: str) -> None:
-        self.api = GatewayClient(gateway, timeout=180, operation_timeout=180)
+    def __init__(
+        self, gateway: str, cluster: ClusterSpec, password: str, token: str | None = None
+    ) -> None:
+        self.api = GatewayClient(gateway, token=token, timeout=180, operation_timeout=180)
         self.cluster = cluster
         self.password = password
 
@@ -277,9 +284,15 @@ def summarize(runs: list[dict[str, Any]], scenario: Scenario) -> dict[str, Any]:
 
 
 def drill(
-    gateway: str, cluster: ClusterSpec, password: str, scenario: Scenario, runs: int
+    gateway: str,
+    cluster: ClusterSpec,
+    password: str,
+    scenario: Scenario,
+    runs: int,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    d = Drill(gateway, cluster, password)
+    """`runs` runs of `scenario`; `token` operates the gateway (the stack's admin token)."""
+    d = Drill(gateway, cluster, password, token)
     results = []
     base = int(time.time() * 1000) * 1000  # ids never collide with an earlier drill
     try:

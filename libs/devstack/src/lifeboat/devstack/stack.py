@@ -144,6 +144,7 @@ class Stack:
                 self.secrets_dir / "s3_secret_access_key"
             ).get_secret_value(),
         )
+        read_or_create_secret(self.secrets_dir / "lifeboat_token", 32)
         passwords = Passwords(
             superuser=read_or_create_secret(self.secrets_dir / "pg_password"),
             replication=read_or_create_secret(self.secrets_dir / "pg_replication_password"),
@@ -276,6 +277,16 @@ class Stack:
             "LIFEBOAT_S3_ACCESS_KEY_ID": creds.access_key_id,
             "LIFEBOAT_S3_SECRET_ACCESS_KEY_FILE": str(self.secrets_dir / "s3_secret_access_key"),
             "LIFEBOAT_SERVICE_URLS": json.dumps(urls),
+            # The gateway's admin token: commands through the API and the CLI need it.
+            "LIFEBOAT_ADMIN_TOKEN_FILE": str(self.secrets_dir / "lifeboat_token"),
+            # Backup: WAL archiving through a slot and the first backup at start need the
+            # replication password; its spool and scratch restores go where PostgreSQL's
+            # user can reach them.
+            "LIFEBOAT_REPLICATION_PASSWORD_FILE": str(self.secrets_dir / "pg_replication_password"),
+            "LIFEBOAT_WORK_DIR": str(self.pg.base_dir.parent / "backup-work") if self.pg else "",
+            "LIFEBOAT_PG_OS_USER": self.pg.os_user.name if self.pg else "",
+            # A laptop's stack: verify by scratch restore on request, not after every backup.
+            "LIFEBOAT_VERIFY_AFTER_BACKUP": "false",
             "LIFEBOAT_MONITORS": str(s.monitors),
             "PYTHONUNBUFFERED": "1",
         }
