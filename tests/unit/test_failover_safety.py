@@ -359,3 +359,18 @@ def test_a_dead_candidate_does_not_leave_the_original_primary_unfenced() -> None
     decision = decide(observe(down("node1"), down("node2"), standby("node3"), topology=AFTER))
     assert isinstance(decision.commands[0], Fence)
     assert decision.commands[0].node == "node1"
+
+
+def test_paused_no_automatic_failover_and_the_hold_says_who_paused() -> None:
+    from lifeboat.common.events import MaintenanceState
+
+    pause = MaintenanceState(
+        cluster="main", paused=True, reason="kernel upgrade", requested_by="ops"
+    )
+    obs = replace(observe(down("node1"), standby("node2"), standby("node3")), paused=pause)
+    decision = decide(obs)
+    assert not any(isinstance(c, (Promote, WriteTopology, Fence)) for c in decision.commands)
+    (event,) = held(decision)
+    assert "paused (by ops: kernel upgrade)" in event.reason
+    manual_one = decide(replace(obs, request=manual(target="node2")))
+    assert any(isinstance(c, Promote) for c in manual_one.commands)  # operators still act

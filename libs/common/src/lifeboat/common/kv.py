@@ -25,9 +25,12 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from lifeboat.common.state import Lease, Topology
+from lifeboat.common.subjects import MAINTENANCE_BUCKET
 
 TOPOLOGY_BUCKET = "lifeboat_topology"
 LEASE_BUCKET = "lifeboat_leases"
+# The buckets that decide what failover may do: replicated with the streams.
+BUCKETS = (TOPOLOGY_BUCKET, LEASE_BUCKET, MAINTENANCE_BUCKET)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -63,7 +66,7 @@ async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> list[str
     write is acknowledged only once a majority of servers holds it, so losing one server
     neither loses nor rolls back a lease, an epoch or a topology. Returns their streams.
     """
-    for bucket in (TOPOLOGY_BUCKET, LEASE_BUCKET):
+    for bucket in BUCKETS:
         config = KeyValueConfig(
             bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas
         )
@@ -77,7 +80,7 @@ async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> list[str
             stream = status.stream_info.config
             stream.num_replicas = replicas
             await js.update_stream(stream)
-    return [f"KV_{bucket}" for bucket in (TOPOLOGY_BUCKET, LEASE_BUCKET)]
+    return [f"KV_{bucket}" for bucket in BUCKETS]
 
 
 async def _get(kv: KeyValue, key: str, model: type[M]) -> Versioned[M] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt
 
@@ -22,6 +23,9 @@ class Operation(BaseModel):
     reason: str
     started_at: AwareDatetime = Field(default_factory=utcnow)
     phases: tuple[PhaseTiming, ...] = ()
+    # The operator's request this operation answers (its correlation id): every event of the
+    # operation carries it, so a caller can follow its own request.
+    correlation_id: UUID | None = None
     # The synchronous set when the operation began: the standbys that may hold acknowledged
     # commits of the old primary. The candidate is (re)chosen among them, by positions read
     # after the fence; the new topology's own set starts empty (see Topology.promoted).

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
+from uuid import UUID
 
 from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.decision import Publish, stamped
@@ -26,6 +27,7 @@ from lifeboat.common.events import (
     FailoverKind,
     FailoverRequested,
     FailoverStarted,
+    MaintenanceState,
     NodeHealth,
     NodeRejoinRequested,
     PhaseTiming,
@@ -82,6 +84,8 @@ class Observation:
     # the primary is gone.
     last_primary_lsn: dict[str, int] = field(default_factory=dict)
     request: Request | None = None  # an operator's request to handle now
+    # Maintenance (Patroni's pause): no automatic failover; operators' requests still work.
+    paused: MaintenanceState | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,20 @@ def _primary_state(
 
 def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Decision:
     state, why = _primary_state(obs, topo, views)
+    if state == "failed" and obs.paused is not None:
+        pause = obs.paused
+        why = (
+            f"{why}, but automatic failover is paused (by {pause.requested_by}: "
+            f"{pause.reason or 'no reason given'}): not failing over"
+        )
+        held = FailoverHeld(
+            cluster=topo.cluster,
+            source=obs.source,
+            epoch=topo.epoch,
+            primary=topo.primary,
+            reason=why,
+        )
+        return Decision((Publish(stamped(held, obs.now)),), why)
     if state == "failed":
         return start_failover(obs, topo, views, FailoverKind.AUTOMATIC, why)
     if state in ("suspect", "unknown"):
@@ -259,6 +277,14 @@ def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Dec
     return _manage_sync(obs, topo, views)
 
 
+def _correlation(obs: Observation) -> UUID | None:
+    """The id a caller follows its request by: the request's own correlation id, else the
+    request itself (the gateway's operation id is the request's event id)."""
+    if obs.request is None:
+        return None
+    return obs.request.correlation_id or obs.request.event_id
+
+
 def _refuse(
     obs: Observation, topo: Topology, kind: FailoverKind, target: str | None, reason: str
 ) -> Decision:
@@ -266,6 +292,7 @@ def _refuse(
     event = model(
         cluster=topo.cluster,
         source=obs.source,
+        correlation_id=_correlation(obs),
         epoch=topo.epoch,
         kind=kind,
         target=target,
@@ -518,11 +545,13 @@ def _takeover(
         started_at=obs.now,
         synchronous=topo.synchronous if obs.policy.synchronous_mode != "off" else (),
         data_loss_budget_bytes=budget,
+        correlation_id=_correlation(obs),
     )
     new = topo.promoted(candidate, op, at=obs.now)
     started = FailoverStarted(
         cluster=topo.cluster,
         source=obs.source,
+        correlation_id=op.correlation_id,
         epoch=new.epoch,
         kind=kind,
         old_primary=topo.primary,
@@ -615,6 +644,7 @@ def _continue(
     done = outcome(
         cluster=topo.cluster,
         source=obs.source,
+        correlation_id=op.correlation_id,
         epoch=topo.epoch,
         kind=op.kind,
         old_primary=op.old_primary,

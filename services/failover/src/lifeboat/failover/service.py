@@ -9,20 +9,25 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
 from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.decision import Outcome, Publish
 from lifeboat.common.events import (
     FailoverFailed,
     FailoverHeld,
+    MaintenanceState,
     NodeHealth,
     PhaseTiming,
     Role,
 )
-from lifeboat.common.kv import LeaseLostError, LeaseStore, TopologyStore, Versioned
+from lifeboat.common.kv import LeaseLostError, LeaseStore, TopologyStore, Versioned, open_bucket
 from lifeboat.common.lsn import lsn_to_int
 from lifeboat.common.reports import ReportBook
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Lease
+from lifeboat.common.subjects import MAINTENANCE_BUCKET
 from lifeboat.failover.commands import (
     Command,
     Decision,
@@ -64,6 +69,7 @@ class ClusterLoop:
         self.lease: Versioned[Lease] | None = None
         self.leases: LeaseStore | None = None
         self.topologies: TopologyStore | None = None
+        self.maintenance: KeyValue | None = None
         self.last_decision = ""
         self._recent_events: dict[tuple[str, str], float] = {}
         self.requests: deque[tuple[float, Request]] = deque(maxlen=100)
@@ -156,6 +162,7 @@ class ClusterLoop:
         now = datetime.now(UTC)
         self.reports.forget_silent(now)
         current = await self.topologies.get(self.cluster.name)
+        paused = await self._paused()
         obs = Observation(
             now=now,
             cluster=self.cluster,
@@ -165,6 +172,7 @@ class ClusterLoop:
             source=self.runtime.source,
             last_primary_lsn=dict(self.last_primary_lsn),
             request=request,
+            paused=paused,
         )
         decision = decide(obs)
         decision = Decision(
@@ -193,6 +201,18 @@ class ClusterLoop:
         await self._hold_on_failed_fence(outcomes)
         await self._record_phases(outcomes)
         return decision
+
+    async def _paused(self) -> MaintenanceState | None:
+        """The cluster's maintenance state when paused (KV `lifeboat_maintenance`)."""
+        if self.maintenance is None:
+            js = self.runtime.broker.config.connection_state.stream
+            self.maintenance = await open_bucket(js, MAINTENANCE_BUCKET)
+        try:
+            entry = await self.maintenance.get(self.cluster.name)
+        except KeyNotFoundError:
+            return None
+        state = MaintenanceState.model_validate_json(entry.value or b"{}")
+        return state if state.paused else None
 
     async def _hold_on_failed_fence(self, outcomes: list[Outcome[Command]]) -> None:
         """A fence that failed stopped the decision before any promotion, and a promotion
