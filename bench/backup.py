@@ -35,12 +35,18 @@ import nats
 from psycopg import sql
 from pydantic import SecretStr
 
-from lifeboat.backup.catalogue import Catalogue, Listed
-from lifeboat.backup.nodes import Connections
-from lifeboat.backup.pipeline import Transfer
-from lifeboat.backup.plan import RestorePlan
-from lifeboat.backup.restore import RestoreContext, free_port, restore_dumps, restore_physical
-from lifeboat.backup.wal import Archiver
+from lifeboat.backup import (
+    Archiver,
+    Catalogue,
+    Connections,
+    Listed,
+    RestoreContext,
+    RestorePlan,
+    Transfer,
+    free_port,
+    restore_dumps,
+    restore_physical,
+)
 from lifeboat.common.breakers import Breakers
 from lifeboat.common.bus import encode, ensure_streams, heartbeat_stream_config, stream_config
 from lifeboat.common.clusters import ClustersFile, dump_clusters
