@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from faststream.asgi import AsgiFastStream
@@ -22,6 +22,7 @@ from lifeboat.common.bus import listen, subscribe
 from lifeboat.common.events import (
     BackupKind,
     BackupRequested,
+    ClusterEvent,
     FileCheckRequested,
     FileRestoreRequested,
     FileSynced,
@@ -36,6 +37,7 @@ from lifeboat.objstore.client import make_s3_client
 from lifeboat.objstore.health import s3_check
 
 SERVICE = "filesync"
+REQUEST_MAX_AGE = timedelta(minutes=15)
 log = logging.getLogger(__name__)
 
 
@@ -72,7 +74,19 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
     def worker(cluster: str, fileset: str) -> SetWorker | None:
         return workers.get((cluster, fileset))
 
+    def stale(event: ClusterEvent) -> bool:
+        """A new consumer starts at the beginning of the history: a request older than this
+        was for whoever served the set then, and replaying it (a snapshot, a restore) now
+        would do what nobody asked for today."""
+        age = datetime.now(UTC) - event.occurred_at
+        if age > REQUEST_MAX_AGE:
+            log.info("ignoring %s of %s: %s old", event.type, event.occurred_at, age)
+            return True
+        return False
+
     async def on_sync(event: FileSyncRequested) -> None:
+        if stale(event):
+            return
         w = worker(event.cluster, event.fileset)
         if w is not None:
             spawn(
@@ -81,11 +95,15 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
             )
 
     async def on_check(event: FileCheckRequested) -> None:
+        if stale(event):
+            return
         w = worker(event.cluster, event.fileset)
         if w is not None:
             spawn(w.check_now(references=event.references), f"check-{w.name}")
 
     async def on_restore(event: FileRestoreRequested) -> None:
+        if stale(event):
+            return
         w = worker(event.cluster, event.fileset)
         if w is None:
             return
@@ -96,6 +114,8 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
             spawn(w.restore(event), f"restore-{w.name}")
 
     async def on_backup(event: BackupRequested) -> None:
+        if stale(event):
+            return
         # `files`: a snapshot of each set is the backup. `full`: the files half of it, named
         # by the request's id; the backup service takes the physical half and lists the pair.
         if event.kind not in (BackupKind.FILES, BackupKind.FULL):
