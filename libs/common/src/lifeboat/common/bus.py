@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from faststream import AckPolicy, BaseMiddleware
 from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 from nats.js.errors import BadRequestError, NotFoundError
@@ -40,6 +41,32 @@ E = TypeVar("E", bound=Envelope)
 
 MAX_DELIVER = 5
 EVENTS_STREAM = JStream(STREAM_NAME, declare=False)
+
+
+def _pull_timeouts_as_nats_timeouts() -> None:
+    """nats-py's pull `fetch` can raise a bare `asyncio.TimeoutError` (its deadline spent
+    between the no-wait probe and the lingering request) where it otherwise raises
+    `nats.errors.TimeoutError`. FastStream's pull loop suppresses only the latter, so its
+    supervisor logs a traceback and restarts the loop for what is just an empty fetch. Raise
+    the one it expects."""
+    pull = JetStreamContext.PullSubscription
+    original = pull._fetch_n
+    if getattr(original, "_lifeboat", False):
+        return
+
+    async def fetch_n(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(self, *args, **kwargs)
+        except NatsTimeoutError:
+            raise
+        except TimeoutError as exc:
+            raise NatsTimeoutError from exc
+
+    fetch_n._lifeboat = True  # type: ignore[attr-defined]
+    pull._fetch_n = fetch_n  # type: ignore[method-assign]
+
+
+_pull_timeouts_as_nats_timeouts()
 
 
 def make_broker(nats_url: str, client_name: str, *, graceful_timeout: float = 5.0) -> NatsBroker:

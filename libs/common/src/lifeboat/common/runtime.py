@@ -9,7 +9,6 @@ SIGTERM/SIGINT stop the HTTP server, drain in-flight messages and close NATS, th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import logging
 import signal
@@ -138,8 +137,9 @@ class ServiceRuntime:
         task, self._heartbeats = self._heartbeats, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Bounded: a beat stuck in a health check (a thread waiting on S3) must not
+            # hold up a clean stop.
+            await asyncio.wait([task], timeout=2)
 
     async def _beat(self) -> None:
         try:

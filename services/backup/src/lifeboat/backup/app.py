@@ -157,8 +157,12 @@ def build_app(settings: BackupSettings) -> AsgiFastStream:
         serve_queue(subjects.RESTORE_REQUESTED, RestoreRequested, lambda c: c.on_restore, 1)
 
     async def stop() -> None:
+        """Cancel every loop and give them the grace period, no more: a stop is bounded."""
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds)
+            for task in pending:
+                log.warning("%s did not stop within the grace period", task.get_name())
 
     return runtime.asgi_app(on_startup=[start], on_shutdown=[stop])
