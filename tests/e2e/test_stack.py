@@ -120,7 +120,7 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     monitor_port = stack.env["LIFEBOAT_MONITOR_PORT"]
     victim = next(pid for pid in children if b"lifeboat.monitor" in _cmdline(pid))
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: "restarted monitor" in stack.output(), timeout=30, what="the restart")
+    wait_until(lambda: "restarted monitor-1" in stack.output(), timeout=30, what="the restart")
     assert "!!! monitor-1 exited" in stack.output()
     wait_until(
         lambda: answers_ok(f"http://127.0.0.1:{monitor_port}/health/ready"),

@@ -21,6 +21,7 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, AsyncAPIRoute, get
 from faststream.asgi.response import JSONResponse
 from faststream.asgi.types import ASGIApp
 from faststream.nats import NatsBroker
+from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from tenacity import (
     AsyncRetrying,
@@ -103,6 +104,22 @@ class ServiceRuntime:
         ):
             with attempt:
                 await self.broker.connect()
+        # A cluster that just formed (or is electing a leader) may time out or refuse a
+        # stream or bucket update for a while: declaring is retried like connecting.
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((TimeoutError, NatsError)),
+            wait=wait_exponential(multiplier=0.2, max=3),
+            stop=stop_after_delay(give_up_after),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        ):
+            with attempt:
+                await self._declare()
+        self.broker.context.set_global("lifeboat_source", self.source)
+        log.info("connected to NATS at %s", self.settings.safe_nats_url())
+
+    async def _declare(self) -> None:
+        """The streams and KV buckets, at this deployment's replicas, each with a leader."""
         s = self.settings
         js = self.broker.config.connection_state.stream
         await ensure_streams(
@@ -122,8 +139,6 @@ class ServiceRuntime:
         streams = await ensure_buckets(js, replicas=s.nats_replicas)
         for stream in (STREAM_NAME, HEARTBEAT_STREAM_NAME, *streams):
             await wait_for_leader(js, stream)
-        self.broker.context.set_global("lifeboat_source", self.source)
-        log.info("connected to NATS at %s", s.safe_nats_url())
 
     def mark_ready(self, ready: bool = True) -> None:
         self._ready = ready
