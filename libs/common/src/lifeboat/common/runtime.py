@@ -237,6 +237,7 @@ class ServiceRuntime:
             await self.stop_heartbeats()
             for hook in on_shutdown:
                 await hook()
+            log.info("stopped its work; closing NATS")
 
         return AsgiFastStream(
             self.broker,

@@ -126,6 +126,11 @@ class WorkQueue(Generic[E]):
                     msgs = await sub.fetch(1, timeout=1.0)
                 except (FetchTimeoutError, TimeoutError):
                     self.slots.release()
+                    # nats-py may turn a cancellation inside fetch into a timeout: a stop
+                    # must still stop the loop.
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from None
                     continue
                 except Exception as exc:
                     self.slots.release()
@@ -140,6 +145,10 @@ class WorkQueue(Generic[E]):
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            # Unsubscribed, or closing the connection drains this pull subscription and
+            # waits out nats-py's 30 s drain timeout: a stop must take seconds.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
