@@ -239,34 +239,28 @@ def _primary_state(
     return "healthy", f"{topo.primary} is healthy"
 
 
+def _hold(obs: Observation, topo: Topology, why: str) -> Decision:
+    """Not acting is a decision too: say why (the service repeats it only now and then)."""
+    held = FailoverHeld(
+        cluster=topo.cluster, source=obs.source, epoch=topo.epoch, primary=topo.primary, reason=why
+    )
+    return Decision((Publish(stamped(held, obs.now)),), why)
+
+
 def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Decision:
     state, why = _primary_state(obs, topo, views)
     if state == "failed" and obs.paused is not None:
         pause = obs.paused
-        why = (
+        return _hold(
+            obs,
+            topo,
             f"{why}, but automatic failover is paused (by {pause.requested_by}: "
-            f"{pause.reason or 'no reason given'}): not failing over"
+            f"{pause.reason or 'no reason given'}): not failing over",
         )
-        held = FailoverHeld(
-            cluster=topo.cluster,
-            source=obs.source,
-            epoch=topo.epoch,
-            primary=topo.primary,
-            reason=why,
-        )
-        return Decision((Publish(stamped(held, obs.now)),), why)
     if state == "failed":
         return start_failover(obs, topo, views, FailoverKind.AUTOMATIC, why)
     if state in ("suspect", "unknown"):
-        # Not acting is a decision too: say why (the service repeats it only now and then).
-        held = FailoverHeld(
-            cluster=topo.cluster,
-            source=obs.source,
-            epoch=topo.epoch,
-            primary=topo.primary,
-            reason=why,
-        )
-        return Decision((Publish(stamped(held, obs.now)),), why)
+        return _hold(obs, topo, why)
     primary = views[topo.primary or ""].latest
     if primary is not None and primary.role is Role.PRIMARY and not primary.writable:
         # Left read-only by a handover that did not finish: it is still the primary.
