@@ -130,21 +130,24 @@ def test_asyncapi_documents_are_served(services: Services) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_services_stop_cleanly_on_signals(services: Services, sig: signal.Signals) -> None:
-    for name in SERVICES:
-        proc = services.procs[name]
-        started = time.monotonic()
-        proc.signal(sig)
-        assert proc.proc is not None
-        code = proc.proc.wait(timeout=10)
-        took = time.monotonic() - started
-        out = services.output(name)
-        assert code == 0, f"{name} exited {code}:\n{out}"
-        assert took < 5, f"{name} took {took:.1f}s to stop"
-        assert "Traceback" not in out, out
-    for name in SERVICES:  # back up for the next parameter
-        services.start(name)
-    for name in SERVICES:
-        services.wait_ready(name)
+    try:
+        for name in SERVICES:
+            proc = services.procs[name]
+            started = time.monotonic()
+            proc.signal(sig)
+            assert proc.proc is not None
+            code = proc.proc.wait(timeout=10)
+            took = time.monotonic() - started
+            out = services.output(name)
+            assert code == 0, f"{name} exited {code}:\n{out}"
+            assert took < 5, f"{name} took {took:.1f}s to stop"
+            assert "Traceback" not in out, out
+    finally:
+        for name in SERVICES:  # back up for the next test, whatever this one found
+            services.procs[name].stop()
+            services.start(name)
+        for name in SERVICES:
+            services.wait_ready(name)
 
 
 def test_gateway_reports_an_unreachable_node_and_opens_its_breaker(

@@ -75,9 +75,12 @@ def build_app(settings: FailoverSettings) -> AsgiFastStream:
         )
 
     async def stop() -> None:
+        """Cancel the loops, give them the grace period, no more, and hand the leases back
+        (a successor then need not wait out their TTL)."""
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds)
         await asyncio.gather(*(loop.release() for loop in loops.values()))
 
     async def leadership() -> ComponentHealth:
