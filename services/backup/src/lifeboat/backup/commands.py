@@ -1,4 +1,8 @@
-"""What the backup decisions ask the executor to do. Plain data, each with what it needs."""
+"""What the backup decisions ask the executor to do. Plain data, each with what it needs.
+
+`correlation_id` is the id of the request a command answers (the request's own correlation
+id, else its event id): every event the executor publishes for it carries it, so a caller
+(the gateway's operations) can follow its request to the outcome."""
 
 from __future__ import annotations
 
@@ -16,12 +20,14 @@ from lifeboat.common.events import BackupKind, RestoreRequested
 class TakeBackup:
     job: Job
     verify: bool
+    correlation_id: UUID | None = None
 
 
 @dataclass(frozen=True)
 class VerifyBackup:
     backup_id: str
     request_id: UUID | None = None
+    correlation_id: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class DeleteBackup:
     kind: BackupKind
     request_id: UUID | None
     forced: bool
+    correlation_id: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,10 @@ class Restore:
     plan: RestorePlan
     request: RestoreRequested
     restore_id: str
+
+    @property
+    def correlation_id(self) -> UUID:
+        return self.request.correlation_id or self.request.event_id
 
 
 Command = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from uuid import UUID
 
 from lifeboat.backup.commands import (
     Command,
@@ -41,6 +42,7 @@ from lifeboat.common.events import (
     BackupRequested,
     BackupStarted,
     BackupVerifyRequested,
+    Envelope,
     RestoreFailed,
     RestoreRequested,
     Role,
@@ -48,6 +50,12 @@ from lifeboat.common.events import (
 )
 
 SUPPORTED = (BackupKind.LOGICAL, BackupKind.PHYSICAL)
+
+
+def correlation(request: Envelope) -> UUID:
+    """The id a caller follows its request by, carried as `correlation_id` by every answer:
+    the request's own correlation id (the gateway's operation id), else the request's id."""
+    return request.correlation_id or request.event_id
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ def decide_backup(
     source: Source,
 ) -> Decision:
     rid = request.event_id
+    cid = correlation(request)
     if str(rid) in done_requests:
         return Decision.nothing(f"request {rid} already produced a listed backup")
     if request.kind not in SUPPORTED:
@@ -75,6 +84,7 @@ def decide_backup(
             source=source,
             kind=request.kind,
             request_id=rid,
+            correlation_id=cid,
             reason=f"{request.kind.value} backups are not taken by this service",
         )
         return Decision((Publish(stamped(failed, now)),), failed.reason)
@@ -90,6 +100,7 @@ def decide_backup(
             source=source,
             kind=request.kind,
             request_id=rid,
+            correlation_id=cid,
             reason=f"no node to back up from: {choice.reason}",
         )
         return Decision((Publish(stamped(failed, now)),), failed.reason)
@@ -109,12 +120,13 @@ def decide_backup(
         kind=job.kind,
         node=choice.node,
         request_id=rid,
+        correlation_id=cid,
         source_role=choice.role,
         source_reason=choice.reason,
     )
     verify = policy.verify_after_backup if request.verify is None else request.verify
     return Decision(
-        (Publish(stamped(started, now)), TakeBackup(job, verify)),
+        (Publish(stamped(started, now)), TakeBackup(job, verify, cid)),
         f"{job.kind.value} backup from {choice.node} ({choice.reason})",
     )
 
@@ -189,22 +201,28 @@ def decide_delete(
             source=source,
             backup_id=request.backup_id,
             request_id=request.event_id,
+            correlation_id=correlation(request),
             reason=found.reason,
         )
         return Decision((Publish(stamped(refused, now)),), found.reason)
     return Decision(
-        (DeleteBackup(found.backup_id, found.kind, request.event_id, request.force),),
+        (
+            DeleteBackup(
+                found.backup_id, found.kind, request.event_id, request.force, correlation(request)
+            ),
+        ),
         f"delete {found.backup_id} as asked by {request.requested_by}",
     )
 
 
 def decide_verify(entries: tuple[CatalogEntry, ...], request: BackupVerifyRequested) -> Decision:
+    cid = correlation(request)
     if request.backup_id is not None:
-        return Decision((VerifyBackup(request.backup_id, request.event_id),), "as asked")
+        return Decision((VerifyBackup(request.backup_id, request.event_id, cid),), "as asked")
     newest: dict[BackupKind, CatalogEntry] = {}
     for e in sorted(entries, key=lambda e: e.stopped_at):
         newest[e.kind] = e
-    commands = tuple(VerifyBackup(e.backup_id, request.event_id) for e in newest.values())
+    commands = tuple(VerifyBackup(e.backup_id, request.event_id, cid) for e in newest.values())
     return Decision(commands, "the newest backup of each kind")
 
 
@@ -225,6 +243,7 @@ def decide_restore(
             restore_id=restore_id,
             backup_id=request.backup_id,
             request_id=request.event_id,
+            correlation_id=correlation(request),
             reason=reason,
         )
         return Decision((Publish(stamped(failed, now)),), reason)
@@ -252,6 +271,11 @@ def decide_restore(
     )
     if isinstance(plan, Refusal):
         return refuse(plan.reason)
+    if request.target == "node" and plan.backup.kind != BackupKind.PHYSICAL:
+        return refuse(
+            f"{plan.backup.backup_id} is a {plan.backup.kind.value} backup: only a physical "
+            "backup restores into a node"
+        )
     return Decision(
         (Restore(plan, request, restore_id),),
         f"restore {plan.backup.backup_id} with {len(plan.wal)} WAL file(s) into {request.target}",

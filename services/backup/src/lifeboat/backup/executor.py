@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from lifeboat.backup.catalogue import Catalogue, Listed
 from lifeboat.backup.commands import (
@@ -32,12 +33,12 @@ from lifeboat.backup.commands import (
     VerifyBackup,
 )
 from lifeboat.backup.manifest import Manifest, Verification
-from lifeboat.backup.nodes import Connections
+from lifeboat.backup.nodes import Connections, observe
 from lifeboat.backup.pipeline import Transfer
 from lifeboat.backup.restore import RestoreContext, free_port, restore_logical, restore_physical
-from lifeboat.backup.take import TAKERS, Context
+from lifeboat.backup.take import TAKERS, Context, Job
 from lifeboat.backup.verify import verify
-from lifeboat.common.breakers import Breakers
+from lifeboat.common.breakers import Breakers, CircuitOpenError
 from lifeboat.common.decision import Outcome, Publish, execute
 from lifeboat.common.events import (
     BackupCompleted,
@@ -51,6 +52,7 @@ from lifeboat.common.events import (
     RestoreCompleted,
     RestoreFailed,
     RestoreStarted,
+    Role,
     Source,
 )
 from lifeboat.common.redact import redact
@@ -75,6 +77,8 @@ class Executor:
     source: Source
     breakers: Breakers
     max_rate: str | None = None
+    s3_attempts: int = 4  # takes of one backup while S3 fails (and its breaker lets them)
+    s3_retry_seconds: float = 2.0  # the first pause between them, doubled each time
 
     @property
     def catalogue(self) -> Catalogue:
@@ -94,10 +98,10 @@ class Executor:
             case TakeBackup(job, verify_after):
                 manifest = await self.take(command)
                 if manifest is not None and verify_after:
-                    await self.verify(manifest.backup_id, job.request_id)
+                    await self.verify(manifest.backup_id, job.request_id, command.correlation_id)
                 return "taken" if manifest else "failed"
-            case VerifyBackup(backup, request_id):
-                return await self.verify(backup, request_id)
+            case VerifyBackup(backup, request_id, correlation_id):
+                return await self.verify(backup, request_id, correlation_id)
             case ExpireBackup(backup, kind, reason):
                 await self.catalogue.delete_backup(backup)
                 await self.publish(
@@ -110,12 +114,13 @@ class Executor:
                     )
                 )
                 return f"expired {backup}"
-            case DeleteBackup(backup, kind, request_id, forced):
+            case DeleteBackup(backup, kind, request_id, forced, correlation_id):
                 count = await self.catalogue.delete_backup(backup)
                 await self.publish(
                     BackupDeleted(
                         cluster=self.cluster,
                         source=self.source,
+                        correlation_id=correlation_id,
                         backup_id=backup,
                         kind=kind,
                         request_id=request_id,
@@ -137,7 +142,74 @@ class Executor:
         raise AssertionError(f"unknown command {command!r}")
 
     async def take(self, command: TakeBackup) -> Manifest | None:
-        job = command.job
+        """Take the backup; an S3 failure is retried (the whole take, after a growing pause)
+        while the S3 breaker lets calls through. Any other failure, the breaker open or the
+        attempts used up is `backup.failed` with the reason; nothing is listed then."""
+        job, cid = command.job, command.correlation_id
+        delay = self.s3_retry_seconds
+        last: str | None = None
+        reason = "not attempted"
+        for attempt in range(1, self.s3_attempts + 1):
+            try:
+                taken = await self._take_once(job, cid)
+            except CircuitOpenError as exc:
+                reason = f"S3 is unavailable: {exc}" + (f" (last error: {last})" if last else "")
+                break
+            except Exception as exc:
+                last = redact(f"{type(exc).__name__}: {exc}")
+                if not _s3_failure(exc):
+                    reason = last
+                    break
+                if attempt == self.s3_attempts:
+                    reason = f"S3 failed {attempt} time(s) in a row: {last}"
+                    break
+                log.warning(
+                    "backup %s: S3 failed (attempt %d of %d), again in %.1fs: %s",
+                    job.backup_id, attempt, self.s3_attempts, delay, last,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            manifest, key = taken
+            await self.publish(
+                BackupCompleted(
+                    cluster=self.cluster,
+                    source=self.source,
+                    correlation_id=cid,
+                    backup_id=manifest.backup_id,
+                    kind=manifest.kind,
+                    node=manifest.source.node,
+                    size_bytes=manifest.stored_bytes,
+                    duration_seconds=manifest.duration_seconds,
+                    manifest_key=key,
+                    sha256=manifest.objects[0].sha256,
+                    request_id=job.request_id,
+                    raw_bytes=manifest.raw_bytes,
+                    source_role=manifest.source.role,
+                    timeline=manifest.timeline,
+                    start_lsn=manifest.start_lsn,
+                    stop_lsn=manifest.stop_lsn,
+                    objects=len(manifest.objects),
+                    encrypted=manifest.encryption is not None,
+                )
+            )
+            return manifest
+        log.warning("backup %s failed: %s", job.backup_id, reason)
+        await self.publish(
+            BackupFailed(
+                cluster=self.cluster,
+                source=self.source,
+                correlation_id=cid,
+                backup_id=job.backup_id,
+                kind=job.kind,
+                request_id=job.request_id,
+                node=job.source.node,
+                reason=reason[:2000],
+            )
+        )
+        return None
+
+    async def _take_once(self, job: Job, cid: UUID | None) -> tuple[Manifest, str]:
         started = time.monotonic()
 
         async def progress(raw: int, stored: int) -> None:
@@ -146,6 +218,7 @@ class Executor:
                 BackupProgress(
                     cluster=self.cluster,
                     source=self.source,
+                    correlation_id=cid,
                     backup_id=job.backup_id,
                     kind=job.kind,
                     request_id=job.request_id,
@@ -157,50 +230,23 @@ class Executor:
             )
 
         ctx = Context(self.conns, self.transfer, self.bindir, progress, max_rate=self.max_rate)
-        try:
-            async with self.breakers.guard("s3"):
+        other: Exception | None = None
+        async with self.breakers.guard("s3"):
+            try:
                 manifest = await TAKERS[job.kind](ctx, job)
                 key = await self.catalogue.write_manifest(manifest)
-        except Exception as exc:
-            reason = redact(f"{type(exc).__name__}: {exc}")
-            log.warning("backup %s failed: %s", job.backup_id, reason)
-            await self.publish(
-                BackupFailed(
-                    cluster=self.cluster,
-                    source=self.source,
-                    backup_id=job.backup_id,
-                    kind=job.kind,
-                    request_id=job.request_id,
-                    node=job.source.node,
-                    reason=reason[:2000],
-                )
-            )
-            return None
-        await self.publish(
-            BackupCompleted(
-                cluster=self.cluster,
-                source=self.source,
-                backup_id=manifest.backup_id,
-                kind=manifest.kind,
-                node=manifest.source.node,
-                size_bytes=manifest.stored_bytes,
-                duration_seconds=manifest.duration_seconds,
-                manifest_key=key,
-                sha256=manifest.objects[0].sha256,
-                request_id=job.request_id,
-                raw_bytes=manifest.raw_bytes,
-                source_role=manifest.source.role,
-                timeline=manifest.timeline,
-                start_lsn=manifest.start_lsn,
-                stop_lsn=manifest.stop_lsn,
-                objects=len(manifest.objects),
-                encrypted=manifest.encryption is not None,
-            )
-        )
-        return manifest
+            except Exception as exc:
+                if _s3_failure(exc):
+                    raise  # counted by the breaker
+                other = exc  # PostgreSQL's or the tool's failure is not S3's
+        if other is not None:
+            raise other
+        return manifest, key
 
-    async def verify(self, backup: str, request_id: object = None) -> str:
-        rid = request_id if isinstance(request_id, UUID) else None
+    async def verify(
+        self, backup: str, request_id: UUID | None = None, correlation_id: UUID | None = None
+    ) -> str:
+        rid = request_id
         try:
             manifest = await self.catalogue.manifest(backup)
             result = await verify(self.restore_context(), manifest, self.work_dir / "scratch")
@@ -221,6 +267,7 @@ class Executor:
             BackupVerified(
                 cluster=self.cluster,
                 source=self.source,
+                correlation_id=correlation_id or rid,
                 backup_id=backup,
                 ok=result.ok,
                 detail=result.detail,
@@ -242,6 +289,7 @@ class Executor:
             RestoreStarted(
                 cluster=self.cluster,
                 source=self.source,
+                correlation_id=command.correlation_id,
                 restore_id=command.restore_id,
                 backup_id=backup,
                 target=request.target,
@@ -274,6 +322,7 @@ class Executor:
                 RestoreFailed(
                     cluster=self.cluster,
                     source=self.source,
+                    correlation_id=command.correlation_id,
                     restore_id=command.restore_id,
                     backup_id=backup,
                     request_id=request.event_id,
@@ -286,6 +335,7 @@ class Executor:
             RestoreCompleted(
                 cluster=self.cluster,
                 source=self.source,
+                correlation_id=command.correlation_id,
                 restore_id=command.restore_id,
                 backup_id=backup,
                 target=request.target,
@@ -300,48 +350,103 @@ class Executor:
         return detail
 
     async def _restore_into_node(self, manifest: Manifest, command: Restore) -> tuple[Path, int]:
-        """Restore beside the node's data directory, then swap: the node's own directory is
-        touched only once the restored copy has recovered, and kept as `.replaced-<id>`."""
+        """Restore beside the node's data directory while the node runs on, then swap. The
+        node's own directory is touched only once the restored copy has recovered: the node is
+        stopped then (refused if it became the primary meanwhile), its directory renamed to
+        `<data>.replaced-<restore id>` (kept, never deleted here), the copy moved in and the
+        node started. If it does not start, the old directory goes back and starts again."""
         request = command.request
         assert request.node is not None
         spec = self.conns.spec.node(request.node)
         assert spec.data_dir is not None
-        node = DataDir(spec.data_dir, self.os_user, self.bindir)
+        data_dir = spec.data_dir
+        if manifest.kind != BackupKind.PHYSICAL:
+            raise RuntimeError("only a physical backup restores into a node")
+        node = DataDir(data_dir, self.os_user, self.bindir)
+        log_file = data_dir.parent / "postgres.log"
         staging = Instance(
-            spec.data_dir.parent / f"restore-{command.restore_id}",
+            data_dir.parent / f"restore-{command.restore_id}",
             free_port(),
             self.os_user,
             self.bindir,
         )
-        ctx = self.restore_context()
-        if manifest.kind != BackupKind.PHYSICAL:
-            raise RuntimeError("only a physical backup restores into a node")
-        await asyncio.to_thread(node.stop)
         await restore_physical(
-            ctx, manifest, command.plan, staging, own_config_from=spec.data_dir, trust_local=False
+            self.restore_context(),
+            manifest,
+            command.plan,
+            staging,
+            own_config_from=data_dir,
+            trust_local=False,
         )
-        await asyncio.to_thread(staging.stop)
+        was_running = False
+        try:
+            await asyncio.to_thread(staging.data.stop, "fast")
+            if await asyncio.to_thread(node.running):
+                was_running = True
+                state = next((n for n in await observe(self.conns) if n.name == spec.name), None)
+                if state is not None and state.reachable and state.role is Role.PRIMARY:
+                    raise RuntimeError(
+                        f"{spec.name} became the primary during the restore: its data is "
+                        "left as it was"
+                    )
+                await asyncio.to_thread(node.stop, "fast")
+            kept = data_dir.with_name(f"{data_dir.name}.replaced-{command.restore_id}")
+            await asyncio.to_thread(_swap_in, staging.data_dir, data_dir, kept)
+        except BaseException:
+            await asyncio.to_thread(staging.remove)
+            if was_running and not await asyncio.to_thread(node.running):
+                await asyncio.to_thread(node.start, log_file)  # as it was
+            raise
+        await asyncio.to_thread(staging.remove)  # what is left: its home, its socket directory
+        try:
+            await asyncio.to_thread(node.start, log_file)
+        except Exception as exc:
+            failed = data_dir.with_name(f"{data_dir.name}.failed-{command.restore_id}")
 
-        def swap() -> None:
-            auto = staging.data_dir / "postgresql.auto.conf"
-            kept = [
-                line
-                for line in auto.read_text().splitlines()
-                if line.split("=", 1)[0].strip()
-                not in ("port", "unix_socket_directories", "listen_addresses")
-            ]
-            auto.write_text("\n".join(kept) + "\n")
-            assert spec.data_dir is not None
-            os.rename(
-                spec.data_dir,
-                spec.data_dir.with_name(f"{spec.data_dir.name}.replaced-{command.restore_id}"),
-            )
-            os.rename(staging.data_dir, spec.data_dir)
-            shutil.rmtree(staging.home, ignore_errors=True)
+            def put_back() -> None:
+                node.stop("immediate")
+                os.rename(data_dir, failed)
+                os.rename(kept, data_dir)
+                node.start(log_file)
 
-        await asyncio.to_thread(swap)
-        await asyncio.to_thread(node.start, spec.data_dir.parent / "postgres.log")
-        return spec.data_dir, spec.port
+            await asyncio.to_thread(put_back)
+            raise RuntimeError(
+                f"{spec.name} did not start on the restored data ({exc}): its own data is back "
+                f"and running, the restored copy is in {failed}"
+            ) from exc
+        return data_dir, spec.port
+
+
+def _swap_in(restored: Path, data_dir: Path, kept: Path) -> None:
+    """The restored copy takes the node's place, with the node's own port, sockets and
+    listen addresses (from its postgresql.conf): the scratch ones are dropped."""
+    auto = restored / "postgresql.auto.conf"
+    lines = [
+        line
+        for line in auto.read_text().splitlines()
+        if line.split("=", 1)[0].strip()
+        not in ("port", "unix_socket_directories", "listen_addresses")
+    ]
+    auto.write_text("\n".join(lines) + "\n")
+    os.rename(data_dir, kept)
+    try:
+        os.rename(restored, data_dir)
+    except BaseException:
+        os.rename(kept, data_dir)
+        raise
+
+
+def _s3_failure(exc: BaseException) -> bool:
+    """Whether S3 failed here: a botocore error, or a failure caused by one (a tool that
+    died of its broken pipe once the upload failed)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, BotoCoreError | ClientError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def listed_request_ids(listed: list[Listed]) -> frozenset[str]:

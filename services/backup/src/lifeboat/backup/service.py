@@ -14,6 +14,7 @@ from lifeboat.backup.catalogue import Catalogue
 from lifeboat.backup.commands import Decision
 from lifeboat.backup.decide import (
     Policy,
+    correlation,
     decide_backup,
     decide_delete,
     decide_restore,
@@ -163,6 +164,7 @@ class ClusterBackups:
                     source=self.source,
                     kind=request.kind,
                     request_id=request.event_id,
+                    correlation_id=correlation(request),
                     reason=f"a {request.kind.value} backup of {self.cluster} is already "
                     f"running on {held}",
                 )
@@ -209,6 +211,7 @@ class ClusterBackups:
                     source=self.source,
                     backup_id=request.backup_id,
                     request_id=request.event_id,
+                    correlation_id=correlation(request),
                     reason=f"a restore of {self.cluster} is already running on {held}",
                 )
             )
