@@ -32,9 +32,11 @@ from lifeboat.gateway.metrics import HttpLatency, ProjectionCollector
 from lifeboat.gateway.notifier import Notifier
 from lifeboat.gateway.projection import Projection
 from lifeboat.gateway.routes import (
+    backups,
     clusters,
     events,
     exposure,
+    files,
     health,
     history,
     maintenance,
@@ -74,7 +76,14 @@ def build_runtime(settings: GatewaySettings, projection: Projection) -> ServiceR
 
 def build_app(settings: GatewaySettings) -> FastAPI:
     projection = Projection(
-        heartbeat_buffer=settings.heartbeat_buffer, report_max_age=REPORT_MAX_AGE_SECONDS
+        heartbeat_buffer=settings.heartbeat_buffer,
+        report_max_age=REPORT_MAX_AGE_SECONDS,
+        reference_sets=frozenset(
+            (c.name, fs.name)
+            for c in settings.clusters.clusters
+            for fs in c.filesets
+            if fs.reference_query
+        ),
     )
     runtime = build_runtime(settings, projection)
     runtime.metrics.registry.register(ProjectionCollector(projection, lambda: settings.clusters))
@@ -118,7 +127,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     problems.install(app)
     Gateway(settings=settings, runtime=runtime, projection=projection, tokens=tokens).attach(app)
     app.state.notifier = notifier
-    for module in (health, clusters, history, operations, maintenance, exposure, events):
+    routers = (health, clusters, history, operations, maintenance, exposure, events)
+    for module in (*routers, backups, files):
         app.include_router(module.router)
 
     @app.get(

@@ -56,6 +56,16 @@ class Problem(Exception):
         self.extra = extra
 
 
+def invalid(field: str, reason: str) -> Problem:
+    """A 422 the route finds itself, shaped like a validation error's."""
+    return Problem(
+        422,
+        "Unprocessable Content",
+        f"{field}: {reason}",
+        errors=[{"field": field, "reason": reason}],
+    )
+
+
 def problem_response(
     request: Request,
     status: int,
@@ -121,8 +131,8 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         401: "no token, or an unknown one",
         403: "the token's role is too weak",
-        404: "no such cluster, node or operation",
-        409: "refused, with the failover service's reason",
+        404: "no such cluster, node, operation, backup or file set",
+        409: "refused, with the answering service's reason",
         422: "invalid request: each field with its reason",
     }
     return {

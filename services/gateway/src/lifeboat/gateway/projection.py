@@ -7,9 +7,14 @@
   (a cursor) and filters by kind and time without asking NATS anything per request;
 - heartbeats: one ordered consumer on `LIFEBOAT_HEARTBEATS` from a little before start,
   feeding the book of monitor reports and a bounded buffer of recent heartbeats;
-- operations (failover, switchover, rejoin) from their request events and the answers that
-  carry their id as `correlation_id` (answers without one are matched to the oldest open
-  operation they can answer), so any gateway instance, or a restarted one, knows them;
+- the backup catalogue and the WAL archive's status: a KV watch of `lifeboat_backups` (the
+  backup service mirrors its S3 catalogue there; the gateway never reads S3);
+- file sets: the newest `file.status` heartbeat per set and node;
+- operations (failover, switchover, rejoin; backup, restore, verify and delete of a backup;
+  sync, check and restore of a file set) from their request events and the answers that carry
+  their id as `correlation_id` (the backup service: as `request_id`); answers without one (an
+  older failover service, filesync) are matched to the oldest open operation they can answer,
+  so any gateway instance, or a restarted one, knows them;
 - live readers (SSE, the notifier, metrics) subscribe to what is applied.
 
 Everything is applied in one task per source on the event loop: no locks.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -36,20 +42,45 @@ from nats.js.kv import KeyValue
 
 from lifeboat.common import subjects
 from lifeboat.common.events import (
+    BackupCompleted,
+    BackupDeleted,
+    BackupDeleteRefused,
+    BackupDeleteRequested,
+    BackupFailed,
+    BackupProgress,
+    BackupRequested,
+    BackupStarted,
+    BackupVerified,
+    BackupVerifyRequested,
     Envelope,
     FailoverCompleted,
     FailoverFailed,
     FailoverKind,
     FailoverRequested,
     FailoverStarted,
+    FileCheckRequested,
+    FileReferencesChecked,
+    FileRestored,
+    FileRestoreRequested,
+    FileStatus,
+    FileSynced,
+    FileSyncFailed,
+    FileSyncPaused,
+    FileSyncRequested,
+    FileVerified,
     MaintenanceState,
     NodeHealth,
     NodeRejoined,
     NodeRejoinRequested,
+    RestoreCompleted,
+    RestoreFailed,
+    RestoreRequested,
+    RestoreStarted,
     ServiceHeartbeat,
     SwitchoverCompleted,
     SwitchoverFailed,
     SwitchoverRequested,
+    WalStatus,
 )
 from lifeboat.common.kv import TOPOLOGY_BUCKET, open_bucket
 from lifeboat.common.reports import ReportBook
@@ -59,7 +90,69 @@ from lifeboat.gateway.decode import UndecodableEventError, decode_event
 log = logging.getLogger(__name__)
 
 StreamKind = Literal["events", "heartbeats"]
-OperationKind = Literal["failover", "switchover", "rejoin"]
+OperationKind = Literal[
+    "failover",
+    "switchover",
+    "rejoin",
+    "backup",
+    "restore",
+    "backup_verify",
+    "backup_delete",
+    "file_sync",
+    "file_check",
+    "file_restore",
+]
+# The bucket the backup service mirrors its catalogue and WAL status into (its `mirror`):
+# keys `<cluster>` ({"backups": [...]}, newest first) and `<cluster>.wal` (a wal.status).
+BACKUPS_BUCKET = "lifeboat_backups"
+REQUESTS: dict[type[Envelope], OperationKind] = {
+    FailoverRequested: "failover",
+    SwitchoverRequested: "switchover",
+    NodeRejoinRequested: "rejoin",
+    BackupRequested: "backup",
+    RestoreRequested: "restore",
+    BackupVerifyRequested: "backup_verify",
+    BackupDeleteRequested: "backup_delete",
+    FileSyncRequested: "file_sync",
+    FileCheckRequested: "file_check",
+    FileRestoreRequested: "file_restore",
+}
+# Answers of the backup service: they carry the request's id as `request_id`, and answer
+# nothing else.
+BACKUP_ANSWERS = (
+    BackupStarted,
+    BackupCompleted,
+    BackupFailed,
+    BackupVerified,
+    BackupDeleted,
+    BackupDeleteRefused,
+    RestoreStarted,
+    RestoreCompleted,
+    RestoreFailed,
+)
+FAILOVER_ANSWERS = (
+    FailoverStarted,
+    FailoverCompleted,
+    FailoverFailed,
+    SwitchoverCompleted,
+    SwitchoverFailed,
+    NodeRejoined,
+)
+# Answers of filesync: no id; matched by cluster, file set and time.
+FILE_ANSWERS = (
+    FileSynced,
+    FileSyncFailed,
+    FileSyncPaused,
+    FileVerified,
+    FileReferencesChecked,
+    FileRestored,
+)
+# Which request a `file.sync_failed` answers, by the prefix of its reason.
+_FAILED_PREFIX: dict[str, OperationKind] = {
+    "check: ": "file_check",
+    "reference query: ": "file_check",
+    "restore: ": "file_restore",
+}
 OperationStateName = Literal["pending", "running", "completed", "failed", "refused"]
 TERMINAL = frozenset({"completed", "failed", "refused"})
 
@@ -87,6 +180,10 @@ class Operation:
     outcome: Envelope | None = None
     events: list[Envelope] = field(default_factory=list)
     updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    fileset: str | None = None
+    # A file check closes on `file.references_checked` when the set has a reference query.
+    references: bool = False
+    progress: BackupProgress | None = None  # a backup's latest `backup.progress`
 
     @property
     def done(self) -> bool:
@@ -95,7 +192,14 @@ class Operation:
     @property
     def refusal_reason(self) -> str | None:
         out = self.outcome
-        return out.reason if isinstance(out, FailoverFailed | SwitchoverFailed) else None
+        if self.state not in ("failed", "refused"):
+            return None
+        if isinstance(out, BackupVerified):
+            return out.detail
+        if isinstance(out, FileStatus):
+            return f"{out.state}: {out.detail}" if out.detail else out.state
+        reason = getattr(out, "reason", None)
+        return reason if isinstance(reason, str) else None
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -122,10 +226,22 @@ T = TypeVar("T")
 
 
 class Projection:
-    def __init__(self, *, heartbeat_buffer: int = 20000, report_max_age: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        heartbeat_buffer: int = 20000,
+        report_max_age: float = 5.0,
+        reference_sets: frozenset[tuple[str, str]] = frozenset(),
+    ) -> None:
+        """`reference_sets`: the (cluster, file set)s with a reference query, whose check
+        ends with `file.references_checked`."""
+        self.reference_sets = reference_sets
         self.topologies: dict[str, Topology] = {}
         self.topology_seen_at: dict[str, float] = {}  # monotonic, for the projection lag
         self.maintenance: dict[str, MaintenanceState] = {}
+        self.backups: dict[str, list[dict[str, Any]]] = {}  # cluster: listed, newest first
+        self.wal: dict[str, WalStatus] = {}  # cluster: the mirrored wal.status
+        self.file_status: dict[tuple[str, str, str], FileStatus] = {}  # (cluster, set, node)
         self.reports = ReportBook(max_age_seconds=report_max_age)
         self.events: list[Stored] = []  # the history, by sequence
         self._events_seq: list[int] = []
@@ -172,6 +288,11 @@ class Projection:
                 self.reports.add(event)
             elif isinstance(event, ServiceHeartbeat):
                 self.beats[(event.service, event.source.instance)] = event
+            elif isinstance(event, FileStatus):
+                self.file_status[(event.cluster, event.fileset, event.node)] = event
+                self._operation(event)
+            elif isinstance(event, BackupProgress):
+                self._progress(event)
         self.applied[stored.stream] += 1
         self.instances[(event.source.service, event.source.instance)] = event.occurred_at
         cluster = getattr(event, "cluster", "")
@@ -195,6 +316,20 @@ class Projection:
         else:
             self.topologies[cluster] = topology
         self.topology_seen_at[cluster] = time.monotonic()
+
+    def set_backups(self, cluster: str, backups: list[dict[str, Any]] | None) -> None:
+        self.version += 1
+        if backups is None:
+            self.backups.pop(cluster, None)
+        else:
+            self.backups[cluster] = backups
+
+    def set_wal(self, cluster: str, status: WalStatus | None) -> None:
+        self.version += 1
+        if status is None:
+            self.wal.pop(cluster, None)
+        else:
+            self.wal[cluster] = status
 
     def set_maintenance(self, cluster: str, state: MaintenanceState | None) -> None:
         self.version += 1
@@ -222,27 +357,27 @@ class Projection:
         found = self.operations.get(op_id)
         if found is not None:
             return found
-        if isinstance(request, SwitchoverRequested):
-            kind: OperationKind = "switchover"
-        elif isinstance(request, FailoverRequested):
-            kind = "failover"
-        else:
-            kind = "rejoin"
-        target = getattr(request, "target", None) or getattr(request, "node", None)
+        kind = REQUESTS[type(request)]
         op = Operation(
             id=op_id,
             kind=kind,
             cluster=getattr(request, "cluster", ""),
             requested_by=getattr(request, "requested_by", "unknown"),
             requested_at=request.occurred_at,
-            target=target,
+            target=_target(request),
             reason=getattr(request, "reason", ""),
+            fileset=getattr(request, "fileset", None),
         )
+        if isinstance(request, FileCheckRequested):
+            op.references = request.references and (
+                (request.cluster, request.fileset) in self.reference_sets
+            )
         self.operations[op_id] = op
         self._notify_operations()
         return op
 
     def _answers(self, op: Operation, event: Envelope) -> bool:
+        """Whether `event`, which names no operation, answers `op`."""
         if op.done or getattr(event, "cluster", None) != op.cluster:
             return False
         if event.occurred_at < op.requested_at:
@@ -255,41 +390,61 @@ class Projection:
             return isinstance(event, SwitchoverCompleted | SwitchoverFailed) or (
                 isinstance(event, FailoverStarted) and event.kind is FailoverKind.SWITCHOVER
             )
-        return (
-            isinstance(event, FailoverStarted | FailoverCompleted | FailoverFailed)
-            and event.kind is FailoverKind.MANUAL
-        )
+        if op.kind == "failover":
+            return (
+                isinstance(event, FailoverStarted | FailoverCompleted | FailoverFailed)
+                and event.kind is FailoverKind.MANUAL
+            )
+        if getattr(event, "fileset", None) != op.fileset:
+            return False
+        return _file_kind(event) == op.kind
 
     def _operation(self, event: Envelope) -> None:
-        if isinstance(event, FailoverRequested | SwitchoverRequested | NodeRejoinRequested):
+        if type(event) in REQUESTS:
             self.open_operation(event)
             return
-        if not isinstance(
-            event,
-            FailoverStarted
-            | FailoverCompleted
-            | FailoverFailed
-            | SwitchoverCompleted
-            | SwitchoverFailed
-            | NodeRejoined,
-        ):
+        if isinstance(event, BACKUP_ANSWERS):
+            # Only the request it names: a scheduled backup answers no operation.
+            rid = event.correlation_id or event.request_id
+            op = self.operations.get(rid) if rid is not None else None
+            if op is None:
+                return
+            if op.done:
+                op.events.append(event)  # e.g. the verification after a backup
+                self._notify_operations()
+                return
+        elif isinstance(event, FAILOVER_ANSWERS):
+            op = self.operations.get(event.correlation_id) if event.correlation_id else None
+            if op is None or op.done:
+                op = next((o for o in self.operations.values() if self._answers(o, event)), None)
+        elif isinstance(event, (*FILE_ANSWERS, FileStatus)):
+            found = self.operations.get(event.correlation_id) if event.correlation_id else None
+            op = found if found is not None and not found.done else None
+            if op is None:
+                op = next((o for o in self.operations.values() if self._answers(o, event)), None)
+        else:
             return
-        op = self.operations.get(event.correlation_id) if event.correlation_id else None
-        if op is None or op.done:
-            op = next((o for o in self.operations.values() if self._answers(o, event)), None)
         if op is None:
             return
-        op.events.append(event)
+        state = _state_after(op, event)
+        if state is None:
+            return
+        if not isinstance(event, FileStatus):
+            op.events.append(event)
         op.updated_at = datetime.now(UTC)
-        if isinstance(event, FailoverStarted):
-            op.state = "running"
-        elif isinstance(event, FailoverFailed | SwitchoverFailed):
-            op.state = "failed" if op.state == "running" else "refused"
-            op.outcome = event
-        else:
-            op.state = "completed"
+        op.state = state
+        if state in TERMINAL:
             op.outcome = event
         self._notify_operations()
+
+    def _progress(self, event: BackupProgress) -> None:
+        rid = event.correlation_id or event.request_id
+        op = self.operations.get(rid) if rid is not None else None
+        if op is not None and op.kind == "backup":
+            op.progress = event
+            if op.state == "pending":
+                op.state = "running"
+            op.updated_at = datetime.now(UTC)
 
     def _notify_operations(self) -> None:
         async def notify() -> None:
@@ -442,11 +597,26 @@ class Projection:
         )
         topology = await open_bucket(js, TOPOLOGY_BUCKET, history=16)
         maintenance = await open_bucket(js, subjects.MAINTENANCE_BUCKET)
+        backups = await open_bucket(js, BACKUPS_BUCKET)
         self._tasks.append(asyncio.create_task(self._watch(topology, self._on_topology)))
         self._tasks.append(asyncio.create_task(self._watch(maintenance, self._on_maintenance)))
+        self._tasks.append(asyncio.create_task(self._watch(backups, self._on_backups)))
 
     def _on_topology(self, key: str, value: bytes | None) -> None:
         self.set_topology(key, None if value is None else Topology.model_validate_json(value))
+
+    def _on_backups(self, key: str, value: bytes | None) -> None:
+        if key.endswith(".wal"):
+            cluster = key.removesuffix(".wal")
+            self.set_wal(cluster, None if value is None else WalStatus.model_validate_json(value))
+            return
+        if value is None:
+            self.set_backups(key, None)
+            return
+        listed = json.loads(value).get("backups")
+        if not isinstance(listed, list):
+            raise ValueError("no list of backups")
+        self.set_backups(key, [b for b in listed if isinstance(b, dict) and "backup_id" in b])
 
     def _on_maintenance(self, key: str, value: bytes | None) -> None:
         state = None if value is None else MaintenanceState.model_validate_json(value)
@@ -483,6 +653,60 @@ class Projection:
                 await sub.unsubscribe()
         self._tasks.clear()
         self._subs.clear()
+
+
+def _target(request: Envelope) -> str | None:
+    """What a request acts on, as its operation shows it."""
+    if isinstance(request, BackupRequested):
+        return request.kind.value
+    if isinstance(request, RestoreRequested):
+        return request.node or "new"
+    for name in ("target", "node", "backup_id", "fileset"):
+        value = getattr(request, name, None)
+        if value is not None:
+            return str(value)
+    return None
+
+
+def _file_kind(event: Envelope) -> OperationKind | None:
+    """Which kind of file set operation an answer of filesync closes or reports on."""
+    if isinstance(event, FileSynced | FileSyncPaused | FileStatus):
+        return "file_sync"
+    if isinstance(event, FileVerified | FileReferencesChecked):
+        return "file_check"
+    if isinstance(event, FileRestored):
+        return "file_restore"
+    if isinstance(event, FileSyncFailed):
+        for prefix, kind in _FAILED_PREFIX.items():
+            if event.reason.startswith(prefix):
+                return kind
+        return None if event.reason.startswith("snapshot: ") else "file_sync"
+    return None
+
+
+def _state_after(op: Operation, event: Envelope) -> OperationStateName | None:
+    """The operation's state once `event` answered it; None: it does not change it."""
+    failed: OperationStateName = "failed" if op.state == "running" else "refused"
+    match event:
+        case FailoverStarted() | BackupStarted() | RestoreStarted():
+            return "running"
+        case FailoverFailed() | SwitchoverFailed() | BackupDeleteRefused():
+            return failed
+        case BackupFailed() | RestoreFailed():
+            return failed  # refused when it never started (no source, a bad target, busy)
+        case FileSyncFailed() | FileSyncPaused():
+            return "failed"
+        case BackupVerified():
+            if op.kind != "backup_verify":
+                return None
+            return "completed" if event.ok else "failed"
+        case FileStatus():
+            # A sync asked of a paused (or failing) set answers only in its heartbeat.
+            return "failed" if event.state in ("paused", "failed") else None
+        case FileVerified():
+            return "running" if op.references else "completed"
+        case _:
+            return "completed"
 
 
 def _decode(msg: Msg, stream: StreamKind) -> Stored | None:

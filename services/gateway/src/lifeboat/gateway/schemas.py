@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from lifeboat.common.breakers import BreakerSnapshot
 from lifeboat.common.clusters import NodeSpec
 from lifeboat.common.events import (
+    BackupKind,
     FailoverCompleted,
     FailoverFailed,
     FailoverHeld,
@@ -32,11 +33,22 @@ from lifeboat.common.subjects import Name
 
 __all__ = [
     "AllBreakers",
+    "BackupCreate",
+    "BackupDetail",
+    "BackupList",
+    "BackupSummary",
+    "BackupVerification",
     "BreakerReport",
     "ClusterStatus",
     "ClusterSummary",
     "ErrorDetail",
     "Exposure",
+    "FileCheckBody",
+    "FileRestoreBody",
+    "FileSetNode",
+    "FileSetView",
+    "FileSyncBody",
+    "FilesView",
     "HealthReport",
     "HistoryEntry",
     "HistoryEvent",
@@ -48,6 +60,7 @@ __all__ = [
     "NodeStatus",
     "OperationDone",
     "OperationPending",
+    "OperationProgress",
     "OperationRefused",
     "OperationRequest",
     "OperationResult",
@@ -57,7 +70,10 @@ __all__ = [
     "Readiness",
     "RejoinRequest",
     "ReplicaCheck",
+    "RestoreBody",
     "Sla",
+    "WaitBody",
+    "WalView",
     "WhoAmI",
 ]
 
@@ -73,24 +89,91 @@ class _Body(BaseModel):
 # --- requests --------------------------------------------------------------------------------
 
 
-class OperationRequest(_Body):
+WaitSeconds = Annotated[
+    float,
+    Field(ge=0, le=30, description="how long to wait for a refusal (409) before answering 202"),
+]
+
+
+class WaitBody(_Body):
+    """What every command's body may say: how long to wait for a refusal."""
+
+    wait_seconds: WaitSeconds = 1.0
+
+
+class OperationRequest(WaitBody):
     """Body of `POST /clusters/{cluster}/failover` and `/switchover`. Who asked is the
     token's name, never a field of the body."""
 
     target: Name | None = Field(default=None, description="node to promote; best if omitted")
     reason: str = Field(min_length=1, max_length=500, examples=["planned maintenance"])
-    wait_seconds: float = Field(
-        default=1.0,
-        ge=0,
-        le=30,
-        description="how long to wait for a refusal (409) before answering 202",
+
+
+class FailoverBody(OperationRequest):
+    """Body of `POST /clusters/{cluster}/failover`: `force` promotes even when the best
+    standby is further behind than the failover service allows, up to
+    `data_loss_budget_bytes` (the service's own budget if omitted)."""
+
+    force: bool = Field(default=False, description="fail over even if writes may be lost")
+    data_loss_budget_bytes: int | None = Field(
+        default=None, ge=0, description="with force: at most this much WAL may be lost"
     )
 
 
-class RejoinRequest(_Body):
+class RejoinRequest(WaitBody):
     """Body of `POST /clusters/{cluster}/nodes/{node}/rejoin`."""
 
-    wait_seconds: float = Field(default=1.0, ge=0, le=30)
+
+class BackupCreate(WaitBody):
+    """Body of `POST /clusters/{cluster}/backups`."""
+
+    kind: BackupKind = Field(default=BackupKind.PHYSICAL, description="what to take")
+    reason: str = Field(default="on demand", min_length=1, max_length=500)
+    database: Name | None = Field(default=None, description="logical: this database")
+    all_databases: bool = Field(default=False, description="logical: every database + globals")
+    node: Name | None = Field(default=None, description="take it from this node")
+    verify: bool | None = Field(
+        default=None, description="test-restore it afterwards (the service's setting if null)"
+    )
+
+
+class RestoreBody(WaitBody):
+    """Body of `POST /clusters/{cluster}/restores`: into a new data directory (and port), or
+    with `node` and `confirm` into that node, replacing its data."""
+
+    backup_id: str | None = Field(default=None, description="the newest fitting one if null")
+    target_time: AwareDatetime | None = Field(default=None, description="recover to this time")
+    target_lsn: str | None = Field(
+        default=None, pattern=r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$", examples=["0/3000060"]
+    )
+    data_dir: str | None = Field(default=None, description="new: an absolute, empty directory")
+    port: int | None = Field(default=None, ge=1, le=65535, description="new: a free one if null")
+    node: Name | None = Field(default=None, description="replace this node's data")
+    confirm: bool = Field(default=False, description="required with node")
+
+
+class FileSyncBody(WaitBody):
+    """Body of `POST /clusters/{cluster}/files/{set}/sync`."""
+
+    confirm_deletions: bool = Field(
+        default=False, description="let this pass delete more than the mass-deletion guard allows"
+    )
+
+
+class FileCheckBody(WaitBody):
+    """Body of `POST /clusters/{cluster}/files/{set}/check`."""
+
+    references: bool = Field(default=True, description="also run the set's reference query")
+
+
+class FileRestoreBody(WaitBody):
+    """Body of `POST /clusters/{cluster}/files/{set}/restore`: into `destination` (absolute),
+    or over the set's root in place with `confirm`."""
+
+    destination: str | None = Field(default=None, description="absolute; the set's root if null")
+    snapshot_id: str | None = Field(default=None, description="as of that snapshot; now if null")
+    node: Name | None = Field(default=None, description="the copy to restore from/into")
+    confirm: bool = Field(default=False, description="required to replace the live files")
 
 
 class PauseRequest(_Body):
@@ -249,13 +332,39 @@ OPERATION_STATUS: dict[type[OperationResult], int] = {
 # --- operations you can follow ----------------------------------------------------------------
 
 
+class OperationProgress(_Body):
+    """A running backup's latest `backup.progress`."""
+
+    backup_id: str
+    raw_bytes: int
+    stored_bytes: int
+    seconds: float
+    mb_per_s: float
+
+
+OperationKindName = Literal[
+    "failover",
+    "switchover",
+    "rejoin",
+    "backup",
+    "restore",
+    "backup_verify",
+    "backup_delete",
+    "file_sync",
+    "file_check",
+    "file_restore",
+]
+
+
 class OperationView(_Body):
     """`GET /operations/{id}` (and the 202 of a command): what was asked, where it is."""
 
     id: UUID
-    kind: Literal["failover", "switchover", "rejoin"]
+    kind: OperationKindName
     cluster: str
-    target: str | None
+    target: str | None = Field(
+        description="what it acts on: node, backup kind or id, restore target, file set"
+    )
     reason: str
     requested_by: str
     requested_at: AwareDatetime
@@ -265,6 +374,10 @@ class OperationView(_Body):
     outcome: EventJson | None = Field(description="the completion or refusal event")
     events: list[EventJson] = Field(description="every answer event, oldest first")
     location: str
+    fileset: str | None = None
+    progress: OperationProgress | None = Field(
+        default=None, description="a backup's bytes so far (from backup.progress)"
+    )
 
 
 # --- history ----------------------------------------------------------------------------------
@@ -338,6 +451,113 @@ class Sla(_Body):
     backup_success_rate: float | None
     verifications: int
     verification_success_rate: float | None
+
+
+# --- backups, WAL, files ---------------------------------------------------------------------
+
+
+class BackupVerification(_Body):
+    ok: bool
+    detail: str
+    verified_at: AwareDatetime
+    restore_seconds: float
+    check_seconds: float = 0
+    tables_checked: int = 0
+
+
+class BackupSummary(_Body):
+    """One listed backup (its manifest's main fields), from the catalogue the backup service
+    mirrors into KV `lifeboat_backups`."""
+
+    backup_id: str
+    cluster: str
+    kind: BackupKind
+    status: Literal["verified", "unverified", "failed_verification"]
+    request_id: UUID | None = None
+    node: str | None = None
+    source_role: str | None = None
+    started_at: AwareDatetime
+    stopped_at: AwareDatetime
+    duration_seconds: float
+    raw_bytes: int
+    stored_bytes: int
+    timeline: int | None = None
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+    pg_version: str | None = None
+    encrypted: bool = False
+    databases: list[str] = Field(default_factory=list)
+    components: list[str] = Field(default_factory=list)
+    tables: int = 0
+    verification: BackupVerification | None = None
+
+
+class BackupDetail(BackupSummary):
+    """`GET /clusters/{cluster}/backups/{id}`: the summary and the whole manifest."""
+
+    manifest: dict[str, Any] = Field(description="the manifest as mirrored (no table counts)")
+
+
+class BackupList(_Body):
+    """`GET /clusters/{cluster}/backups`: newest first."""
+
+    cluster: str
+    mirrored: bool = Field(description="the backup service has mirrored a catalogue")
+    backups: list[BackupSummary]
+
+
+class WalView(_Body):
+    """`GET /clusters/{cluster}/wal`: continuous archiving as the backup service last said."""
+
+    cluster: str
+    known: bool = Field(description="a wal.status has been seen")
+    state: str | None = None
+    primary: str | None = None
+    timeline: int | None = None
+    primary_lsn: str | None = None
+    archived_lsn: str | None = Field(default=None, description="everything before it is in S3")
+    last_segment: str | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = Field(default=None, description="the RPO from the archive")
+    spool_bytes: int = 0
+    error: str | None = None
+    reported_at: AwareDatetime | None = None
+    age_seconds: float | None = None
+
+
+class FileSetNode(_Body):
+    """One copy of a file set, from its newest `file.status` heartbeat."""
+
+    node: str
+    mode: Literal["mirror", "pull"]
+    state: Literal["syncing", "in_sync", "paused", "failed"] | None = None
+    files: int | None = None
+    bytes: int | None = None
+    pending: int | None = None
+    detail: str = ""
+    reported_at: AwareDatetime | None = None
+
+
+class FileSetView(_Body):
+    name: str
+    nodes: list[FileSetNode]
+    last_sync: EventJson | None = Field(default=None, description="the newest file.synced")
+    last_sync_age_seconds: float | None = None
+    last_failure: EventJson | None = Field(default=None, description="the newest sync_failed")
+    pending: int = Field(default=0, description="changes seen, not yet copied (all copies)")
+    paused: bool = False
+    paused_reason: str | None = None
+    last_check: EventJson | None = Field(default=None, description="the newest file.verified")
+    last_references: EventJson | None = Field(
+        default=None, description="the newest file.references_checked"
+    )
+
+
+class FilesView(_Body):
+    """`GET /clusters/{cluster}/files`: every file set of the cluster file."""
+
+    cluster: str
+    filesets: list[FileSetView]
 
 
 # --- every service instance ---------------------------------------------------------------------

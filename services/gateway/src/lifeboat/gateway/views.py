@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.events import (
@@ -11,6 +12,12 @@ from lifeboat.common.events import (
     BackupVerified,
     FailoverCompleted,
     FailoverOutcome,
+    FileReferencesChecked,
+    FileStatus,
+    FileSynced,
+    FileSyncFailed,
+    FileSyncPaused,
+    FileVerified,
     MaintenanceState,
     NodeDown,
     NodeHealth,
@@ -20,15 +27,23 @@ from lifeboat.common.events import (
 )
 from lifeboat.gateway.projection import Operation, Projection
 from lifeboat.gateway.schemas import (
+    BackupDetail,
+    BackupList,
+    BackupSummary,
     ClusterStatus,
     ClusterSummary,
     Exposure,
     FailoverRecord,
+    FileSetNode,
+    FileSetView,
+    FilesView,
     MaintenanceView,
     NodeStatus,
+    OperationProgress,
     OperationView,
     Sla,
     StandbyExposure,
+    WalView,
 )
 
 
@@ -102,7 +117,155 @@ def operation_view(op: Operation) -> OperationView:
         outcome=None if op.outcome is None else op.outcome.model_dump(mode="json"),
         events=[e.model_dump(mode="json") for e in op.events],
         location=f"/operations/{op.id}",
+        fileset=op.fileset,
+        progress=None
+        if op.progress is None
+        else OperationProgress.model_validate(
+            op.progress.model_dump(include=set(OperationProgress.model_fields))
+        ),
     )
+
+
+# --- backups, WAL, files ------------------------------------------------------------------
+
+
+def backup_summary(entry: dict[str, Any]) -> BackupSummary:
+    """A mirrored manifest as its summary (unknown fields are the detail's)."""
+    source = entry.get("source") or {}
+    encryption = entry.get("encryption")
+    return BackupSummary.model_validate(
+        {
+            **{k: v for k, v in entry.items() if k in BackupSummary.model_fields},
+            "status": entry.get("listed_status", "unverified"),
+            "node": source.get("node"),
+            "source_role": source.get("role"),
+            "encrypted": encryption is not None,
+        }
+    )
+
+
+def find_backup(p: Projection, cluster: str, backup_id: str) -> dict[str, Any] | None:
+    return next((b for b in p.backups.get(cluster, ()) if b.get("backup_id") == backup_id), None)
+
+
+def backup_detail(entry: dict[str, Any]) -> BackupDetail:
+    summary = backup_summary(entry)
+    return BackupDetail.model_validate({**summary.model_dump(), "manifest": entry})
+
+
+def backup_list(
+    p: Projection, cluster: str, kind: str | None = None, status: str | None = None
+) -> BackupList:
+    listed = [backup_summary(b) for b in p.backups.get(cluster, ())]
+    return BackupList(
+        cluster=cluster,
+        mirrored=cluster in p.backups,
+        backups=[
+            b
+            for b in listed
+            if (kind is None or b.kind == kind) and (status is None or b.status == status)
+        ],
+    )
+
+
+def wal_view(p: Projection, cluster: str, now: datetime) -> WalView:
+    """The newer of the mirrored status (KV) and the newest wal.status heartbeat."""
+    candidates = [p.wal.get(cluster), p.newest("wal.status", cluster)]
+    found = [w for w in candidates if isinstance(w, WalStatus)]
+    status = max(found, key=lambda w: w.occurred_at, default=None)
+    if status is None:
+        return WalView(cluster=cluster, known=False)
+    return WalView(
+        cluster=cluster,
+        known=True,
+        state=status.state.value,
+        primary=status.primary,
+        timeline=status.timeline,
+        primary_lsn=status.primary_lsn,
+        archived_lsn=status.archived_lsn,
+        last_segment=status.last_segment,
+        lag_bytes=status.lag_bytes,
+        lag_seconds=status.lag_seconds,
+        spool_bytes=status.spool_bytes,
+        error=status.error,
+        reported_at=status.occurred_at,
+        age_seconds=max(0.0, (now - status.occurred_at).total_seconds()),
+    )
+
+
+def _json(event: Any) -> dict[str, Any] | None:
+    return None if event is None else dict(event.model_dump(mode="json"))
+
+
+def files_view(p: Projection, spec: ClusterSpec, now: datetime) -> FilesView:
+    sets = []
+    for fs in spec.filesets:
+        nodes = []
+        for placement in fs.placement:
+            beat = p.file_status.get((spec.name, fs.name, placement.node))
+            if beat is None:
+                nodes.append(FileSetNode(node=placement.node, mode=placement.mode))
+                continue
+            nodes.append(
+                FileSetNode(
+                    node=placement.node,
+                    mode=placement.mode,
+                    state=beat.state,
+                    files=beat.files,
+                    bytes=beat.bytes,
+                    pending=beat.pending,
+                    detail=beat.detail,
+                    reported_at=beat.occurred_at,
+                )
+            )
+        synced = p.newest("file.synced", spec.name, fs.name)
+        failed = p.newest("file.sync_failed", spec.name, fs.name)
+        paused_event = p.newest("file.sync_paused", spec.name, fs.name)
+        beats = [
+            b
+            for b in (p.file_status.get((spec.name, fs.name, n.node)) for n in fs.placement)
+            if isinstance(b, FileStatus)
+        ]
+        paused_beat = next((b for b in beats if b.state == "paused"), None)
+        # Paused: its heartbeat says so, or it paused after its last sync (no heartbeat yet).
+        paused = paused_beat is not None or (
+            not beats
+            and isinstance(paused_event, FileSyncPaused)
+            and (synced is None or paused_event.occurred_at > synced.occurred_at)
+        )
+        reason = (
+            paused_beat.detail
+            if paused_beat is not None
+            else (paused_event.reason if isinstance(paused_event, FileSyncPaused) else None)
+        )
+        sets.append(
+            FileSetView(
+                name=fs.name,
+                nodes=nodes,
+                last_sync=_json(synced if isinstance(synced, FileSynced) else None),
+                last_sync_age_seconds=None
+                if synced is None
+                else max(0.0, (now - synced.occurred_at).total_seconds()),
+                last_failure=_json(failed if isinstance(failed, FileSyncFailed) else None),
+                pending=sum(b.pending for b in beats),
+                paused=paused,
+                paused_reason=reason if paused else None,
+                last_check=_json(
+                    c
+                    if isinstance(c := p.newest("file.verified", spec.name, fs.name), FileVerified)
+                    else None
+                ),
+                last_references=_json(
+                    r
+                    if isinstance(
+                        r := p.newest("file.references_checked", spec.name, fs.name),
+                        FileReferencesChecked,
+                    )
+                    else None
+                ),
+            )
+        )
+    return FilesView(cluster=spec.name, filesets=sets)
 
 
 def _is_streaming(report: NodeHealth | None) -> bool:

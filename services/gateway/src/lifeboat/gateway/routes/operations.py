@@ -1,15 +1,18 @@
-"""Commands you can follow: failover, switchover, rejoin. Each publishes its request event
-(its id is the operation id, and travels as `correlation_id`) and answers 202 with the
-operation and its `Location`, or 409 with the failover service's reason when it refuses
-within `wait_seconds`. `GET /operations/{id}?wait=30` long-polls for the outcome."""
+"""Commands you can follow: failover, switchover, rejoin (and, through `command`, the backup
+and file set commands of `backups` and `files`). Each publishes its request event (its id is
+the operation id, and travels as `correlation_id`) and answers 202 with the operation and its
+`Location`, or 409 with the answering service's reason when it refuses within `wait_seconds`.
+`GET /operations/{id}?wait=30` long-polls for the outcome."""
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
+from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.events import (
     ClusterEvent,
     FailoverRequested,
@@ -17,10 +20,10 @@ from lifeboat.common.events import (
     SwitchoverRequested,
 )
 from lifeboat.gateway import views
-from lifeboat.gateway.auth import Operator, Reader
+from lifeboat.gateway.auth import Operator, Principal, Reader
 from lifeboat.gateway.deps import ClusterDep, Gateway, GatewayDep, NodeDep, require_node, respond
 from lifeboat.gateway.problems import Problem, responses
-from lifeboat.gateway.schemas import OperationRequest, OperationView, RejoinRequest
+from lifeboat.gateway.schemas import FailoverBody, OperationRequest, OperationView, RejoinRequest
 
 router = APIRouter(tags=["operations"])
 
@@ -48,28 +51,47 @@ async def start(gw: Gateway, request: ClusterEvent, wait_seconds: float) -> JSON
     return respond(view, 202, Location=view.location)
 
 
-def _ids() -> UUID:
-    return uuid4()
+async def command(
+    gw: Gateway,
+    who: Principal,
+    spec: ClusterSpec,
+    event: type[ClusterEvent],
+    wait_seconds: float,
+    **fields: Any,
+) -> JSONResponse:
+    """Ask for `event` as a new operation: its id is the operation id and travels as its
+    `correlation_id`; who asked is the token's name."""
+    op_id = uuid4()
+    common: dict[str, Any] = {
+        "event_id": op_id,
+        "correlation_id": op_id,
+        "cluster": spec.name,
+        "source": gw.runtime.source,
+        "requested_by": who.name,
+    }
+    request = event(**common, **fields)
+    return await start(gw, request, wait_seconds)
 
 
 @router.post("/clusters/{cluster}/failover", status_code=202, responses=COMMAND)
 async def failover(
-    who: Operator, spec: ClusterDep, body: OperationRequest, gw: GatewayDep
+    who: Operator, spec: ClusterDep, body: FailoverBody, gw: GatewayDep
 ) -> JSONResponse:
-    """Promote `target` (or the best standby) now, fencing the primary."""
+    """Promote `target` (or the best standby) now, fencing the primary; `force` even when it
+    may lose writes (up to `data_loss_budget_bytes`)."""
     if body.target is not None:
         require_node(spec, body.target)
-    op_id = _ids()
-    request = FailoverRequested(
-        event_id=op_id,
-        correlation_id=op_id,
-        cluster=spec.name,
-        source=gw.runtime.source,
+    return await command(
+        gw,
+        who,
+        spec,
+        FailoverRequested,
+        body.wait_seconds,
         target=body.target,
         reason=body.reason,
-        requested_by=who.name,
+        force=body.force,
+        data_loss_budget_bytes=body.data_loss_budget_bytes,
     )
-    return await start(gw, request, body.wait_seconds)
 
 
 @router.post("/clusters/{cluster}/switchover", status_code=202, responses=COMMAND)
@@ -79,17 +101,8 @@ async def switchover(
     """Hand the primary role over without losing a write; the old primary follows."""
     if body.target is not None:
         require_node(spec, body.target)
-    op_id = _ids()
-    request = SwitchoverRequested(
-        event_id=op_id,
-        correlation_id=op_id,
-        cluster=spec.name,
-        source=gw.runtime.source,
-        target=body.target,
-        reason=body.reason,
-        requested_by=who.name,
-    )
-    return await start(gw, request, body.wait_seconds)
+    fields = {"target": body.target, "reason": body.reason}
+    return await command(gw, who, spec, SwitchoverRequested, body.wait_seconds, **fields)
 
 
 @router.post("/clusters/{cluster}/nodes/{node}/rejoin", status_code=202, responses=COMMAND)
@@ -101,16 +114,8 @@ async def rejoin(
     body: RejoinRequest | None = None,
 ) -> JSONResponse:
     """Turn a node (e.g. a fenced former primary) back into a standby of the primary."""
-    op_id = _ids()
-    request = NodeRejoinRequested(
-        event_id=op_id,
-        correlation_id=op_id,
-        cluster=spec.name,
-        node=node,
-        source=gw.runtime.source,
-        requested_by=who.name,
-    )
-    return await start(gw, request, (body or RejoinRequest()).wait_seconds)
+    wait = (body or RejoinRequest()).wait_seconds
+    return await command(gw, who, spec, NodeRejoinRequested, wait, node=node)
 
 
 @router.get("/operations/{operation_id}", responses=responses(401, 403, 404, 422))
