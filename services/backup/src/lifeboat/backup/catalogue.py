@@ -80,7 +80,6 @@ class Catalogue:
             Bucket=self.bucket,
             Key=key,
             Body=body.encode(),
-            ContentType="application/json",
         )
 
     async def write_manifest(self, manifest: Manifest) -> str:
