@@ -2,10 +2,15 @@
 
 Prints one JSON object:
 
-- `rps`, `p99_ms`: `GET /clusters/{cluster}` with 200 concurrent connections from a load
-  generator in a separate process (`wrk` when it is installed, else an asyncio + httpx
-  client in a subprocess), after a warm-up. Closed loop: each connection sends its next
-  request when the last is answered, so latency is 200 / rps (Little's law) plus noise;
+- `rps`: `GET /clusters/{cluster}` with 200 concurrent connections from a load generator in
+  a separate process (`wrk` when it is installed, else the asyncio generator below in closed
+  loop), after a warm-up. Closed loop: each connection sends its next request when the last
+  is answered, so throughput is the most the gateway serves, and latency is 200 / rps
+  (Little's law): that p99 is `closed_loop_p99_ms`;
+- `p99_ms`: the latency at a stated load (`--rate`, default 2,000 requests/s) over the same
+  200 connections, from an asyncio generator in its own process that paces each connection
+  on a fixed schedule and times each request from when it was due (so a stall counts for
+  every request it delays, as wrk2 measures);
 - `projection_lag_ms`: from a topology change (the KV write and its `failover.completed`)
   to the API showing the new primary, median and max of several changes;
 - `sse_subscribers_complete`: of 100 concurrent SSE subscribers to `node.health`, how many
@@ -49,30 +54,46 @@ NODES = ("node1", "node2", "node3")
 # --- the load generator (a separate process) ----------------------------------------------
 
 
-async def _load(url: str, connections: int, seconds: float) -> dict[str, Any]:
+async def _load(url: str, connections: int, seconds: float, rate: float) -> dict[str, Any]:
+    """`connections` keep-alive connections sending `GET url` for `seconds`.
+
+    `rate` 0 is a closed loop (each connection sends its next request when the last is
+    answered). A `rate` paces the whole load at that many requests a second, each connection
+    on its own fixed schedule, and times every request from when it was due, not from when
+    it was sent: a late answer delays the requests queued behind it and they count as late
+    too (no coordinated omission, as wrk2 measures)."""
+    target = httpx.URL(url)
+    host, port = target.host, target.port or 80
+    request = f"GET {target.raw_path.decode()} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    loop = asyncio.get_running_loop()
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        stop = time.perf_counter() + seconds
+    interval = connections / rate if rate else 0.0
+    streams = [await asyncio.open_connection(host, port) for _ in range(connections)]
+    began = loop.time() + 0.1
+    stop = began + seconds
 
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop:
-                started = time.perf_counter()
-                try:
-                    resp = await client.get(url)
-                    ok = resp.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors += 1
+    async def worker(i: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal errors
+        due = began + i * interval / connections
+        while due < stop:
+            if interval:
+                await asyncio.sleep(max(0.0, due - loop.time()))
+            else:
+                due = loop.time()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            if head.startswith(b"HTTP/1.1 200"):
+                latencies.append(loop.time() - due)
+            else:
+                errors += 1
+            due += interval
+        writer.close()
 
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        took = time.perf_counter() - began
+    await asyncio.gather(*(worker(i, r, w) for i, (r, w) in enumerate(streams)))
+    took = loop.time() - began
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
     return {
@@ -120,7 +141,7 @@ async def _sse(
 def child(argv: list[str]) -> None:
     kind = argv[0]
     if kind == "load":
-        out = asyncio.run(_load(argv[1], int(argv[2]), float(argv[3])))
+        out = asyncio.run(_load(argv[1], int(argv[2]), float(argv[3]), float(argv[4])))
 
     else:
         out = asyncio.run(_sse(argv[1], argv[2], int(argv[3]), int(argv[4]), float(argv[5])))
@@ -154,8 +175,13 @@ def run_load(url: str, connections: int, seconds: float, loadgen: str) -> dict[s
             check=True,
         ).stdout
         return {"loadgen": "wrk", **_parse_wrk(out)}
+    return run_paced(url, connections, seconds, 0.0)
+
+
+def run_paced(url: str, connections: int, seconds: float, rate: float) -> dict[str, Any]:
+    """The Python generator in its own process (0 `rate`: closed loop)."""
     done = subprocess.run(
-        _child_argv("load", url, str(connections), str(seconds)),
+        _child_argv("load", url, str(connections), str(seconds), str(rate)),
         capture_output=True,
         text=True,
         check=True,
@@ -279,6 +305,10 @@ def sse_complete(
     return {"sse_subscribers": subscribers, "sse_events": events, **out}
 
 
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return round(float(statistics.median(r[key] for r in runs)), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--start", action="store_true", help="NATS and a gateway of its own")
@@ -291,6 +321,8 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1, help="gateway workers (--start)")
+    parser.add_argument("--rate", type=float, default=2000, help="requests/s for `p99_ms`")
+    parser.add_argument("--runs", type=int, default=3, help="load runs; medians are reported")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-gw-"))
     cleanup: list[Any] = []
@@ -321,16 +353,27 @@ def main() -> None:
         body = httpx.get(url, timeout=10).json()
         assert body["topology"], body
         run_load(url, args.connections, 2, args.loadgen)  # warm up
-        load = run_load(url, args.connections, args.seconds, args.loadgen)
+        closed, paced = [], []
+        for _ in range(args.runs):
+            closed.append(run_load(url, args.connections, args.seconds, args.loadgen))
+            paced.append(run_paced(url, args.connections, args.seconds, args.rate))
         lags = asyncio.run(projection_lag(args.nats, args.gateway, args.cluster, 10))
         sse = sse_complete(args.nats, args.gateway, args.cluster, args.subscribers, args.events)
         out = {
-            "p99_ms": round(load["p99_ms"], 2),
-            "rps": round(load["rps"], 1),
+            "p99_ms": _median(paced, "p99_ms"),
+            "rps": _median(closed, "rps"),
+            "closed_loop_p99_ms": _median(closed, "p99_ms"),
+            "paced_rps": _median(paced, "rps"),
             "projection_lag_ms": round(statistics.median(lags), 2),
             "projection_lag_max_ms": round(max(lags), 2),
             "sse_subscribers_complete": sse["complete"],
-            "load": {**load, "connections": args.connections, "seconds": args.seconds},
+            "load": {
+                "connections": args.connections,
+                "seconds": args.seconds,
+                "rate": args.rate,
+                "closed": closed,
+                "paced": paced,
+            },
             "sse": sse,
             "gateway_workers": args.workers,
         }

@@ -301,7 +301,7 @@ class _Server(uvicorn.Server):
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def serve(app: object, settings: ServiceSettings, service: str) -> None:
+def serve(app: object, settings: ServiceSettings, service: str, *, loop: str = "auto") -> None:
     """Run `app` under uvicorn until SIGTERM/SIGINT, with logs that name the service."""
     configure_logging(
         service, settings.instance_id, level=settings.log_level, fmt=settings.log_format
@@ -313,6 +313,7 @@ def serve(app: object, settings: ServiceSettings, service: str) -> None:
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         lifespan="on",
+        loop=loop,
     )
     server = _Server(config)
     server.run()
