@@ -178,7 +178,12 @@ class ClusterBackups:
             )
             log.info("backup request %s: %s", rid, decision.reason)
             await self.executor.run(decision)
-            await self.retain()
+            try:
+                await self.retain()
+            except Exception as exc:
+                # The outcome is published: a failed retention (S3 just came back, or not
+                # yet) must not put the request back to be taken again. The janitor retries.
+                log.warning("retention after request %s: %s", rid, exc)
 
         await self._under(held, work())
 
