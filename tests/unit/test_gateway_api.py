@@ -13,7 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from lifeboat.common.clusters import ClustersFile, ClusterSpec, NodeSpec, dump_clusters
+from lifeboat.common.clusters import (
+    ClustersFile,
+    ClusterSpec,
+    FileSetPlacement,
+    FileSetSpec,
+    NodeSpec,
+    dump_clusters,
+)
 from lifeboat.common.events import (
     BackupCompleted,
     BackupFailed,
@@ -41,7 +48,7 @@ from lifeboat.gateway.app import build_app
 from lifeboat.gateway.auth import Role as TokenRole
 from lifeboat.gateway.auth import TokenBook, TokenFileError, hash_token, parse_line
 from lifeboat.gateway.client import GatewayClient, GatewayError
-from lifeboat.gateway.decode import UndecodableEventError, decode_event
+from lifeboat.common.events import UndecodableEventError, decode_event
 from lifeboat.gateway.deps import Gateway
 from lifeboat.gateway.metrics import NAMES
 from lifeboat.gateway.projection import Projection, Stored, stream_of, subject_matches
@@ -57,6 +64,19 @@ SPEC = ClusterSpec(
     nodes=(
         NodeSpec(name="node1", host="127.0.0.1", port=1),
         NodeSpec(name="node2", port=2, host="127.0.0.1"),
+    ),
+    filesets=(
+        FileSetSpec(
+            name="uploads",
+            root=Path("/srv/uploads"),
+            placement=(FileSetPlacement(node="node1"), FileSetPlacement(node="node2", mode="pull")),
+        ),
+        FileSetSpec(
+            name="docs",
+            root=Path("/srv/docs"),
+            reference_query="select path from documents",
+            placement=(FileSetPlacement(node="node1"),),
+        ),
     ),
 )
 TOKENS = {"reader": ("read", "r-token"), "oncall": ("operate", "o-token"), "root": ("admin", "a")}
@@ -101,6 +121,7 @@ def make_app(tmp_path: Path, answers: dict[str, Publish], **settings: Any) -> Te
             gw.projection.apply(Stored("events", next(seq), answer.subject(), answer))
 
     gw.runtime.publisher.publish = publish  # type: ignore[method-assign]
+    app.state.seq = seq  # a test adding events of its own takes their sequences from here
     # Not entered as a context manager: no lifespan, so nothing connects to NATS.
     return TestClient(app)
 

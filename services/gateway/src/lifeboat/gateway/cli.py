@@ -14,24 +14,35 @@ import contextlib
 import json
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import click
 import httpx
 import typer
-from pydantic import BaseModel
-from rich.console import Console
 from rich.table import Table
 
+from lifeboat.gateway import clibackup
 from lifeboat.gateway.auth import Role, hash_token
-from lifeboat.gateway.client import GatewayClient, GatewayError
+from lifeboat.gateway.client import GatewayError
+from lifeboat.gateway.cliutil import (
+    ClusterOpt,
+    Context,
+    JsonOpt,
+    Refused,
+    WaitOpt,
+    age,
+    context,
+    dump,
+    err,
+    follow,
+    mb,
+    out,
+    outcome_line,
+)
 from lifeboat.gateway.schemas import (
     ClusterStatus,
     HealthReport,
-    OperationRefused,
-    OperationView,
 )
 from lifeboat.gateway.settings import CliSettings
 
@@ -46,44 +57,12 @@ events_app = typer.Typer(help="live events", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(token_app, name="token")
-
-# Piped (scripts, tests): wide enough for the status table on one line per member.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+app.add_typer(clibackup.backup_app, name="backup")
+app.add_typer(clibackup.files_app, name="files")
+app.command("restore")(clibackup.restore)
+app.command("wal")(clibackup.wal)
 
 _MARK = {"healthy": "ok ", "degraded": "DEG", "unhealthy": "BAD"}
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-ClusterOpt = Annotated[str, typer.Option("--cluster", "-c", help="cluster name")]
-
-
-class Refused(Exception):
-    """Exit 1 with this line."""
-
-
-@dataclass
-class Context:
-    url: str
-    token: str | None
-
-    def client(self, **kwargs: Any) -> GatewayClient:
-        return GatewayClient(self.url, token=self.token or "", **kwargs)
-
-
-def _ctx(ctx: typer.Context) -> Context:
-    obj = ctx.obj
-    assert isinstance(obj, Context)
-    return obj
-
-
-def dump(body: BaseModel | list[BaseModel] | Any) -> None:
-    data: Any
-    if isinstance(body, BaseModel):
-        data = body.model_dump(mode="json")
-    elif isinstance(body, list):
-        data = [b.model_dump(mode="json") if isinstance(b, BaseModel) else b for b in body]
-    else:
-        data = body
-    print(json.dumps(data, indent=2))
 
 
 @app.callback()
@@ -101,10 +80,6 @@ def _main(
 
 
 # --- status -----------------------------------------------------------------------------
-
-
-def _mb(value: int | None) -> str:
-    return "" if value is None else f"{value / 1024 / 1024:.1f}"
 
 
 def status_table(status: ClusterStatus) -> Table:
@@ -138,7 +113,7 @@ def status_table(status: ClusterStatus) -> Table:
             role,
             state,
             "" if h is None or h.timeline is None else str(h.timeline),
-            "" if is_primary else _mb(h.lag_bytes if h else None),
+            "" if is_primary else mb(h.lag_bytes if h else None),
             "" if is_primary or h is None or h.lag_seconds is None else f"{h.lag_seconds:.1f}",
             "yes" if node.name in sync else "",
             node.location,
@@ -174,7 +149,7 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Each cluster's members like `patronictl list`: role, state, timeline, lag, sync."""
-    with _ctx(ctx).client() as gw:
+    with context(ctx).client() as gw:
 
         def draw() -> list[ClusterStatus]:
             names = [cluster] if cluster else [c.name for c in gw.clusters()]
@@ -214,7 +189,7 @@ def cluster(
 @app.command()
 def health(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Health of NATS, S3, every node and every service."""
-    with _ctx(ctx).client() as gw:
+    with context(ctx).client() as gw:
         report: HealthReport = gw.health()
     if as_json:
         dump(report)
@@ -229,45 +204,6 @@ def health(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 # --- operations ---------------------------------------------------------------------------
 
 
-def _follow(
-    gw: GatewayClient, answer: OperationView | OperationRefused, as_json: bool, wait: bool
-) -> None:
-    if isinstance(answer, OperationRefused):
-        if as_json:
-            dump(answer)
-        raise Refused(f"refused: {answer.reason}")
-    view = answer
-    if wait and not view.done:
-        if as_json:
-            view = gw.follow(view)
-        else:
-            with err.status(f"{view.kind} {view.id}: {view.state}") as spinner:
-
-                def update(v: OperationView) -> None:
-                    spinner.update(f"{v.kind} {v.id}: {v.state}")
-
-                view = gw.follow(view, on_update=update)
-    if as_json:
-        dump(view)
-    else:
-        out.print(_outcome_line(view), markup=False)
-    if view.state in ("failed", "refused"):
-        if as_json:
-            raise typer.Exit(1)
-        raise Refused(f"{view.state}: {view.outcome_reason}")
-    if wait and not view.done:
-        raise Refused(f"still {view.state} after waiting: follow {view.location}")
-
-
-def _outcome_line(view: OperationView) -> str:
-    outcome = view.outcome or {}
-    if view.state == "completed":
-        new = outcome.get("new_primary") or outcome.get("node")
-        took = outcome.get("total_seconds") or outcome.get("seconds")
-        return f"{view.kind} completed: {new} ({took}s) [operation {view.id}]"
-    return f"{view.kind} {view.state}: operation {view.id} at {view.location}"
-
-
 def _operate(
     ctx: typer.Context,
     op: str,
@@ -277,14 +213,13 @@ def _operate(
     wait: bool,
     as_json: bool,
 ) -> None:
-    with _ctx(ctx).client() as gw:
+    with context(ctx).client() as gw:
         answer = gw.submit(op, cluster, reason=reason, target=target)  # type: ignore[arg-type]
-        _follow(gw, answer, as_json, wait)
+        follow(gw, answer, as_json, wait)
 
 
 TargetOpt = Annotated[str | None, typer.Option(help="node to promote (default: the best standby)")]
 ReasonOpt = Annotated[str, typer.Option(help="why: recorded on the events")]
-WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="follow it to its outcome")]
 
 
 @app.command()
@@ -322,8 +257,8 @@ def rejoin(
     as_json: JsonOpt = False,
 ) -> None:
     """Turn a node back into a standby of the primary (pg_rewind, or a fresh copy)."""
-    with _ctx(ctx).client() as gw:
-        _follow(gw, gw.submit_rejoin(cluster, node), as_json, wait)
+    with context(ctx).client() as gw:
+        follow(gw, gw.submit_rejoin(cluster, node), as_json, wait)
 
 
 @app.command()
@@ -334,12 +269,12 @@ def operation(
     as_json: JsonOpt = False,
 ) -> None:
     """An operation's state and outcome."""
-    with _ctx(ctx).client() as gw:
+    with context(ctx).client() as gw:
         view = gw.operation(operation_id, wait=wait)
     if as_json:
         dump(view)
     else:
-        out.print(_outcome_line(view), markup=False)
+        out.print(outcome_line(view), markup=False)
         if view.outcome_reason:
             out.print(f"reason: {view.outcome_reason}", markup=False)
 
@@ -352,7 +287,7 @@ def pause(
     as_json: JsonOpt = False,
 ) -> None:
     """Switch automatic failover off (manual operations still work)."""
-    with _ctx(ctx).client() as gw:
+    with context(ctx).client() as gw:
         view = gw.pause(cluster, reason)
     dump(view) if as_json else out.print(f"{cluster}: paused ({view.reason})", markup=False)
 
@@ -365,7 +300,7 @@ def resume(
     as_json: JsonOpt = False,
 ) -> None:
     """Switch automatic failover back on."""
-    with _ctx(ctx).client() as gw:
+    with context(ctx).client() as gw:
         view = gw.resume(cluster, reason)
     dump(view) if as_json else out.print(f"{cluster}: automatic failover on", markup=False)
 
@@ -390,7 +325,7 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """Failovers, switchovers, refusals, holds, fencings, rejoins, maintenance."""
-    with _ctx(ctx).client() as gw:
+    with context(ctx).client() as gw:
         page = gw.history(cluster, limit, before=before, kinds=kind)
     if as_json:
         dump(page)
@@ -414,7 +349,7 @@ def events_tail(
 ) -> None:
     """Follow live events (Server-Sent Events), resumable with --since."""
     seen = 0
-    with _ctx(ctx).client() as gw:
+    with context(ctx).client() as gw:
         for seq, event in gw.events(subject, since):
             if as_json:
                 print(json.dumps({"seq": seq, **event}), flush=True)
@@ -429,20 +364,10 @@ def events_tail(
                 return
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
-
-
 @app.command()
 def exposure(ctx: typer.Context, cluster: ClusterOpt = "main", as_json: JsonOpt = False) -> None:
     """What would be lost right now if the primary's host vanished."""
-    with _ctx(ctx).client() as gw:
+    with context(ctx).client() as gw:
         e = gw.exposure(cluster)
     if as_json:
         dump(e)
@@ -456,7 +381,7 @@ def exposure(ctx: typer.Context, cluster: ClusterOpt = "main", as_json: JsonOpt 
     for s in e.standbys:
         out.print(
             f"  {s.node:<10} {'streaming' if s.streaming else 'NOT streaming':<14} "
-            f"{'sync' if s.synchronous else 'async':<6} lag {_mb(s.lag_bytes) or '-'} MB "
+            f"{'sync' if s.synchronous else 'async':<6} lag {mb(s.lag_bytes) or '-'} MB "
             f"{'' if s.lag_seconds is None else f'{s.lag_seconds:.1f}s'}",
             markup=False,
         )
@@ -465,16 +390,16 @@ def exposure(ctx: typer.Context, cluster: ClusterOpt = "main", as_json: JsonOpt 
     )
     out.print(f"  WAL archive lag {archive}", markup=False)
     out.print(
-        f"  last backup {e.last_backup_id or '-'} {_age(e.last_backup_age_seconds)}", markup=False
+        f"  last backup {e.last_backup_id or '-'} {age(e.last_backup_age_seconds)}", markup=False
     )
     restore = "" if e.restore_seconds is None else f", restores in {e.restore_seconds:.1f}s"
     out.print(
         f"  last verified backup {e.last_verified_backup_id or '-'} "
-        f"{_age(e.last_verified_backup_age_seconds)}{restore}",
+        f"{age(e.last_verified_backup_age_seconds)}{restore}",
         markup=False,
     )
-    for name, age in sorted(e.file_sync_age_seconds.items()):
-        out.print(f"  file set {name} synced {_age(age)}", markup=False)
+    for name, seconds in sorted(e.file_sync_age_seconds.items()):
+        out.print(f"  file set {name} synced {age(seconds)}", markup=False)
 
 
 @app.command()
@@ -485,7 +410,7 @@ def sla(
     as_json: JsonOpt = False,
 ) -> None:
     """Availability, failovers and their RTO, backup and verification rates."""
-    with _ctx(ctx).client() as gw:
+    with context(ctx).client() as gw:
         s = gw.sla(cluster, days)
     if as_json:
         dump(s)

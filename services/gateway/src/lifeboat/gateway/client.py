@@ -15,7 +15,9 @@ problems) raises `GatewayError` with the problem. Transport failures raise httpx
 
 `operate()` and `rejoin()` follow the operation to its end (`submit()` and `operation()` do
 it step by step): a command answers 202 with an operation id, then `GET /operations/{id}
-?wait=...` long-polls until it is done.
+?wait=...` long-polls until it is done. The backup and file set commands (`create_backup`,
+`delete_backup`, `verify_backup`, `restore`, `file_command`) answer the same way; `follow()`
+takes them to their end.
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ from pydantic import BaseModel, TypeAdapter
 
 from lifeboat.gateway.schemas import (
     AllBreakers,
+    BackupDetail,
+    BackupList,
+    BackupSummary,
     BreakerReport,
     ClusterStatus,
     ClusterSummary,
     Exposure,
+    FilesView,
     HealthReport,
     HistoryEvent,
     HistoryPage,
@@ -51,16 +57,21 @@ from lifeboat.gateway.schemas import (
     Readiness,
     ReplicaCheck,
     Sla,
+    WalView,
     WhoAmI,
 )
 
 # The models it returns, importable from here by whoever uses the client.
 __all__ = [
     "AllBreakers",
+    "BackupDetail",
+    "BackupList",
+    "BackupSummary",
     "BreakerReport",
     "ClusterStatus",
     "ClusterSummary",
     "Exposure",
+    "FilesView",
     "GatewayClient",
     "GatewayError",
     "HealthReport",
@@ -78,6 +89,7 @@ __all__ = [
     "Readiness",
     "ReplicaCheck",
     "Sla",
+    "WalView",
     "WhoAmI",
 ]
 
@@ -244,9 +256,20 @@ class GatewayClient:
         reason: str,
         target: str | None = None,
         wait_seconds: float | None = None,
+        force: bool | None = None,
+        data_loss_budget_bytes: int | None = None,
     ) -> OperationView | OperationRefused:
-        """Ask for it: the accepted operation (202), or its refusal (409)."""
-        body = _without_none({"target": target, "reason": reason, "wait_seconds": wait_seconds})
+        """Ask for it: the accepted operation (202), or its refusal (409). `force` and
+        `data_loss_budget_bytes` are a failover's."""
+        body = _without_none(
+            {
+                "target": target,
+                "reason": reason,
+                "wait_seconds": wait_seconds,
+                "force": force,
+                "data_loss_budget_bytes": data_loss_budget_bytes,
+            }
+        )
         return self._command(f"/clusters/{cluster}/{operation}", body)
 
     def submit_rejoin(
@@ -254,6 +277,110 @@ class GatewayClient:
     ) -> OperationView | OperationRefused:
         body = _without_none({"wait_seconds": wait_seconds})
         return self._command(f"/clusters/{cluster}/nodes/{node}/rejoin", body)
+
+    # --- backups, restores, WAL ------------------------------------------------------------
+
+    def create_backup(
+        self,
+        cluster: str,
+        kind: str = "physical",
+        *,
+        reason: str | None = None,
+        node: str | None = None,
+        verify: bool | None = None,
+        database: str | None = None,
+        all_databases: bool | None = None,
+        wait_seconds: float | None = None,
+    ) -> OperationView | OperationRefused:
+        """Take a backup now (physical, logical, files or full)."""
+        body = _without_none(
+            {
+                "kind": kind,
+                "reason": reason,
+                "node": node,
+                "verify": verify,
+                "database": database,
+                "all_databases": all_databases,
+                "wait_seconds": wait_seconds,
+            }
+        )
+        return self._command(f"/clusters/{cluster}/backups", body)
+
+    def backups(
+        self, cluster: str, *, kind: str | None = None, status: str | None = None
+    ) -> BackupList:
+        """The listed backups, newest first."""
+        params = _without_none({"kind": kind, "status": status})
+        return self._get(BackupList, f"/clusters/{cluster}/backups", params=params)
+
+    def backup(self, cluster: str, backup_id: str) -> BackupDetail:
+        return self._get(BackupDetail, f"/clusters/{cluster}/backups/{backup_id}")
+
+    def delete_backup(
+        self,
+        cluster: str,
+        backup_id: str,
+        *,
+        force: bool = False,
+        wait_seconds: float | None = None,
+    ) -> OperationView | OperationRefused:
+        """Delete it; refused (409) for the last good backup without `force`."""
+        params = _without_none({"force": force, "wait_seconds": wait_seconds})
+        path = f"/clusters/{cluster}/backups/{backup_id}"
+        return self._command(path, None, method="DELETE", params=params)
+
+    def verify_backup(
+        self, cluster: str, backup_id: str, *, wait_seconds: float | None = None
+    ) -> OperationView | OperationRefused:
+        body = _without_none({"wait_seconds": wait_seconds})
+        return self._command(f"/clusters/{cluster}/backups/{backup_id}/verify", body)
+
+    def restore(
+        self,
+        cluster: str,
+        *,
+        backup_id: str | None = None,
+        target_time: str | None = None,
+        target_lsn: str | None = None,
+        data_dir: str | None = None,
+        port: int | None = None,
+        node: str | None = None,
+        confirm: bool = False,
+        wait_seconds: float | None = None,
+    ) -> OperationView | OperationRefused:
+        """Restore into a new data directory (or, with `node` and `confirm`, into a node)."""
+        body = _without_none(
+            {
+                "backup_id": backup_id,
+                "target_time": target_time,
+                "target_lsn": target_lsn,
+                "data_dir": data_dir,
+                "port": port,
+                "node": node,
+                "confirm": confirm or None,
+                "wait_seconds": wait_seconds,
+            }
+        )
+        return self._command(f"/clusters/{cluster}/restores", body)
+
+    def wal(self, cluster: str) -> WalView:
+        return self._get(WalView, f"/clusters/{cluster}/wal")
+
+    # --- file sets -------------------------------------------------------------------------
+
+    def files(self, cluster: str) -> FilesView:
+        return self._get(FilesView, f"/clusters/{cluster}/files")
+
+    def file_command(
+        self,
+        cluster: str,
+        fileset: str,
+        action: Literal["sync", "check", "restore"],
+        **body: Any,
+    ) -> OperationView | OperationRefused:
+        """`sync` (confirm_deletions), `check` (references), `restore` (destination,
+        snapshot_id, node, confirm); None fields are left out."""
+        return self._command(f"/clusters/{cluster}/files/{fileset}/{action}", _without_none(body))
 
     def operation(self, operation_id: UUID | str, wait: float = 0) -> OperationView:
         """The operation now, or once done if within `wait` seconds."""
@@ -274,14 +401,16 @@ class GatewayClient:
         *,
         timeout: float | None = None,
         on_update: Callable[[OperationView], None] | None = None,
+        poll: float = 30.0,
     ) -> OperationView:
-        """Long-poll `view`'s operation until it is done or `timeout` (operation_timeout)."""
+        """Long-poll `view`'s operation until it is done or `timeout` (operation_timeout),
+        at least every `poll` seconds (to show progress, say)."""
         deadline = time.monotonic() + (self.operation_timeout if timeout is None else timeout)
         while not view.done:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            view = self.operation(view.id, wait=min(30.0, left))
+            view = self.operation(view.id, wait=min(poll, left))
             if on_update is not None:
                 on_update(view)
         return view
@@ -323,10 +452,17 @@ class GatewayClient:
             return answer
         return result_of(self.follow(answer))
 
-    def _command(self, path: str, body: dict[str, Any]) -> OperationView | OperationRefused:
-        resp = self._http.post(path, json=body, timeout=60)
-        if resp.status_code == 409:
-            problem = _body(resp)
+    def _command(
+        self,
+        path: str,
+        body: dict[str, Any] | None,
+        *,
+        method: str = "POST",
+        params: dict[str, Any] | None = None,
+    ) -> OperationView | OperationRefused:
+        resp = self._http.request(method, path, json=body, params=params, timeout=60)
+        problem = _body(resp) if resp.status_code == 409 else None
+        if isinstance(problem, dict) and isinstance(problem.get("operation"), dict):
             view = OperationView.model_validate(problem["operation"])
             refused = result_of(view)
             if isinstance(refused, OperationRefused):

@@ -15,14 +15,28 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from lifeboat.common.breakers import BreakerSnapshot
 from lifeboat.common.clusters import NodeSpec
 from lifeboat.common.events import (
+    BackupCompleted,
+    BackupDeleted,
+    BackupDeleteRefused,
+    BackupFailed,
     BackupKind,
+    BackupVerified,
     FailoverCompleted,
     FailoverFailed,
     FailoverHeld,
     FailoverStarted,
+    FileReferencesChecked,
+    FileRestored,
+    FileStatus,
+    FileSynced,
+    FileSyncFailed,
+    FileSyncPaused,
+    FileVerified,
     NodeFenced,
     NodeHealth,
     NodeRejoined,
+    RestoreCompleted,
+    RestoreFailed,
     Role,
     SwitchoverCompleted,
     SwitchoverFailed,
@@ -292,9 +306,31 @@ HistoryEvent = Annotated[
 """An entry of `GET /clusters/{cluster}/history`: one of the decisions it lists."""
 
 Outcome = Annotated[
-    FailoverCompleted | SwitchoverCompleted | NodeRejoined, Field(discriminator="type")
+    FailoverCompleted
+    | SwitchoverCompleted
+    | NodeRejoined
+    | BackupCompleted
+    | BackupVerified
+    | BackupDeleted
+    | RestoreCompleted
+    | FileSynced
+    | FileVerified
+    | FileReferencesChecked
+    | FileRestored,
+    Field(discriminator="type"),
 ]
-Refusal = Annotated[FailoverFailed | SwitchoverFailed, Field(discriminator="type")]
+Refusal = Annotated[
+    FailoverFailed
+    | SwitchoverFailed
+    | BackupFailed
+    | BackupVerified
+    | BackupDeleteRefused
+    | RestoreFailed
+    | FileSyncFailed
+    | FileSyncPaused
+    | FileStatus,
+    Field(discriminator="type"),
+]
 
 
 class OperationDone(_Body):
@@ -305,7 +341,7 @@ class OperationDone(_Body):
 
 
 class OperationRefused(_Body):
-    """409: the failover service refused (or failed) it; `reason` says why."""
+    """409: the answering service refused (or failed) it; `reason` says why."""
 
     status: Literal["refused"] = "refused"
     reason: str

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from pydantic import ValidationError
 
 from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.events import (
@@ -45,6 +48,8 @@ from lifeboat.gateway.schemas import (
     StandbyExposure,
     WalView,
 )
+
+log = logging.getLogger(__name__)
 
 
 def maintenance_view(cluster: str, state: MaintenanceState | None) -> MaintenanceView:
@@ -153,10 +158,22 @@ def backup_detail(entry: dict[str, Any]) -> BackupDetail:
     return BackupDetail.model_validate({**summary.model_dump(), "manifest": entry})
 
 
+def _summaries(entries: list[dict[str, Any]]) -> list[BackupSummary]:
+    """Every entry this gateway can read (one a newer backup service wrote differently is
+    left out, and logged, rather than failing the list)."""
+    found = []
+    for entry in entries:
+        try:
+            found.append(backup_summary(entry))
+        except ValidationError as exc:
+            log.warning("unreadable catalogue entry %s: %s", entry.get("backup_id"), exc)
+    return found
+
+
 def backup_list(
     p: Projection, cluster: str, kind: str | None = None, status: str | None = None
 ) -> BackupList:
-    listed = [backup_summary(b) for b in p.backups.get(cluster, ())]
+    listed = _summaries(p.backups.get(cluster, []))
     return BackupList(
         cluster=cluster,
         mirrored=cluster in p.backups,
