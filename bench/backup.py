@@ -55,7 +55,7 @@ from lifeboat.devstack.launch import ServiceProcess, service_env
 from lifeboat.devstack.postgres import Passwords, PgCluster
 from lifeboat.devstack.procs import free_port as free_tcp_port
 from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Ports, SeaweedS3
-from lifeboat.objstore.client import make_s3_client
+from lifeboat.objstore.client import make_light_s3_client
 from lifeboat.objstore.codec import Codec
 from lifeboat.pg.recovery import RecoveryTarget, configure_recovery
 from lifeboat.pg.scratch import Instance
@@ -104,7 +104,8 @@ class Bench:
 
     @property
     def transfer(self) -> Transfer:
-        return Transfer(make_s3_client(self.s3.settings(), bulk=True), BUCKET, Codec())
+        # The client the service itself uses (restores and the archiver run in this process).
+        return Transfer(make_light_s3_client(self.s3.settings(), bulk=True), BUCKET, Codec())
 
     def tool(self, name: str, *args: str, timeout: float = 3600) -> str:
         return run(
@@ -268,6 +269,7 @@ class Bench:
                 for key, seconds in (await self.run_once(local, target, ctx, catalogue)).items():
                     times[key].append(seconds)
             rss = vm_hwm_mb(proc.pid or 0)
+            load = Path("/proc/loadavg").read_text().split()[:3]
         finally:
             target.remove()
             proc.stop()
@@ -292,6 +294,7 @@ class Bench:
             },
             "peak_rss_mb": rss,
             "idle_rss_mb": idle_rss,  # the service before its first backup
+            "loadavg": " ".join(load),  # 1, 5, 15 min, at the end of this scale's runs
         }
 
     async def measure_wal(self, seconds: int) -> dict[str, Any]:

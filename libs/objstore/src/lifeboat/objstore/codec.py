@@ -20,11 +20,12 @@ import struct
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC = b"LBE1"
 FRAME_BYTES = 1024 * 1024
@@ -106,6 +107,33 @@ class Codec:
         stages.append(_decompressor(self.compression))
         return Chain(stages)
 
+    @property
+    def joins(self) -> bool:
+        """Whether pieces compressed apart (`piece`) and joined decode as one stream: zstd
+        frames do (the format allows any number), uncompressed bytes do; gzip is one member."""
+        return self.compression in (Compression.ZSTD, Compression.NONE)
+
+    def piece(self, data: bytes, level: int | None = None) -> bytes:
+        """`data` compressed on its own, unencrypted: a WAL segment is stored as the pieces
+        taken while it was received, joined, then `seal`ed."""
+        match self.compression:
+            case Compression.ZSTD:
+                cctx = zstandard.ZstdCompressor(
+                    level=self.level if level is None else level, write_checksum=True
+                )
+                return cctx.compress(data)
+            case Compression.NONE:
+                return data
+            case Compression.GZIP:
+                raise ValueError("gzip members do not join: encode the whole object")
+
+    def seal(self, compressed: bytes) -> bytes:
+        """Joined pieces as stored: encrypted as one stream (a fresh nonce prefix each time)."""
+        if self.key is None:
+            return compressed
+        encryptor = Encryptor(self.key)
+        return encryptor.update(compressed) + encryptor.finish()
+
 
 class Chain:
     def __init__(self, stages: list[Transform]) -> None:
@@ -145,17 +173,24 @@ class _Zstd:
 
 
 class _Unzstd:
+    """Every frame of the stream, one after the other (WAL segments are several), and a
+    stream that ends inside a frame is truncated."""
+
     def __init__(self) -> None:
-        self._obj = zstandard.ZstdDecompressor().decompressobj()
-        self._done = False
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
 
     def update(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        try:
-            return self._obj.decompress(data)
-        except zstandard.ZstdError as exc:
-            raise CorruptObjectError(f"zstd: {exc}") from None
+        out = bytearray()
+        while data:
+            if self._obj.eof:
+                self._obj = self._dctx.decompressobj()
+            try:
+                out += self._obj.decompress(data)
+            except zstandard.ZstdError as exc:
+                raise CorruptObjectError(f"zstd: {exc}") from None
+            data = self._obj.unused_data if self._obj.eof else b""
+        return bytes(out)
 
     def finish(self) -> bytes:
         if not self._obj.eof:
@@ -210,9 +245,16 @@ def _decompressor(compression: Compression) -> Transform:
             return _Identity()
 
 
+def _aead(key: bytes) -> AESGCM:
+    # Imported on first use: cryptography costs a worker ~6 MB that only encrypted backups use.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 class Encryptor:
     def __init__(self, key: bytes, frame_bytes: int = FRAME_BYTES) -> None:
-        self._aead = AESGCM(key)
+        self._aead = _aead(key)
         self._frame = frame_bytes
         self._prefix = os.urandom(8)
         self._header = _HEADER.pack(MAGIC, frame_bytes, self._prefix)
@@ -249,7 +291,7 @@ class Encryptor:
 
 class Decryptor:
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        self._aead = _aead(key)
         self._buf = bytearray()
         self._header: bytes | None = None
         self._prefix = b""
@@ -258,6 +300,8 @@ class Decryptor:
         self._ended = False
 
     def update(self, data: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
         self._buf += data
         out = bytearray()
         if self._header is None:

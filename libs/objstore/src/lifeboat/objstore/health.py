@@ -10,14 +10,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from lifeboat.common.breakers import Breakers
 from lifeboat.common.health import Check, ComponentHealth, Status, component
 from lifeboat.common.settings import S3Settings
-from lifeboat.objstore.client import make_s3_client
+from lifeboat.objstore.client import make_light_s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
 def s3_check(settings: S3Settings, breakers: Breakers) -> Check:
-    client = make_s3_client(settings)
+    client = make_light_s3_client(settings)
 
     async def check() -> ComponentHealth:
         return await check_s3(client, settings.s3_buckets, breakers, settings.s3_timeout_seconds)

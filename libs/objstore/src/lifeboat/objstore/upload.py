@@ -1,11 +1,13 @@
 """Streaming multipart upload: bytes in, one S3 object out, memory bounded, parts in parallel.
 
 The caller writes bytes as they come (a tool's stdout after compression); every full part is
-handed to a thread that uploads it while the next fills, at most `concurrency` at once, so
-memory stays near `part_size * (concurrency + 1)` whatever the object's size. The sha256 of the
-stored bytes is computed on the way. An object smaller than one part is a single PUT. Any
-failure aborts the multipart upload, so a failed transfer leaves no object behind (S3 keeps
-no parts of an aborted upload; an upload whose process died is aborted later by the janitor).
+handed to a thread that uploads it while the next fills, at most `concurrency` at once. A
+part is assembled only once a slot is free, from the pieces written (joined once, never
+copied again), so memory stays near `part_size * (concurrency + 1)` whatever the size.
+The sha256 of the stored bytes is computed on the way. An object smaller than one part is
+a single PUT. Any failure aborts the multipart upload, so a failed transfer leaves no object
+behind (S3 keeps no parts of an aborted upload; an upload whose process died is aborted
+later by the janitor).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class StreamingUpload:
         self.key = key
         self.part_size = part_size
         self.metadata = metadata or {}
-        self._buf = bytearray()
+        self._pieces: list[bytes] = []
+        self._buffered = 0
         self._hash = hashlib.sha256()
         self._size = 0
         self._upload_id: str | None = None
@@ -79,12 +82,27 @@ class StreamingUpload:
     async def write(self, data: bytes) -> None:
         if self._failed is not None:
             raise self._failed
-        self._buf += data
-        self._size += len(data)
-        while len(self._buf) >= self.part_size:
-            part = bytes(self._buf[: self.part_size])
-            del self._buf[: self.part_size]
-            await self._dispatch(part)
+        if data:
+            self._pieces.append(data)
+            self._buffered += len(data)
+            self._size += len(data)
+        while self._buffered >= self.part_size:
+            await self._dispatch(await self._take(self.part_size))
+
+    async def _take(self, size: int) -> bytes:
+        """The next `size` bytes written, as one buffer; the rest stays as pieces. It waits
+        for a free slot first, so a part is not held while `concurrency` others upload."""
+        await self._slots.acquire()
+        self._slots.release()  # only `_dispatch` takes slots, and it is the next to
+        last = self._pieces.pop()
+        need = size - (self._buffered - len(last))
+        # Only the last piece is split (a write is small beside a part): one join, no copy
+        # of the whole part.
+        part = b"".join([*self._pieces, last[:need]])
+        rest = last[need:]
+        self._pieces = [rest] if rest else []
+        self._buffered = len(rest)
+        return part
 
     async def _dispatch(self, part: bytes) -> None:
         # Hash in order, off the event loop (hashlib lets go of the GIL for big buffers).
@@ -130,8 +148,8 @@ class StreamingUpload:
         """Upload what is left and make the object exist; aborts (and raises) on failure."""
         try:
             if self._upload_id is None:
-                body = bytes(self._buf)
-                self._buf.clear()
+                body = b"".join(self._pieces)
+                self._pieces.clear()
                 await asyncio.to_thread(self._hash.update, body)
                 await asyncio.to_thread(
                     self.client.put_object,
@@ -142,10 +160,8 @@ class StreamingUpload:
                 )
                 self._done = True
                 return UploadResult(self.key, self._size, self._hash.hexdigest(), 1)
-            if self._buf:
-                part = bytes(self._buf)
-                self._buf.clear()
-                await self._dispatch(part)
+            if self._buffered:
+                await self._dispatch(await self._take(self._buffered))
             await asyncio.gather(*list(self._running))
             if self._failed is not None:
                 raise self._failed

@@ -44,7 +44,7 @@ from lifeboat.common.events import (
     Source,
 )
 from lifeboat.common.kv import LeaseStore
-from lifeboat.objstore.client import make_s3_client
+from lifeboat.objstore.client import make_light_s3_client
 from lifeboat.pg.osuser import OsUser
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class ClusterBackups:
             connect_timeout=max(settings.pg_connect_timeout_seconds, 2.0),
         )
         self.transfer = Transfer(
-            make_s3_client(settings, bulk=True),
+            make_light_s3_client(settings, bulk=True),
             settings.s3_backup_bucket,
             settings.codec(),
             part_size=settings.part_size_mb * 1024 * 1024,

@@ -20,12 +20,15 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
@@ -56,6 +59,27 @@ log = logging.getLogger(__name__)
 Publish = Callable[[ClusterEvent], Awaitable[None]]
 
 RECEIVER_NAME = "lifeboat_archiver"  # pg_receivewal's application_name on the primary
+# WAL is compressed at zstd's fastest level: what it saves in S3 at higher levels is not worth
+# the lag it adds on a busy host (the level is not recorded: decompression needs none).
+WAL_LEVEL = 1
+TICK = 0.05  # how often the spool is looked at: a completed segment waits at most this long
+
+
+@dataclass
+class _Growing:
+    """The segment being received, compressed as it grows: each step's new bytes become one
+    zstd frame, so when the segment completes its object is these frames and the last
+    step's, ready at once instead of 16 MiB to compress and upload after the fact."""
+
+    name: str
+    raw: int = 0  # bytes of the segment taken so far
+    crc: int = 0  # their crc32: the completed file must still begin with them
+    pieces: list[bytes] = field(default_factory=list)
+
+    def add(self, data: bytes, piece: bytes) -> None:
+        self.raw += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.pieces.append(piece)
 
 
 @dataclass
@@ -113,6 +137,9 @@ class Archiver:
         self._slot_status: str | None = None
         self._uploaded: set[str] = set()
         self._spool_size = 0
+        self._growing: dict[str, _Growing] = {}
+        self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        self._conn_node: str | None = None
 
     # --- control --------------------------------------------------------------------------
 
@@ -133,6 +160,7 @@ class Archiver:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._close_conn()
 
     # --- receiving ------------------------------------------------------------------------
 
@@ -245,6 +273,7 @@ class Archiver:
                 requested_by="wal-archiver",
             )
             await self.publish(stamped(request, datetime.now(UTC)))
+        self._growing.clear()  # what was taken from the old primary's stream starts over
         if previous is not None:
             await self._drop_old_slot(previous)
 
@@ -331,6 +360,7 @@ class Archiver:
                 f.truncate(self.seg)
 
         await asyncio.to_thread(reset)
+        self._growing.clear()
         log.info("WAL archiving resumes on timeline %d at the fork, %s", timeline, lines[-1][1])
 
     async def _flush_uploads(self, timeout: float = 60) -> None:
@@ -366,7 +396,7 @@ class Archiver:
         return sorted(ready, key=lambda p: (history_timeline(p.name) is None, p.name[8:], p.name))
 
     async def _upload_loop(self) -> None:
-        backoff = 0.2
+        backoff = TICK
         while True:
             ready = await asyncio.to_thread(self._ready)
             pending = [p for p in ready if p.name not in self._uploaded]
@@ -374,8 +404,8 @@ class Archiver:
                 for path in pending:
                     await self._upload(path)
                 if self.partial_interval > 0:
-                    await self._upload_partial()
-                backoff = 0.2
+                    await self._grow()
+                backoff = TICK
                 if self.state is WalState.CATCHING_UP:
                     self.state = WalState.STREAMING
                 await asyncio.to_thread(self._prune)
@@ -383,16 +413,30 @@ class Archiver:
                 self.state = WalState.CATCHING_UP
                 self.error = f"S3: {type(exc).__name__}: {exc}"
                 log.warning("WAL upload waits for S3: %s", self.error)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(max(backoff, 0.1) * 2, 5.0)
             await asyncio.sleep(backoff)
+
+    def _encode_whole(self, path: Path) -> tuple[bytes, int, float]:
+        """The completed file as stored, its raw size and when its last byte was written; the
+        pieces taken while it grew are used when the file still begins with them."""
+        raw = path.read_bytes()
+        completed_at = path.stat().st_mtime
+        codec = self.transfer.codec
+        grown = self._growing.pop(path.name, None)
+        if not codec.joins:
+            encoder = codec.encoder()
+            return encoder.update(raw) + encoder.finish(), len(raw), completed_at
+        pieces: list[bytes] = []
+        taken = 0
+        if grown is not None and zlib.crc32(memoryview(raw)[: grown.raw]) == grown.crc:
+            pieces, taken = grown.pieces, grown.raw
+        pieces.append(codec.piece(raw[taken:], WAL_LEVEL))
+        return codec.seal(b"".join(pieces)), len(raw), completed_at
 
     async def _upload(self, path: Path) -> None:
         started = time.monotonic()
-        raw = await asyncio.to_thread(path.read_bytes)
-        completed_at = (await asyncio.to_thread(path.stat)).st_mtime
-        encoder = self.transfer.codec.encoder()
-        stored = await asyncio.to_thread(lambda: encoder.update(raw) + encoder.finish())
-        digest = hashlib.sha256(stored).hexdigest()
+        stored, raw_size, completed_at = await asyncio.to_thread(self._encode_whole, path)
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(stored).hexdigest())
         key = wal_prefix(self.cluster) + path.name + self.transfer.codec.suffix
         async with self.breakers.guard("s3"):
             await asyncio.to_thread(
@@ -400,10 +444,11 @@ class Archiver:
                 Bucket=self.transfer.bucket,
                 Key=key,
                 Body=stored,
-                Metadata={"sha256": digest, "raw-bytes": str(len(raw))},
+                Metadata={"sha256": digest, "raw-bytes": str(raw_size)},
             )
+        # Acknowledged by S3: only now is the segment archived.
+        seconds = round(max(0.0, time.time() - completed_at), 3)
         self._uploaded.add(path.name)
-        await self._drop_partial(path.name)  # the whole segment supersedes its partial
         parsed = parse_segment(path.name, self.seg)
         timeline = history_timeline(path.name) if parsed is None else parsed[0]
         if parsed is not None:
@@ -417,21 +462,44 @@ class Archiver:
                 source=self.source,
                 segment=path.name,
                 timeline=timeline or 0,
-                size_bytes=len(raw),
+                size_bytes=raw_size,
                 stored_bytes=len(stored),
                 sha256=digest,
-                seconds=round(max(0.0, time.time() - completed_at), 3),
+                seconds=seconds,
             )
         )
+        await self._drop_partial(path.name)  # the whole segment supersedes its partial
         log.debug("archived %s in %.3fs", path.name, time.monotonic() - started)
 
-    async def _upload_partial(self) -> None:
-        """The segment being written, uploaded as it grows (every `partial_interval`), so the
+    async def _query(self, query: str, params: tuple[str, ...] = ()) -> tuple[Any, ...] | None:
+        """One row from the primary over a connection kept open: a new one every tick would
+        cost the primary a backend fork each time, on the host whose WAL we chase."""
+        if self.primary is None:
+            return None
+        if self._conn is None or self._conn.closed or self._conn_node != self.primary:
+            await self._close_conn()
+            dsn = self.conns.dsn(self.conns.spec.node(self.primary))
+            self._conn = await psycopg.AsyncConnection.connect(dsn.reveal(), autocommit=True)
+            self._conn_node = self.primary
+        try:
+            return await (await self._conn.execute(query, params)).fetchone()
+        except (psycopg.Error, OSError):
+            await self._close_conn()
+            raise
+
+    async def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
+    async def _grow(self) -> None:
+        """Take what pg_receivewal has flushed of the segment being written into its pieces
+        (every tick), and upload them as its partial (every `partial_interval`), so the
         archive reaches within a fraction of a second of the primary, not a segment behind.
-        The position it covers is what the primary saw flushed before the file was read."""
-        if time.monotonic() - self._partial_at < self.partial_interval or self.primary is None:
+        A partial covers exactly the bytes taken, all of them flushed before they were read."""
+        if not self.transfer.codec.joins or self.primary is None:
             return
-        self._partial_at = time.monotonic()
         partials = sorted(
             (p for p in self.spool.iterdir() if p.name.endswith(".partial")),
             key=lambda p: p.name[8:] + p.name[:8],
@@ -444,44 +512,70 @@ class Archiver:
         if parsed is None:
             return
         tli, segno = parsed
-        dsn = self.conns.dsn(self.conns.spec.node(self.primary))
         try:
-            async with await psycopg.AsyncConnection.connect(dsn.reveal(), autocommit=True) as conn:
-                cur = await conn.execute(
-                    "select flush_lsn::text from pg_stat_replication where application_name = %s",
-                    (RECEIVER_NAME,),
-                )
-                row = await cur.fetchone()
+            row = await self._query(
+                "select flush_lsn::text from pg_stat_replication where application_name = %s",
+                (RECEIVER_NAME,),
+            )
         except (psycopg.Error, OSError):
             return
         if row is None or row[0] is None:
             return
         flushed = lsn_to_int(str(row[0]))
-        if flushed // self.seg != segno or (tli, flushed) <= (
-            self.position.timeline,
-            self.position.end,
-        ):
+        if flushed // self.seg != segno:
             return
-        try:
-            raw = await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
-            return  # completed (renamed) meanwhile: the whole segment goes up instead
-        encoder = self.transfer.codec.encoder()
-        stored = await asyncio.to_thread(lambda: encoder.update(raw) + encoder.finish())
-        key = wal_prefix(self.cluster) + name + ".partial" + self.transfer.codec.suffix
+        grown = self._growing.get(name)
+        if grown is None:
+            # A new segment: the one before may still wait for its upload as a whole; any
+            # older one was completed or made moot (a fork) and is dropped.
+            kept = sorted(n for n in self._growing if n < name)[-1:]
+            self._growing = {n: self._growing[n] for n in kept}
+            grown = self._growing[name] = _Growing(name)
+        want = flushed - segno * self.seg - grown.raw
+        if want > 0:
+
+            def take() -> tuple[bytes, bytes]:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    data = os.pread(fd, want, grown.raw)
+                finally:
+                    os.close(fd)
+                return data, self.transfer.codec.piece(data, WAL_LEVEL)
+
+            try:
+                data, piece = await asyncio.to_thread(take)
+            except FileNotFoundError:
+                return  # completed (renamed) meanwhile: the whole segment goes up instead
+            if name not in self._growing:
+                return  # the segment was completed and uploaded while this was read
+            grown.add(data, piece)
+        end = segno * self.seg + grown.raw
+        due = time.monotonic() - self._partial_at >= self.partial_interval
+        if not due or (tli, end) <= (self.position.timeline, self.position.end):
+            return
+        self._partial_at = time.monotonic()
+        codec = self.transfer.codec
+
+        def encode() -> tuple[bytes, str]:
+            stored = codec.seal(b"".join(grown.pieces))
+            return stored, hashlib.sha256(stored).hexdigest()
+
+        stored, digest = await asyncio.to_thread(encode)
+        key = wal_prefix(self.cluster) + name + ".partial" + codec.suffix
         async with self.breakers.guard("s3"):
             await asyncio.to_thread(
                 self.transfer.client.put_object,
                 Bucket=self.transfer.bucket,
                 Key=key,
                 Body=stored,
-                Metadata={
-                    "sha256": hashlib.sha256(stored).hexdigest(),
-                    "flushed-lsn": int_to_lsn(flushed),
-                },
+                Metadata={"sha256": digest, "flushed-lsn": int_to_lsn(end)},
             )
         self._partial_keys[name] = key
-        self.position = Position(tli, flushed, name + ".partial")
+        if name not in self._uploaded and (tli, end) > (
+            self.position.timeline,
+            self.position.end,
+        ):
+            self.position = Position(tli, end, name + ".partial")
 
     async def _drop_partial(self, name: str) -> None:
         key = self._partial_keys.pop(name, None)
@@ -525,17 +619,14 @@ class Archiver:
         self._spool_size = await self._spool_bytes()
         if self.primary is None:
             return
-        dsn = self.conns.dsn(self.conns.spec.node(self.primary))
-        async with await psycopg.AsyncConnection.connect(dsn.reveal(), autocommit=True) as conn:
-            row = await (
-                await conn.execute(
-                    "select pg_current_wal_lsn()::text, "
-                    "(select wal_status from pg_replication_slots where slot_name = %s), "
-                    "(select safe_wal_size from pg_replication_slots where slot_name = %s)",
-                    (self.slot, self.slot),
-                )
-            ).fetchone()
-        assert row is not None
+        row = await self._query(
+            "select pg_current_wal_lsn()::text, "
+            "(select wal_status from pg_replication_slots where slot_name = %s), "
+            "(select safe_wal_size from pg_replication_slots where slot_name = %s)",
+            (self.slot, self.slot),
+        )
+        if row is None:
+            return
         lsn, wal_status, safe = row
         self._primary_lsn = lsn_to_int(str(lsn))
         self._samples.append((time.monotonic(), self._primary_lsn))

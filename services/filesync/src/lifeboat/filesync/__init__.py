@@ -4,9 +4,9 @@ The names below are its public entry points, for benchmarks and the dev stack; e
 else is internal.
 """
 
+from lifeboat.common.malloc import bound_malloc
 from lifeboat.filesync.check import check
 from lifeboat.filesync.index import Index
-from lifeboat.filesync.malloc import bound_malloc
 from lifeboat.filesync.service import SetWorker, Timing
 from lifeboat.filesync.store import SetStore, Sizes
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from lifeboat.common.malloc import bound_malloc
 from lifeboat.common.runtime import serve
 from lifeboat.filesync.app import SERVICE, build_app
-from lifeboat.filesync.malloc import bound_malloc
 from lifeboat.filesync.settings import FilesyncSettings
 
 

@@ -111,7 +111,8 @@ _local = threading.local()
 
 def _buffer() -> bytearray:
     """One read buffer per thread, reused: a fresh one per read is a fresh mapping to fault
-    in (big allocations are mmapped, see `malloc`), which cost a third of a check's time."""
+    in (big allocations are mmapped, see `lifeboat.common.malloc`), which cost a third of a
+    check's time."""
     buf: bytearray | None = getattr(_local, "buf", None)
     if buf is None:
         buf = _local.buf = bytearray(READ_CHUNK)
