@@ -46,6 +46,18 @@ def test_a_request_becomes_started_then_take_from_the_standby() -> None:
     assert decide_backup(request, NODES, frozenset(), Policy(), NOW, SRC) == decision
 
 
+def test_files_are_filesyncs_and_full_is_taken_like_physical() -> None:
+    files = BackupRequested(cluster="main", source=SRC, kind=BackupKind.FILES)
+    decision = decide_backup(files, NODES, frozenset(), Policy(), NOW, SRC)
+    assert decision.commands == ()  # no backup.failed beside filesync's backup.completed
+    assert "filesync" in decision.reason
+    full = BackupRequested(cluster="main", source=SRC, kind=BackupKind.FULL)
+    _, take = decide_backup(full, NODES, frozenset(), Policy(), NOW, SRC).commands
+    assert isinstance(take, TakeBackup)
+    assert take.job.kind is BackupKind.FULL
+    assert take.job.source.node == "n2"
+
+
 def test_a_request_already_listed_is_not_taken_again() -> None:
     request = BackupRequested(cluster="main", source=SRC, kind=BackupKind.LOGICAL)
     done = frozenset({str(request.event_id)})
@@ -55,7 +67,6 @@ def test_a_request_already_listed_is_not_taken_again() -> None:
 @pytest.mark.parametrize(
     ("kind", "nodes", "reason"),
     [
-        (BackupKind.FILES, NODES, "not taken by this service"),
         (BackupKind.LOGICAL, (NodeState("n1", False, error="refused"),), "no node to back up"),
     ],
 )

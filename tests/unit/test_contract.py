@@ -192,6 +192,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "files": 7,
         "bytes": 700,
         "manifest_key": "main/uploads/snapshots/s1.json",
+        "taken_at": "2026-12-01T02:00:05Z",
+    },
+    "file.snapshot_requested": {
+        "source": SRC,
+        "cluster": "main",
+        "request_id": "6f1c2a52-2f5c-4b7e-9d59-0c1f3e2a7b10",
+        "filesets": ["uploads"],
     },
     "deadletter": {
         "source": SRC,

@@ -29,6 +29,7 @@ from lifeboat.common.events import (
     Envelope,
     FileCheckRequested,
     FileRestoreRequested,
+    FileSnapshotRequested,
     Source,
 )
 from lifeboat.devstack.launch import ServiceProcess, launch, service_env
@@ -210,14 +211,18 @@ async def test_a_files_backup_then_restore_it_as_of_then(
     )
     taken = ev.of("file.snapshot_taken")[-1]
     assert taken["request_id"] == str(request.event_id)
-    # the files half of a `full` backup: a snapshot named by the request, no backup.completed
-    full = BackupRequested(source=SRC, cluster=setup.cluster, kind=BackupKind.FULL)
-    await publish(nc, full)
+    assert taken["correlation_id"] == str(request.event_id)
+    # the files half of a `full` backup, asked for by the backup service: a snapshot, named
+    # by the request and answering its correlation id, and no backup.completed of its own
+    backup_id = uuid.uuid4()
+    ask = FileSnapshotRequested(source=SRC, cluster=setup.cluster, request_id=backup_id)
+    await publish(nc, ask)
     await eventually(
-        lambda: ev.of("file.snapshot_taken", request_id=str(full.event_id)),
+        lambda: ev.of("file.snapshot_taken", correlation_id=str(ask.event_id)),
         timeout=20,
         what="the files half of a full backup",
     )
+    assert ev.of("file.snapshot_taken", request_id=str(backup_id))
     assert len(ev.of("backup.completed")) == 1
     write(setup.mirror_root, "a.jpg", b"changed after the snapshot")
     dest = setup.base / "restored"
@@ -232,6 +237,7 @@ async def test_a_files_backup_then_restore_it_as_of_then(
         ),
     )
     await eventually(lambda: bool(ev.of("file.restored")), timeout=20, what="the snapshot restored")
+    assert ev.of("file.restored")[-1]["correlation_id"] is not None
     assert tree(dest) == before
     # in place without confirmation: refused, nothing touched
     await publish(

@@ -6,12 +6,21 @@ headers, and `subject()` derives the concrete subject from the event's own field
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    ValidationError,
+)
 
 from lifeboat.common import subjects as s
 from lifeboat.common.subjects import Name, Topic
@@ -52,6 +61,26 @@ class Envelope(BaseModel):
 
 
 EVENT_TYPES: dict[str, type[Envelope]] = {}
+
+
+class UndecodableEventError(ValueError):
+    """A message that is not one of the contract's events."""
+
+
+def decode_event(data: bytes) -> Envelope:
+    """The event model `data` is (picked from `EVENT_TYPES` by its `type`), validated."""
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise UndecodableEventError(f"not JSON: {exc}") from None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    model = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise UndecodableEventError(f"no event type {kind!r}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise UndecodableEventError(f"invalid {kind}: {exc.error_count()} error(s)") from exc
 
 
 class ClusterEvent(Envelope):
@@ -402,6 +431,7 @@ class RestoreCompleted(ClusterEvent):
     port: int | None = None
     wal_segments: NonNegativeInt = 0  # archived segments fetched for recovery
     recovered_to: str | None = None  # the target reached, as asked
+    files: dict[Name, str] = {}  # a `full` backup: each file set and where it was restored
 
 
 class RestoreFailed(ClusterEvent):
@@ -619,6 +649,18 @@ class FileSnapshotTaken(FileSetEvent):
     manifest_key: str
     expires_at: AwareDatetime | None = None
     request_id: UUID | None = None
+    taken_at: AwareDatetime | None = None  # the moment the snapshot is of
+
+
+class FileSnapshotRequested(ClusterEvent):
+    """Sent by the backup service once a `full` backup's base backup has ended, so the files
+    are of a moment the database can be recovered to; each set's mirror answers with
+    `file.snapshot_taken` (or `file.sync_failed`) carrying this event's `correlation_id`."""
+
+    topic = s.FILE_SNAPSHOT_REQUESTED
+    type: Literal["file.snapshot_requested"] = "file.snapshot_requested"
+    request_id: UUID  # the backup request whose files half this is
+    filesets: tuple[Name, ...] = ()  # every set of the cluster if empty
 
 
 # --- maintenance ---------------------------------------------------------------------------

@@ -144,6 +144,11 @@ FILE_REFERENCES_CHECKED = Topic(
 FILE_SNAPSHOT_TAKEN = Topic(
     "file.snapshot_taken", _CF, "An immutable snapshot of a file set (a `files` backup)"
 )
+FILE_SNAPSHOT_REQUESTED = Topic(
+    "file.snapshot_requested",
+    _C,
+    "Ask every file set of a cluster for a snapshot now (the files half of a `full` backup)",
+)
 
 MAINTENANCE_PAUSED = Topic(
     "maintenance.paused", _C, "Automatic failover switched off for a cluster (manual still works)"

@@ -8,6 +8,7 @@ from typing import TypeVar
 from faststream.asgi import AsgiFastStream
 from nats.aio.msg import Msg
 
+from lifeboat.backup.answers import Asker
 from lifeboat.backup.mirror import Mirror
 from lifeboat.backup.service import ClusterBackups
 from lifeboat.backup.settings import BackupSettings
@@ -107,6 +108,7 @@ def build_app(settings: BackupSettings) -> AsgiFastStream:
         js = runtime.broker.config.connection_state.stream
         leases = await LeaseStore.open(js)
         mirror = await Mirror.open(js)
+        asker = Asker(runtime.broker.config.connection_state.connection, runtime.publisher.publish)
         bindir = find_bindir(settings.pg_bindir)
         os_user = OsUser.for_postgres(settings.pg_os_user)
         for spec in settings.clusters.clusters:
@@ -120,6 +122,7 @@ def build_app(settings: BackupSettings) -> AsgiFastStream:
                 bindir=bindir,
                 os_user=os_user,
                 mirror=mirror,
+                asker=asker,
             )
             clusters[spec.name] = c
             tasks.append(asyncio.create_task(c.refresh_mirror(), name=f"mirror-{spec.name}"))

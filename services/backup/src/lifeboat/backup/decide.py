@@ -21,6 +21,7 @@ from lifeboat.backup.commands import (
 )
 from lifeboat.backup.manifest import backup_id
 from lifeboat.backup.plan import (
+    BASE_BACKUPS,
     CatalogEntry,
     NodeState,
     Refusal,
@@ -49,9 +50,6 @@ from lifeboat.common.events import (
     Source,
 )
 
-SUPPORTED = (BackupKind.LOGICAL, BackupKind.PHYSICAL)
-
-
 def correlation(request: Envelope) -> UUID:
     """The id a caller follows its request by, carried as `correlation_id` by every answer:
     the request's own correlation id (the gateway's operation id), else the request's id."""
@@ -78,16 +76,8 @@ def decide_backup(
     cid = correlation(request)
     if str(rid) in done_requests:
         return Decision.nothing(f"request {rid} already produced a listed backup")
-    if request.kind not in SUPPORTED:
-        failed = BackupFailed(
-            cluster=request.cluster,
-            source=source,
-            kind=request.kind,
-            request_id=rid,
-            correlation_id=cid,
-            reason=f"{request.kind.value} backups are not taken by this service",
-        )
-        return Decision((Publish(stamped(failed, now)),), failed.reason)
+    if request.kind is BackupKind.FILES:
+        return Decision.nothing("files backups are filesync's: it answers this request")
     choice = choose_source(
         nodes,
         preferred=request.node,
@@ -271,10 +261,10 @@ def decide_restore(
     )
     if isinstance(plan, Refusal):
         return refuse(plan.reason)
-    if request.target == "node" and plan.backup.kind != BackupKind.PHYSICAL:
+    if request.target == "node" and plan.backup.kind not in BASE_BACKUPS:
         return refuse(
             f"{plan.backup.backup_id} is a {plan.backup.kind.value} backup: only a physical "
-            "backup restores into a node"
+            "or full backup restores into a node"
         )
     return Decision(
         (Restore(plan, request, restore_id),),

@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from lifeboat.backup.answers import Asker, FilesUnanswered
 from lifeboat.backup.catalogue import Catalogue, Listed
 from lifeboat.backup.commands import (
     Command,
@@ -32,12 +33,14 @@ from lifeboat.backup.commands import (
     TakeBackup,
     VerifyBackup,
 )
-from lifeboat.backup.manifest import Manifest, Verification
+from lifeboat.backup.manifest import FileSnapshotRef, Manifest, Verification
 from lifeboat.backup.nodes import Connections, observe
 from lifeboat.backup.pipeline import Transfer
+from lifeboat.backup.plan import BASE_BACKUPS
 from lifeboat.backup.restore import RestoreContext, free_port, restore_logical, restore_physical
 from lifeboat.backup.take import TAKERS, Context, Job
 from lifeboat.backup.verify import verify
+from lifeboat.common import subjects
 from lifeboat.common.breakers import Breakers, CircuitOpenError
 from lifeboat.common.decision import Outcome, Publish, execute
 from lifeboat.common.events import (
@@ -49,6 +52,10 @@ from lifeboat.common.events import (
     BackupProgress,
     BackupVerified,
     ClusterEvent,
+    FileRestored,
+    FileRestoreRequested,
+    FileSnapshotRequested,
+    FileSnapshotTaken,
     RestoreCompleted,
     RestoreFailed,
     RestoreStarted,
@@ -79,6 +86,8 @@ class Executor:
     max_rate: str | None = None
     s3_attempts: int = 4  # takes of one backup while S3 fails (and its breaker lets them)
     s3_retry_seconds: float = 2.0  # the first pause between them, doubled each time
+    asker: Asker | None = None  # reaches filesync: the files half of `full` backups
+    files_timeout: float = 300.0  # for every file set's snapshot, or restore, to be answered
 
     @property
     def catalogue(self) -> Catalogue:
@@ -234,6 +243,8 @@ class Executor:
         async with self.breakers.guard("s3"):
             try:
                 manifest = await TAKERS[job.kind](ctx, job)
+                if job.kind is BackupKind.FULL:
+                    manifest = await self._with_files(manifest, cid)
                 key = await self.catalogue.write_manifest(manifest)
             except Exception as exc:
                 if _s3_failure(exc):
@@ -242,6 +253,85 @@ class Executor:
         if other is not None:
             raise other
         return manifest, key
+
+    def _mirrored_sets(self, node: str | None = None) -> frozenset[str]:
+        """The cluster's file sets with a mirror (only a mirror snapshots); placed on `node`
+        if given (only those restore onto it)."""
+        return frozenset(
+            f.name
+            for f in self.conns.spec.filesets
+            if any(p.mode == "mirror" for p in f.placement)
+            and (node is None or any(p.node == node for p in f.placement))
+        )
+
+    def _filesync(self) -> Asker:
+        if self.asker is None:
+            raise FilesUnanswered("this backup worker has no way to reach filesync")
+        return self.asker
+
+    async def _with_files(self, manifest: Manifest, cid: UUID | None) -> Manifest:
+        """The files half of a `full` backup, asked for now that its base backup has ended,
+        so the database can be recovered to the snapshots' moment (`files_at`)."""
+        sets = self._mirrored_sets()
+        if not sets:
+            raise FilesUnanswered(
+                f"{self.cluster} has no file set with a mirror: a full backup needs one "
+                "(a physical backup is the database alone)"
+            )
+        request = FileSnapshotRequested(
+            cluster=self.cluster,
+            source=self.source,
+            correlation_id=cid,
+            request_id=manifest.request_id or uuid4(),
+            filesets=tuple(sorted(sets)),
+        )
+        answers = await self._filesync().ask(
+            [request], subjects.FILE_SNAPSHOT_TAKEN, sets, self.files_timeout
+        )
+        refs = tuple(
+            FileSnapshotRef(
+                fileset=a.fileset,
+                snapshot_id=a.snapshot_id,
+                manifest_key=a.manifest_key,
+                taken_at=a.taken_at or a.occurred_at,
+                files=a.files,
+                bytes=a.bytes,
+            )
+            for a in (answers[name] for name in sorted(answers))
+            if isinstance(a, FileSnapshotTaken)
+        )
+        # The earliest snapshot: rows of that moment name only files every set then had.
+        return manifest.model_copy(
+            update={"file_snapshots": refs, "files_at": min(r.taken_at for r in refs)}
+        )
+
+    async def _restore_files(
+        self, manifest: Manifest, command: Restore, files_home: Path | None
+    ) -> dict[str, str]:
+        """A `full` backup's files, as of its snapshots: into `files_home/<set>` beside a new
+        database, or onto the node's own roots (the restore into it was confirmed)."""
+        request = command.request
+        node = request.node if files_home is None else None
+        wanted = {r.fileset: r for r in manifest.file_snapshots}
+        sets = frozenset(wanted) & (self._mirrored_sets(node) if node else frozenset(wanted))
+        if not sets:
+            return {}
+        asks = [
+            FileRestoreRequested(
+                cluster=self.cluster,
+                source=self.source,
+                correlation_id=command.correlation_id,
+                fileset=name,
+                snapshot_id=wanted[name].snapshot_id,
+                destination=None if files_home is None else str(files_home / name),
+                node=node,
+                confirm=node is not None,
+                requested_by=f"backup restore {command.restore_id}",
+            )
+            for name in sorted(sets)
+        ]
+        answers = await self._filesync().ask(asks, subjects.FILE_RESTORED, sets, self.files_timeout)
+        return {name: a.destination for name, a in answers.items() if isinstance(a, FileRestored)}
 
     async def verify(
         self, backup: str, request_id: UUID | None = None, correlation_id: UUID | None = None
@@ -301,6 +391,7 @@ class Executor:
             if request.target == "node":
                 assert request.node is not None
                 data_dir, port = await self._restore_into_node(manifest, command)
+                files = await self._restore_files(manifest, command, None)
                 detail = f"{request.node} restored"
             else:
                 home = (
@@ -310,11 +401,12 @@ class Executor:
                 )
                 instance = Instance(home, request.port or free_port(), self.os_user, self.bindir)
                 ctx = self.restore_context()
-                if manifest.kind == BackupKind.PHYSICAL:
+                if manifest.kind in BASE_BACKUPS:
                     await restore_physical(ctx, manifest, plan, instance, listen="127.0.0.1")
                 else:
                     await restore_logical(ctx, manifest, instance)
                 data_dir, port = instance.data_dir, instance.port
+                files = await self._restore_files(manifest, command, home / "files")
                 detail = f"running on port {port}, data in {data_dir}"
         except Exception as exc:
             reason = redact(f"{type(exc).__name__}: {exc}")[:2000]
@@ -345,6 +437,7 @@ class Executor:
                 port=port,
                 wal_segments=len(plan.wal),
                 recovered_to=target or "consistency",
+                files=files,
             )
         )
         return detail
@@ -360,8 +453,8 @@ class Executor:
         spec = self.conns.spec.node(request.node)
         assert spec.data_dir is not None
         data_dir = spec.data_dir
-        if manifest.kind != BackupKind.PHYSICAL:
-            raise RuntimeError("only a physical backup restores into a node")
+        if manifest.kind not in BASE_BACKUPS:
+            raise RuntimeError("only a physical or full backup restores into a node")
         node = DataDir(data_dir, self.os_user, self.bindir)
         log_file = data_dir.parent / "postgres.log"
         staging = Instance(

@@ -46,6 +46,19 @@ class Encryption(BaseModel):
     key_id: str  # a fingerprint of the key, never the key
 
 
+class FileSnapshotRef(BaseModel):
+    """One file set's snapshot in a `full` backup (filesync wrote it; it keeps the objects)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fileset: str
+    snapshot_id: str
+    manifest_key: str
+    taken_at: AwareDatetime
+    files: NonNegativeInt
+    bytes: NonNegativeInt
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -78,8 +91,11 @@ class Manifest(BaseModel):
     table_counts: dict[str, NonNegativeInt] = {}
     counts_exact: bool = False
     tools: dict[str, str] = {}
-    # A `full` backup names the backups it is made of (physical and files), restored together.
-    components: tuple[str, ...] = ()
+    # A `full` backup is a physical one plus a snapshot of each of the cluster's file sets,
+    # taken once the base backup ended; it restores the database to `files_at`, the moment
+    # of the snapshots, and the files as of then.
+    file_snapshots: tuple[FileSnapshotRef, ...] = ()
+    files_at: AwareDatetime | None = None
 
 
 class Verification(BaseModel):

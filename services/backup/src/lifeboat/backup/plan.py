@@ -144,6 +144,12 @@ class CatalogEntry:
     start_lsn: str | None = None
     stop_lsn: str | None = None
     wal_segment_size: int = 16 * 1024 * 1024
+    files_at: datetime | None = None  # `full`: the moment its file snapshots are of
+
+
+# The kinds holding a base backup of the whole cluster: restorable with archived WAL to a
+# point in time after them, the reason WAL is kept.
+BASE_BACKUPS = frozenset({BackupKind.PHYSICAL, BackupKind.FULL})
 
 
 @dataclass(frozen=True)
@@ -197,7 +203,7 @@ def plan_retention(
     retained_physical = [
         e
         for e in entries
-        if e.backup_id in kept and e.kind == BackupKind.PHYSICAL and e.start_lsn is not None
+        if e.backup_id in kept and e.kind in BASE_BACKUPS and e.start_lsn is not None
     ]
     keep_from = (
         min(lsn_segno(e.start_lsn, e.wal_segment_size) for e in retained_physical if e.start_lsn)
@@ -276,7 +282,7 @@ def plan_restore(
         if not found:
             return Refusal(f"no backup {backup!r} is listed")
         chosen = found[0]
-        if has_target and chosen.kind != BackupKind.PHYSICAL:
+        if has_target and chosen.kind not in BASE_BACKUPS:
             return Refusal(f"{backup} is a {chosen.kind.value} backup: only its own point in time")
         if target_time is not None and target_time < chosen.stopped_at:
             return Refusal(f"target {target_time.isoformat()} is before {backup} ended")
@@ -289,7 +295,7 @@ def plan_restore(
             return Refusal(f"target LSN {target_lsn} is before {backup} ended")
     elif has_target:
         physical = sorted(
-            (e for e in entries if e.kind == BackupKind.PHYSICAL and e.good),
+            (e for e in entries if e.kind in BASE_BACKUPS and e.good),
             key=lambda e: (e.stopped_at, e.backup_id),
         )
         if not physical:
@@ -312,13 +318,15 @@ def plan_restore(
                 return Refusal(f"target LSN {target_lsn} is before the oldest backup ended")
         chosen = before[-1]
     else:
-        ranked = sorted(
-            entries, key=lambda e: (e.good, e.kind == BackupKind.PHYSICAL, e.stopped_at)
-        )
+        ranked = sorted(entries, key=lambda e: (e.good, e.kind in BASE_BACKUPS, e.stopped_at))
         if not ranked:
             return Refusal("no backup is listed")
         chosen = ranked[-1]
-    if chosen.kind != BackupKind.PHYSICAL or not has_target:
+    if chosen.kind is BackupKind.FULL and not has_target and chosen.files_at is not None:
+        # The database as of the moment its files were snapshotted, not of the base
+        # backup's end (a little earlier): rows and files of the same moment.
+        target_time = chosen.files_at
+    elif chosen.kind not in BASE_BACKUPS or not has_target:
         return RestorePlan(chosen, ())
     return _with_wal(chosen, wal, target_time, target_lsn)
 

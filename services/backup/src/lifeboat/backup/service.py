@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from lifeboat.backup.answers import Asker
 from lifeboat.backup.catalogue import Catalogue
 from lifeboat.backup.commands import Decision
 from lifeboat.backup.decide import (
@@ -26,7 +27,7 @@ from lifeboat.backup.executor import Executor
 from lifeboat.backup.mirror import Mirror
 from lifeboat.backup.nodes import Connections, observe
 from lifeboat.backup.pipeline import Transfer
-from lifeboat.backup.plan import RetentionPolicy
+from lifeboat.backup.plan import BASE_BACKUPS, RetentionPolicy
 from lifeboat.backup.settings import BackupSettings
 from lifeboat.backup.wal import Archiver
 from lifeboat.backup.worker import Held, claim
@@ -63,6 +64,7 @@ class ClusterBackups:
         bindir: Path,
         os_user: OsUser,
         mirror: Mirror | None = None,
+        asker: Asker | None = None,
     ) -> None:
         self.spec = spec
         self.mirror = mirror
@@ -96,6 +98,7 @@ class ClusterBackups:
             source,
             breakers,
             settings.physical_max_rate,
+            asker=asker,
         )
         self.policy = Policy(
             prefer_standby=settings.prefer_standby,
@@ -296,7 +299,7 @@ class ClusterBackups:
             if first:
                 try:
                     listed = await self.catalogue.listed()
-                    first = not any(i.manifest.kind == BackupKind.PHYSICAL for i in listed)
+                    first = not any(i.manifest.kind in BASE_BACKUPS for i in listed)
                 except Exception as exc:
                     log.warning("cannot list the backups of %s yet: %s", self.cluster, exc)
                     await asyncio.sleep(tick)

@@ -368,4 +368,5 @@ async def take_physical(ctx: Context, job: Job) -> Manifest:
 TAKERS: dict[BackupKind, Callable[[Context, Job], Awaitable[Manifest]]] = {
     BackupKind.LOGICAL: take_logical,
     BackupKind.PHYSICAL: take_physical,
+    BackupKind.FULL: take_physical,  # then the executor adds the files half
 }

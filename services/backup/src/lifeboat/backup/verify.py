@@ -15,9 +15,8 @@ from psycopg import sql
 
 from lifeboat.backup.catalogue import Listed
 from lifeboat.backup.manifest import Manifest, Verification
-from lifeboat.backup.plan import RestorePlan
+from lifeboat.backup.plan import BASE_BACKUPS, RestorePlan
 from lifeboat.backup.restore import RestoreContext, free_port, restore_logical, restore_physical
-from lifeboat.common.events import BackupKind
 from lifeboat.pg import tools
 from lifeboat.pg.scratch import Instance
 
@@ -58,7 +57,7 @@ async def verify(ctx: RestoreContext, manifest: Manifest, scratch_dir: Path) -> 
         ctx.bindir,
     )
     started = time.monotonic()
-    if manifest.kind == BackupKind.PHYSICAL:
+    if manifest.kind in BASE_BACKUPS:  # a `full` one's files are filesync's to check
         plan = RestorePlan(Listed(manifest, None).entry(), ())
         restored = await restore_physical(ctx, manifest, plan, instance)
     else:

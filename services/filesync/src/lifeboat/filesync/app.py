@@ -25,6 +25,7 @@ from lifeboat.common.events import (
     ClusterEvent,
     FileCheckRequested,
     FileRestoreRequested,
+    FileSnapshotRequested,
     FileSynced,
     FileSyncRequested,
 )
@@ -90,7 +91,11 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
         w = worker(event.cluster, event.fileset)
         if w is not None:
             spawn(
-                w.sync_now(confirm_deletions=event.confirm_deletions, requested=True),
+                w.sync_now(
+                    confirm_deletions=event.confirm_deletions,
+                    requested=True,
+                    correlation=event.correlation_id or event.event_id,
+                ),
                 f"sync-{w.name}",
             )
 
@@ -99,7 +104,13 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
             return
         w = worker(event.cluster, event.fileset)
         if w is not None:
-            spawn(w.check_now(references=event.references), f"check-{w.name}")
+            spawn(
+                w.check_now(
+                    references=event.references,
+                    correlation=event.correlation_id or event.event_id,
+                ),
+                f"check-{w.name}",
+            )
 
     async def on_restore(event: FileRestoreRequested) -> None:
         if stale(event):
@@ -114,15 +125,29 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
             spawn(w.restore(event), f"restore-{w.name}")
 
     async def on_backup(event: BackupRequested) -> None:
-        if stale(event):
+        # `files`: a snapshot of each set is the backup. The database kinds, and `full`, are
+        # the backup service's: it asks for a full backup's files once its base backup ended.
+        if stale(event) or event.kind is not BackupKind.FILES:
             return
-        # `files`: a snapshot of each set is the backup. `full`: the files half of it, named
-        # by the request's id; the backup service takes the physical half and lists the pair.
-        if event.kind not in (BackupKind.FILES, BackupKind.FULL):
-            return  # the database kinds are the backup service's
         for (cluster, _), w in workers.items():
             if cluster == event.cluster and w.mirror is not None:
-                work = w.snapshot(request_id=event.event_id, kind=event.kind)
+                work = w.snapshot(
+                    request_id=event.event_id,
+                    correlation=event.correlation_id or event.event_id,
+                )
+                spawn(work, f"snapshot-{w.name}")
+
+    async def on_snapshot(event: FileSnapshotRequested) -> None:
+        if stale(event):
+            return
+        for (cluster, name), w in workers.items():
+            wanted = not event.filesets or name in event.filesets
+            if cluster == event.cluster and w.mirror is not None and wanted:
+                work = w.snapshot(
+                    request_id=event.request_id,
+                    kind=BackupKind.FULL,
+                    correlation=event.correlation_id or event.event_id,
+                )
                 spawn(work, f"snapshot-{w.name}")
 
     b = runtime.broker
@@ -153,6 +178,13 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
         topic=subjects.BACKUP_REQUESTED,
         model=BackupRequested,
         handler=on_backup,
+    )
+    subscribe(
+        b,
+        service=consumer,
+        topic=subjects.FILE_SNAPSHOT_REQUESTED,
+        model=FileSnapshotRequested,
+        handler=on_snapshot,
     )
 
     # A pull copy follows its mirror at once, not at its next interval.

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import watchfiles
@@ -114,15 +114,27 @@ class SetWorker:
     def name(self) -> str:
         return f"{self.cluster.name}/{self.spec.name}"
 
-    def _base(self) -> dict[str, str]:
-        return {"cluster": self.cluster.name, "fileset": self.spec.name}
+    def _base(self, correlation: UUID | None = None) -> dict[str, Any]:
+        """The fields every event about this set has; an answer to a request also carries
+        the request's `correlation_id`, which is how its asker follows it."""
+        return {
+            "cluster": self.cluster.name,
+            "fileset": self.spec.name,
+            "correlation_id": correlation,
+        }
 
     def wake(self) -> None:
         self._wake.set()
 
     # --- passes -------------------------------------------------------------------------
 
-    async def sync_now(self, *, confirm_deletions: bool = False, requested: bool = False) -> None:
+    async def sync_now(
+        self,
+        *,
+        confirm_deletions: bool = False,
+        requested: bool = False,
+        correlation: UUID | None = None,
+    ) -> None:
         async with self._lock:
             try:
                 if self.mirror is not None:
@@ -135,12 +147,12 @@ class SetWorker:
             except Exception as exc:
                 log.exception("%s: pass failed", self.name)
                 await self._emit(
-                    FileSyncFailed(source=self.source, **self._base(), reason=str(exc))
+                    FileSyncFailed(source=self.source, **self._base(correlation), reason=str(exc))
                 )
                 await self._status("failed", str(exc))
                 return
             self.last, self.last_pass_at = result, time.time()
-            await self._report(result, requested)
+            await self._report(result, requested, correlation)
 
     def _pull(self, confirm: bool) -> FetchResult:
         manifest = self.store.read_manifest(self.cluster.name, self.spec.name)
@@ -158,7 +170,9 @@ class SetWorker:
             allow_mass_delete=confirm,
         )
 
-    async def _report(self, result: PassResult | FetchResult, requested: bool) -> None:
+    async def _report(
+        self, result: PassResult | FetchResult, requested: bool, correlation: UUID | None = None
+    ) -> None:
         if result.paused is not None:
             if result.paused != self._paused:  # an alert once per pause, not every pass
                 for event in result.events:
@@ -179,7 +193,7 @@ class SetWorker:
             await self._emit(
                 FileSynced(
                     source=self.source,
-                    **self._base(),
+                    **self._base(correlation),
                     files_copied=copied,
                     files_unchanged=max(unchanged, 0),
                     files_deleted=deleted,
@@ -267,7 +281,9 @@ class SetWorker:
 
     # --- requests -----------------------------------------------------------------------
 
-    async def check_now(self, *, rehash: bool = False, references: bool = True) -> None:
+    async def check_now(
+        self, *, rehash: bool = False, references: bool = True, correlation: UUID | None = None
+    ) -> None:
         async with self._lock:
             try:
                 manifest = await asyncio.to_thread(
@@ -279,13 +295,15 @@ class SetWorker:
                 )  # fmt: skip
             except Exception as exc:
                 await self._emit(
-                    FileSyncFailed(source=self.source, **self._base(), reason=f"check: {exc}")
+                    FileSyncFailed(
+                        source=self.source, **self._base(correlation), reason=f"check: {exc}"
+                    )
                 )
                 return
             await self._emit(
                 FileVerified(
                     source=self.source,
-                    **self._base(),
+                    **self._base(correlation),
                     matching=report.matching,
                     differences=report.differences(),
                     missing_remote=len(report.missing_remote),
@@ -297,9 +315,11 @@ class SetWorker:
             local = set(manifest.entries) - set(report.missing_local)
             local |= set(report.missing_remote)
         if references and self.spec.reference_query:
-            await self.check_references(local)
+            await self.check_references(local, correlation)
 
-    async def check_references(self, files: set[str]) -> FileReferencesChecked | None:
+    async def check_references(
+        self, files: set[str], correlation: UUID | None = None
+    ) -> FileReferencesChecked | None:
         assert self.spec.reference_query is not None
         try:
             rows = await referenced_paths(
@@ -307,13 +327,17 @@ class SetWorker:
             )
         except Exception as exc:
             await self._emit(
-                FileSyncFailed(source=self.source, **self._base(), reason=f"reference query: {exc}")
+                FileSyncFailed(
+                    source=self.source,
+                    **self._base(correlation),
+                    reason=f"reference query: {exc}",
+                )
             )
             return None
         refs = compare_references(rows, files)
         event = FileReferencesChecked(
             source=self.source,
-            **self._base(),
+            **self._base(correlation),
             referenced=refs.referenced,
             files=refs.files,
             missing=len(refs.missing),
@@ -325,6 +349,7 @@ class SetWorker:
         return event
 
     async def restore(self, request: FileRestoreRequested) -> None:
+        about = self._base(request.correlation_id or request.event_id)
         try:
             target = restore_target(
                 Path(request.destination) if request.destination else None,
@@ -363,19 +388,15 @@ class SetWorker:
                     index.close()
                     shutil.rmtree(scratch, ignore_errors=True)
         except Exception as exc:
-            await self._emit(
-                FileSyncFailed(source=self.source, **self._base(), reason=f"restore: {exc}")
-            )
+            await self._emit(FileSyncFailed(source=self.source, **about, reason=f"restore: {exc}"))
             return
         if result.problems or result.paused:
             why = result.paused or "; ".join(_problems(result.problems))
-            await self._emit(
-                FileSyncFailed(source=self.source, **self._base(), reason=f"restore: {why}")
-            )
+            await self._emit(FileSyncFailed(source=self.source, **about, reason=f"restore: {why}"))
         await self._emit(
             FileRestored(
                 source=self.source,
-                **self._base(),
+                **about,
                 destination=str(target),
                 files_restored=result.fetched + result.fixed,
                 bytes_restored=result.fetched_bytes,
@@ -385,7 +406,11 @@ class SetWorker:
         )
 
     async def snapshot(
-        self, *, request_id: UUID | None, kind: BackupKind = BackupKind.FILES
+        self,
+        *,
+        request_id: UUID | None,
+        kind: BackupKind = BackupKind.FILES,
+        correlation: UUID | None = None,
     ) -> FileSnapshotTaken | None:
         """A files backup of this set; only its mirror can take one (it writes the set)."""
         if self.mirror is None:
@@ -406,18 +431,21 @@ class SetWorker:
                 )
             except Exception as exc:
                 await self._emit(
-                    FileSyncFailed(source=self.source, **self._base(), reason=f"snapshot: {exc}")
+                    FileSyncFailed(
+                        source=self.source, **self._base(correlation), reason=f"snapshot: {exc}"
+                    )
                 )
                 return None
         taken = FileSnapshotTaken(
             source=self.source,
-            **self._base(),
+            **self._base(correlation),
             snapshot_id=snap.snapshot_id,
             files=len(snap.entries),
             bytes=snap.size_bytes,
             manifest_key=key,
             expires_at=snap.expires_at,
             request_id=request_id,
+            taken_at=now,
         )
         await self._emit(stamped(taken, now))
         if kind is BackupKind.FILES:
@@ -425,6 +453,7 @@ class SetWorker:
                 BackupCompleted(
                     source=self.source,
                     cluster=self.cluster.name,
+                    correlation_id=correlation,
                     backup_id=snap.snapshot_id,
                     kind=BackupKind.FILES,
                     node=self.placement.node,

@@ -1,0 +1,213 @@
+"""A `full` backup: a physical backup of the cluster and a snapshot of its file set, taken
+together by the backup and filesync services (processes on real NATS, S3 and PostgreSQL),
+listed as one backup and restored together: the database to the moment of the files, and
+the files as of that moment, whatever changed in either afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from psycopg import sql
+
+from lifeboat.backup.catalogue import Catalogue
+from lifeboat.common.bus import encode
+from lifeboat.common.clusters import ClustersFile, ClusterSpec, dump_clusters
+from lifeboat.common.events import (
+    BackupKind,
+    BackupRequested,
+    ClusterEvent,
+    RestoreRequested,
+    Source,
+)
+from lifeboat.devstack.launch import ServiceProcess, service_env
+from lifeboat.devstack.postgres import PgCluster
+from lifeboat.pg.datadir import DataDir
+from tests.endpoints import S3Endpoint
+from tests.integration.backup.conftest import BUCKET, transfer
+from tests.integration.filesync.conftest import tree, write
+
+SRC = Source(service="test", instance="full-test")
+TABLE = "images"
+
+
+@pytest.fixture(scope="module")
+def setup(
+    cluster: PgCluster, nats_url: str, s3: S3Endpoint, workdir: Path, cluster_name: str
+) -> Iterator[tuple[dict[str, str], Path]]:
+    base = workdir / f"full-{cluster_name}"
+    root = base / "uploads"
+    root.mkdir(parents=True)
+    spec = cluster.spec(cluster_name).model_dump(mode="json")
+    spec["filesets"] = [
+        {
+            "name": "uploads",
+            "root": str(root),
+            "reference_query": f"select path from {TABLE}",
+            "placement": [{"node": cluster.nodes[0].name, "mode": "mirror"}],
+        }
+    ]
+    clusters = base / "clusters.yaml"
+    clusters.write_text(dump_clusters(ClustersFile(clusters=(ClusterSpec.model_validate(spec),))))
+    env = service_env(
+        nats_url=nats_url,
+        clusters_file=clusters,
+        pg_password=cluster.passwords.superuser.get_secret_value(),
+        extra={
+            **s3.env(),
+            "LIFEBOAT_REPLICATION_PASSWORD": cluster.passwords.replication.get_secret_value(),
+            "LIFEBOAT_WORK_DIR": str(base / "work"),
+            "LIFEBOAT_SCHEDULE_PHYSICAL": "",
+            "LIFEBOAT_FIRST_BACKUP_AT_START": "false",
+            "LIFEBOAT_VERIFY_AFTER_BACKUP": "false",
+            "LIFEBOAT_JANITOR_INTERVAL_SECONDS": "3600",
+            "LIFEBOAT_PART_SIZE_MB": "5",
+        },
+    )
+    procs = [
+        ServiceProcess(
+            "filesync",
+            env,
+            instance=f"filesync-{cluster_name}",
+            extra={
+                "LIFEBOAT_FILESYNC_NODE": cluster.nodes[0].name,
+                "LIFEBOAT_FILESYNC_STATE_DIR": str(base / "filesync-state"),
+                "LIFEBOAT_FILESYNC_CHECK_INTERVAL_SECONDS": "0",
+            },
+            log_file=base / "filesync.log",
+        ),
+        ServiceProcess(
+            "backup", env, instance=f"backup-{cluster_name}", log_file=base / "backup.log"
+        ),
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.wait_ready(60)
+        yield env, root
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+class Watch:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def on(self, msg: Msg) -> None:
+        self.events.append(json.loads(msg.data))
+
+    async def wait(
+        self, type_: str, correlation: uuid.UUID, timeout: float = 120
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            mine = [e for e in self.events if e.get("correlation_id") == str(correlation)]
+            failed = [e for e in mine if e["type"].endswith("failed")]
+            assert not failed, failed[-1].get("reason")
+            found = [e for e in mine if e["type"] == type_]
+            if found:
+                return found[-1]
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no {type_} for {correlation} within {timeout}s")
+
+
+@pytest.fixture
+async def watch(cluster_name: str, nats_url: str) -> AsyncIterator[tuple[Watch, NatsClient]]:
+    client = await nats.connect(nats_url)
+    w = Watch()
+    for prefix in ("backup", "restore", "file", "wal"):
+        await client.subscribe(f"{prefix}.*.{cluster_name}.>", cb=w.on)
+        await client.subscribe(f"{prefix}.*.{cluster_name}", cb=w.on)
+    try:
+        yield w, client
+    finally:
+        await client.close()
+
+
+async def send(client: NatsClient, event: ClusterEvent) -> uuid.UUID:
+    body, headers = encode(event)
+    await client.jetstream().publish(event.subject(), body, headers=headers)
+    return event.event_id
+
+
+async def test_a_full_backup_restores_the_database_and_the_files_of_one_moment(
+    setup: tuple[dict[str, str], Path], cluster: PgCluster, cluster_name: str,
+    s3: S3Endpoint, watch: tuple[Watch, NatsClient], workdir: Path,
+) -> None:  # fmt: skip
+    _, root = setup
+    events, client = watch
+    primary = cluster.primary
+    primary.execute(sql.SQL(f"create table {TABLE} (path text)"), dbname=cluster.database)
+    for name in ("a.jpg", "b.jpg"):
+        write(root, name, name.encode() * 100)
+        primary.execute(
+            sql.SQL(f"insert into {TABLE} values ({{}})").format(sql.Literal(name)),
+            dbname=cluster.database,
+        )
+    await asyncio.sleep(1.5)  # the watcher's pass; the snapshot syncs first anyway
+    at_backup = tree(root)
+
+    full = BackupRequested(cluster=cluster_name, source=SRC, kind=BackupKind.FULL)
+    rid = await send(client, full)
+    done = await events.wait("backup.completed", rid)
+    assert done["kind"] == "full"
+    assert [e for e in events.events if e["type"] == "file.snapshot_taken"]
+    (listed,) = await Catalogue(transfer(s3).client, BUCKET, cluster_name).listed()
+    manifest = listed.manifest
+    assert manifest.kind is BackupKind.FULL
+    assert manifest.backup_id == done["backup_id"]
+    (snap,) = manifest.file_snapshots
+    assert snap.fileset == "uploads"
+    assert snap.files == 2
+    assert manifest.files_at is not None
+    assert manifest.files_at >= manifest.stopped_at
+
+    # Afterwards both change: a new row and its file, a rewritten file.
+    write(root, "c.jpg", b"after the backup")
+    write(root, "b.jpg", b"rewritten after the backup")
+    primary.execute(sql.SQL(f"insert into {TABLE} values ('c.jpg')"), dbname=cluster.database)
+    # Recovery to the files' moment needs WAL archived past it (S3 keeps times to the second).
+    past = manifest.files_at + timedelta(seconds=2)
+    deadline = time.monotonic() + 60
+    while not any(
+        e["type"] == "wal.archived" and datetime.fromisoformat(e["occurred_at"]) > past
+        for e in events.events
+    ):
+        assert time.monotonic() < deadline, "no WAL archived past the backup"
+        primary.execute(sql.SQL("select pg_switch_wal()"), dbname=cluster.database)
+        await asyncio.sleep(0.5)
+
+    restore = await send(
+        client,
+        RestoreRequested(
+            cluster=cluster_name,
+            source=SRC,
+            backup_id=manifest.backup_id,
+            data_dir=str(workdir / f"full-restored-{cluster_name}"),
+        ),
+    )
+    restored = await events.wait("restore.completed", restore, timeout=180)
+    assert restored["recovered_to"] == manifest.files_at.isoformat()
+    files = Path(restored["files"]["uploads"])
+    try:
+        assert tree(files) == at_backup  # c.jpg absent, b.jpg as it was
+        conninfo = f"host=127.0.0.1 port={restored['port']} user=postgres dbname={cluster.database}"
+        password = cluster.passwords.superuser.get_secret_value()
+        with psycopg.connect(conninfo, password=password) as conn:
+            rows = conn.execute(f"select path from {TABLE} order by path").fetchall()
+        assert [r[0] for r in rows] == ["a.jpg", "b.jpg"]  # the row added after is not there
+    finally:
+        DataDir(Path(restored["data_dir"]), cluster.os_user, cluster.bindir).stop("immediate")
