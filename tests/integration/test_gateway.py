@@ -208,19 +208,33 @@ def refuses(request: SwitchoverRequested) -> list[Envelope]:
     ]
 
 
-MUTATIONS = ("failover", "switchover", "pause", "resume", "nodes/node1/rejoin")
+MUTATIONS = (
+    ("POST", "failover"),
+    ("POST", "switchover"),
+    ("POST", "pause"),
+    ("POST", "resume"),
+    ("POST", "nodes/node1/rejoin"),
+    ("POST", "backups"),
+    ("DELETE", "backups/b1"),
+    ("POST", "backups/b1/verify"),
+    ("POST", "restores"),
+    ("POST", "files/uploads/sync"),
+    ("POST", "files/uploads/check"),
+    ("POST", "files/uploads/restore"),
+)
 
 
 async def test_every_mutating_endpoint_refuses_without_a_token_and_with_a_read_token(
     gw: Gw,
 ) -> None:
     async with gw.http() as anyone, gw.http(READ) as reader:
-        for path in MUTATIONS:
+        for method, path in MUTATIONS:
             url = f"/clusters/{gw.cluster}/{path}"
-            nobody = await anyone.post(url, json={"reason": "x"})
+            body = None if method == "DELETE" else {"reason": "x"}
+            nobody = await anyone.request(method, url, json=body)
             assert nobody.status_code == 401, (path, nobody.text)
             assert nobody.headers["content-type"] == "application/problem+json"
-            weak = await reader.post(url, json={"reason": "x"})
+            weak = await reader.request(method, url, json=body)
             assert weak.status_code == 403, (path, weak.text)
             assert "viewer has role read" in weak.json()["detail"]
         assert (await anyone.get("/health/live")).status_code == 200

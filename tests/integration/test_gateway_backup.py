@@ -230,3 +230,44 @@ async def test_the_backup_endpoints_refuse_without_operate_and_check_at_the_edge
         assert unconfirmed.json()["errors"][0]["field"] == "body.confirm"
         assert (await api.post("/clusters/nope/backups")).status_code == 404
         assert (await api.post(f"/clusters/{c}/files/nope/sync")).status_code == 404
+
+
+async def test_the_cli_takes_a_backup_to_its_end_and_deletes_one_that_is_not_the_last(
+    stack: Stack,
+) -> None:
+    c = stack.cluster
+    async with stack.http() as api:
+        before = (await api.get(f"/clusters/{c}/backups")).json()["backups"]
+    code, out, err = await cli(stack, "backup", "create", "--cluster", c, "--json")
+    assert code == 0, (err, stack.logs())
+    view = json.loads(out)
+    assert (view["kind"], view["state"]) == ("backup", "completed")
+    taken = view["outcome"]["backup_id"]
+    code, out, err = await cli(stack, "backup", "create", "--cluster", c, "--no-wait")
+    assert code == 0, err
+    assert "backup pending" in out or "backup running" in out or "completed" in out
+
+    async with stack.http() as api:
+        deadline = time.monotonic() + 30
+        while taken not in [
+            b["backup_id"] for b in (await api.get(f"/clusters/{c}/backups")).json()["backups"]
+        ]:
+            assert time.monotonic() < deadline, stack.logs()
+            await asyncio.sleep(0.2)
+    for old in before:
+        code, out, err = await cli(
+            stack, "backup", "delete", old["backup_id"], "--cluster", c, "--json"
+        )
+        assert code == 0, err
+        deleted = json.loads(out)
+        assert (deleted["kind"], deleted["state"]) == ("backup_delete", "completed"), deleted
+        assert deleted["outcome"]["type"] == "backup.deleted"
+    code, out, err = await cli(stack, "wal", "--cluster", c, "--json")
+    assert code == 0, err
+    assert json.loads(out)["cluster"] == c
+    code, out, err = await cli(stack, "files", "status", "--cluster", c, "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"cluster": c, "filesets": []}
+    code, _, err = await cli(stack, "restore", "--cluster", c, "--node", stack.pg.nodes[1].name)
+    assert code == 1
+    assert err.startswith("lifeboat: 422")

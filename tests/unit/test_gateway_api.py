@@ -40,15 +40,16 @@ from lifeboat.common.events import (
     SwitchoverCompleted,
     SwitchoverFailed,
     SwitchoverRequested,
+    UndecodableEventError,
     WalState,
     WalStatus,
+    decode_event,
 )
 from lifeboat.common.state import Topology
 from lifeboat.gateway.app import build_app
 from lifeboat.gateway.auth import Role as TokenRole
 from lifeboat.gateway.auth import TokenBook, TokenFileError, hash_token, parse_line
 from lifeboat.gateway.client import GatewayClient, GatewayError
-from lifeboat.common.events import UndecodableEventError, decode_event
 from lifeboat.gateway.deps import Gateway
 from lifeboat.gateway.metrics import NAMES
 from lifeboat.gateway.projection import Projection, Stored, stream_of, subject_matches

@@ -565,6 +565,20 @@ def test_file_sets_show_their_state_and_their_commands_close_on_filesyncs_answer
     put(_status("uploads", "node1", "paused", detail="guard", **later), "heartbeats")
     assert api.operation(paused.id).state == "failed"
 
+    # A filesync that names the request it answers: exactly that operation, never another.
+    first = api.file_command("main", "uploads", "sync", wait_seconds=0)
+    second = api.file_command("main", "uploads", "sync", wait_seconds=0)
+    assert isinstance(first, OperationView)
+    assert isinstance(second, OperationView)
+    answer = synced.model_copy(update={**later, "event_id": UUID(int=4)})
+    put(answer.model_copy(update={"correlation_id": second.id}))
+    assert (api.operation(first.id).state, api.operation(second.id).state) == (
+        "pending",
+        "completed",
+    )
+    put(answer.model_copy(update={"correlation_id": UUID(int=99), "event_id": UUID(int=5)}))
+    assert api.operation(first.id).state == "pending"  # someone else's request
+
     missing = app.post("/clusters/main/files/nope/sync")
     assert missing.status_code == 404
     assert missing.json()["detail"] == "cluster main has no file set 'nope' (known: uploads, docs)"

@@ -12,9 +12,9 @@
 - file sets: the newest `file.status` heartbeat per set and node;
 - operations (failover, switchover, rejoin; backup, restore, verify and delete of a backup;
   sync, check and restore of a file set) from their request events and the answers that carry
-  their id as `correlation_id` (the backup service: as `request_id`); answers without one (an
-  older failover service, filesync) are matched to the oldest open operation they can answer,
-  so any gateway instance, or a restarted one, knows them;
+  their id as `correlation_id` (older backup services: as `request_id`); answers without one
+  (an older failover service or filesync) are matched to the oldest open operation they can
+  answer, so any gateway instance, or a restarted one, knows them;
 - live readers (SSE, the notifier, metrics) subscribe to what is applied.
 
 Everything is applied in one task per source on the event loop: no locks.
@@ -80,28 +80,19 @@ from lifeboat.common.events import (
     SwitchoverCompleted,
     SwitchoverFailed,
     SwitchoverRequested,
+    UndecodableEventError,
     WalStatus,
+    decode_event,
 )
 from lifeboat.common.kv import TOPOLOGY_BUCKET, open_bucket
 from lifeboat.common.reports import ReportBook
 from lifeboat.common.state import Topology
-from lifeboat.gateway.decode import UndecodableEventError, decode_event
+from lifeboat.gateway.schemas import OperationKindName
 
 log = logging.getLogger(__name__)
 
 StreamKind = Literal["events", "heartbeats"]
-OperationKind = Literal[
-    "failover",
-    "switchover",
-    "rejoin",
-    "backup",
-    "restore",
-    "backup_verify",
-    "backup_delete",
-    "file_sync",
-    "file_check",
-    "file_restore",
-]
+OperationKind = OperationKindName
 # The bucket the backup service mirrors its catalogue and WAL status into (its `mirror`):
 # keys `<cluster>` ({"backups": [...]}, newest first) and `<cluster>.wal` (a wal.status).
 BACKUPS_BUCKET = "lifeboat_backups"
@@ -418,9 +409,11 @@ class Projection:
             if op is None or op.done:
                 op = next((o for o in self.operations.values() if self._answers(o, event)), None)
         elif isinstance(event, (*FILE_ANSWERS, FileStatus)):
-            found = self.operations.get(event.correlation_id) if event.correlation_id else None
-            op = found if found is not None and not found.done else None
-            if op is None:
+            if event.correlation_id is not None:  # it says which request it answers
+                op = self.operations.get(event.correlation_id)
+                if op is None or op.done:
+                    return
+            else:  # an older filesync: the oldest open operation it can answer
                 op = next((o for o in self.operations.values() if self._answers(o, event)), None)
         else:
             return
