@@ -113,8 +113,14 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     postmasters = [
         int(p.read_text().split()[0]) for p in stack_dir.glob("pg/*/data/postmaster.pid")
     ]
-    assert len(children) == 11  # 3 nats, s3, 3 monitors and the 4 other services
+    assert len(children) == 12  # 3 nats, s3, 3 monitors, 2 filesyncs, the 3 other services
     assert len(postmasters) == 3
+
+    # The stack's file set: a file put in node1's directory reaches node2's through S3.
+    (stack_dir / "files" / "node1" / "hello.txt").write_text("beside the database")
+    copy = stack_dir / "files" / "node2" / "hello.txt"
+    wait_until(copy.exists, timeout=30, what="the file on the pull node")
+    assert copy.read_text() == "beside the database"
 
     # A service that dies is reported loudly and restarted.
     monitor_port = stack.env["LIFEBOAT_MONITOR_PORT"]

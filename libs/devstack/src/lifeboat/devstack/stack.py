@@ -24,7 +24,13 @@ from typing import IO
 
 from pydantic import SecretStr
 
-from lifeboat.common.clusters import ClustersFile, ClusterSpec, dump_clusters
+from lifeboat.common.clusters import (
+    ClustersFile,
+    ClusterSpec,
+    FileSetPlacement,
+    FileSetSpec,
+    dump_clusters,
+)
 from lifeboat.devstack.postgres import Passwords, PgCluster
 from lifeboat.devstack.procs import ManagedProcess, kill_pid, port_is_free
 from lifeboat.devstack.servers import (
@@ -184,10 +190,10 @@ class Stack:
         if fresh:
             self.pg.wait_streaming()
 
+        uploads = self._uploads(self.pg.spec(s.cluster_name))
+        spec = self.pg.spec(s.cluster_name).model_copy(update={"filesets": (uploads,)})
         clusters_file = self.dir / "clusters.yaml"
-        clusters_file.write_text(
-            dump_clusters(ClustersFile(clusters=(self.pg.spec(s.cluster_name),)))
-        )
+        clusters_file.write_text(dump_clusters(ClustersFile(clusters=(spec,))))
         env = self._service_env(clusters_file, creds)
         for name in SERVICES:
             if name == "monitor":
@@ -195,10 +201,41 @@ class Stack:
                 for i in range(1, s.monitors + 1):
                     port = s.monitor_port if i == 1 else 0
                     self._start_service(name, env, instance=f"monitor-{i}", port=port)
+            elif name == "filesync":
+                # One beside each node the file set is placed on, as on separate hosts.
+                for i, placed in enumerate(uploads.placement):
+                    node_env = {
+                        **env,
+                        "LIFEBOAT_FILESYNC_NODE": placed.node,
+                        "LIFEBOAT_FILESYNC_STATE_DIR": str(self.dir / "filesync" / placed.node),
+                    }
+                    self._start_service(
+                        name,
+                        node_env,
+                        instance=f"filesync-{placed.node}",
+                        port=None if i == 0 else 0,  # the first on the configured port
+                    )
             else:
                 self._start_service(name, env)
         self._record_children()
         self._wait_ready()
+
+    def _uploads(self, spec: ClusterSpec) -> FileSetSpec:
+        """The application's files beside the database: a file set `uploads` kept by the
+        first node (its mirror, to S3) and copied to the second (pull), each its own root
+        under the stack's directory, as each would be on its own host."""
+        roots = {n.name: self.dir / "files" / n.name for n in spec.nodes[:2]}
+        for root in roots.values():
+            root.mkdir(parents=True, exist_ok=True)
+        first, *rest = roots
+        return FileSetSpec(
+            name="uploads",
+            root=roots[first],
+            placement=(
+                FileSetPlacement(node=first, mode="mirror"),
+                *(FileSetPlacement(node=n, mode="pull", root=roots[n]) for n in rest),
+            ),
+        )
 
     def _nats(self) -> NatsServer | NatsCluster:
         s = self.settings
@@ -295,7 +332,7 @@ class Stack:
         self, name: str, env: dict[str, str], *, instance: str = "", port: int | None = None
     ) -> None:
         instance = instance or f"{name}-1"
-        label = instance if name == "monitor" else name  # several monitors, one of the rest
+        label = instance if name in ("monitor", "filesync") else name  # those run several
         process = ManagedProcess(
             label,
             [sys.executable, "-m", f"lifeboat.{name}"],
@@ -358,6 +395,8 @@ class Stack:
             f"              (psql, psycopg, libpq: the password is read from {passfile})",
             f"  JDBC        {spec.jdbc_url(user=spec.user)}",
             f"              password in {self.secrets_dir / 'pg_password'}",
+            f"  files       {self.dir / 'files' / spec.nodes[0].name}  (file set `uploads`: "
+            "kept in S3, and copied to the next node's directory beside it)",
             f"  data        {self.dir}  (make clean removes it)",
             "Ctrl-C stops everything and keeps the data.",
         ]
