@@ -1,9 +1,10 @@
-"""The gateway fronting a real backup service: a backup asked for through `POST
+"""The gateway fronting a real backup service and filesync: a backup asked for through `POST
 /clusters/{cluster}/backups` is taken by the backup service (real PostgreSQL, S3 and NATS),
 its operation reaches `completed`, the catalogue the service mirrors into KV is listed and
 shown by the API and by `lifeboat backup list --json`; a restore asked for through the API
 into a new data directory completes and serves the data; deleting the last good backup is
-refused with the service's reason (409)."""
+refused with the service's reason (409); a file set's sync, check and restore asked for
+through the API and the CLI of a real filesync complete, and `GET /files` shows the set."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from lifeboat.common.clusters import ClusterSpec
 from lifeboat.devstack.launch import ServiceProcess, launch, service_env
 from lifeboat.devstack.postgres import PgCluster
 from lifeboat.devstack.procs import free_port
@@ -39,14 +41,22 @@ class Stack:
     cluster: str
     gateway: ServiceProcess
     backup: ServiceProcess
+    filesync: ServiceProcess
     workdir: Path
+
+    @property
+    def files(self) -> Path:
+        return self.workdir / "uploads"
 
     def http(self, token: str | None = OPERATE) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.AsyncClient(base_url=self.gateway.url, headers=headers, timeout=60)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in (self.backup, self.gateway))
+        return "\n".join(
+            f"--- {p.name}\n{p.output()[-3000:]}"
+            for p in (self.backup, self.filesync, self.gateway)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +75,19 @@ def stack(nats_url: str, s3: S3Endpoint, workdir: Path) -> Iterator[Stack]:
             sql.SQL("insert into kept select generate_series(1, 1000)"), dbname="app"
         )
         pg.wait_streaming()
+        uploads = base / "uploads"
+        (uploads / "a").mkdir(parents=True)
+        (uploads / "a" / "one.txt").write_text("one")
+        (uploads / "two.bin").write_bytes(b"\x00" * 70_000)
+        spec = pg.spec(cluster).model_dump(mode="json")
+        spec["filesets"] = [
+            {"name": "uploads", "root": str(uploads), "placement": [{"node": "node1"}]}
+        ]
         tokens = base / "tokens"
         tokens.write_text(f"viewer:read:{hash_token(READ)}\noncall:operate:{hash_token(OPERATE)}\n")
         env = service_env(
             nats_url=nats_url,
-            clusters_file=write_clusters(base / "clusters.yaml", pg.spec(cluster)),
+            clusters_file=write_clusters(base / "clusters.yaml", ClusterSpec.model_validate(spec)),
             pg_password=pg.passwords.superuser.get_secret_value(),
             extra={
                 **s3.env(),
@@ -88,11 +106,24 @@ def stack(nats_url: str, s3: S3Endpoint, workdir: Path) -> Iterator[Stack]:
         )
         procs.append(backup)
         backup.start()
+        filesync = launch(
+            "filesync",
+            env,
+            instance=f"{cluster}-fs",
+            extra={
+                "LIFEBOAT_FILESYNC_NODE": "node1",
+                "LIFEBOAT_FILESYNC_STATE_DIR": str(base / "fs-state"),
+                "LIFEBOAT_FILESYNC_CHECK_INTERVAL_SECONDS": "0",
+            },
+            log_file=base / "filesync.log",
+        )
+        procs.append(filesync)
         gateway = launch("gateway", env, instance=f"{cluster}-gw", log_file=base / "gw.log")
         procs.append(gateway)
         backup.wait_ready(60)
+        filesync.wait_ready(60)
         gateway.wait_ready(30)
-        yield Stack(pg, cluster, gateway, backup, base)
+        yield Stack(pg, cluster, gateway, backup, filesync, base)
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -265,9 +296,51 @@ async def test_the_cli_takes_a_backup_to_its_end_and_deletes_one_that_is_not_the
     code, out, err = await cli(stack, "wal", "--cluster", c, "--json")
     assert code == 0, err
     assert json.loads(out)["cluster"] == c
-    code, out, err = await cli(stack, "files", "status", "--cluster", c, "--json")
-    assert code == 0, err
-    assert json.loads(out) == {"cluster": c, "filesets": []}
     code, _, err = await cli(stack, "restore", "--cluster", c, "--node", stack.pg.nodes[1].name)
     assert code == 1
     assert err.startswith("lifeboat: 422")
+
+
+async def test_a_file_set_is_synced_checked_and_restored_through_the_api(stack: Stack) -> None:
+    c = stack.cluster
+    (stack.files / "a" / "three.txt").write_text("three")
+    async with stack.http() as api:
+        resp = await api.post(f"/clusters/{c}/files/uploads/sync", json={})
+        assert resp.status_code == 202, resp.text
+        synced = await follow(api, resp.headers["location"], timeout=60)
+        assert synced["state"] == "completed", (synced, stack.logs())
+        assert synced["outcome"]["type"] == "file.synced"
+
+        view = (await api.get(f"/clusters/{c}/files")).json()
+        [uploads] = view["filesets"]
+        assert uploads["name"] == "uploads"
+        assert uploads["last_sync"] is not None
+        assert uploads["paused"] is False
+
+        resp = await api.post(f"/clusters/{c}/files/uploads/check", json={})
+        checked = await follow(api, resp.headers["location"], timeout=60)
+        assert checked["state"] == "completed", (checked, stack.logs())
+        assert checked["outcome"]["type"] == "file.verified"
+        assert checked["outcome"]["matching"] == 3
+        assert checked["outcome"]["differing"] == 0
+
+        copy = stack.workdir / "uploads-copy"
+        resp = await api.post(
+            f"/clusters/{c}/files/uploads/restore", json={"destination": str(copy)}
+        )
+        restored = await follow(api, resp.headers["location"], timeout=60)
+        assert restored["state"] == "completed", (restored, stack.logs())
+        assert restored["outcome"]["files_restored"] == 3
+        assert (copy / "a" / "three.txt").read_text() == "three"
+        assert (copy / "two.bin").stat().st_size == 70_000
+        assert (await api.post(f"/clusters/{c}/files/uploads/restore")).status_code == 422
+
+    code, out, err = await cli(stack, "files", "sync", "uploads", "--cluster", c, "--json")
+    assert code == 0, err
+    assert json.loads(out)["state"] == "completed"
+    code, out, err = await cli(stack, "files", "status", "--cluster", c, "--json")
+    assert code == 0, err
+    assert [f["name"] for f in json.loads(out)["filesets"]] == ["uploads"]
+    code, _, err = await cli(stack, "files", "check", "nope", "--cluster", c)
+    assert code == 1
+    assert err.startswith("lifeboat: 404")

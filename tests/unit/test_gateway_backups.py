@@ -593,3 +593,32 @@ def test_operations_of_every_kind_are_rebuilt_from_the_history(app: TestClient) 
     kinds = sorted(o.kind for o in rebuilt.operations.values())
     assert kinds == ["backup", "file_sync"]
     assert all(o.requested_by == "oncall" for o in rebuilt.operations.values())
+
+
+def test_the_openapi_document_is_sound(app: TestClient) -> None:
+    """Without an OpenAPI validator at hand: every component is a valid JSON Schema (2020-12,
+    which OpenAPI 3.1 uses), every `$ref` resolves, every operation has an id and answers."""
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
+    doc = app.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.1")
+    components = doc["components"]["schemas"]
+    for schema in components.values():
+        Draft202012Validator.check_schema(schema)  # raises, naming what is wrong
+
+    def refs(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+            return found + [r for v in node.values() for r in refs(v)]
+        if isinstance(node, list):
+            return [r for v in node for r in refs(v)]
+        return []
+
+    for ref in refs(doc):
+        assert ref.startswith("#/components/schemas/"), ref
+        assert ref.rsplit("/", 1)[1] in components, ref
+    ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            assert op["responses"], (method, path)
