@@ -622,3 +622,41 @@ def test_the_openapi_document_is_sound(app: TestClient) -> None:
     for path, item in doc["paths"].items():
         for method, op in item.items():
             assert op["responses"], (method, path)
+
+
+def test_the_cli_says_each_outcome_in_one_line(app: TestClient, api: GatewayClient) -> None:
+    from lifeboat.gateway.cliutil import outcome_line, progress_line
+
+    pending = api.create_backup("main", wait_seconds=0)
+    assert isinstance(pending, OperationView)
+    assert progress_line(pending) == f"backup {pending.id}: pending"
+    progress = BackupProgress(
+        cluster="main",
+        source=BACKUP,
+        backup_id="b1",
+        kind=BackupKind.PHYSICAL,
+        request_id=pending.id,
+        raw_bytes=50 * 1024 * 1024,
+        stored_bytes=10 * 1024 * 1024,
+        seconds=2.0,
+        mb_per_s=26.2,
+    )
+    projection(app).apply(Stored("heartbeats", 1, progress.subject(), progress))
+    running = api.operation(pending.id)
+    assert progress_line(running).endswith("running, 50.0 MB read, 10.0 MB stored (26.2 MB/s, 2s)")
+    done = BackupCompleted(
+        cluster="main",
+        source=BACKUP,
+        kind=BackupKind.PHYSICAL,
+        backup_id="b1",
+        node="node2",
+        size_bytes=10 * 1024 * 1024,
+        duration_seconds=2.5,
+        manifest_key="k",
+        sha256="0" * 64,
+        correlation_id=pending.id,
+    )
+    projection(app).apply(Stored("events", next_seq(app), done.subject(), done))
+    line = outcome_line(api.operation(pending.id))
+    assert line.startswith("backup completed: b1 (physical from node2, 10.0 MB stored, 2.5s)")
+    assert "\n" not in line
