@@ -86,8 +86,14 @@ class StreamingUpload:
             self._pieces.append(data)
             self._buffered += len(data)
             self._size += len(data)
-        while self._buffered >= self.part_size:
-            await self._dispatch(await self._take(self.part_size))
+        while self._buffered >= self._next_part_size():
+            await self._dispatch(await self._take(self._next_part_size()))
+
+    def _next_part_size(self) -> int:
+        """`part_size`, doubled every 1,000 parts: small parts keep memory low for the usual
+        object, and the 10,000-part limit is still out of reach for a huge one (5 MiB parts
+        alone would stop at 50 GB)."""
+        return self.part_size << min(self._numbered // 1000, 9)
 
     async def _take(self, size: int) -> bytes:
         """The next `size` bytes written, as one buffer; the rest stays as pieces. It waits

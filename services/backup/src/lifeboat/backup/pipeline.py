@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 CHUNK = 1024 * 1024
-QUEUE_DEPTH = 4
+QUEUE_DEPTH = 2  # encoded chunks waiting for the upload: the parts in flight are the buffer
 
 Progress = Callable[[int, int], Awaitable[None]]  # raw bytes so far, stored bytes so far
 

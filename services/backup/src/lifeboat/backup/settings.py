@@ -34,8 +34,12 @@ class BackupSettings(ServiceSettings, S3Settings):
     encryption_key_file: Path | None = None
     physical_max_rate: str | None = None
     """pg_basebackup --max-rate (e.g. 64M): spare a busy source's disks; unlimited if unset."""
-    part_size_mb: PositiveInt = 8
-    upload_concurrency: PositiveInt = 4
+    part_size_mb: int = Field(default=5, ge=5)
+    """Multipart part size (S3's smallest, doubled every 1,000 parts): with
+    `upload_concurrency`, what a transfer holds in memory, about size x (concurrency + 1)."""
+    upload_concurrency: PositiveInt = 2
+    """Parts of one transfer uploading at once (two keep a local store busy; more for a far
+    one, at a part's size in memory each)."""
 
     schedule_physical: str = "0 2 * * *"
     """Cron expression of scheduled physical backups; empty for none."""

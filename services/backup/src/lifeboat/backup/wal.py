@@ -63,6 +63,7 @@ RECEIVER_NAME = "lifeboat_archiver"  # pg_receivewal's application_name on the p
 # the lag it adds on a busy host (the level is not recorded: decompression needs none).
 WAL_LEVEL = 1
 TICK = 0.05  # how often the spool is looked at: a completed segment waits at most this long
+SAMPLE_EVERY = 0.1  # how often the primary's position is sampled: the lag's resolution
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Archiver:
         slot_max_keep_mb: int = 8192,
         status_interval: float = 1.0,
         segment_size: int = 16 * 1024 * 1024,
-        partial_interval: float = 0.5,
+        partial_interval: float = 0.25,
     ) -> None:
         self.cluster = cluster
         self.conns = conns
@@ -132,7 +133,7 @@ class Archiver:
         self.state = WalState.STOPPED
         self.error: str | None = None
         self._move = asyncio.Event()
-        self._samples: deque[tuple[float, int]] = deque(maxlen=3600)
+        self._samples: deque[tuple[float, int]] = deque(maxlen=6000)  # 10 min of samples
         self._primary_lsn: int | None = None
         self._slot_status: str | None = None
         self._uploaded: set[str] = set()
@@ -608,12 +609,15 @@ class Archiver:
     # --- status ---------------------------------------------------------------------------
 
     async def _status_loop(self) -> None:
+        published = 0.0
         while True:
-            await asyncio.sleep(self.status_interval)
+            await asyncio.sleep(min(self.status_interval, SAMPLE_EVERY))
             with contextlib.suppress(Exception):
                 await self._sample()
-            with contextlib.suppress(Exception):
-                await self.publish(self.status())
+            if time.monotonic() - published >= self.status_interval:
+                published = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await self.publish(self.status())
 
     async def _sample(self) -> None:
         self._spool_size = await self._spool_bytes()
@@ -657,8 +661,16 @@ class Archiver:
         lag_bytes = max(0, self._primary_lsn - archived)
         if lag_bytes == 0:
             return 0, 0.0
-        oldest = next((t for t, lsn in self._samples if lsn > archived), None)
-        return lag_bytes, 0.0 if oldest is None else round(time.monotonic() - oldest, 3)
+        # The oldest WAL not in S3 was written after the last sample that did not have it
+        # yet: its age is at most that sample's (an upper bound, within SAMPLE_EVERY). With
+        # no such sample left, the oldest sample's age is all that is known.
+        since: float | None = None
+        for t, lsn in self._samples:
+            if lsn > archived:
+                since = since if since is not None else t
+                break
+            since = t
+        return lag_bytes, 0.0 if since is None else round(time.monotonic() - since, 3)
 
     def status(self) -> WalStatus:
         lag_bytes, lag_seconds = self.lag()
