@@ -26,7 +26,9 @@ from lifeboat.common import subjects
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
 from lifeboat.common.events import (
     Envelope,
+    FailoverFailed,
     FailoverKind,
+    FailoverRequested,
     FailoverStarted,
     LagLevel,
     MaintenanceState,
@@ -491,6 +493,49 @@ async def test_the_cli_against_the_running_gateway(gw: Gw, bus: NatsClient) -> N
     )
     assert code == 0
     assert json.loads(out.splitlines()[0])["type"].startswith("switchover.")
+
+
+async def test_a_forced_failover_from_the_cli_carries_force_and_the_budget(
+    gw: Gw, bus: NatsClient
+) -> None:
+    seen: list[FailoverRequested] = []
+
+    async def on_request(msg: Msg) -> None:
+        request = FailoverRequested.model_validate_json(msg.data)
+        seen.append(request)
+        refusal = FailoverFailed(
+            cluster=request.cluster,
+            source=FAILOVER,
+            kind=FailoverKind.MANUAL,
+            reason="no standby within the budget",
+            correlation_id=request.correlation_id,
+        )
+        await publish(bus, refusal)
+
+    sub = await bus.subscribe(
+        subjects.FAILOVER_REQUESTED.subject(cluster=gw.cluster), cb=on_request
+    )
+    try:
+        code, _, err = await run(
+            cli(
+                gw,
+                "failover",
+                "--cluster",
+                gw.cluster,
+                "--reason",
+                "dc lost",
+                "--force",
+                "--data-loss-budget-bytes",
+                "1048576",
+            )
+        )
+    finally:
+        await sub.unsubscribe()
+    assert code == 1
+    assert err.strip() == "lifeboat: refused: no standby within the budget"
+    assert [(r.force, r.data_loss_budget_bytes, r.requested_by) for r in seen] == [
+        (True, 1048576, "oncall")
+    ]
 
 
 async def test_health_lists_instances_and_breakers(gw: Gw, bus: NatsClient) -> None:

@@ -212,9 +212,10 @@ def _operate(
     reason: str,
     wait: bool,
     as_json: bool,
+    **failover: Any,
 ) -> None:
     with context(ctx).client() as gw:
-        answer = gw.submit(op, cluster, reason=reason, target=target)  # type: ignore[arg-type]
+        answer = gw.submit(op, cluster, reason=reason, target=target, **failover)  # type: ignore[arg-type]
         follow(gw, answer, as_json, wait)
 
 
@@ -228,11 +229,27 @@ def failover(
     reason: ReasonOpt,
     cluster: ClusterOpt = "main",
     target: TargetOpt = None,
+    force: Annotated[
+        bool, typer.Option(help="even when the best standby is behind (writes may be lost)")
+    ] = False,
+    data_loss_budget_bytes: Annotated[
+        int | None, typer.Option(help="with --force: lose at most this much WAL", min=0)
+    ] = None,
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Promote a standby now (the primary is fenced)."""
-    _operate(ctx, "failover", cluster, target, reason, wait, as_json)
+    _operate(
+        ctx,
+        "failover",
+        cluster,
+        target,
+        reason,
+        wait,
+        as_json,
+        force=force or None,
+        data_loss_budget_bytes=data_loss_budget_bytes,
+    )
 
 
 @app.command()
