@@ -4,13 +4,24 @@ tests/integration/test_services.py follows them through NATS)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+from psycopg import sql
 
 from lifeboat.common.clusters import ClustersFile
-from lifeboat.common.events import ClusterEvent, NodeDown, NodeHealth, NodeUp, Role, Source
+from lifeboat.common.events import (
+    ClusterEvent,
+    NodeAdmissionChanged,
+    NodeDown,
+    NodeHealth,
+    NodeUp,
+    Role,
+    Source,
+)
 from lifeboat.devstack.postgres import PgCluster
 from lifeboat.devstack.procs import eventually
 from lifeboat.monitor.monitor import Monitor
@@ -37,7 +48,12 @@ async def monitor(pg_cluster: PgCluster) -> AsyncIterator[tuple[Monitor, Sink]]:
     spec = pg_cluster.spec()
     password = pg_cluster.passwords.superuser
     probers = {
-        (spec.name, n.name): NodeProber(spec.node_dsn(n, password, connect_timeout=1), 1.0)
+        (spec.name, n.name): NodeProber(
+            spec.node_dsn(n, password, connect_timeout=1),
+            1.0,
+            knock_every=0.2,
+            admission_every=0.2,
+        )
         for n in spec.nodes
     }
     sink = Sink()
@@ -146,3 +162,62 @@ async def test_probing_goes_on_while_events_cannot_be_published(
     sink.fail = False
     await eventually(lambda: not m.outbox, timeout=5, what="the outbox to drain", interval=0.1)
     assert len(sink.health()) >= 9
+
+
+async def test_a_postmaster_that_accepts_no_new_connection_fails_the_node(
+    monitor: tuple[Monitor, Sink], pg_cluster: PgCluster
+) -> None:
+    """Only the postmaster stopped: the monitor's open session still answers every query,
+    while no client gets in. That is a node down, as clients see it."""
+    m, sink = monitor
+    await rounds(m, 1)  # the persistent connections are open
+    postmaster = pg_cluster.nodes[1].pid()
+    assert postmaster is not None
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        await rounds(m, 3)
+        assert time.monotonic() - started < 3 * 1.6  # each round still bounded
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    (down,) = [e for e in sink.events if isinstance(e, NodeDown) and e.node == "node2"]
+    assert "accepts no new connection" in down.reason
+    assert not [e for e in sink.events if isinstance(e, NodeDown) and e.node != "node2"]
+    await eventually(lambda: rounds_until_up(m, sink, "node2"), timeout=10, what="node2 up")
+
+
+async def rounds_until_up(m: Monitor, sink: Sink, node: str) -> bool:
+    await rounds(m, 1)
+    return any(isinstance(e, NodeUp) and e.node == node for e in sink.events)
+
+
+async def test_a_node_refusing_new_connections_raises_an_alert_not_a_failover(
+    monitor: tuple[Monitor, Sink], pg_cluster: PgCluster
+) -> None:
+    m, sink = monitor
+    await rounds(m, 1)
+    database = sql.Identifier(pg_cluster.database)
+    primary = pg_cluster.primary
+    primary.execute(sql.SQL("alter database {} allow_connections false").format(database))
+
+    def admission(accepting: bool) -> set[str]:
+        return {
+            e.node
+            for e in sink.events
+            if isinstance(e, NodeAdmissionChanged) and e.accepting is accepting
+        }
+
+    async def seen(accepting: bool) -> bool:
+        await rounds(m, 1)
+        await asyncio.sleep(0.1)  # full connections are tried every 0.2 s here
+        return admission(accepting) == {"node1", "node2", "node3"}
+
+    try:
+        await eventually(lambda: seen(False), timeout=10, what="every node's refusal")
+    finally:
+        primary.execute(sql.SQL("alter database {} allow_connections true").format(database))
+    refused = [e for e in sink.events if isinstance(e, NodeAdmissionChanged)]
+    assert all("not currently accepting connections" in (e.reason or "") for e in refused)
+    assert not [e for e in sink.events if isinstance(e, NodeDown)]
+    assert all(h.reachable for h in sink.health())
+    await eventually(lambda: seen(True), timeout=10, what="every node accepting again")

@@ -36,6 +36,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "node.up": {**NODE, "role": "standby"},
     "node.role_changed": {**NODE, "previous": "standby", "current": "primary"},
     "node.lag": {**NODE, "level": "warning", "lag_seconds": 31.0},
+    "node.admission_changed": {
+        **NODE,
+        "accepting": False,
+        "reason": "sorry, too many clients already",
+    },
     "node.fenced": {**NODE, "reason": "stale epoch", "epoch": 3},
     "node.rejoin_requested": {**NODE, "requested_by": "drill"},
     "node.rejoined": {**NODE, "method": "pg_rewind", "upstream": "node2", "seconds": 2.5},

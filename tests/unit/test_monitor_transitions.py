@@ -6,6 +6,7 @@ import pytest
 
 from lifeboat.common.events import LagLevel, Role
 from lifeboat.monitor.transitions import (
+    AdmissionChanged,
     CameUp,
     LagChanged,
     NodeState,
@@ -111,3 +112,14 @@ def test_read_only_probes_are_counted_and_reset() -> None:
     assert state.consecutive_read_only == 3
     state, _ = step(state, Observed(True, Role.PRIMARY, writable=True), Thresholds())
     assert state.consecutive_read_only == 0
+
+
+def test_a_refusal_of_new_connections_is_an_alert_once_and_never_down() -> None:
+    full = Observed(True, Role.PRIMARY, refusing_connections="sorry, too many clients already")
+    state, events = run([UP_PRIMARY, full, full, full, full, UP_PRIMARY])
+    assert events == [
+        AdmissionChanged("sorry, too many clients already"),
+        AdmissionChanged(None),
+    ]
+    assert not state.down
+    assert not state.refusing

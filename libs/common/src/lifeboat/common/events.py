@@ -159,6 +159,9 @@ class NodeHealth(NodeEvent):
     replicas: tuple[ReplicaState, ...] = ()  # primary
     slots: dict[str, bool] = Field(default_factory=dict)  # slot name -> active
     error: str | None = None
+    # The node answered a new connection with a refusal (too many clients, authentication)
+    # while the monitor's open connection still works: clients are locked out.
+    refusing_connections: str | None = None
 
 
 class NodeDown(NodeEvent):
@@ -178,6 +181,16 @@ class NodeRoleChanged(NodeEvent):
     type: Literal["node.role_changed"] = "node.role_changed"
     previous: Role
     current: Role
+
+
+class NodeAdmissionChanged(NodeEvent):
+    """An alert, not a failure: the node answers, so failing it over would not let clients in
+    sooner than fixing what refuses them (`max_connections`, `pg_hba.conf`, a password)."""
+
+    topic = s.NODE_ADMISSION_CHANGED
+    type: Literal["node.admission_changed"] = "node.admission_changed"
+    accepting: bool
+    reason: str | None = None  # the node's own refusal, while it refuses
 
 
 class NodeLag(NodeEvent):

@@ -73,6 +73,11 @@ NODE_DOWN = Topic("node.down", _CN, "A node stopped answering probes")
 NODE_UP = Topic("node.up", _CN, "A node answers probes again")
 NODE_ROLE_CHANGED = Topic("node.role_changed", _CN, "A node's role changed (e.g. promoted)")
 NODE_LAG = Topic("node.lag", _CN, "Replication lag crossed a warning/critical threshold")
+NODE_ADMISSION_CHANGED = Topic(
+    "node.admission_changed",
+    _CN,
+    "A node began (or stopped) refusing new connections while its open ones answer",
+)
 NODE_FENCED = Topic("node.fenced", _CN, "A node was fenced (read-only, sessions ended, stopped)")
 NODE_REJOIN_REQUESTED = Topic(
     "node.rejoin_requested", _CN, "Ask to turn a node back into a standby of the primary"

@@ -19,7 +19,13 @@ def build_monitor(settings: MonitorSettings, runtime: ServiceRuntime) -> Monitor
     password = settings.postgres_password()
     timeout = settings.probe_timeout_seconds
     probers = {
-        (c.name, n.name): NodeProber(c.node_dsn(n, password, connect_timeout=timeout), timeout)
+        (c.name, n.name): NodeProber(
+            c.node_dsn(n, password, connect_timeout=timeout),
+            timeout,
+            check_new_connections=settings.check_new_connections,
+            knock_every=settings.knock_seconds,
+            admission_every=settings.admission_check_seconds,
+        )
         for c in settings.clusters.clusters
         for n in c.nodes
     }

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from lifeboat.common.clusters import ClustersFile, ClusterSpec, NodeSpec
 from lifeboat.common.events import (
     ClusterEvent,
+    NodeAdmissionChanged,
     NodeDown,
     NodeHealth,
     NodeLag,
@@ -27,6 +28,7 @@ from lifeboat.common.events import (
 from lifeboat.common.lsn import lsn_to_int
 from lifeboat.monitor.probe import NodeProber, ProbeResult
 from lifeboat.monitor.transitions import (
+    AdmissionChanged,
     CameUp,
     LagChanged,
     NodeState,
@@ -140,7 +142,13 @@ class Monitor:
         state, transitions = step(
             self.states[key],
             Observed(
-                result.reachable, result.role, result.writable, lag_seconds, lag_bytes, result.error
+                result.reachable,
+                result.role,
+                result.writable,
+                lag_seconds,
+                lag_bytes,
+                result.error,
+                result.refusing_connections,
             ),
             self.thresholds,
         )
@@ -169,6 +177,7 @@ class Monitor:
                 replicas=result.replicas,
                 slots=result.slots,
                 error=result.error,
+                refusing_connections=result.refusing_connections,
             )
         )
         for transition in transitions:
@@ -208,6 +217,10 @@ def _transition_event(t: Transition, common: dict[str, object]) -> ClusterEvent:
         case RoleChanged(previous, current):
             return NodeRoleChanged.model_validate(
                 {**common, "previous": previous, "current": current}
+            )
+        case AdmissionChanged(refusal):
+            return NodeAdmissionChanged.model_validate(
+                {**common, "accepting": refusal is None, "reason": refusal}
             )
         case LagChanged(level, seconds, lag_bytes):
             return NodeLag.model_validate(

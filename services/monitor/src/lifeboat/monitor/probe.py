@@ -1,14 +1,29 @@
-"""One node's probe over a persistent connection: cheap every second, bounded by a deadline.
+"""One node's probe over a persistent connection, bounded by a deadline.
 
-A connection is kept per node because authenticating anew each second would dominate the
-cost at 100 nodes. A probe that does not answer in time counts as a failure and its connection
-is dropped, so a frozen node never stalls the next round.
+A connection is kept per node for the statements, so a round costs one query per node. A
+probe that does not answer in time counts as a failure and its connection is dropped, so a
+frozen node never stalls the next round.
+
+The open connection alone would miss what clients see: a postmaster that no longer accepts
+(hung, or its accept loop stalled) leaves every established session working while no client
+gets in. So the probe also knocks, every `knock_every` seconds, and every round after a
+knock that failed (so failures are consecutive, as `node.down` needs): a new connection
+that sends a cancel request naming no backend, which a working postmaster takes, hands to a
+child and closes at once, with no authentication and no line in the server's log. A knock
+not answered by the deadline fails the probe like an unreachable node.
+
+What a knock cannot see, a refusal once connected (too many clients, authentication), a
+full new connection finds every `admission_every` seconds. It is reported as
+`refusing_connections`, an alert: the node serves, and failing it over would not let
+clients in sooner than fixing what refuses them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -62,20 +77,56 @@ class ProbeResult:
     replicas: tuple[ReplicaState, ...] = ()
     slots: dict[str, bool] = field(default_factory=dict)
     error: str | None = None
+    refusing_connections: str | None = None  # the server's refusal of a new connection
+
+
+# libpq quotes a refusal the server sent with its severity; a network failure has none.
+_ANSWERED = "FATAL:"
+# A CancelRequest (length, code 80877102) for process 0, key 0: no backend has that pid.
+_KNOCK = struct.pack("!iiii", 16, 80877102, 0, 0)
 
 
 class NodeProber:
-    def __init__(self, dsn: Dsn, timeout: float) -> None:
+    def __init__(
+        self,
+        dsn: Dsn,
+        timeout: float,
+        *,
+        check_new_connections: bool = True,
+        knock_every: float = 5.0,
+        admission_every: float = 30.0,
+    ) -> None:
         self.dsn = dsn
         self.timeout = timeout
+        self.check_new_connections = check_new_connections
+        self.knock_every = knock_every
+        self.admission_every = admission_every
+        params = conninfo_to_dict(dsn.reveal())
+        self._address = (str(params.get("host", "localhost")), int(str(params.get("port", 5432))))
         self._conn: psycopg.AsyncConnection[dict[str, object]] | None = None
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._refusal: str | None = None
+        # Spread over their intervals, so many nodes' new connections do not come at once:
+        # each costs the server a fork (and a full one an authentication).
+        now = time.monotonic()
+        self._knock_at = now + random.uniform(0, knock_every)
+        self._admit_at = now + random.uniform(0, admission_every)
 
     async def probe(self) -> ProbeResult:
         started = time.monotonic()
         task = asyncio.create_task(self._probe())
-        done, _ = await asyncio.wait({task}, timeout=self.timeout)
-        if not done:
+        checks: dict[str, asyncio.Task[None]] = {}
+        if self.check_new_connections:
+            if started >= self._knock_at:
+                checks["knock"] = asyncio.create_task(self._knock())
+            if started >= self._admit_at:
+                self._admit_at = started + self.admission_every
+                checks["admit"] = asyncio.create_task(self._admit())
+        done, _ = await asyncio.wait({task, *checks.values()}, timeout=self.timeout)
+        for check in checks.values():
+            if check not in done:
+                self._forget(check)
+        if task not in done:
             # Cancelling a query makes psycopg send a cancel request to the same (hung) server
             # and wait for it: leave that to the background, the round must not wait.
             self._abandon(task)
@@ -87,8 +138,62 @@ class NodeProber:
             return ProbeResult(
                 reachable=False, error=redact(str(exc).strip()) or type(exc).__name__
             )
+        knock = checks.get("knock")
+        if knock is not None:
+            answered = knock in done and knock.exception() is None
+            # After a failed knock, knock every round until one is answered.
+            self._knock_at = started + self.knock_every if answered else started
+            if knock not in done:
+                return ProbeResult(
+                    reachable=False,
+                    error=f"accepts no new connection within {self.timeout}s "
+                    "(its open connection still answers)",
+                )
+            if (failure := knock.exception()) is not None:
+                return ProbeResult(reachable=False, error=f"no new connection: {failure}")
         latency = round((time.monotonic() - started) * 1000, 2)
-        return ProbeResult(**{**result.__dict__, "latency_ms": latency})
+        return ProbeResult(
+            **{**result.__dict__, "latency_ms": latency, "refusing_connections": self._refusal}
+        )
+
+    async def _knock(self) -> None:
+        """Returns once the postmaster has taken a new connection and a child closed it."""
+        host, port = self._address
+        if host.startswith("/"):
+            reader, writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+        else:
+            reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(_KNOCK)
+            await writer.drain()
+            await reader.read()  # EOF: the cancel request was read and dropped
+        finally:
+            writer.close()
+
+    async def _admit(self) -> None:
+        """A full new connection: notes the server's refusal if it answered one. Anything
+        else (a network failure) is the knock's to judge, so it changes nothing here."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.dsn.reveal(), autocommit=True)
+        except psycopg.OperationalError as exc:
+            text = str(exc)
+            if _ANSWERED in text:
+                self._refusal = redact(text.split(_ANSWERED, 1)[1].strip())[:500]
+            return
+        self._refusal = None
+        await conn.close()
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        """Cancel a connection attempt the round no longer waits for, in the background."""
+        task.cancel()
+
+        async def reap() -> None:
+            with contextlib.suppress(BaseException):
+                await task
+
+        pending = asyncio.create_task(reap())
+        self._cleanups.add(pending)
+        pending.add_done_callback(self._cleanups.discard)
 
     def _abandon(self, task: asyncio.Task[ProbeResult]) -> None:
         conn, self._conn = self._conn, None

@@ -17,6 +17,15 @@ class MonitorSettings(ServiceSettings):
     """How often every node is probed."""
     probe_timeout_seconds: PositiveFloat = 1.0
     """Deadline of one probe (connect and statements)."""
+    check_new_connections: bool = True
+    """Also knock on every node with a new connection (no authentication): one the
+    postmaster does not take within the deadline fails the probe, as clients cannot get in
+    although open sessions work."""
+    knock_seconds: PositiveFloat = 5.0
+    """How often a node is knocked on while it answers; every round after a failed knock."""
+    admission_check_seconds: PositiveFloat = 30.0
+    """How often a full new connection (authenticated) looks for a refusal (too many clients,
+    authentication): `node.admission_changed`, an alert, never a failover."""
     failure_threshold: PositiveInt = 3
     """Failed probes in a row before `node.down`."""
     lag_warning_seconds: PositiveFloat = 30.0

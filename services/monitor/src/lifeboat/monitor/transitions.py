@@ -29,6 +29,7 @@ class Observed:
     lag_seconds: float | None = None
     lag_bytes: int | None = None
     error: str | None = None
+    refusing_connections: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class NodeState:
     down: bool = False
     role: Role | None = None
     lag_level: LagLevel = LagLevel.OK
+    refusing: bool = False  # new connections answered with a refusal
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,12 @@ class LagChanged:
     lag_bytes: int | None
 
 
-Transition = WentDown | CameUp | RoleChanged | LagChanged
+@dataclass(frozen=True)
+class AdmissionChanged:
+    refusal: str | None  # None: accepting again
+
+
+Transition = WentDown | CameUp | RoleChanged | LagChanged | AdmissionChanged
 
 _ORDER = (LagLevel.OK, LagLevel.WARNING, LagLevel.CRITICAL)
 
@@ -105,5 +112,13 @@ def step(state: NodeState, seen: Observed, t: Thresholds) -> tuple[NodeState, li
         level = LagLevel.OK  # a primary has no replication lag of its own
     if level != state.lag_level:
         out.append(LagChanged(level, seen.lag_seconds, seen.lag_bytes))
+    refusing = seen.refusing_connections is not None
+    if refusing != state.refusing:
+        out.append(AdmissionChanged(seen.refusing_connections))
     read_only = state.consecutive_read_only + 1 if seen.writable is False else 0
-    return NodeState(consecutive_read_only=read_only, role=seen.role, lag_level=level), out
+    return (
+        NodeState(
+            consecutive_read_only=read_only, role=seen.role, lag_level=level, refusing=refusing
+        ),
+        out,
+    )
