@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,12 @@ class Watch:
         return [e for e in self.events if e.get("correlation_id") == str(correlation)]
 
     async def wait(
-        self, type_: str, request: uuid.UUID | None = None, timeout: float = 90, **match: object
+        self,
+        type_: str,
+        request: uuid.UUID | None = None,
+        timeout: float = 90,
+        detail: Callable[[], str] | None = None,
+        **match: object,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -121,7 +126,10 @@ class Watch:
             if failed and not type_.endswith("failed"):
                 raise AssertionError(f"{type_} expected, got {failed[-1]}")
             await asyncio.sleep(0.1)
-        raise AssertionError(f"no {type_} for {request} within {timeout}s: {self.events[-5:]}")
+        more = "" if detail is None else "\n" + detail()[-6000:]
+        raise AssertionError(
+            f"no {type_} for {request} within {timeout}s: {self.events[-5:]}{more}"
+        )
 
     def assert_correlated(
         self, request: uuid.UUID, correlation: uuid.UUID | None = None, *, least: int = 1

@@ -50,6 +50,7 @@ from lifeboat.common.events import (
     Source,
 )
 
+
 def correlation(request: Envelope) -> UUID:
     """The id a caller follows its request by, carried as `correlation_id` by every answer:
     the request's own correlation id (the gateway's operation id), else the request's id."""

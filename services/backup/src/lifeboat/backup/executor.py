@@ -41,7 +41,7 @@ from lifeboat.backup.restore import RestoreContext, free_port, restore_logical, 
 from lifeboat.backup.take import TAKERS, Context, Job
 from lifeboat.backup.verify import verify
 from lifeboat.common import subjects
-from lifeboat.common.breakers import Breakers, CircuitOpenError
+from lifeboat.common.breakers import Breakers, BreakerState, CircuitOpenError
 from lifeboat.common.decision import Outcome, Publish, execute
 from lifeboat.common.events import (
     BackupCompleted,
@@ -152,8 +152,9 @@ class Executor:
 
     async def take(self, command: TakeBackup) -> Manifest | None:
         """Take the backup; an S3 failure is retried (the whole take, after a growing pause)
-        while the S3 breaker lets calls through. Any other failure, the breaker open or the
-        attempts used up is `backup.failed` with the reason; nothing is listed then."""
+        while the S3 breaker stays closed: a blip, not an outage (each S3 call has its own
+        retries with backoff beneath). Any other failure, the breaker open or the attempts
+        used up is `backup.failed` with the reason; nothing is listed then."""
         job, cid = command.job, command.correlation_id
         delay = self.s3_retry_seconds
         last: str | None = None
@@ -171,6 +172,10 @@ class Executor:
                     break
                 if attempt == self.s3_attempts:
                     reason = f"S3 failed {attempt} time(s) in a row: {last}"
+                    break
+                if not await self._s3_closed():
+                    # Not a blip: a half-open trial would cost a whole take. Say so now.
+                    reason = f"S3 is unavailable (its breaker opened): {last}"
                     break
                 log.warning(
                     "backup %s: S3 failed (attempt %d of %d), again in %.1fs: %s",
@@ -217,6 +222,10 @@ class Executor:
             )
         )
         return None
+
+    async def _s3_closed(self) -> bool:
+        states = {b.name: b.state for b in await self.breakers.snapshot()}
+        return states.get("s3", BreakerState.CLOSED) is BreakerState.CLOSED
 
     async def _take_once(self, job: Job, cid: UUID | None) -> tuple[Manifest, str]:
         started = time.monotonic()
