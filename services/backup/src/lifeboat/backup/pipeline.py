@@ -52,6 +52,16 @@ class Transfer:
     part_size: int = 8 * 1024 * 1024
     concurrency: int = 4
 
+    def upload(self, key: str, metadata: dict[str, str] | None = None) -> StreamingUpload:
+        return StreamingUpload(
+            self.client,
+            self.bucket,
+            key,
+            part_size=self.part_size,
+            concurrency=self.concurrency,
+            metadata=metadata,
+        )
+
 
 async def _read_chunks(reader: asyncio.StreamReader, queue: asyncio.Queue[bytes | None]) -> None:
     buf = bytearray()
@@ -79,14 +89,7 @@ async def send(
 ) -> Sent:
     """Everything `reader` yields, encoded, as the object `key`; nothing at `key` on failure."""
     started = time.monotonic()
-    upload = StreamingUpload(
-        transfer.client,
-        transfer.bucket,
-        key,
-        part_size=transfer.part_size,
-        concurrency=transfer.concurrency,
-        metadata=metadata,
-    )
+    upload = transfer.upload(key, metadata)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_DEPTH)
     producer = asyncio.create_task(_read_chunks(reader, queue))
     encoder = transfer.codec.encoder()
@@ -127,14 +130,7 @@ async def send_fd(
     """`send` from a pipe file descriptor: one thread reads it in big blocks and encodes
     them (both let go of the GIL), the event loop only hands encoded bytes to the upload."""
     started = time.monotonic()
-    upload = StreamingUpload(
-        transfer.client,
-        transfer.bucket,
-        key,
-        part_size=transfer.part_size,
-        concurrency=transfer.concurrency,
-        metadata=metadata,
-    )
+    upload = transfer.upload(key, metadata)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, bytes] | BaseException | None] = asyncio.Queue(QUEUE_DEPTH)
     stop = threading.Event()

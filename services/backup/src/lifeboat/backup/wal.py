@@ -437,16 +437,7 @@ class Archiver:
     async def _upload(self, path: Path) -> None:
         started = time.monotonic()
         stored, raw_size, completed_at = await asyncio.to_thread(self._encode_whole, path)
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(stored).hexdigest())
-        key = wal_prefix(self.cluster) + path.name + self.transfer.codec.suffix
-        async with self.breakers.guard("s3"):
-            await asyncio.to_thread(
-                self.transfer.client.put_object,
-                Bucket=self.transfer.bucket,
-                Key=key,
-                Body=stored,
-                Metadata={"sha256": digest, "raw-bytes": str(raw_size)},
-            )
+        digest = await self._put(path.name, stored, {"raw-bytes": str(raw_size)})
         # Acknowledged by S3: only now is the segment archived.
         seconds = round(max(0.0, time.time() - completed_at), 3)
         self._uploaded.add(path.name)
@@ -471,6 +462,19 @@ class Archiver:
         )
         await self._drop_partial(path.name)  # the whole segment supersedes its partial
         log.debug("archived %s in %.3fs", path.name, time.monotonic() - started)
+
+    async def _put(self, name: str, stored: bytes, metadata: dict[str, str]) -> str:
+        """`stored` as the WAL object `name`, its sha256 in its metadata; the sha256."""
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(stored).hexdigest())
+        async with self.breakers.guard("s3"):
+            await asyncio.to_thread(
+                self.transfer.client.put_object,
+                Bucket=self.transfer.bucket,
+                Key=wal_prefix(self.cluster) + name + self.transfer.codec.suffix,
+                Body=stored,
+                Metadata={"sha256": digest, **metadata},
+            )
+        return digest
 
     async def _query(self, query: str, params: tuple[str, ...] = ()) -> tuple[Any, ...] | None:
         """One row from the primary over a connection kept open: a new one every tick would
@@ -554,24 +558,16 @@ class Archiver:
         due = time.monotonic() - self._partial_at >= self.partial_interval
         if not due or (tli, end) <= (self.position.timeline, self.position.end):
             return
+        ready = await asyncio.to_thread(self._ready)
+        if any(p.name not in self._uploaded for p in ready):
+            # A segment completed since this round began: it goes up first, or the position
+            # would claim WAL that is not in S3 yet.
+            return
         self._partial_at = time.monotonic()
         codec = self.transfer.codec
-
-        def encode() -> tuple[bytes, str]:
-            stored = codec.seal(b"".join(grown.pieces))
-            return stored, hashlib.sha256(stored).hexdigest()
-
-        stored, digest = await asyncio.to_thread(encode)
-        key = wal_prefix(self.cluster) + name + ".partial" + codec.suffix
-        async with self.breakers.guard("s3"):
-            await asyncio.to_thread(
-                self.transfer.client.put_object,
-                Bucket=self.transfer.bucket,
-                Key=key,
-                Body=stored,
-                Metadata={"sha256": digest, "flushed-lsn": int_to_lsn(end)},
-            )
-        self._partial_keys[name] = key
+        stored = await asyncio.to_thread(lambda: codec.seal(b"".join(grown.pieces)))
+        await self._put(name + ".partial", stored, {"flushed-lsn": int_to_lsn(end)})
+        self._partial_keys[name] = wal_prefix(self.cluster) + name + ".partial" + codec.suffix
         if name not in self._uploaded and (tli, end) > (
             self.position.timeline,
             self.position.end,
