@@ -12,34 +12,25 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
-import nats
 import psycopg
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from psycopg import sql
 
 from lifeboat.backup.catalogue import Catalogue
-from lifeboat.common.bus import encode
-from lifeboat.common.clusters import ClustersFile, dump_clusters
 from lifeboat.common.events import (
     BackupDeleteRequested,
     BackupKind,
     BackupRequested,
     BackupVerifyRequested,
-    ClusterEvent,
     RestoreRequested,
-    Source,
 )
-from lifeboat.devstack.launch import ServiceProcess, service_env
 from lifeboat.devstack.postgres import PgCluster
 from lifeboat.pg.datadir import DataDir
 from tests.endpoints import S3Endpoint
 from tests.integration.backup.conftest import BUCKET, transfer
-
-SRC = Source(service="test", instance="backup-test")
+from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send, watching
 
 
 @pytest.fixture(scope="module")
@@ -59,111 +50,23 @@ def data(cluster: PgCluster) -> PgCluster:
 
 
 @pytest.fixture(scope="module")
-def env(
+def workers(
     data: PgCluster, nats_url: str, s3: S3Endpoint, workdir: Path, cluster_name: str
-) -> dict[str, str]:
-    clusters = workdir / f"{cluster_name}.yaml"
-    clusters.write_text(dump_clusters(ClustersFile(clusters=(data.spec(cluster_name),))))
-    return service_env(
-        nats_url=nats_url,
-        clusters_file=clusters,
-        pg_password=data.passwords.superuser.get_secret_value(),
-        extra={
-            **s3.env(),
-            "LIFEBOAT_REPLICATION_PASSWORD": data.passwords.replication.get_secret_value(),
-            "LIFEBOAT_WORK_DIR": str(workdir / f"work-{cluster_name}"),
-            "LIFEBOAT_WAL_ARCHIVE": "false",
-            "LIFEBOAT_SCHEDULE_PHYSICAL": "",
-            "LIFEBOAT_FIRST_BACKUP_AT_START": "false",
-            "LIFEBOAT_ACK_WAIT_SECONDS": "3",
-            "LIFEBOAT_LEASE_TTL_SECONDS": "3",
-            "LIFEBOAT_VERIFY_AFTER_BACKUP": "false",
-            "LIFEBOAT_JANITOR_INTERVAL_SECONDS": "3600",
-            "LIFEBOAT_PART_SIZE_MB": "5",
-        },
-    )
-
-
-class Workers:
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: dict[str, ServiceProcess] = {}
-
-    def start(self, name: str, **extra: str) -> ServiceProcess:
-        proc = ServiceProcess(
-            "backup", self.env, instance=name, extra=extra, log_file=self.logs / f"{name}.log"
-        )
-        proc.start()
-        proc.wait_ready(60)
-        self.procs[name] = proc
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.stop()
-
-
-@pytest.fixture(scope="module")
-def workers(env: dict[str, str], workdir: Path) -> Iterator[Workers]:
-    w = Workers(env, workdir)
+) -> Iterator[Workers]:
+    w = Workers(backup_env(data, nats_url, s3, workdir, cluster_name), workdir)
     try:
         yield w
     finally:
         w.stop_all()
 
 
-class Watch:
-    """Every backup/restore event about one cluster, as it is published."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    async def on(self, msg: Msg) -> None:
-        self.events.append(json.loads(msg.data))
-
-    def of(self, type_: str, request: uuid.UUID | None = None) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.events
-            if e["type"] == type_ and (request is None or e.get("request_id") == str(request))
-        ]
-
-    async def wait(
-        self, type_: str, request: uuid.UUID | None = None, timeout: float = 90, **match: object
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.of(type_, request):
-                if all(e.get(k) == v for k, v in match.items()):
-                    return e
-            failed = [
-                e
-                for e in self.events
-                if e["type"].endswith("failed") and e.get("request_id") == str(request)
-            ]
-            if failed and not type_.endswith("failed"):
-                raise AssertionError(f"{type_} expected, got {failed[-1]}")
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no {type_} for {request} within {timeout}s: {self.events[-5:]}")
-
-
 @pytest.fixture
 async def watch(nats_url: str, cluster_name: str) -> AsyncIterator[tuple[Watch, NatsClient]]:
-    client = await nats.connect(nats_url)
-    w = Watch()
-    for prefix in ("backup", "restore"):
-        await client.subscribe(f"{prefix}.*.{cluster_name}", cb=w.on)
+    w, client = await watching(nats_url, cluster_name, ("backup", "restore"))
     try:
         yield w, client
     finally:
         await client.close()
-
-
-async def send(client: NatsClient, event: ClusterEvent) -> uuid.UUID:
-    body, headers = encode(event)
-    await client.jetstream().publish(event.subject(), body, headers=headers)
-    return event.event_id
 
 
 async def test_a_request_is_backed_up_once_with_progress_and_can_be_restored(
@@ -208,6 +111,8 @@ async def test_a_request_is_backed_up_once_with_progress_and_can_be_restored(
         ),
     )  # fmt: skip
     restored = await events.wait("restore.completed", restore)
+    events.assert_correlated(rid, least=4)  # started, progress, completed, verified
+    events.assert_correlated(restore, least=2)  # started, completed
     conninfo = f"host=127.0.0.1 port={restored['port']} user=postgres dbname=app"
     password = data.passwords.superuser.get_secret_value()
     with psycopg.connect(conninfo, password=password) as conn:
@@ -219,6 +124,7 @@ async def test_a_request_is_backed_up_once_with_progress_and_can_be_restored(
     )
     failed = await events.wait("restore.failed", unknown)
     assert "no backup 'nope'" in failed["reason"]
+    events.assert_correlated(unknown)
 
 
 async def test_a_worker_killed_mid_upload_leaves_nothing_listed_and_another_finishes(
@@ -276,6 +182,7 @@ async def test_a_corrupted_object_fails_verification_loudly_and_deletes_are_guar
     verified = await events.wait("backup.verified", vid)
     assert not verified["ok"]
     assert "restore failed" in verified["detail"]
+    events.assert_correlated(vid)
 
     # The corrupted logical backup is no longer good: it may go; then nothing good is left
     # of its kind... so make a good one, which is then the last good logical backup.
@@ -283,15 +190,21 @@ async def test_a_corrupted_object_fails_verification_loudly_and_deletes_are_guar
         client, BackupRequested(cluster=cluster_name, source=SRC, kind=BackupKind.LOGICAL)
     )
     good_id = (await events.wait("backup.completed", good))["backup_id"]
+    operation = uuid.uuid4()  # the gateway's operation id, when it sends the request
     refused = await send(
-        client, BackupDeleteRequested(cluster=cluster_name, source=SRC, backup_id=good_id)
+        client,
+        BackupDeleteRequested(
+            cluster=cluster_name, source=SRC, backup_id=good_id, correlation_id=operation
+        ),
     )
     assert "last good" in (await events.wait("backup.delete_refused", refused))["reason"]
+    events.assert_correlated(refused, operation)
     bad = await send(
         client,
         BackupDeleteRequested(cluster=cluster_name, source=SRC, backup_id=done["backup_id"]),
     )
     await events.wait("backup.deleted", bad)
+    events.assert_correlated(bad)
     forced = await send(
         client,
         BackupDeleteRequested(cluster=cluster_name, source=SRC, backup_id=good_id, force=True),
