@@ -2,7 +2,7 @@
 without confirmation and for the running primary (the node's data left as it was); with
 confirmation into a stopped standby the data directory is replaced safely (the old one kept
 aside) and the node comes back with the restored data. Every answer carries the request's
-correlation id."""
+correlation id, as does the answer to a verification asked for before anything is listed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from psycopg import sql
 
-from lifeboat.common.events import BackupKind, BackupRequested, RestoreRequested
+from lifeboat.common.events import (
+    BackupKind,
+    BackupRequested,
+    BackupVerifyRequested,
+    RestoreRequested,
+)
 from lifeboat.devstack.postgres import PgCluster, PgNode
 from lifeboat.devstack.procs import eventually
 from tests.endpoints import S3Endpoint
@@ -66,6 +71,16 @@ async def test_restore_into_a_node_is_confirmed_spares_the_primary_and_swaps_a_s
         lambda: marks(standby) == ["before"], timeout=30, what="the standby to replay 'before'"
     )
     workers.start("rn-a")
+    # Nothing listed yet: a verification asked for still gets its answer.
+    operation = uuid.uuid4()
+    vid = await send(
+        client,
+        BackupVerifyRequested(cluster=cluster_name, source=SRC, correlation_id=operation),
+    )
+    nothing = await events.wait("backup.verified", vid)
+    assert not nothing["ok"]
+    assert "nothing to verify" in nothing["detail"]
+    events.assert_correlated(vid, operation)
     rid = await send(
         client,
         BackupRequested(cluster=cluster_name, source=SRC, kind=BackupKind.PHYSICAL, verify=False),

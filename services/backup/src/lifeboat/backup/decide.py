@@ -42,6 +42,7 @@ from lifeboat.common.events import (
     BackupKind,
     BackupRequested,
     BackupStarted,
+    BackupVerified,
     BackupVerifyRequested,
     Envelope,
     RestoreFailed,
@@ -206,13 +207,30 @@ def decide_delete(
     )
 
 
-def decide_verify(entries: tuple[CatalogEntry, ...], request: BackupVerifyRequested) -> Decision:
+def decide_verify(
+    entries: tuple[CatalogEntry, ...],
+    request: BackupVerifyRequested,
+    now: datetime,
+    source: Source,
+) -> Decision:
     cid = correlation(request)
     if request.backup_id is not None:
         return Decision((VerifyBackup(request.backup_id, request.event_id, cid),), "as asked")
     newest: dict[BackupKind, CatalogEntry] = {}
     for e in sorted(entries, key=lambda e: e.stopped_at):
         newest[e.kind] = e
+    if not newest:
+        # Still an answer: whoever asked must not wait for one forever.
+        nothing = BackupVerified(
+            cluster=request.cluster,
+            source=source,
+            backup_id="",
+            ok=False,
+            detail=f"no backup of {request.cluster} is listed: nothing to verify",
+            request_id=request.event_id,
+            correlation_id=cid,
+        )
+        return Decision((Publish(stamped(nothing, now)),), nothing.detail)
     commands = tuple(VerifyBackup(e.backup_id, request.event_id, cid) for e in newest.values())
     return Decision(commands, "the newest backup of each kind")
 

@@ -198,7 +198,8 @@ class ClusterBackups:
         if isinstance(held, str):
             raise RuntimeError(f"a verification runs on {held}: retried later")
         entries = tuple(i.entry() for i in await self.catalogue.listed())
-        await self._under(held, self.executor.run(decide_verify(entries, request)))
+        decision = decide_verify(entries, request, datetime.now(UTC), self.source)
+        await self._under(held, self.executor.run(decision))
         await self.refresh_mirror()
 
     async def on_delete(self, request: BackupDeleteRequested) -> None:
