@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from lifeboat.common.decision import Publish
 from lifeboat.common.events import (
+    FailoverCompleted,
     FailoverFailed,
     FailoverHeld,
     FailoverKind,
@@ -30,6 +31,7 @@ from tests.unit.test_failover_decide import (
     observe,
     primary,
     promotions,
+    published,
     rep,
     standby,
 )
@@ -374,3 +376,55 @@ def test_paused_no_automatic_failover_and_the_hold_says_who_paused() -> None:
     assert "paused (by ops: kernel upgrade)" in event.reason
     manual_one = decide(replace(obs, request=manual(target="node2")))
     assert any(isinstance(c, Promote) for c in manual_one.commands)  # operators still act
+
+
+def test_the_primarys_timeline_is_recorded_once_seen_at_the_epoch() -> None:
+    decision = decide(observe(primary(timeline=3), standby("node2"), standby("node3")))
+    (write,) = decision.commands
+    assert isinstance(write, WriteTopology)
+    assert write.topology.timeline == 3
+    assert write.topology.model_copy(update={"timeline": None}) == TOPO
+    recorded = TOPO.model_copy(update={"timeline": 3})
+    again = decide(
+        observe(primary(timeline=3), standby("node2"), standby("node3"), topology=recorded)
+    )
+    assert not any(isinstance(c, WriteTopology) for c in again.commands)
+    assert TOPO.promoted("node2").timeline is None  # the new primary's is not known yet
+
+
+def test_a_topology_older_than_the_nodes_timelines_is_not_acted_on() -> None:
+    """The KV store came back from before a failover: it names node1 (dead) primary on
+    timeline 3, while node2 took over on timeline 4 and node3 follows it. Failing over from
+    node1 again, or fencing node2 as a second primary, would act on a past that is gone."""
+    old = TOPO.model_copy(update={"timeline": 3})
+    reports = (
+        down("node1"),
+        rep("node2", role="primary", writable=True, current_lsn="0/6000000", timeline=4),
+        standby("node3", upstream="node2", configured_upstream="node2", timeline=4),
+    )
+    decision = decide(observe(*reports, topology=old))
+    assert not any(
+        isinstance(c, (Fence, Promote, WriteTopology, Detach)) for c in decision.commands
+    )
+    (event,) = held(decision)
+    assert event.reason.startswith("node2 (timeline 4), node3 (timeline 4) ahead of the topology")
+    assert "older than the cluster" in event.reason
+    # An operator who checked moves on with a forced failover to the node holding it all:
+    # it is recorded under a new epoch, nobody is promoted or fenced, and the operation ends.
+    forced = manual(target="node2", force=True, data_loss_budget_bytes=0)
+    moved = decide(replace(observe(*reports, topology=old), request=forced))
+    (write,) = moved.commands
+    assert isinstance(write, WriteTopology)
+    assert (write.topology.primary, write.topology.epoch, write.topology.timeline) == (
+        "node2",
+        5,
+        4,
+    )
+    done = decide(observe(*reports, topology=write.topology))
+    assert published(done, FailoverCompleted)
+    assert not promotions(done)
+    # ... and never a node that is not the newest writable primary
+    wrong = decide(replace(observe(*reports, topology=old), request=manual(
+        target="node3", force=True, data_loss_budget_bytes=0)))  # fmt: skip
+    (refused,) = published(wrong, FailoverFailed)
+    assert "not the writable primary on its newest timeline" in refused.reason

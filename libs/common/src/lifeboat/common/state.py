@@ -49,6 +49,10 @@ class Topology(BaseModel):
     synchronous: tuple[Name, ...] = ()
     operation: Operation | None = None
     updated_at: AwareDatetime = Field(default_factory=utcnow)
+    # The primary's timeline at this epoch, once it was seen there. A node on a newer one
+    # means this topology is older than the cluster (the store rolled back past a failover,
+    # or a node was promoted outside Lifeboat): nobody acts on it then.
+    timeline: NonNegativeInt | None = None
 
     def promoted(
         self, new_primary: str, operation: Operation | None = None, at: datetime | None = None

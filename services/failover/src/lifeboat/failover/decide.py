@@ -158,19 +158,28 @@ def decide(obs: Observation) -> Decision:
         return Decision.nothing(
             f"the primary {topo.primary} is not in the cluster file: not acting on it"
         )
-    fences = tuple(
-        Fence(
-            name,
-            topo.epoch,
-            f"{name} accepts writes but the primary at epoch {topo.epoch} is {topo.primary}",
+    behind = _behind_the_cluster(topo, views)
+    forced = isinstance(obs.request, FailoverRequested) and obs.request.force
+    if behind is not None and not forced:
+        return _hold(obs, topo, behind)
+    # Out of a topology older than the cluster, the adoption decides whom to fence.
+    fences = (
+        ()
+        if behind is not None
+        else tuple(
+            Fence(
+                name,
+                topo.epoch,
+                f"{name} accepts writes but the primary at epoch {topo.epoch} is {topo.primary}",
+            )
+            for name, view in views.items()
+            if name != topo.primary
+            and view.latest is not None
+            and view.role is Role.PRIMARY
+            and view.latest.writable
+            # A report from before the epoch changed shows the old primary as it rightly was.
+            and view.latest.occurred_at > topo.updated_at
         )
-        for name, view in views.items()
-        if name != topo.primary
-        and view.latest is not None
-        and view.role is Role.PRIMARY
-        and view.latest.writable
-        # A report from before the epoch changed shows the old primary as it rightly was.
-        and view.latest.occurred_at > topo.updated_at
     )
     if obs.request is not None and _failed_first(obs, topo, views, obs.request):
         # A dead primary goes before any queued operator request: requests must never
@@ -192,6 +201,31 @@ def decide(obs: Observation) -> Decision:
     return decision
 
 
+def _behind_the_cluster(topo: Topology, views: dict[str, NodeView]) -> str | None:
+    """Why the topology is older than what the nodes show, if it is: acting on it (fencing
+    the node that is really primary, promoting one that is behind) could lose what the
+    newer timeline acknowledged. Only an operator's forced failover moves on from it."""
+    if topo.timeline is None:
+        return None
+    ahead = sorted(
+        (v.latest.timeline, name)
+        for name, v in sorted(views.items())
+        if v.latest is not None
+        and v.latest.timeline is not None
+        and v.latest.timeline > topo.timeline
+    )
+    if not ahead:
+        return None
+    nodes = ", ".join(f"{name} (timeline {timeline})" for timeline, name in ahead)
+    return (
+        f"{nodes} ahead of the topology (epoch {topo.epoch}, primary {topo.primary}, "
+        f"recorded on timeline {topo.timeline}): it is older than the "
+        "cluster (its store rolled back past a failover, or a node was promoted outside "
+        "Lifeboat); not acting on it. Check which node holds the newest data, then "
+        "`lifeboat failover --target <it> --force` records it"
+    )
+
+
 def _bootstrap(obs: Observation, views: dict[str, NodeView]) -> Decision:
     writable = [
         v.name for v in views.values() if v.role is Role.PRIMARY and v.latest and v.latest.writable
@@ -201,8 +235,13 @@ def _bootstrap(obs: Observation, views: dict[str, NodeView]) -> Decision:
             f"no topology yet and {len(writable)} writable primaries seen ({writable}): waiting"
         )
     members = {v.name: v.role for v in views.values() if v.reachable}
+    latest = views[writable[0]].latest
     topo = Topology(
-        cluster=obs.cluster.name, primary=writable[0], members=members, updated_at=obs.now
+        cluster=obs.cluster.name,
+        primary=writable[0],
+        members=members,
+        updated_at=obs.now,
+        timeline=latest.timeline if latest else None,
     )
     return Decision((CreateTopology(topo),), f"first topology: {writable[0]} is the primary")
 
@@ -267,6 +306,18 @@ def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Dec
         return Decision(
             (Promote(primary.node, topo.epoch),),
             f"{primary.node} is the primary but read-only: taking writes again",
+        )
+    if (
+        primary is not None
+        and primary.role is Role.PRIMARY
+        and primary.timeline is not None
+        and topo.timeline is None
+        and primary.occurred_at > topo.updated_at
+    ):
+        # Recorded alone: another write in the same decision would race this one's revision.
+        return Decision(
+            (WriteTopology(topo.model_copy(update={"timeline": primary.timeline})),),
+            f"{primary.node} is the primary on timeline {primary.timeline}: recorded",
         )
     return _manage_sync(obs, topo, views)
 
@@ -341,6 +392,8 @@ def _handle_request(
             return _refuse(
                 obs, topo, kind, target, "force needs data_loss_budget_bytes: the loss accepted"
             )
+        if request.force and target is not None and _behind_the_cluster(topo, views):
+            return _adopt(obs, topo, views, target, reason, budget)
         decision = start_failover(obs, topo, views, kind, reason, target, budget=budget)
         stuck = topo.operation
         if stuck is None or stuck.old_primary in (None, topo.primary):
@@ -364,6 +417,55 @@ def _handle_request(
     if obs.cluster.node(old).data_dir is not None:
         commands.append(Rejoin(old, candidate, new.epoch))
     return Decision(tuple(commands), f"{reason}: handing {old} over to {candidate}")
+
+
+def _adopt(
+    obs: Observation,
+    topo: Topology,
+    views: dict[str, NodeView],
+    target: str,
+    reason: str,
+    budget: int | None,
+) -> Decision:
+    """An operator's way out of a topology older than the cluster: record the node that is
+    already the writable primary on the newest timeline, under a new epoch, and let the
+    operation repoint the rest. Nobody is promoted; a topology primary that still takes
+    writes is fenced, as the operator forced it."""
+    report = views[target].latest
+    newest = max(
+        (v.latest.timeline for v in views.values() if v.latest and v.latest.timeline),
+        default=None,
+    )
+    if (
+        report is None
+        or report.role is not Role.PRIMARY
+        or not report.writable
+        or report.timeline != newest
+    ):
+        return _refuse(
+            obs,
+            topo,
+            FailoverKind.MANUAL,
+            target,
+            f"the topology is older than the cluster, and {target} is not the writable "
+            f"primary on its newest timeline ({newest}): name the node that is",
+        )
+    op = Operation(
+        kind=FailoverKind.MANUAL,
+        old_primary=topo.primary,
+        new_primary=target,
+        reason=f"{reason}: recording {target}, the primary on timeline {newest}",
+        started_at=obs.now,
+        correlation_id=_correlation(obs),
+        data_loss_budget_bytes=budget,
+    )
+    new = topo.promoted(target, op, at=obs.now).model_copy(update={"timeline": newest})
+    commands: list[Command] = []
+    old = views.get(topo.primary or "")
+    if old is not None and old.latest is not None and old.latest.writable and old.name != target:
+        commands.append(Fence(old.name, topo.epoch, op.reason, True))
+    commands.append(WriteTopology(new))
+    return Decision(tuple(commands), op.reason)
 
 
 def _rejoin(obs: Observation, topo: Topology, views: dict[str, NodeView], node: str) -> Decision:
