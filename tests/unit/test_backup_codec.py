@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import os
 
 import pytest
@@ -11,6 +13,7 @@ from lifeboat.objstore.codec import (
     CodecError,
     Compression,
     CorruptObjectError,
+    DecodingWriter,
     WrongKeyError,
     key_id,
     load_key,
@@ -76,3 +79,33 @@ def test_keys_load_from_hex_or_base64_and_refuse_other_lengths() -> None:
     assert load_key(base64.b64encode(KEY).decode() + "\n") == KEY
     with pytest.raises(ValueError, match="32 bytes"):
         load_key("abcd")
+
+
+@pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.NONE])
+@pytest.mark.parametrize("key", [None, KEY])
+def test_pieces_compressed_apart_and_joined_decode_as_one(
+    compression: Compression, key: bytes | None
+) -> None:
+    """How a WAL segment is stored: the pieces taken as it was received, joined, sealed."""
+    codec = Codec(compression, 3, key)
+    assert codec.joins
+    cuts = [0, 1, 70_000, 1_000_000, len(DATA)]
+    joined = b"".join(codec.piece(DATA[a:b], 1) for a, b in itertools.pairwise(cuts))
+    stored = codec.seal(joined)
+    assert decode(codec, stored) == DATA
+    sink = io.BytesIO()
+    writer = DecodingWriter(codec, sink)
+    for i in range(0, len(stored), 65536):
+        writer.write(stored[i : i + 65536])
+    writer.finish()
+    assert sink.getvalue() == DATA
+
+
+def test_joined_zstd_pieces_cut_short_are_truncated_not_shorter() -> None:
+    codec = Codec(Compression.ZSTD, 3)
+    joined = codec.piece(DATA[:100_000], 1) + codec.piece(DATA[100_000:], 1)
+    with pytest.raises(CorruptObjectError, match="truncated"):
+        decode(codec, joined[:-5])
+    assert not Codec(Compression.GZIP).joins
+    with pytest.raises(ValueError, match="gzip"):
+        Codec(Compression.GZIP).piece(DATA)

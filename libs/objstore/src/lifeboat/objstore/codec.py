@@ -52,8 +52,11 @@ class CorruptObjectError(CodecError):
     pass
 
 
+Data = bytes | bytearray | memoryview  # what a stage reads: a reused buffer too
+
+
 class Transform(Protocol):
-    def update(self, data: bytes) -> bytes: ...
+    def update(self, data: Data) -> bytes: ...
 
     def finish(self) -> bytes: ...
 
@@ -139,10 +142,11 @@ class Chain:
     def __init__(self, stages: list[Transform]) -> None:
         self._stages = stages
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: Data) -> bytes:
+        out: Data = data
         for stage in self._stages:
-            data = stage.update(data)
-        return data
+            out = stage.update(out)
+        return out if isinstance(out, bytes) else bytes(out)
 
     def finish(self) -> bytes:
         out = b""
@@ -152,8 +156,9 @@ class Chain:
 
 
 class _Identity:
-    def update(self, data: bytes) -> bytes:
-        return data
+    def update(self, data: Data) -> bytes:
+        # A copy unless it is bytes already: the caller may reuse its buffer.
+        return data if isinstance(data, bytes) else bytes(data)
 
     def finish(self) -> bytes:
         return b""
@@ -165,7 +170,7 @@ class _Zstd:
         cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
         self._obj = cctx.compressobj()
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: Data) -> bytes:
         return self._obj.compress(data)
 
     def finish(self) -> bytes:
@@ -180,7 +185,7 @@ class _Unzstd:
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = self._dctx.decompressobj()
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: Data) -> bytes:
         out = bytearray()
         while data:
             if self._obj.eof:
@@ -202,7 +207,7 @@ class _Gzip:
     def __init__(self, level: int) -> None:
         self._obj = zlib.compressobj(level, zlib.DEFLATED, 31)
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: Data) -> bytes:
         return self._obj.compress(data)
 
     def finish(self) -> bytes:
@@ -213,7 +218,7 @@ class _Gunzip:
     def __init__(self) -> None:
         self._obj = zlib.decompressobj(31)
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: Data) -> bytes:
         try:
             return self._obj.decompress(data)
         except zlib.error as exc:
@@ -269,7 +274,7 @@ class Encryptor:
         sealed = self._aead.encrypt(nonce, plain, aad)
         return _FRAME.pack(len(sealed), last) + sealed
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: Data) -> bytes:
         out = bytearray()
         if not self._started:
             out += self._header
@@ -299,7 +304,7 @@ class Decryptor:
         self._counter = 0
         self._ended = False
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: Data) -> bytes:
         from cryptography.exceptions import InvalidTag
 
         self._buf += data

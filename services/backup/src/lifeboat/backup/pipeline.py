@@ -146,21 +146,25 @@ async def send_fd(
 
     def produce() -> None:
         encoder = transfer.codec.encoder()
+        # One buffer, read into and encoded from in place: a fresh MiB per read is a fresh
+        # mapping to fault in (big allocations are mmapped, see `lifeboat.common.malloc`),
+        # which cost a physical backup as much CPU as its compression.
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
         try:
-            buf = bytearray()
             eof = False
             while not stop.is_set() and not eof:
                 # A pipe gives at most its capacity per read: gather a whole chunk, so the
                 # codec and the hand-over to the loop run once per MiB, not per 64 KiB.
-                while len(buf) < CHUNK:
-                    data = os.read(fd, CHUNK - len(buf))
-                    if not data:
+                n = 0
+                while n < CHUNK:
+                    got = os.readv(fd, [view[n:]])
+                    if not got:
                         eof = True
                         break
-                    buf += data
-                if buf:
-                    put((len(buf), encoder.update(bytes(buf))))
-                    buf.clear()
+                    n += got
+                if n:
+                    put((n, encoder.update(view[:n])))
             put((0, encoder.finish()))
             put(None)
         except BaseException as exc:
