@@ -523,3 +523,31 @@ async def test_a_lagging_standby_is_passed_over(ha: HA) -> None:
     ha.pg.nodes[0].kill()
     after = await ha.wait_topology(lambda t: t.primary != "node1" and t.operation is None)
     assert after.primary == "node3"
+
+
+async def test_a_leader_that_reaches_nats_but_not_postgres_steps_down(ha: HA) -> None:
+    """Guarantee 7: f1 holds the lease but its PostgreSQL password is wrong (as good as cut
+    off from the nodes); the monitor reaches them. It must hand the lease over rather than
+    keep failing: f2 then does what f1 could not (set node1's synchronous standbys)."""
+    ha.start("monitor", f"{ha.name}-m1")
+    ha.start(
+        "failover",
+        f"{ha.name}-f1",
+        LIFEBOAT_PG_PASSWORD="not-the-password",
+        LIFEBOAT_STEP_DOWN_SECONDS="60",
+    )
+
+    def stepped_down() -> list[dict[str, object]]:
+        return [e for e in ha.of("failover.held") if "stepping down" in str(e["reason"])]
+
+    (held,) = await eventually(stepped_down, timeout=30, what="f1 to step down", detail=ha.tail)
+    assert f"{ha.name}-f1#" in str(held["reason"])
+    assert "password authentication failed" in str(held["reason"])
+    assert not ha.of("failover.sync_changed")  # nothing announced that PostgreSQL did not take
+    ha.start("failover", f"{ha.name}-f2")
+    topo = await ha.wait_topology(lambda t: t.synchronous == ("node2", "node3"))
+    assert topo.primary == "node1"
+    leases = await LeaseStore.open(ha.nc.jetstream())
+    now = await leases.current(f"failover-{ha.name}")
+    assert now is not None
+    assert now.value.holder.startswith(f"{ha.name}-f2#")

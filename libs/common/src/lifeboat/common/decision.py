@@ -69,6 +69,7 @@ class Outcome(Generic[C]):
     ok: bool
     seconds: float
     detail: str = ""
+    error: Exception | None = None  # what a failed command raised
 
 
 async def execute(
@@ -85,11 +86,11 @@ async def execute(
         try:
             detail = await perform(command)
         except Refused as exc:
-            outcomes.append(Outcome(command, False, time.monotonic() - started, str(exc)))
+            outcomes.append(Outcome(command, False, time.monotonic() - started, str(exc), exc))
             log.warning("stopped: %s", exc)
             break
         except Exception as exc:
-            outcomes.append(Outcome(command, False, time.monotonic() - started, str(exc)))
+            outcomes.append(Outcome(command, False, time.monotonic() - started, str(exc), exc))
             log.warning("%s failed: %s", name, exc)
             if critical(command):
                 break

@@ -43,8 +43,9 @@ class NotLeaderError(Refused):
 
 
 # A failure of one of these stops the decision: what follows depends on it. A fence above
-# all: nobody is promoted while the old primary may still acknowledge commits.
-_CRITICAL = (Fence, Handover, Promote, CreateTopology, WriteTopology)
+# all: nobody is promoted while the old primary may still acknowledge commits. A synchronous
+# set PostgreSQL did not take is not announced as changed.
+_CRITICAL = (Fence, Handover, Promote, CreateTopology, WriteTopology, SetSynchronous)
 
 
 class Executor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -37,6 +38,7 @@ from lifeboat.failover.commands import (
     Rejoin,
     Repoint,
 )
+from lifeboat.failover.cutoff import failed_on_reachable
 from lifeboat.failover.decide import Observation, Policy, Request, decide
 from lifeboat.failover.executor import Executor
 from lifeboat.failover.nodes import NodeActions
@@ -74,6 +76,8 @@ class ClusterLoop:
         self._recent_events: dict[tuple[str, str], float] = {}
         self.requests: deque[tuple[float, Request]] = deque(maxlen=100)
         self._lease_lock = asyncio.Lock()
+        self._cut_off_rounds = 0  # rounds in a row this leader could not act (see cutoff)
+        self._stepped_down_until = 0.0
         # The lease names this process, not the configured id: two instances started with
         # the same LIFEBOAT_INSTANCE_ID (`--scale failover=2`) must not both believe they lead.
         self.holder = f"{settings.instance_id}#{secrets.token_hex(4)}"
@@ -122,6 +126,8 @@ class ClusterLoop:
     async def _renew_or_acquire(self) -> bool:
         assert self.leases is not None
         holder = self.holder
+        if self.lease is None and time.monotonic() < self._stepped_down_until:
+            return False  # stepped down: another instance's turn
         try:
             if self.lease is not None:
                 self.lease = await self.leases.renew(self.lease)
@@ -200,7 +206,47 @@ class ClusterLoop:
         outcomes = await executor.run(decision, current)
         await self._hold_on_failed_fence(outcomes)
         await self._record_phases(outcomes)
+        await self._step_down_if_cut_off(outcomes, now)
         return decision
+
+    async def _step_down_if_cut_off(self, outcomes: list[Outcome[Command]], now: datetime) -> None:
+        """Guarantee 7: a leader that reaches NATS but not PostgreSQL must not keep the lease
+        (nobody else could act): after `step_down_after` such rounds it releases it, says
+        so, and leaves it to the others for `step_down_seconds`."""
+        max_age = self.settings.report_max_age_seconds
+        reachable = frozenset(
+            r.node
+            for r in self.reports.reports()
+            if r.reachable and (now - r.occurred_at).total_seconds() <= max_age
+        )
+        faults = failed_on_reachable(outcomes, reachable)
+        if faults is None:
+            self._cut_off_rounds = 0
+            return
+        self._cut_off_rounds += 1
+        if self._cut_off_rounds < self.settings.step_down_after:
+            return
+        self._cut_off_rounds = 0
+        pause = self.settings.step_down_seconds
+        details = "; ".join(o.detail for o in outcomes if not o.ok)[:500]
+        why = (
+            f"{self.holder} could not act on {', '.join(faults)} for "
+            f"{self.settings.step_down_after} rounds although the monitors reach them "
+            f"({details}): stepping down for {pause:g}s so another instance can"
+        )
+        log.error("%s: %s", self.cluster.name, why)
+        with contextlib.suppress(Exception):
+            await self.runtime.publisher.publish(
+                FailoverHeld(
+                    cluster=self.cluster.name,
+                    source=self.runtime.source,
+                    primary=None,
+                    reason=why,
+                )
+            )
+        self._stepped_down_until = time.monotonic() + pause
+        async with self._lease_lock:
+            await self.release()
 
     async def _paused(self) -> MaintenanceState | None:
         """The cluster's maintenance state when paused (KV `lifeboat_maintenance`)."""

@@ -32,6 +32,11 @@ class FailoverSettings(ServiceSettings):
     waiting (with an event); strict: commits wait until a standby is back; off: async."""
     action_timeout_seconds: PositiveFloat = 2.0
     """Deadline of one SQL action on a node."""
+    step_down_after: PositiveInt = 3
+    """A leader whose actions failed this many rounds in a row on nodes the monitors reach
+    (it reaches NATS, not PostgreSQL) gives the lease up."""
+    step_down_seconds: PositiveFloat = 10.0
+    """... and does not take it again for this long, so another instance can act."""
     repeat_event_after_seconds: PositiveFloat = 30.0
     """The same refusal or hold is published again only after this long."""
     pg_os_user: str | None = None

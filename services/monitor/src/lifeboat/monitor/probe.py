@@ -8,9 +8,10 @@ The open connection alone would miss what clients see: a postmaster that no long
 (hung, or its accept loop stalled) leaves every established session working while no client
 gets in. So the probe also knocks, every `knock_every` seconds, and every round after a
 knock that failed (so failures are consecutive, as `node.down` needs): a new connection
-that sends a cancel request naming no backend, which a working postmaster takes, hands to a
-child and closes at once, with no authentication and no line in the server's log. A knock
-not answered by the deadline fails the probe like an unreachable node.
+that asks for GSSAPI encryption, which a working postmaster takes and hands to a child that
+answers with one byte ('G' or 'N'); the knock then hangs up, before any authentication, and
+the server logs nothing (a cancel request would cost a log line each time). A knock not
+answered by the deadline fails the probe like an unreachable node.
 
 What a knock cannot see, a refusal once connected (too many clients, authentication), a
 full new connection finds every `admission_every` seconds. It is reported as
@@ -82,8 +83,10 @@ class ProbeResult:
 
 # libpq quotes a refusal the server sent with its severity; a network failure has none.
 _ANSWERED = "FATAL:"
-# A CancelRequest (length, code 80877102) for process 0, key 0: no backend has that pid.
-_KNOCK = struct.pack("!iiii", 16, 80877102, 0, 0)
+# A GSSENCRequest (length, code 80877104): the child answers it before reading a startup
+# packet, and a client that hangs up then leaves no line in the log (SSLRequest would, with
+# `ssl = on`, as the handshake then fails).
+_KNOCK = struct.pack("!ii", 8, 80877104)
 
 
 class NodeProber:
@@ -157,7 +160,7 @@ class NodeProber:
         )
 
     async def _knock(self) -> None:
-        """Returns once the postmaster has taken a new connection and a child closed it."""
+        """Returns once the postmaster has taken a new connection and a child answered."""
         host, port = self._address
         if host.startswith("/"):
             reader, writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
@@ -166,7 +169,7 @@ class NodeProber:
         try:
             writer.write(_KNOCK)
             await writer.drain()
-            await reader.read()  # EOF: the cancel request was read and dropped
+            await reader.read(1)  # 'G' or 'N' (or a refusal): a child is there
         finally:
             writer.close()
 
