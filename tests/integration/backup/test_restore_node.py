@@ -1,11 +1,13 @@
 """A restore into an existing node, asked over NATS of the backup service as a process: refused
 without confirmation and for the running primary (the node's data left as it was); with
-confirmation into a stopped standby the data directory is replaced safely (the old one kept
-aside) and the node comes back with the restored data. Every answer carries the request's
+confirmation into a stopped standby (or a running one, stopped only for the swap) the data
+directory is replaced safely (the old one kept aside) and the node comes back with the
+restored data. Every answer carries the request's
 correlation id, as does the answer to a verification asked for before anything is listed."""
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NatsClient
 from psycopg import sql
+from pydantic import SecretStr
 
 from lifeboat.common.events import (
     BackupKind,
@@ -20,10 +23,32 @@ from lifeboat.common.events import (
     BackupVerifyRequested,
     RestoreRequested,
 )
-from lifeboat.devstack.postgres import PgCluster, PgNode
-from lifeboat.devstack.procs import eventually
+from lifeboat.devstack.postgres import Passwords, PgCluster, PgNode
+from lifeboat.devstack.procs import eventually, free_port
 from tests.endpoints import S3Endpoint
 from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send, watching
+
+
+@pytest.fixture(scope="module")
+def cluster(workdir: Path) -> Iterator[PgCluster]:
+    """A primary and two standbys: one restored into while it runs, one stopped first."""
+    passwords = Passwords(
+        SecretStr(secrets.token_urlsafe(12)), SecretStr(secrets.token_urlsafe(12))
+    )
+    pg = PgCluster(
+        workdir / f"rn-{uuid.uuid4().hex[:6]}",
+        [free_port(), free_port(), free_port()],
+        passwords,
+        durable=False,
+    )
+    try:
+        pg.up()
+        pg.wait_streaming()
+        yield pg
+    finally:
+        pg.stop()
+        for node in pg.nodes:
+            node.kill()
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +89,13 @@ async def test_restore_into_a_node_is_confirmed_spares_the_primary_and_swaps_a_s
     cluster: PgCluster, workers: Workers, watch: tuple[Watch, NatsClient], cluster_name: str
 ) -> None:
     events, client = watch
-    primary, standby = cluster.nodes
+    primary, running, standby = cluster.nodes
     primary.execute(sql.SQL("create table marks (label text)"), dbname="app")
     primary.execute(sql.SQL("insert into marks values ('before')"), dbname="app")
     await eventually(
-        lambda: marks(standby) == ["before"], timeout=30, what="the standby to replay 'before'"
+        lambda: marks(running) == marks(standby) == ["before"],
+        timeout=30,
+        what="the standbys to replay 'before'",
     )
     workers.start("rn-a")
     # Nothing listed yet: a verification asked for still gets its answer.
@@ -144,3 +171,20 @@ async def test_restore_into_a_node_is_confirmed_spares_the_primary_and_swaps_a_s
     assert left_beside(standby) == [kept.name]  # no staging directory left
     assert primary.running()
     assert marks(primary) == ["after", "before"]
+
+    # A standby still running: restored beside it while it serves, stopped only to swap.
+    assert marks(running) == ["after", "before"]
+    live = await send(
+        client,
+        RestoreRequested(
+            cluster=cluster_name, source=SRC, backup_id=backup, target="node",
+            node=running.name, confirm=True,
+        ),
+    )  # fmt: skip
+    swapped = await events.wait("restore.completed", live, timeout=120)
+    events.assert_correlated(live, least=2)
+    assert running.running()
+    assert marks(running) == ["before"]
+    kept = running.data_dir.with_name(f"data.replaced-{swapped['restore_id']}")
+    assert (kept / "standby.signal").exists()
+    assert left_beside(running) == [kept.name]
