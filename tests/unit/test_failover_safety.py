@@ -397,11 +397,7 @@ def test_a_topology_older_than_the_nodes_timelines_is_not_acted_on() -> None:
     timeline 3, while node2 took over on timeline 4 and node3 follows it. Failing over from
     node1 again, or fencing node2 as a second primary, would act on a past that is gone."""
     old = TOPO.model_copy(update={"timeline": 3})
-    reports = (
-        down("node1"),
-        rep("node2", role="primary", writable=True, current_lsn="0/6000000", timeline=4),
-        standby("node3", upstream="node2", configured_upstream="node2", timeline=4),
-    )
+    reports = ROLLED_BACK
     decision = decide(observe(*reports, topology=old))
     assert not any(
         isinstance(c, (Fence, Promote, WriteTopology, Detach)) for c in decision.commands
@@ -428,3 +424,50 @@ def test_a_topology_older_than_the_nodes_timelines_is_not_acted_on() -> None:
         target="node3", force=True, data_loss_budget_bytes=0)))  # fmt: skip
     (refused,) = published(wrong, FailoverFailed)
     assert "not the writable primary on its newest timeline" in refused.reason
+
+
+ROLLED_BACK = (
+    down("node1"),
+    rep("node2", role="primary", writable=True, current_lsn="0/6000000", timeline=4),
+    standby("node3", upstream="node2", configured_upstream="node2", timeline=4),
+)
+
+
+def test_out_of_an_old_topology_a_forced_failover_must_name_its_node() -> None:
+    old = TOPO.model_copy(update={"timeline": 3})
+    blind = manual(force=True, data_loss_budget_bytes=0)  # no target: it would pick node3
+    decision = decide(replace(observe(*ROLLED_BACK, topology=old), request=blind))
+    assert not any(isinstance(c, (Promote, WriteTopology, Fence)) for c in decision.commands)
+    (refused,) = published(decision, FailoverFailed)
+    assert "names its node" in refused.reason
+
+
+def test_requests_met_by_an_old_topology_are_answered() -> None:
+    old = TOPO.model_copy(update={"timeline": 3})
+    ask = SwitchoverRequested(
+        cluster="main", source=ME, target="node3", requested_by="ops", reason="planned"
+    )
+    decision = decide(replace(observe(*ROLLED_BACK, topology=old), request=ask))
+    assert held(decision)
+    (refused,) = published(decision, SwitchoverFailed)
+    assert "older than the cluster" in refused.reason
+
+
+def test_a_node_promoted_beside_a_writable_primary_is_fenced_not_held() -> None:
+    """A restore into a node (or a stray `pg_ctl promote`) puts node3 on a newer timeline
+    while the topology's primary still takes writes: that is a second primary, not an old
+    topology. The primary's own newer timeline is recorded."""
+    recorded = TOPO.model_copy(update={"timeline": 3})
+    reports = (
+        primary(timeline=3),
+        standby("node2", timeline=3),
+        rep("node3", role="primary", writable=True, current_lsn="0/9000000", timeline=5),
+    )
+    decision = decide(observe(*reports, topology=recorded))
+    assert not held(decision)
+    assert [c.node for c in decision.commands if isinstance(c, Fence)] == ["node3"]
+    newer = decide(
+        observe(primary(timeline=4), standby("node2"), standby("node3"), topology=recorded)
+    )
+    (write,) = [c for c in newer.commands if isinstance(c, WriteTopology)]
+    assert write.topology.timeline == 4

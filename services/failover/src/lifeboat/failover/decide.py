@@ -159,27 +159,21 @@ def decide(obs: Observation) -> Decision:
             f"the primary {topo.primary} is not in the cluster file: not acting on it"
         )
     behind = _behind_the_cluster(topo, views)
-    forced = isinstance(obs.request, FailoverRequested) and obs.request.force
-    if behind is not None and not forced:
-        return _hold(obs, topo, behind)
-    # Out of a topology older than the cluster, the adoption decides whom to fence.
-    fences = (
-        ()
-        if behind is not None
-        else tuple(
-            Fence(
-                name,
-                topo.epoch,
-                f"{name} accepts writes but the primary at epoch {topo.epoch} is {topo.primary}",
-            )
-            for name, view in views.items()
-            if name != topo.primary
-            and view.latest is not None
-            and view.role is Role.PRIMARY
-            and view.latest.writable
-            # A report from before the epoch changed shows the old primary as it rightly was.
-            and view.latest.occurred_at > topo.updated_at
+    if behind is not None:
+        return _out_of_date(obs, topo, views, behind)
+    fences = tuple(
+        Fence(
+            name,
+            topo.epoch,
+            f"{name} accepts writes but the primary at epoch {topo.epoch} is {topo.primary}",
         )
+        for name, view in views.items()
+        if name != topo.primary
+        and view.latest is not None
+        and view.role is Role.PRIMARY
+        and view.latest.writable
+        # A report from before the epoch changed shows the old primary as it rightly was.
+        and view.latest.occurred_at > topo.updated_at
     )
     if obs.request is not None and _failed_first(obs, topo, views, obs.request):
         # A dead primary goes before any queued operator request: requests must never
@@ -206,6 +200,11 @@ def _behind_the_cluster(topo: Topology, views: dict[str, NodeView]) -> str | Non
     the node that is really primary, promoting one that is behind) could lose what the
     newer timeline acknowledged. Only an operator's forced failover moves on from it."""
     if topo.timeline is None:
+        return None
+    recorded = views[topo.primary].latest if topo.primary else None
+    if recorded is not None and recorded.role is Role.PRIMARY and recorded.writable:
+        # The topology's primary takes writes: it is current, and a node ahead of it was
+        # promoted beside it (a restore into a node, a stray `pg_ctl promote`), to be fenced.
         return None
     ahead = sorted(
         (v.latest.timeline, name)
@@ -311,7 +310,7 @@ def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Dec
         primary is not None
         and primary.role is Role.PRIMARY
         and primary.timeline is not None
-        and topo.timeline is None
+        and (topo.timeline is None or primary.timeline > topo.timeline)
         and primary.occurred_at > topo.updated_at
     ):
         # Recorded alone: another write in the same decision would race this one's revision.
@@ -392,8 +391,6 @@ def _handle_request(
             return _refuse(
                 obs, topo, kind, target, "force needs data_loss_budget_bytes: the loss accepted"
             )
-        if request.force and target is not None and _behind_the_cluster(topo, views):
-            return _adopt(obs, topo, views, target, reason, budget)
         decision = start_failover(obs, topo, views, kind, reason, target, budget=budget)
         stuck = topo.operation
         if stuck is None or stuck.old_primary in (None, topo.primary):
@@ -460,12 +457,35 @@ def _adopt(
         data_loss_budget_bytes=budget,
     )
     new = topo.promoted(target, op, at=obs.now).model_copy(update={"timeline": newest})
-    commands: list[Command] = []
-    old = views.get(topo.primary or "")
-    if old is not None and old.latest is not None and old.latest.writable and old.name != target:
-        commands.append(Fence(old.name, topo.epoch, op.reason, True))
-    commands.append(WriteTopology(new))
-    return Decision(tuple(commands), op.reason)
+    others = [v.name for v in views.values() if v.name != target and v.latest and v.latest.writable]
+    if others:  # two writable nodes on a cluster nobody can vouch for: an operator's call
+        return _refuse(
+            obs,
+            topo,
+            FailoverKind.MANUAL,
+            target,
+            f"{', '.join(others)} also take writes: stop them first, then record {target}",
+        )
+    return Decision((WriteTopology(new),), op.reason)
+
+
+def _out_of_date(
+    obs: Observation, topo: Topology, views: dict[str, NodeView], why: str
+) -> Decision:
+    """A topology older than the cluster: act on nothing, answer every request; only an
+    operator's forced failover naming the writable primary on the newest timeline records it
+    (even when it is the topology's own primary)."""
+    held = _hold(obs, topo, why)
+    request = obs.request
+    if request is None:
+        return held
+    if isinstance(request, FailoverRequested) and request.force:
+        if request.target is None or request.target not in views:
+            return _refuse_request(obs, topo, request, f"{why}; a forced failover names its node")
+        reason = f"manual requested by {request.requested_by}: {request.reason}"
+        return _adopt(obs, topo, views, request.target, reason, request.data_loss_budget_bytes)
+    refusal = _refuse_request(obs, topo, request, why)
+    return Decision(held.commands + refusal.commands, why)
 
 
 def _rejoin(obs: Observation, topo: Topology, views: dict[str, NodeView], node: str) -> Decision:
