@@ -129,6 +129,8 @@ class NodeProber:
         for check in checks.values():
             if check not in done:
                 self._forget(check)
+            else:
+                check.exception()  # retrieved, whatever this round makes of it
         if task not in done:
             # Cancelling a query makes psycopg send a cancel request to the same (hung) server
             # and wait for it: leave that to the background, the round must not wait.
@@ -169,7 +171,9 @@ class NodeProber:
         try:
             writer.write(_KNOCK)
             await writer.drain()
-            await reader.read(1)  # 'G' or 'N' (or a refusal): a child is there
+            if not await reader.read(1):  # 'G' or 'N' (or a refusal): a child is there
+                # Hung up unanswered: not a postmaster (a proxy in front may do that).
+                raise ConnectionError("closed without an answer")
         finally:
             writer.close()
 
