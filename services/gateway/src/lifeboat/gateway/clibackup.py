@@ -4,7 +4,7 @@ gateway. Commands follow their operation to its outcome (`--no-wait` to return a
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
@@ -247,6 +247,20 @@ def files_status(
     out.print(table)
 
 
+def _files(
+    ctx: typer.Context,
+    cluster: str,
+    fileset: str,
+    action: Literal["sync", "check", "restore"],
+    wait: bool,
+    as_json: bool,
+    **fields: Any,
+) -> None:
+    """Ask for `action` on the set and follow its operation to the outcome."""
+    with context(ctx).client() as gw:
+        follow(gw, gw.file_command(cluster, fileset, action, **fields), as_json, wait)
+
+
 @files_app.command("sync")
 def files_sync(
     ctx: typer.Context,
@@ -259,9 +273,7 @@ def files_sync(
     as_json: JsonOpt = False,
 ) -> None:
     """A pass now."""
-    with context(ctx).client() as gw:
-        answer = gw.file_command(cluster, fileset, "sync", confirm_deletions=confirm_deletions)
-        follow(gw, answer, as_json, wait)
+    _files(ctx, cluster, fileset, "sync", wait, as_json, confirm_deletions=confirm_deletions)
 
 
 @files_app.command("check")
@@ -276,9 +288,7 @@ def files_check(
     as_json: JsonOpt = False,
 ) -> None:
     """Compare the set with S3 (and its rows with its files)."""
-    with context(ctx).client() as gw:
-        answer = gw.file_command(cluster, fileset, "check", references=references)
-        follow(gw, answer, as_json, wait)
+    _files(ctx, cluster, fileset, "check", wait, as_json, references=references)
 
 
 @files_app.command("restore")
@@ -296,14 +306,15 @@ def files_restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore the set from S3 into a directory (or over its root with --confirm)."""
-    with context(ctx).client() as gw:
-        answer = gw.file_command(
-            cluster,
-            fileset,
-            "restore",
-            destination=destination,
-            snapshot_id=snapshot,
-            node=node,
-            confirm=confirm or None,
-        )
-        follow(gw, answer, as_json, wait)
+    _files(
+        ctx,
+        cluster,
+        fileset,
+        "restore",
+        wait,
+        as_json,
+        destination=destination,
+        snapshot_id=snapshot,
+        node=node,
+        confirm=confirm or None,
+    )

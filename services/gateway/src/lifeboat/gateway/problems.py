@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 MEDIA_TYPE = "application/problem+json"
 
@@ -87,7 +89,15 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+}
+# What FastAPI says (a 400) of a body it cannot read as JSON at all, e.g. not UTF-8.
+_UNREADABLE_BODY = "There was an error parsing the body"
 
 
 def install(app: FastAPI) -> None:
@@ -104,7 +114,18 @@ def install(app: FastAPI) -> None:
         )
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's class: FastAPI's subclasses it, and the router raises Starlette's own
+        # (an unknown path, a method not allowed, a body it cannot read).
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 400 and exc.detail == _UNREADABLE_BODY:
+            reason = "not JSON in UTF-8"
+            return problem_response(
+                request,
+                422,
+                "Unprocessable Content",
+                f"body: {reason}",
+                errors=[{"field": "body", "reason": reason}],
+            )
         title = _TITLES.get(exc.status_code, "Error")
         return problem_response(
             request, exc.status_code, title, str(exc.detail), headers=exc.headers
@@ -124,6 +145,35 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_invalid)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems_only(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def problems_only(document: dict[str, Any]) -> dict[str, Any]:
+    """The document as the API answers: every 4xx is a problem (`application/problem+json`),
+    including the 422 FastAPI adds on its own to each operation with parameters (declared as
+    its `HTTPValidationError` in `application/json`, which this API never sends)."""
+    problem = {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}
+    for operation in (op for item in document.get("paths", {}).values() for op in item.values()):
+        for code, response in operation.get("responses", {}).items():
+            if code.startswith("4"):
+                response["content"] = {MEDIA_TYPE: problem}
+    schemas = document.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return document
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:

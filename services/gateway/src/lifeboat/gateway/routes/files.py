@@ -9,19 +9,30 @@ kind about its set after it was asked (`file.synced`, `file.verified` or
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from lifeboat.common.clusters import FileSetSpec
-from lifeboat.common.events import FileCheckRequested, FileRestoreRequested, FileSyncRequested
+from lifeboat.common.clusters import ClusterSpec, FileSetSpec
+from lifeboat.common.events import (
+    ClusterEvent,
+    FileCheckRequested,
+    FileRestoreRequested,
+    FileSyncRequested,
+)
 from lifeboat.gateway import views
-from lifeboat.gateway.auth import Operator, Reader
-from lifeboat.gateway.deps import ClusterDep, GatewayDep
+from lifeboat.gateway.auth import Operator, Principal, Reader
+from lifeboat.gateway.deps import ClusterDep, Gateway, GatewayDep
 from lifeboat.gateway.problems import Problem, invalid, responses
 from lifeboat.gateway.routes.operations import COMMAND, command
-from lifeboat.gateway.schemas import FileCheckBody, FileRestoreBody, FilesView, FileSyncBody
+from lifeboat.gateway.schemas import (
+    FileCheckBody,
+    FileRestoreBody,
+    FilesView,
+    FileSyncBody,
+    WaitBody,
+)
 
 router = APIRouter(prefix="/clusters", tags=["files"])
 
@@ -51,6 +62,19 @@ async def files(spec: ClusterDep, gw: GatewayDep, _: Reader) -> FilesView:
     return views.files_view(gw.projection, spec, views.utcnow())
 
 
+async def _ask(
+    gw: Gateway,
+    who: Principal,
+    spec: ClusterSpec,
+    fs: FileSetSpec,
+    event: type[ClusterEvent],
+    body: WaitBody,
+    **fields: Any,
+) -> JSONResponse:
+    """Ask filesync for `event` about the set, as an operation (see `operations.command`)."""
+    return await command(gw, who, spec, event, body.wait_seconds, fileset=fs.name, **fields)
+
+
 @router.post("/{cluster}/files/{fileset}/sync", status_code=202, responses=COMMAND)
 async def sync(
     who: Operator,
@@ -61,14 +85,8 @@ async def sync(
 ) -> JSONResponse:
     """A pass now (a paused set resumes with `confirm_deletions`)."""
     body = body or FileSyncBody()
-    return await command(
-        gw,
-        who,
-        spec,
-        FileSyncRequested,
-        body.wait_seconds,
-        fileset=fs.name,
-        confirm_deletions=body.confirm_deletions,
+    return await _ask(
+        gw, who, spec, fs, FileSyncRequested, body, confirm_deletions=body.confirm_deletions
     )
 
 
@@ -82,15 +100,7 @@ async def check(
 ) -> JSONResponse:
     """Compare the set's files with S3 (like `rclone check`), and its rows with its files."""
     body = body or FileCheckBody()
-    return await command(
-        gw,
-        who,
-        spec,
-        FileCheckRequested,
-        body.wait_seconds,
-        fileset=fs.name,
-        references=body.references,
-    )
+    return await _ask(gw, who, spec, fs, FileCheckRequested, body, references=body.references)
 
 
 @router.post("/{cluster}/files/{fileset}/restore", status_code=202, responses=COMMAND)
@@ -120,13 +130,13 @@ async def restore(
             raise invalid("body.destination", "must be an absolute path without '..'")
     elif not body.confirm:
         raise invalid("body.confirm", f"restoring over {fs.name}'s root replaces its files")
-    return await command(
+    return await _ask(
         gw,
         who,
         spec,
+        fs,
         FileRestoreRequested,
-        body.wait_seconds,
-        fileset=fs.name,
+        body,
         destination=body.destination,
         snapshot_id=body.snapshot_id,
         node=body.node,
