@@ -223,12 +223,11 @@ def test_restore_without_target_is_the_backup_itself() -> None:
 
 
 def test_a_full_backup_restores_the_database_to_the_moment_of_its_files() -> None:
-    files_at = NOW + timedelta(minutes=2, seconds=30)
     full = CatalogEntry("full", BackupKind.FULL, NOW, timeline=1, start_lsn="0/2000028",
-                        stop_lsn="0/2000100", files_at=files_at)  # fmt: skip
+                        stop_lsn="0/2000100", files_lsn="0/5000060")  # fmt: skip
     plan = plan_restore((full,), ARCHIVE, backup="full")
     assert isinstance(plan, RestorePlan), plan
-    assert plan.target_time == full.files_at  # not the base backup's end
+    assert plan.target_lsn == full.files_lsn  # its restore point, not the base backup's end
     assert [w.segno for w in plan.wal] == [2, 3, 4, 5]
     # a full backup is a base backup: point-in-time restores and the WAL it needs are kept
     later = plan_restore((full,), ARCHIVE, target_time=NOW + timedelta(minutes=6))

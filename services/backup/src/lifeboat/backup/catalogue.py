@@ -54,7 +54,7 @@ class Listed:
             start_lsn=m.start_lsn,
             stop_lsn=m.stop_lsn,
             wal_segment_size=m.wal_segment_size,
-            files_at=m.files_at,
+            files_lsn=m.files_lsn,
         )
 
 

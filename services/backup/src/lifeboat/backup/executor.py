@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID, uuid4
 
+import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lifeboat.backup.answers import Asker, FilesUnanswered
@@ -34,12 +35,13 @@ from lifeboat.backup.commands import (
     VerifyBackup,
 )
 from lifeboat.backup.manifest import FileSnapshotRef, Manifest, Verification
-from lifeboat.backup.nodes import Connections, observe
+from lifeboat.backup.nodes import Connections, observe, primary_of
 from lifeboat.backup.pipeline import Transfer
 from lifeboat.backup.plan import BASE_BACKUPS
 from lifeboat.backup.restore import RestoreContext, free_port, restore_logical, restore_physical
 from lifeboat.backup.take import TAKERS, Context, Job
 from lifeboat.backup.verify import verify
+from lifeboat.backup.walnames import parse_segment
 from lifeboat.common import subjects
 from lifeboat.common.breakers import Breakers, BreakerState, CircuitOpenError
 from lifeboat.common.decision import Outcome, Publish, execute
@@ -279,14 +281,16 @@ class Executor:
         return self.asker
 
     async def _with_files(self, manifest: Manifest, cid: UUID | None) -> Manifest:
-        """The files half of a `full` backup, asked for now that its base backup has ended,
-        so the database can be recovered to the snapshots' moment (`files_at`)."""
+        """The files half of a `full` backup, once its base backup has ended: a restore point
+        on the primary, then a snapshot of every set, then (bounded) the restore point's WAL
+        in the archive, so that a listed full backup can be restored at once."""
         sets = self._mirrored_sets()
         if not sets:
             raise FilesUnanswered(
                 f"{self.cluster} has no file set with a mirror: a full backup needs one "
                 "(a physical backup is the database alone)"
             )
+        files_lsn, segment = await self._restore_point(f"lifeboat-{manifest.backup_id}")
         request = FileSnapshotRequested(
             cluster=self.cluster,
             source=self.source,
@@ -309,9 +313,46 @@ class Executor:
             for a in (answers[name] for name in sorted(answers))
             if isinstance(a, FileSnapshotTaken)
         )
-        # The earliest snapshot: rows of that moment name only files every set then had.
+        await self._archived(segment, manifest.wal_segment_size)
         return manifest.model_copy(
-            update={"file_snapshots": refs, "files_at": min(r.taken_at for r in refs)}
+            update={
+                "file_snapshots": refs,
+                "files_lsn": files_lsn,
+                "files_at": min(r.taken_at for r in refs),
+            }
+        )
+
+    async def _restore_point(self, name: str) -> tuple[str, str]:
+        """A named restore point on the primary and its segment switched out, so the archive
+        gets it now: (its LSN, the segment's name)."""
+        primary = primary_of(await observe(self.conns))
+        if primary is None:
+            raise RuntimeError("no single primary to write the full backup's restore point on")
+        dsn = self.conns.dsn(self.conns.spec.node(primary)).reveal()
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            cur = await conn.execute(
+                "select lsn::text, pg_walfile_name(lsn) from pg_create_restore_point(%s) lsn",
+                (name,),
+            )
+            row = await cur.fetchone()
+            await conn.execute("select pg_switch_wal()")
+        assert row is not None
+        return str(row[0]), str(row[1])
+
+    async def _archived(self, segment: str, seg_size: int) -> None:
+        """Wait (bounded) until the archive holds `segment` or a later one of its timeline."""
+        parsed = parse_segment(segment, seg_size)
+        assert parsed is not None
+        timeline, segno = parsed
+        deadline = time.monotonic() + self.files_timeout
+        while time.monotonic() < deadline:
+            archived = await self.catalogue.wal()
+            if any(w.timeline == timeline and (w.segno or -1) >= segno for w in archived):
+                return
+            await asyncio.sleep(0.5)
+        raise FilesUnanswered(
+            f"WAL segment {segment} (the full backup's restore point) was not archived within "
+            f"{self.files_timeout:g}s: a full backup needs WAL archiving"
         )
 
     async def _restore_files(
@@ -319,6 +360,8 @@ class Executor:
     ) -> dict[str, str]:
         """A `full` backup's files, as of its snapshots: into `files_home/<set>` beside a new
         database, or onto the node's own roots (the restore into it was confirmed)."""
+        if manifest.files_lsn is None or command.plan.target_lsn != manifest.files_lsn:
+            return {}  # the database to another moment than its files': the database alone
         request = command.request
         node = request.node if files_home is None else None
         wanted = {r.fileset: r for r in manifest.file_snapshots}
@@ -400,7 +443,13 @@ class Executor:
             if request.target == "node":
                 assert request.node is not None
                 data_dir, port = await self._restore_into_node(manifest, command)
-                files = await self._restore_files(manifest, command, None)
+                try:
+                    files = await self._restore_files(manifest, command, None)
+                except FilesUnanswered as exc:
+                    raise FilesUnanswered(
+                        f"{request.node} runs on the restored database, but its files were not "
+                        f"restored: {exc}"
+                    ) from exc
                 detail = f"{request.node} restored"
             else:
                 home = (

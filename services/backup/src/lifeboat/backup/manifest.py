@@ -91,10 +91,12 @@ class Manifest(BaseModel):
     table_counts: dict[str, NonNegativeInt] = {}
     counts_exact: bool = False
     tools: dict[str, str] = {}
-    # A `full` backup is a physical one plus a snapshot of each of the cluster's file sets,
-    # taken once the base backup ended; it restores the database to `files_at`, the moment
-    # of the snapshots, and the files as of then.
+    # A `full` backup is a physical one plus a snapshot of each of the cluster's file sets.
+    # Once the base backup ended, a restore point is written on the primary (`files_lsn`,
+    # archived before the backup is listed), then the sets are snapshotted (`files_at`, the
+    # earliest): the database restored to the restore point names no file the snapshots lack.
     file_snapshots: tuple[FileSnapshotRef, ...] = ()
+    files_lsn: str | None = None
     files_at: AwareDatetime | None = None
 
 

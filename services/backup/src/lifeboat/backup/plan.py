@@ -144,7 +144,7 @@ class CatalogEntry:
     start_lsn: str | None = None
     stop_lsn: str | None = None
     wal_segment_size: int = 16 * 1024 * 1024
-    files_at: datetime | None = None  # `full`: the moment its file snapshots are of
+    files_lsn: str | None = None  # `full`: the restore point its file snapshots follow
 
 
 # The kinds holding a base backup of the whole cluster: restorable with archived WAL to a
@@ -322,10 +322,10 @@ def plan_restore(
         if not ranked:
             return Refusal("no backup is listed")
         chosen = ranked[-1]
-    if chosen.kind is BackupKind.FULL and not has_target and chosen.files_at is not None:
-        # The database as of the moment its files were snapshotted, not of the base
-        # backup's end (a little earlier): rows and files of the same moment.
-        target_time = chosen.files_at
+    if chosen.kind is BackupKind.FULL and not has_target and chosen.files_lsn is not None:
+        # The database as of the restore point its files were snapshotted after, not of the
+        # base backup's end (a little earlier): rows and files of one moment.
+        target_lsn = chosen.files_lsn
     elif chosen.kind not in BASE_BACKUPS or not has_target:
         return RestorePlan(chosen, ())
     return _with_wal(chosen, wal, target_time, target_lsn)
