@@ -8,12 +8,17 @@ server, medians of `--runs`:
 - logical: backup.requested -> backup.completed (pg_dump custom format into zstd and S3) vs
   `pg_dump -Fc -f` to a local file;
 - physical: the same for a base backup vs `pg_basebackup -Ft -X fetch -D` to a local directory;
-- logical restore: S3 -> decode -> pg_restore's stdin, vs `pg_restore -d` from the local file;
+- logical restore: S3 -> decode -> pg_restore's stdin, vs `pg_restore -d` from the local file,
+  both one job into the same target, taking turns to go first, each after a checkpoint;
 - physical restore: S3 -> decode -> tar, recover to consistency, open; vs extracting the local
   base.tar and recovering the same way;
-- peak RSS of the backup service process (VmHWM) after all of it, per scale;
-- WAL archive lag under pgbench writes (p50/p99 of the seconds and bytes `wal.status` shows),
-  and the p99 of each segment's upload latency (completion on disk -> in S3).
+- peak RSS of the backup service process: its own VmHWM (pg_dump and pg_basebackup are its
+  children and not counted; the restores and the archiver run in this process, not counted
+  either) after all of it, per scale, and right after it is ready;
+- WAL archive lag under pgbench writes: p50/p99 of the age of the oldest WAL on the primary
+  not yet acknowledged by S3 (sampled every 0.1 s; an upper bound within that) and of its
+  bytes, and the p99 of each segment's upload latency (its last byte written to the spool ->
+  the whole segment acknowledged by S3).
 """
 
 from __future__ import annotations
@@ -295,6 +300,7 @@ class Bench:
         return {
             "db_mb": round(mb, 1),
             "median_s": med,
+            "runs_s": {k: [round(x, 2) for x in v] for k, v in times.items()},  # the spread
             "logical": {
                 "ratio_vs_pg_dump": round(med["logical"] / med["pg_dump"], 3),
                 "mb_per_s": round(mb / med["logical"], 1),

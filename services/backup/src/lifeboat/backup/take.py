@@ -100,6 +100,9 @@ async def _info(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> _Info:
 
 
 async def count_rows(conn: psycopg.AsyncConnection[tuple[object, ...]], db: str) -> dict[str, int]:
+    # One core for the counts: with parallel workers they would take the cores the dump or
+    # base backup running beside them needs (on 2 cores a physical backup took longer).
+    await conn.execute("set max_parallel_workers_per_gather = 0")
     counts: dict[str, int] = {}
     for schema, table in await (await conn.execute(_TABLES_SQL)).fetchall():
         query = sql.SQL("select count(*) from {}.{}").format(
