@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import threading
 import time
@@ -19,8 +20,10 @@ from typing import Any
 import httpx
 import nats
 import pytest
+import yaml
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from prometheus_client.parser import text_string_to_metric_families
 
 from lifeboat.common import subjects
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
@@ -50,6 +53,7 @@ from lifeboat.gateway.auth import hash_token
 FAILOVER = Source(service="failover", instance="stand-in")
 MONITOR = Source(service="monitor", instance="monitor-it")
 READ, OPERATE = "read-token-it", "operate-token-it"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Receiver:
@@ -239,6 +243,17 @@ async def test_every_mutating_endpoint_refuses_without_a_token_and_with_a_read_t
             weak = await reader.request(method, url, json=body)
             assert weak.status_code == 403, (path, weak.text)
             assert "viewer has role read" in weak.json()["detail"]
+        # And every one the OpenAPI document lists, so a new command cannot be left open.
+        spec = (await anyone.get("/openapi.json")).json()
+        names = {"{cluster}/": "", "{node}": "node1", "{backup_id}": "b1", "{fileset}": "uploads"}
+        documented = set()
+        for path, item in spec["paths"].items():
+            for method in item.keys() - {"get"}:
+                concrete = path.removeprefix("/clusters/")
+                for name, value in names.items():
+                    concrete = concrete.replace(name, value)
+                documented.add((method.upper(), concrete))
+        assert documented == set(MUTATIONS)
         assert (await anyone.get("/health/live")).status_code == 200
         assert (await anyone.get(f"/clusters/{gw.cluster}")).status_code == 200  # loopback
         whoami = await reader.get("/auth/whoami")
@@ -557,6 +572,31 @@ async def test_health_lists_instances_and_breakers(gw: Gw, bus: NatsClient) -> N
         assert {b["name"] for b in breakers["breakers"]} >= {"nats"}
         metrics = await api.get("/metrics")
         assert 'lifeboat_breaker_state{breaker="nats",service="gateway"} 0.0' in metrics.text
+
+
+async def test_every_alert_rule_names_what_the_running_gateway_exposes(
+    gw: Gw, bus: NatsClient
+) -> None:
+    """deploy/prometheus/alerts.yml parsed (promtool is not available), and each metric its
+    expressions name is among the families a real gateway's /metrics serves, its samples'
+    names included (a counter's `_total`, a histogram's `_bucket`)."""
+    await publish(bus, health(gw.cluster, "node2", lag_bytes=10, lag_seconds=1.0))
+    async with gw.http(READ) as api:
+        resp = await api.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    exposed: set[str] = set()
+    for family in text_string_to_metric_families(resp.text):
+        exposed.add(family.name)
+        exposed.update(sample.name for sample in family.samples)
+    doc = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    rules = [rule for group in doc["groups"] for rule in group["rules"]]
+    assert len({r["alert"] for r in rules}) == len(rules) > 6
+    for rule in rules:
+        names = set(re.findall(r"\blifeboat_[a-z_]+", str(rule["expr"])))
+        assert names, rule
+        for name in names:
+            assert name in exposed, f"{rule['alert']}: {name} is not on /metrics"
 
 
 async def test_two_workers_each_know_every_operation(

@@ -50,8 +50,15 @@ def test_the_rules_load_and_name_real_metrics() -> None:
         "LifeboatBreakerOpen",
     ):
         assert wanted in names
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    assert len({g["name"] for g in groups}) == len(groups)
+    assert len(names) == len(rules), "an alert name twice"
     for rule in rules:
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+        assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", rule["alert"]), rule["alert"]
+        if "for" in rule:  # a Prometheus duration
+            assert re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", str(rule["for"])), rule
+        assert all(isinstance(v, str) for v in rule["annotations"].values()), rule
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"]
         expr = str(rule["expr"])

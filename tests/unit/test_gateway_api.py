@@ -464,11 +464,15 @@ def test_pause_shows_in_status_and_metrics(app: TestClient, api: GatewayClient) 
     assert "lifeboat_http_request_duration_seconds_bucket" in text
     for name in ("lifeboat_service_info", "lifeboat_event_consumer_lag_seconds"):
         assert name in text
+    # Counters start at 0 for every cluster: increase() sees the first failover and fence.
+    assert 'lifeboat_fences_total{cluster="main"} 0.0' in text
+    for kind in ("automatic", "manual", "switchover"):
+        assert f'lifeboat_failovers_total{{cluster="main",kind="{kind}"}} 0.0' in text
     _fill_history(p)
     text = app.get("/metrics").text
     for name in NAMES:
         if name not in ("lifeboat_wal_archive_lag_seconds", "lifeboat_wal_archive_lag_bytes"):
-            if name in ("lifeboat_filesync_last_sync_age_seconds", "lifeboat_fences_total"):
+            if name == "lifeboat_filesync_last_sync_age_seconds":
                 continue
             assert name in text, name
 

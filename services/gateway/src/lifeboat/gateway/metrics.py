@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lifeboat.common.clusters import ClustersFile
 from lifeboat.common.events import (
     BackupCompleted,
+    FailoverKind,
     FailoverOutcome,
     NodeFenced,
     Role,
@@ -92,8 +93,13 @@ class ProjectionCollector(Collector):
                     lag_s.add_metric(labels, report.lag_seconds)
         yield from (up, role, lag_b, lag_s, paused)
 
-        failovers: Counter[tuple[str, str]] = Counter()
-        fences: Counter[str] = Counter()
+        # Every configured cluster's counters from 0: Prometheus' increase() cannot see the
+        # first failover or fence of a series that appears at 1.
+        configured = [spec.name for spec in self.clusters().clusters]
+        failovers: Counter[tuple[str, str]] = Counter(
+            {(cluster, kind.value): 0 for cluster in configured for kind in FailoverKind}
+        )
+        fences: Counter[str] = Counter(dict.fromkeys(configured, 0))
         last_duration: dict[str, float] = {}
         for stored in p.events:
             e = stored.event
