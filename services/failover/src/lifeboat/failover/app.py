@@ -79,8 +79,13 @@ def build_app(settings: FailoverSettings) -> AsgiFastStream:
         (a successor then need not wait out their TTL)."""
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds)
+        # A rejoin under way is given the same grace before it is cancelled (a local rejoin
+        # clones beside the old data and swaps, so a cancelled one leaves the old in place).
+        rejoins = [t for loop in loops.values() for t in loop.rejoins.values() if not t.done()]
+        if tasks or rejoins:
+            await asyncio.wait([*tasks, *rejoins], timeout=settings.shutdown_grace_seconds)
+        for task in rejoins:
+            task.cancel()
         await asyncio.gather(*(loop.release() for loop in loops.values()))
 
     async def leadership() -> ComponentHealth:

@@ -77,6 +77,9 @@ class ClusterLoop:
         self.requests: deque[tuple[float, Request]] = deque(maxlen=100)
         self._lease_lock = asyncio.Lock()
         self._cut_off_rounds = 0  # rounds in a row this leader could not act (see cutoff)
+        # Rejoins in flight, by node: a pg_rewind or a fresh base backup takes seconds to
+        # minutes, and the decisions (a failure of the new primary among them) go on meanwhile.
+        self.rejoins: dict[str, asyncio.Task[None]] = {}
         self._stepped_down_until = 0.0
         # The lease names this process, not the configured id: two instances started with
         # the same LIFEBOAT_INSTANCE_ID (`--scale failover=2`) must not both believe they lead.
@@ -203,7 +206,19 @@ class ClusterLoop:
             self.still_leader,
             self.runtime.source,
         )
-        outcomes = await executor.run(decision, current)
+        inline = Decision(
+            tuple(c for c in decision.commands if not isinstance(c, Rejoin)), decision.reason
+        )
+        outcomes = await executor.run(inline, current)
+        # A rejoin comes last in its decision: only once all before it (a switchover's
+        # promotion) was done does it start, then beside the loop.
+        if all(o.ok for o in outcomes) and len(outcomes) == len(inline.commands):
+            for rejoin in (c for c in decision.commands if isinstance(c, Rejoin)):
+                running = self.rejoins.get(rejoin.node)
+                if running is None or running.done():
+                    self.rejoins[rejoin.node] = asyncio.create_task(
+                        self._rejoin(executor, rejoin), name=f"rejoin-{rejoin.node}"
+                    )
         await self._hold_on_failed_fence(outcomes)
         await self._record_phases(outcomes)
         await self._step_down_if_cut_off(outcomes, now)
@@ -247,6 +262,14 @@ class ClusterLoop:
         self._stepped_down_until = time.monotonic() + pause
         async with self._lease_lock:
             await self.release()
+
+    async def _rejoin(self, executor: Executor, rejoin: Rejoin) -> None:
+        """A rejoin beside the decision loop, under the same lease and epoch guard."""
+        try:
+            outcomes = await executor.run(Decision((rejoin,), f"rejoin {rejoin.node}"), None)
+            await self._record_phases(outcomes)
+        except Exception:
+            log.exception("%s: rejoin of %s", self.cluster.name, rejoin.node)
 
     async def _paused(self) -> MaintenanceState | None:
         """The cluster's maintenance state when paused (KV `lifeboat_maintenance`)."""
