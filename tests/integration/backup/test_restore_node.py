@@ -165,6 +165,9 @@ async def test_restore_into_a_node_is_confirmed_spares_the_primary_and_swaps_a_s
     assert standby.running()
     assert marks(standby) == ["before"]  # the backup's data, not what came after
     assert not in_recovery(standby)  # recovered to the backup's end, then opened
+    # ... read-only: a primary of its own beside the cluster's takes no write until named
+    (ro,) = standby.query(sql.SQL("show default_transaction_read_only"), dbname="app")
+    assert ro == ("on",)
     kept = standby.data_dir.with_name(f"data.replaced-{restored['restore_id']}")
     assert (kept / "PG_VERSION").exists()
     assert (kept / "standby.signal").exists()  # the node's own old directory, whole

@@ -568,16 +568,35 @@ class Executor:
         return data_dir, spec.port
 
 
+# What the scratch restore set for itself, dropped when the copy becomes the node: the node's
+# own settings (postgresql.conf) apply again.
+_SCRATCH_SETTINGS = (
+    "port",
+    "unix_socket_directories",
+    "listen_addresses",
+    "restore_command",
+    "archive_mode",
+    "recovery_target_timeline",
+    "recovery_target_action",
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_lsn",
+)
+
+
 def _swap_in(restored: Path, data_dir: Path, kept: Path) -> None:
-    """The restored copy takes the node's place, with the node's own port, sockets and
-    listen addresses (from its postgresql.conf): the scratch ones are dropped."""
+    """The restored copy takes the node's place, with the node's own settings. It comes up
+    read-only: recovered and promoted, it is a primary of its own beside the cluster's, and
+    it takes writes only once the failover service names it primary (the topology's own
+    primary, restored, is given its writes back; another node is for an operator's forced
+    failover to choose)."""
     auto = restored / "postgresql.auto.conf"
     lines = [
         line
         for line in auto.read_text().splitlines()
-        if line.split("=", 1)[0].strip()
-        not in ("port", "unix_socket_directories", "listen_addresses")
+        if line.split("=", 1)[0].strip() not in _SCRATCH_SETTINGS
     ]
+    lines += ["# lifeboat: restored into this node", "default_transaction_read_only = 'on'"]
     auto.write_text("\n".join(lines) + "\n")
     os.rename(data_dir, kept)
     try:
