@@ -11,7 +11,7 @@ server, medians of `--runs`:
 - logical restore: S3 -> decode -> pg_restore's stdin, vs `pg_restore -d` from the local file,
   both one job into the same target, taking turns to go first, each after a checkpoint;
 - physical restore: S3 -> decode -> tar, recover to consistency, open; vs extracting the local
-  base.tar and recovering the same way;
+  base.tar and recovering the same way, taking turns to go first, each after an `os.sync`;
 - peak RSS of the backup service process: its own VmHWM (pg_dump and pg_basebackup are its
   children and not counted; the restores and the archiver run in this process, not counted
   either) after all of it, per scale, and right after it is ready;
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import shutil
 import statistics
@@ -230,6 +231,7 @@ class Bench:
         at = ["-h", str(target.socket_dir), "-p", str(target.port), "-U", "postgres"]
         self.time_tool("dropdb", "--if-exists", *at, "app")
         self.time_tool("psql", "-X", "-q", *at, "-d", "postgres", "-c", "checkpoint")
+        await asyncio.to_thread(os.sync)
         if side == "pg_restore":
             self.time_tool("createdb", *at, "app")
             return self.time_tool(
@@ -263,12 +265,18 @@ class Bench:
         # dirty pages and WAL checkpointed), so neither pays for the other's writes.
         for side in ("pg_restore", "logical_restore")[:: 1 if turn % 2 == 0 else -1]:
             out[side] = await self.logical_restore(side, target, ctx, manifest, dump)
-        out["local_physical_restore"] = self.local_physical_restore(base)
         pm = await catalogue.manifest(physical_id)
-        instance = self.scratch(f"s3-{uuid.uuid4().hex[:6]}")
-        plan = RestorePlan(Listed(pm, None).entry(), ())
-        out["physical_restore"] = (await restore_physical(ctx, pm, plan, instance)).seconds
-        instance.remove()
+        # The physical restores take turns too, each after the writes before it reached the
+        # disk (os.sync), so neither waits behind the other's (or a logical restore's) I/O.
+        for side in ("local_physical_restore", "physical_restore")[:: 1 if turn % 2 else -1]:
+            await asyncio.to_thread(os.sync)
+            if side == "local_physical_restore":
+                out[side] = self.local_physical_restore(base)
+                continue
+            instance = self.scratch(f"s3-{uuid.uuid4().hex[:6]}")
+            plan = RestorePlan(Listed(pm, None).entry(), ())
+            out[side] = (await restore_physical(ctx, pm, plan, instance)).seconds
+            instance.remove()
         return out
 
     async def measure_scale(self, scale: int) -> dict[str, Any]:
