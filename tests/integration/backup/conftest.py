@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from lifeboat.backup.pipeline import Transfer
 from lifeboat.backup.restore import RestoreContext
 from lifeboat.devstack.postgres import Passwords, PgCluster
 from lifeboat.devstack.procs import free_port
+from lifeboat.devstack.servers import S3Credentials, S3Ports, SeaweedS3
 from lifeboat.objstore.client import make_s3_client
 from lifeboat.objstore.codec import Codec
 from tests.endpoints import S3Endpoint
@@ -23,13 +25,15 @@ from tests.endpoints import S3Endpoint
 BUCKET = "lifeboat-backups"
 
 
-@pytest.fixture(scope="module")
-def cluster(workdir: Path) -> Iterator[PgCluster]:
+@contextmanager
+def small_cluster(workdir: Path, nodes: int = 2) -> Iterator[PgCluster]:
+    """A primary and streaming standbys of a module's own (some tests promote or replace
+    them), stopped by PID afterwards."""
     passwords = Passwords(
         SecretStr(secrets.token_urlsafe(12)), SecretStr(secrets.token_urlsafe(12))
     )
     base = workdir / f"bk-{uuid.uuid4().hex[:6]}"
-    pg = PgCluster(base, [free_port(), free_port()], passwords, durable=False)
+    pg = PgCluster(base, [free_port() for _ in range(nodes)], passwords, durable=False)
     try:
         pg.up()
         pg.wait_streaming()
@@ -38,6 +42,31 @@ def cluster(workdir: Path) -> Iterator[PgCluster]:
         pg.stop()
         for node in pg.nodes:
             node.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(workdir: Path) -> Iterator[PgCluster]:
+    with small_cluster(workdir) as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def own_s3(workdir: Path) -> Iterator[SeaweedS3]:
+    """An S3 server of the module's own, for the tests that stop and start it."""
+    creds = S3Credentials("lifeboat-own", secrets.token_urlsafe(16))
+    ports = S3Ports(*(free_port(below=22000) for _ in range(4)))
+    server = SeaweedS3(workdir / f"s3-{uuid.uuid4().hex[:6]}", ports, creds)
+    try:
+        server.start(buckets=(BUCKET,))
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def endpoint(own_s3: SeaweedS3) -> S3Endpoint:
+    c = own_s3.credentials
+    return S3Endpoint(own_s3.endpoint_url, c.access_key_id, c.secret_access_key)
 
 
 @pytest.fixture(scope="module")

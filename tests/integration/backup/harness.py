@@ -17,7 +17,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from lifeboat.common.bus import encode
-from lifeboat.common.clusters import ClustersFile, dump_clusters
+from lifeboat.common.clusters import ClustersFile, ClusterSpec, dump_clusters
 from lifeboat.common.events import ClusterEvent, Source
 from lifeboat.devstack.launch import ServiceProcess, service_env
 from lifeboat.devstack.postgres import PgCluster
@@ -41,10 +41,19 @@ ANSWERS = (
 
 
 def backup_env(
-    pg: PgCluster, nats_url: str, s3: S3Endpoint, workdir: Path, cluster: str, **extra: str
+    pg: PgCluster,
+    nats_url: str,
+    s3: S3Endpoint,
+    workdir: Path,
+    cluster: str,
+    *,
+    spec: ClusterSpec | None = None,
+    **extra: str,
 ) -> dict[str, str]:
+    """The services' environment for `pg` as cluster `cluster` (or as `spec`, e.g. with
+    file sets), backup settings quick for tests, `extra` over them."""
     clusters = workdir / f"{cluster}.yaml"
-    clusters.write_text(dump_clusters(ClustersFile(clusters=(pg.spec(cluster),))))
+    clusters.write_text(dump_clusters(ClustersFile(clusters=(spec or pg.spec(cluster),))))
     return service_env(
         nats_url=nats_url,
         clusters_file=clusters,

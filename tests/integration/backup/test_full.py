@@ -6,45 +6,38 @@ the files as of that moment, whatever changed in either afterwards."""
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
-import nats
 import psycopg
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from psycopg import sql
 
 from lifeboat.backup.catalogue import Catalogue
-from lifeboat.common.bus import encode
-from lifeboat.common.clusters import ClustersFile, ClusterSpec, dump_clusters
+from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.events import (
     BackupKind,
     BackupRequested,
-    ClusterEvent,
     RestoreRequested,
-    Source,
 )
-from lifeboat.devstack.launch import ServiceProcess, service_env
+from lifeboat.devstack.launch import ServiceProcess
 from lifeboat.devstack.postgres import PgCluster
 from lifeboat.pg.datadir import DataDir
 from tests.endpoints import S3Endpoint
 from tests.integration.backup.conftest import BUCKET, transfer
+from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send, watching
 from tests.integration.filesync.conftest import tree, write
 
-SRC = Source(service="test", instance="full-test")
 TABLE = "images"
 
 
 @pytest.fixture(scope="module")
 def setup(
     cluster: PgCluster, nats_url: str, s3: S3Endpoint, workdir: Path, cluster_name: str
-) -> Iterator[tuple[dict[str, str], Path]]:
+) -> Iterator[Path]:
+    """The backup service and a filesync mirror of the set `uploads` (on node1), as
+    processes; the file set's root."""
     base = workdir / f"full-{cluster_name}"
     root = base / "uploads"
     root.mkdir(parents=True)
@@ -57,96 +50,46 @@ def setup(
             "placement": [{"node": cluster.nodes[0].name, "mode": "mirror"}],
         }
     ]
-    clusters = base / "clusters.yaml"
-    clusters.write_text(dump_clusters(ClustersFile(clusters=(ClusterSpec.model_validate(spec),))))
-    env = service_env(
-        nats_url=nats_url,
-        clusters_file=clusters,
-        pg_password=cluster.passwords.superuser.get_secret_value(),
+    env = backup_env(
+        cluster, nats_url, s3, base, cluster_name,
+        spec=ClusterSpec.model_validate(spec), LIFEBOAT_WAL_ARCHIVE="true",
+    )  # fmt: skip
+    filesync = ServiceProcess(
+        "filesync",
+        env,
+        instance=f"filesync-{cluster_name}",
         extra={
-            **s3.env(),
-            "LIFEBOAT_REPLICATION_PASSWORD": cluster.passwords.replication.get_secret_value(),
-            "LIFEBOAT_WORK_DIR": str(base / "work"),
-            "LIFEBOAT_SCHEDULE_PHYSICAL": "",
-            "LIFEBOAT_FIRST_BACKUP_AT_START": "false",
-            "LIFEBOAT_VERIFY_AFTER_BACKUP": "false",
-            "LIFEBOAT_JANITOR_INTERVAL_SECONDS": "3600",
-            "LIFEBOAT_PART_SIZE_MB": "5",
+            "LIFEBOAT_FILESYNC_NODE": cluster.nodes[0].name,
+            "LIFEBOAT_FILESYNC_STATE_DIR": str(base / "filesync-state"),
+            "LIFEBOAT_FILESYNC_CHECK_INTERVAL_SECONDS": "0",
         },
+        log_file=base / "filesync.log",
     )
-    procs = [
-        ServiceProcess(
-            "filesync",
-            env,
-            instance=f"filesync-{cluster_name}",
-            extra={
-                "LIFEBOAT_FILESYNC_NODE": cluster.nodes[0].name,
-                "LIFEBOAT_FILESYNC_STATE_DIR": str(base / "filesync-state"),
-                "LIFEBOAT_FILESYNC_CHECK_INTERVAL_SECONDS": "0",
-            },
-            log_file=base / "filesync.log",
-        ),
-        ServiceProcess(
-            "backup", env, instance=f"backup-{cluster_name}", log_file=base / "backup.log"
-        ),
-    ]
+    workers = Workers(env, base)
     try:
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.wait_ready(60)
-        yield env, root
+        filesync.start()
+        filesync.wait_ready(60)
+        workers.start(f"backup-{cluster_name}")
+        yield root
     finally:
-        for proc in procs:
-            proc.stop()
-
-
-class Watch:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    async def on(self, msg: Msg) -> None:
-        self.events.append(json.loads(msg.data))
-
-    async def wait(
-        self, type_: str, correlation: uuid.UUID, timeout: float = 120
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            mine = [e for e in self.events if e.get("correlation_id") == str(correlation)]
-            failed = [e for e in mine if e["type"].endswith("failed")]
-            assert not failed, failed[-1].get("reason")
-            found = [e for e in mine if e["type"] == type_]
-            if found:
-                return found[-1]
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no {type_} for {correlation} within {timeout}s")
+        workers.stop_all()
+        filesync.stop()
 
 
 @pytest.fixture
 async def watch(cluster_name: str, nats_url: str) -> AsyncIterator[tuple[Watch, NatsClient]]:
-    client = await nats.connect(nats_url)
-    w = Watch()
-    for prefix in ("backup", "restore", "file", "wal"):
-        await client.subscribe(f"{prefix}.*.{cluster_name}.>", cb=w.on)
-        await client.subscribe(f"{prefix}.*.{cluster_name}", cb=w.on)
+    w, client = await watching(nats_url, cluster_name, ("backup", "restore"))
     try:
         yield w, client
     finally:
         await client.close()
 
 
-async def send(client: NatsClient, event: ClusterEvent) -> uuid.UUID:
-    body, headers = encode(event)
-    await client.jetstream().publish(event.subject(), body, headers=headers)
-    return event.event_id
-
-
 async def test_a_full_backup_restores_the_database_and_the_files_of_one_moment(
-    setup: tuple[dict[str, str], Path], cluster: PgCluster, cluster_name: str,
+    setup: Path, cluster: PgCluster, cluster_name: str,
     s3: S3Endpoint, watch: tuple[Watch, NatsClient], workdir: Path,
 ) -> None:  # fmt: skip
-    _, root = setup
+    root = setup
     events, client = watch
     primary = cluster.primary
     primary.execute(sql.SQL(f"create table {TABLE} (path text)"), dbname=cluster.database)
@@ -163,7 +106,6 @@ async def test_a_full_backup_restores_the_database_and_the_files_of_one_moment(
     rid = await send(client, full)
     done = await events.wait("backup.completed", rid)
     assert done["kind"] == "full"
-    assert [e for e in events.events if e["type"] == "file.snapshot_taken"]
     (listed,) = await Catalogue(transfer(s3).client, BUCKET, cluster_name).listed()
     manifest = listed.manifest
     assert manifest.kind is BackupKind.FULL

@@ -7,7 +7,6 @@ correlation id, as does the answer to a verification asked for before anything i
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NatsClient
 from psycopg import sql
-from pydantic import SecretStr
 
 from lifeboat.common.events import (
     BackupKind,
@@ -23,32 +21,18 @@ from lifeboat.common.events import (
     BackupVerifyRequested,
     RestoreRequested,
 )
-from lifeboat.devstack.postgres import Passwords, PgCluster, PgNode
-from lifeboat.devstack.procs import eventually, free_port
+from lifeboat.devstack.postgres import PgCluster, PgNode
+from lifeboat.devstack.procs import eventually
 from tests.endpoints import S3Endpoint
+from tests.integration.backup.conftest import small_cluster
 from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send, watching
 
 
 @pytest.fixture(scope="module")
 def cluster(workdir: Path) -> Iterator[PgCluster]:
     """A primary and two standbys: one restored into while it runs, one stopped first."""
-    passwords = Passwords(
-        SecretStr(secrets.token_urlsafe(12)), SecretStr(secrets.token_urlsafe(12))
-    )
-    pg = PgCluster(
-        workdir / f"rn-{uuid.uuid4().hex[:6]}",
-        [free_port(), free_port(), free_port()],
-        passwords,
-        durable=False,
-    )
-    try:
-        pg.up()
-        pg.wait_streaming()
+    with small_cluster(workdir, nodes=3) as pg:
         yield pg
-    finally:
-        pg.stop()
-        for node in pg.nodes:
-            node.kill()
 
 
 @pytest.fixture(scope="module")

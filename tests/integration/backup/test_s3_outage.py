@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,8 +26,7 @@ from lifeboat.common.lsn import lsn_to_int
 from lifeboat.devstack.launch import ServiceProcess
 from lifeboat.devstack.postgres import PgCluster
 from lifeboat.devstack.procs import eventually
-from lifeboat.devstack.procs import free_port as free_tcp_port
-from lifeboat.devstack.servers import S3Credentials, S3Ports, SeaweedS3
+from lifeboat.devstack.servers import SeaweedS3
 from tests.endpoints import S3Endpoint
 from tests.integration.backup.conftest import BUCKET, transfer
 from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send, watching
@@ -43,24 +40,6 @@ SPOOL_MAX_MB = 48
 # holds only padding: the archiver should pad it out (or remove it) before restarting.
 WEDGED = "bytes, should be 0 or"
 WEDGED_WHY = "pg_receivewal was stopped while padding a segment and cannot restart"
-
-
-@pytest.fixture(scope="module")
-def own_s3(workdir: Path) -> Iterator[SeaweedS3]:
-    creds = S3Credentials("lifeboat-outage", secrets.token_urlsafe(16))
-    ports = S3Ports(*(free_tcp_port(below=22000) for _ in range(4)))
-    server = SeaweedS3(workdir / f"s3-{uuid.uuid4().hex[:6]}", ports, creds)
-    try:
-        server.start(buckets=(BUCKET,))
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def endpoint(own_s3: SeaweedS3) -> S3Endpoint:
-    c = own_s3.credentials
-    return S3Endpoint(own_s3.endpoint_url, c.access_key_id, c.secret_access_key)
 
 
 @pytest.fixture(scope="module")

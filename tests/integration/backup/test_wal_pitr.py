@@ -7,10 +7,9 @@ This module has its own S3, since one test stops it."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,31 +36,12 @@ from lifeboat.common.events import (
 )
 from lifeboat.common.lsn import lsn_to_int
 from lifeboat.devstack.postgres import PgCluster
-from lifeboat.devstack.procs import free_port as free_tcp_port
-from lifeboat.devstack.servers import S3Credentials, S3Ports, SeaweedS3
+from lifeboat.devstack.servers import SeaweedS3
 from lifeboat.pg.scratch import Instance
 from tests.endpoints import S3Endpoint
 from tests.integration.backup.conftest import BUCKET, connections, restore_context, transfer
 
 SEG = 16 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def own_s3(workdir: Path) -> Iterator[SeaweedS3]:
-    creds = S3Credentials("lifeboat-wal", secrets.token_urlsafe(16))
-    ports = S3Ports(*(free_tcp_port(below=22000) for _ in range(4)))
-    server = SeaweedS3(workdir / f"s3-{uuid.uuid4().hex[:6]}", ports, creds)
-    try:
-        server.start(buckets=(BUCKET,))
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def endpoint(own_s3: SeaweedS3) -> S3Endpoint:
-    c = own_s3.credentials
-    return S3Endpoint(own_s3.endpoint_url, c.access_key_id, c.secret_access_key)
 
 
 class Events:
