@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NatsClient
 from pydantic import SecretStr
 
 from lifeboat.backup.nodes import Connections
@@ -21,6 +22,7 @@ from lifeboat.devstack.servers import S3Credentials, S3Ports, SeaweedS3
 from lifeboat.objstore.client import make_s3_client
 from lifeboat.objstore.codec import Codec
 from tests.endpoints import S3Endpoint
+from tests.integration.backup.harness import Watch, watching
 
 BUCKET = "lifeboat-backups"
 
@@ -89,3 +91,13 @@ def transfer(s3: S3Endpoint, codec: Codec | None = None) -> Transfer:
 
 def restore_context(s3: S3Endpoint, pg: PgCluster, codec: Codec | None = None) -> RestoreContext:
     return RestoreContext(transfer(s3, codec), pg.bindir, pg.os_user)
+
+
+@pytest.fixture
+async def watch(nats_url: str, cluster_name: str) -> AsyncIterator[tuple[Watch, NatsClient]]:
+    """Every backup and restore event about the module's cluster, with a NATS client."""
+    w, client = await watching(nats_url, cluster_name, ("backup", "restore"))
+    try:
+        yield w, client
+    finally:
+        await client.close()

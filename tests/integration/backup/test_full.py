@@ -6,7 +6,7 @@ the files as of that moment, whatever changed in either afterwards."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -26,7 +26,7 @@ from lifeboat.devstack.postgres import PgCluster
 from lifeboat.pg.datadir import DataDir
 from tests.endpoints import S3Endpoint
 from tests.integration.backup.conftest import BUCKET, transfer
-from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send, watching
+from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send
 from tests.integration.filesync.conftest import tree, write
 
 TABLE = "images"
@@ -74,15 +74,6 @@ def setup(
     finally:
         workers.stop_all()
         filesync.stop()
-
-
-@pytest.fixture
-async def watch(cluster_name: str, nats_url: str) -> AsyncIterator[tuple[Watch, NatsClient]]:
-    w, client = await watching(nats_url, cluster_name, ("backup", "restore"))
-    try:
-        yield w, client
-    finally:
-        await client.close()
 
 
 async def test_a_full_backup_restores_the_database_and_the_files_of_one_moment(

@@ -8,7 +8,7 @@ correlation id, as does the answer to a verification asked for before anything i
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from lifeboat.devstack.postgres import PgCluster, PgNode
 from lifeboat.devstack.procs import eventually
 from tests.endpoints import S3Endpoint
 from tests.integration.backup.conftest import small_cluster
-from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send, watching
+from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +44,6 @@ def workers(
         yield w
     finally:
         w.stop_all()
-
-
-@pytest.fixture
-async def watch(nats_url: str, cluster_name: str) -> AsyncIterator[tuple[Watch, NatsClient]]:
-    w, client = await watching(nats_url, cluster_name, ("backup", "restore"))
-    try:
-        yield w, client
-    finally:
-        await client.close()
 
 
 def marks(node: PgNode) -> list[str]:

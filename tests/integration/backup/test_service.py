@@ -10,7 +10,7 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -30,7 +30,7 @@ from lifeboat.devstack.postgres import PgCluster
 from lifeboat.pg.datadir import DataDir
 from tests.endpoints import S3Endpoint
 from tests.integration.backup.conftest import BUCKET, transfer
-from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send, watching
+from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, send
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +58,6 @@ def workers(
         yield w
     finally:
         w.stop_all()
-
-
-@pytest.fixture
-async def watch(nats_url: str, cluster_name: str) -> AsyncIterator[tuple[Watch, NatsClient]]:
-    w, client = await watching(nats_url, cluster_name, ("backup", "restore"))
-    try:
-        yield w, client
-    finally:
-        await client.close()
 
 
 async def test_a_request_is_backed_up_once_with_progress_and_can_be_restored(
