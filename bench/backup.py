@@ -35,7 +35,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats
 from psycopg import sql
@@ -46,6 +46,7 @@ from lifeboat.backup import (
     Catalogue,
     Connections,
     Listed,
+    Manifest,
     RestoreContext,
     RestorePlan,
     Transfer,
@@ -66,9 +67,6 @@ from lifeboat.objstore.codec import Codec
 from lifeboat.pg.recovery import RecoveryTarget, configure_recovery
 from lifeboat.pg.scratch import Instance
 from lifeboat.pg.tools import run
-
-if TYPE_CHECKING:
-    from lifeboat.backup.manifest import Manifest
 
 BUCKET = "lifeboat-backups"
 CLUSTER = "bench"

@@ -4,6 +4,7 @@ The names below are its public entry points, for the benchmark; everything else 
 """
 
 from lifeboat.backup.catalogue import Catalogue, Listed
+from lifeboat.backup.manifest import Manifest
 from lifeboat.backup.nodes import Connections
 from lifeboat.backup.pipeline import Transfer
 from lifeboat.backup.plan import RestorePlan
@@ -15,6 +16,7 @@ __all__ = [
     "Catalogue",
     "Connections",
     "Listed",
+    "Manifest",
     "RestoreContext",
     "RestorePlan",
     "Transfer",
