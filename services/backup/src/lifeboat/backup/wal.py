@@ -1,8 +1,11 @@
 """Continuous WAL archiving from the current primary, through a replication slot.
 
-`pg_receivewal` streams into a local spool; every completed segment (and timeline history
-file) is compressed, encrypted, checksummed and uploaded as it appears, then dropped from the
-spool (but for the newest, which pg_receivewal needs to know where to resume). When S3 is down
+`pg_receivewal` streams into a local spool. The segment being received is compressed as it
+grows (what pg_receivewal has flushed, one zstd frame per step) and uploaded as its partial
+every `partial_interval`; once complete it is those frames and the rest, encrypted and
+checksummed, in S3 within one PUT. Completed segments (and timeline history files) are
+dropped from the spool once uploaded (but for the newest, which pg_receivewal needs to know
+where to resume). When S3 is down
 segments wait in the spool and go up, oldest first, once it is back; past `spool_max_bytes`
 receiving pauses and the slot keeps the WAL on the primary instead, which
 `max_slot_wal_keep_size` bounds in turn (and `wal.slot_limited` says when it bites).
