@@ -69,6 +69,23 @@ TICK = 0.05  # how often the spool is looked at: a completed segment waits at mo
 SAMPLE_EVERY = 0.1  # how often the primary's position is sampled: the lag's resolution
 
 
+def pad_partials(spool: Path, seg_size: int) -> list[str]:
+    """pg_receivewal fills a new segment file with zeros before it writes WAL into it;
+    stopped while filling one (at the spool's bound, say), it leaves a `.partial` of another
+    size, and then refuses to start ("should be 0 or 16777216"): archiving would stop for
+    good. What WAL such a file holds is at its start, so filling the rest with zeros is
+    exactly what pg_receivewal would have done. Returns the files padded."""
+    padded = []
+    for path in sorted(spool.glob("*.partial")):
+        size = path.stat().st_size
+        if 0 < size < seg_size:
+            with path.open("r+b") as f:
+                f.truncate(seg_size)  # the rest reads as zeros
+            log.warning("%s: padded to %d bytes (was %d)", path.name, seg_size, size)
+            padded.append(path.name)
+    return padded
+
+
 @dataclass
 class _Growing:
     """The segment being received, compressed as it grows: each step's new bytes become one
@@ -203,6 +220,7 @@ class Archiver:
             self.state = WalState.SPOOL_FULL
             if await self._wait_or_move(1.0):
                 return
+        await asyncio.to_thread(pad_partials, self.spool, self.seg)
         argv = [
             str(self.bindir / "pg_receivewal"),
             "--directory",
