@@ -41,7 +41,7 @@ from lifeboat.devstack.procs import eventually, free_port
 from lifeboat.devstack.servers import S3Credentials, S3Ports, SeaweedS3
 from lifeboat.filesync import Index, SetStore, SetWorker, Timing, bound_malloc, check
 from lifeboat.filesync.settings import FilesyncSettings
-from lifeboat.objstore.client import ensure_buckets, make_s3_client
+from lifeboat.objstore.client import ensure_buckets, make_light_s3_client
 
 BUCKET = "lifeboat-files"
 KB = 1024
@@ -124,7 +124,7 @@ async def ours(s3: S3Settings, root: Path, state: Path, changes: int) -> dict[st
             synced.append((time.monotonic(), event))
 
     pool = ThreadPoolExecutor(defaults.filesync_concurrency)
-    store = SetStore(make_s3_client(s3, bulk=True), BUCKET, prefix)
+    store = SetStore(make_light_s3_client(s3, bulk=True), BUCKET, prefix)
     worker = SetWorker(
         spec,
         fileset,
@@ -221,7 +221,7 @@ def main() -> None:
             s3 = server.settings()
         else:
             s3 = S3Settings()
-            ensure_buckets(make_s3_client(s3), (BUCKET,))
+            ensure_buckets(make_light_s3_client(s3), (BUCKET,))
         rclone = Rclone(ensure_rclone(), s3)
         root = base / "files"
         total = make_files(root, args.files)

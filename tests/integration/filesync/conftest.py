@@ -18,7 +18,7 @@ from lifeboat.filesync.plan import Policy
 from lifeboat.filesync.pull import FetchResult, fetch
 from lifeboat.filesync.scan import hash_file
 from lifeboat.filesync.store import SetStore, Sizes
-from lifeboat.objstore.client import make_s3_client
+from lifeboat.objstore.client import make_light_s3_client
 from lifeboat.objstore.filesets import Entry
 from tests.endpoints import S3Endpoint
 
@@ -48,7 +48,7 @@ class Rig:
 
     def store(self) -> SetStore:
         return SetStore(
-            make_s3_client(self.s3.settings(), bulk=True), BUCKET, self.prefix, self.sizes
+            make_light_s3_client(self.s3.settings(), bulk=True), BUCKET, self.prefix, self.sizes
         )
 
     def mirror(self, policy: Policy | None = None, state: str = "state") -> Mirror:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from lifeboat.filesync.index import Index
 from lifeboat.filesync.plan import Policy
@@ -69,7 +70,7 @@ def test_a_deletion_is_recoverable_within_the_window_and_gone_after(rig: Rig) ->
     assert later.expired == 1
     assert later.garbage == 1
     assert "f3" not in m.manifest.tombstones
-    with pytest.raises(client.exceptions.ClientError):
+    with pytest.raises(ClientError):
         client.head_object(Bucket=BUCKET, Key=key)
 
 

@@ -67,14 +67,24 @@ class _Credentials:
 
 
 class _Body:
-    """What boto3's `StreamingBody` is used for here: `read()`, once."""
+    """What boto3's `StreamingBody` is used for here: `read()` whole, or `iter_chunks()` for
+    an object too big to hold (a file set's large file). Its connection goes back to the
+    pool once the body is read to its end."""
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
+    def __init__(self, answer: urllib3.BaseHTTPResponse) -> None:
+        self._answer = answer
 
     def read(self) -> bytes:
-        data, self._data = self._data, b""
-        return data
+        try:
+            return self._answer.read()
+        finally:
+            self._answer.release_conn()
+
+    def iter_chunks(self, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        try:
+            yield from self._answer.stream(chunk_size)
+        finally:
+            self._answer.release_conn()
 
 
 class _Paginator:
@@ -178,6 +188,7 @@ class LightS3:
         query: Mapping[str, str] | None = None,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
+        stream: bool = False,
     ) -> urllib3.BaseHTTPResponse:
         path = f"{self._base}/{_q(bucket)}" + (f"/{_q(key, '-_.~/')}" if key else "")
         qs = "&".join(f"{_q(k)}={_q(v)}" for k, v in sorted((query or {}).items()))
@@ -189,7 +200,7 @@ class LightS3:
             url = path + (f"?{qs}" if qs else "")
             try:
                 answer = self._pool.urlopen(
-                    method, url, body=body or None, headers=sent, preload_content=True,
+                    method, url, body=body or None, headers=sent, preload_content=not stream,
                     redirect=False,
                 )  # fmt: skip
             except urllib3.exceptions.ConnectTimeoutError as exc:
@@ -202,6 +213,7 @@ class LightS3:
                 if answer.status < 300:
                     return answer
                 error = self._error(answer, operation)
+                answer.release_conn()  # a streamed answer's connection, back to the pool
                 if answer.status < 500 and answer.status not in (408, 429):
                     raise error
             if attempt == self._attempts:
@@ -287,8 +299,8 @@ class LightS3:
 
     def get_object(self, *, Bucket: str, Key: str, Range: str | None = None) -> dict[str, Any]:
         headers = {"range": Range} if Range else None
-        answer = self._request("GET", Bucket, Key, "GetObject", headers=headers)
-        return {**self._head_answer(answer), "Body": _Body(answer.data)}
+        answer = self._request("GET", Bucket, Key, "GetObject", headers=headers, stream=True)
+        return {**self._head_answer(answer), "Body": _Body(answer)}
 
     def head_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
         return self._head_answer(self._request("HEAD", Bucket, Key, "HeadObject"))
@@ -350,6 +362,24 @@ class LightS3:
             "POST", Bucket, Key, {"uploadId": UploadId}, "CompleteMultipartUpload", body
         )
         return {"ETag": _find(answer, "ETag")}
+
+    def list_parts(
+        self, *, Bucket: str, Key: str, UploadId: str, PartNumberMarker: int = 0
+    ) -> dict[str, Any]:
+        query = {"uploadId": UploadId, "part-number-marker": str(PartNumberMarker)}
+        root = self._xml("GET", Bucket, Key, query, "ListParts")
+        return {
+            "Parts": [
+                {
+                    "PartNumber": int(_find(p, "PartNumber")),
+                    "ETag": _find(p, "ETag"),
+                    "Size": int(_find(p, "Size") or 0),
+                }
+                for p in _all(root, "Part")
+            ],
+            "IsTruncated": _find(root, "IsTruncated") == "true",
+            "NextPartNumberMarker": int(_find(root, "NextPartNumberMarker") or 0),
+        }
 
     def abort_multipart_upload(self, *, Bucket: str, Key: str, UploadId: str) -> dict[str, Any]:
         self._request("DELETE", Bucket, Key, "AbortMultipartUpload", query={"uploadId": UploadId})

@@ -34,7 +34,7 @@ from lifeboat.common.runtime import ServiceRuntime, cluster_file_check
 from lifeboat.filesync.service import SetWorker, Timing
 from lifeboat.filesync.settings import FilesyncSettings, MiB
 from lifeboat.filesync.store import SetStore, Sizes
-from lifeboat.objstore.client import make_s3_client
+from lifeboat.objstore.client import make_light_s3_client
 from lifeboat.objstore.health import s3_check
 
 SERVICE = "filesync"
@@ -198,7 +198,7 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
         if node is None:
             log.info("LIFEBOAT_FILESYNC_NODE is not set: serving no file set")
             return
-        client = make_s3_client(settings, bulk=True)
+        client = make_light_s3_client(settings, bulk=True)
         timing = Timing(
             scan_interval=settings.filesync_scan_interval_seconds,
             pull_interval=settings.filesync_pull_interval_seconds,

@@ -1,8 +1,8 @@
 """One file set's objects in S3: content-addressed uploads that are never torn, multipart
 uploads that resume after a crash, verified downloads, the manifest and the snapshots.
 
-All of it is blocking (boto3) and meant to run in worker threads, many at once: the client is
-thread-safe and the bulk client pools enough connections.
+All of it is blocking (the S3 client's calls) and meant to run in worker threads, many at
+once: the client is thread-safe and the bulk client pools enough connections.
 """
 
 from __future__ import annotations
