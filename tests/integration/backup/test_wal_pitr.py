@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +40,13 @@ from lifeboat.devstack.postgres import PgCluster
 from lifeboat.devstack.servers import SeaweedS3
 from lifeboat.pg.scratch import Instance
 from tests.endpoints import S3Endpoint
-from tests.integration.backup.conftest import BUCKET, connections, restore_context, transfer
+from tests.integration.backup.conftest import (
+    BUCKET,
+    connections,
+    restore_context,
+    small_cluster,
+    transfer,
+)
 
 SEG = 16 * 1024 * 1024
 
@@ -59,6 +66,15 @@ class Events:
 async def archiving(
     cluster: PgCluster, endpoint: S3Endpoint, cluster_name: str, workdir: Path
 ) -> AsyncIterator[tuple[Archiver, Events]]:
+    async with archiver_of(cluster, endpoint, cluster_name, workdir) as running:
+        yield running
+
+
+@asynccontextmanager
+async def archiver_of(
+    cluster: PgCluster, endpoint: S3Endpoint, cluster_name: str, workdir: Path
+) -> AsyncIterator[tuple[Archiver, Events]]:
+    """The archiver of `cluster` running, with the events it published."""
     events = Events()
     archiver = Archiver(
         cluster=cluster_name,
@@ -224,3 +240,30 @@ async def test_archiving_follows_a_failover_and_pitr_crosses_the_timeline(
     labels = await pitr(cluster, endpoint, cluster_name, workdir, after)
     assert labels[-2:] == ["on-timeline-1", "on-timeline-2"]
     assert "later" not in labels
+
+
+async def test_archiving_follows_a_switchover_and_keeps_the_old_primarys_last_wal(
+    endpoint: S3Endpoint, workdir: Path
+) -> None:
+    """A switchover: the primary stops cleanly (its last WAL, the shutdown checkpoint, reaches
+    the standby), the standby is promoted. The archive has every segment of timeline 1 up to
+    the switch, then timeline 2's, with no gap."""
+    name = f"sw{uuid.uuid4().hex[:8]}"
+    with small_cluster(workdir) as pg:
+        async with archiver_of(pg, endpoint, name, workdir) as (archiver, events):
+            write(pg, "before")
+            await archived_past(archiver, pg)
+            old, new = pg.nodes
+            old.stop("fast")  # a switchover's clean stop
+            new.execute(sql.SQL("select pg_promote(true, 30)"))
+            archiver.primary_changed("switchover.completed")
+            write(pg, "after")
+            await archived_past(archiver, pg, timeout=60)
+            assert archiver.timeline == 2
+            moved = [e for e in events.of(WalSourceChanged) if isinstance(e, WalSourceChanged)]
+            assert (moved[-1].previous, moved[-1].primary) == (old.name, new.name)
+            wal = await Catalogue(transfer(endpoint).client, BUCKET, name).wal()
+            first = sorted(w.segno or 0 for w in wal if w.timeline == 1 and w.segno is not None)
+            assert first == list(range(first[0], first[-1] + 1)), f"gap in timeline 1: {first}"
+            assert "00000002.history" in {w.name for w in wal}
+            assert any(w.timeline == 2 and w.segno is not None for w in wal)
