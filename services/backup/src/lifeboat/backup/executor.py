@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
@@ -213,17 +214,23 @@ class Executor:
         log.warning("backup %s failed: %s", job.backup_id, reason)
         await self.publish(
             BackupFailed(
-                cluster=self.cluster,
-                source=self.source,
-                correlation_id=cid,
-                backup_id=job.backup_id,
-                kind=job.kind,
-                request_id=job.request_id,
+                **self._about(job, cid),
                 node=job.source.node,
                 reason=reason[:2000],
             )
         )
         return None
+
+    def _about(self, job: Job, cid: UUID | None) -> dict[str, Any]:
+        """What every event about a backup under way says: which, of what kind, whose."""
+        return {
+            "cluster": self.cluster,
+            "source": self.source,
+            "correlation_id": cid,
+            "backup_id": job.backup_id,
+            "kind": job.kind,
+            "request_id": job.request_id,
+        }
 
     async def _s3_closed(self) -> bool:
         states = {b.name: b.state for b in await self.breakers.snapshot()}
@@ -236,12 +243,7 @@ class Executor:
             seconds = time.monotonic() - started
             await self.publish(
                 BackupProgress(
-                    cluster=self.cluster,
-                    source=self.source,
-                    correlation_id=cid,
-                    backup_id=job.backup_id,
-                    kind=job.kind,
-                    request_id=job.request_id,
+                    **self._about(job, cid),
                     raw_bytes=raw,
                     stored_bytes=stored,
                     seconds=round(seconds, 3),
