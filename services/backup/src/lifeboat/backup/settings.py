@@ -24,14 +24,18 @@ class BackupSettings(ServiceSettings, S3Settings):
     replication_password: SecretStr | None = None
     """The replication user's password (base backups, WAL streaming)."""
     replication_password_file: Path | None = None
+    """A file holding the replication user's password."""
 
     compression: Compression = Compression.ZSTD
+    """`zstd` or `gzip`, for backups and WAL."""
     compression_level: int = Field(default=3, ge=-7, le=22)
+    """zstd's level (negative: faster), or gzip's (1-9)."""
     compression_threads: NonNegativeInt = 0
     """zstd worker threads; 0 compresses on one thread beside the upload threads."""
     encryption_key: SecretStr | None = None
     """AES-256 key, 64 hex digits or base64; backups and WAL are encrypted when set."""
     encryption_key_file: Path | None = None
+    """A file holding that key."""
     physical_max_rate: str | None = None
     """pg_basebackup --max-rate (e.g. 64M): spare a busy source's disks; unlimited if unset."""
     part_size_mb: int = Field(default=5, ge=5)
@@ -44,27 +48,36 @@ class BackupSettings(ServiceSettings, S3Settings):
     schedule_physical: str = "0 2 * * *"
     """Cron expression of scheduled physical backups; empty for none."""
     schedule_logical: str = ""
+    """Cron expression of scheduled logical backups; empty for none."""
     first_backup_at_start: bool = True
     """Ask for a physical backup at start when the cluster has none listed (once per start;
     workers starting together ask with one request id)."""
     schedule_verify: str = "0 5 * * 0"
     """Cron expression of test restores of the newest backup of each kind."""
     retention_days: PositiveFloat = 7
+    """Backups older than this are removed, beyond the minimum counts below."""
     retention_min_physical: PositiveInt = 3
+    """Physical (and full) backups always kept, however old."""
     retention_min_logical: PositiveInt = 3
+    """Logical backups always kept, however old."""
     verify_after_backup: bool = True
+    """Verify every backup by a test restore once it is listed."""
     prefer_standby: bool = True
     """Back up from a healthy streaming standby when there is one, sparing the primary."""
     max_source_lag_bytes: NonNegativeInt = 64 * 1024 * 1024
+    """A standby further behind than this is not chosen as the source."""
 
     wal_archive: bool = True
+    """Archive WAL continuously from the primary (PITR and full backups need it)."""
     wal_slot: str = "lifeboat_archiver"
+    """The replication slot the archiver streams through."""
     wal_spool_max_mb: PositiveInt = 2048
     """Bound of WAL waiting on this host for S3; receiving pauses beyond it."""
     wal_slot_max_keep_mb: NonNegativeInt = 8192
     """Sets the primary's max_slot_wal_keep_size when it is unlimited, so the archiver's slot
     can never fill the primary's disk; 0 leaves the setting alone."""
     wal_status_interval_seconds: PositiveFloat = 1.0
+    """How often `wal.status` (the archive lag) is published."""
 
     lease_ttl_seconds: PositiveInt = 15
     """The per-cluster-and-kind backup lease; renewed every third of it."""
@@ -74,6 +87,7 @@ class BackupSettings(ServiceSettings, S3Settings):
     orphan_grace_seconds: PositiveFloat = 6 * 3600
     """Objects of a backup that never got its manifest are removed after this long."""
     janitor_interval_seconds: PositiveFloat = 600
+    """How often retention runs and orphaned objects are looked for."""
 
     def replication_secret(self) -> SecretStr | None:
         return resolve_secret(
