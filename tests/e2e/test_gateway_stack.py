@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from lifeboat.devstack.throwaway import UpStack, up_stack_env
+from tests.sse import read_sse
 
 pytestmark = pytest.mark.stack
 CLUSTER = "main"
@@ -94,24 +95,6 @@ async def settled(client: httpx.AsyncClient, timeout: float = 90) -> dict[str, A
         await asyncio.sleep(0.5)
 
 
-async def read_sse(
-    client: httpx.AsyncClient, subject: str, count: int, headers: dict[str, str]
-) -> list[tuple[int, dict[str, Any]]]:
-    got: list[tuple[int, dict[str, Any]]] = []
-    params = {"subject": subject}
-    async with client.stream("GET", "/events", params=params, headers=headers) as resp:
-        assert resp.status_code == 200
-        seq = 0
-        async for line in resp.aiter_lines():
-            if line.startswith("id:"):
-                seq = int(line[3:])
-            elif line.startswith("data:"):
-                got.append((seq, json.loads(line[5:])))
-                if len(got) >= count:
-                    break
-    return got
-
-
 async def test_status_and_the_cli_show_the_real_topology(stack: UpStack) -> None:
     async with api(stack) as client:
         status = await settled(client)
@@ -137,12 +120,12 @@ async def test_status_and_the_cli_show_the_real_topology(stack: UpStack) -> None
 async def test_sse_delivers_the_monitors_live_reports_and_resumes(stack: UpStack) -> None:
     subject = f"node.health.{CLUSTER}.>"
     async with api(stack) as client:
-        first = await asyncio.wait_for(read_sse(client, subject, 3, {}), 30)
+        first = await asyncio.wait_for(read_sse(client, {"subject": subject}, 3, {}), 30)
         assert {e["type"] for _, e in first} == {"node.health"}
         seqs = [s for s, _ in first]
         assert seqs == sorted(seqs)
         resumed = await asyncio.wait_for(
-            read_sse(client, subject, 2, {"Last-Event-ID": str(seqs[0])}), 30
+            read_sse(client, {"subject": subject}, 2, {"Last-Event-ID": str(seqs[0])}), 30
         )
         # Resumed right after the first one: the next two are the ones already read.
         assert [s for s, _ in resumed] == seqs[1:3]

@@ -49,6 +49,7 @@ from lifeboat.devstack.launch import ServiceProcess, launch, service_env
 from lifeboat.devstack.procs import eventually, free_port
 from lifeboat.devstack.throwaway import local_ha, write_clusters
 from lifeboat.gateway.auth import hash_token
+from tests.sse import read_sse
 
 FAILOVER = Source(service="failover", instance="stand-in")
 MONITOR = Source(service="monitor", instance="monitor-it")
@@ -331,23 +332,6 @@ def health(cluster: str, node: str, **fields: Any) -> NodeHealth:
     return NodeHealth(
         cluster=cluster, node=node, source=MONITOR, reachable=True, role=Role.STANDBY, **fields
     )
-
-
-async def read_sse(
-    client: httpx.AsyncClient, params: dict[str, str], count: int, headers: dict[str, str]
-) -> list[tuple[int, dict[str, Any]]]:
-    got: list[tuple[int, dict[str, Any]]] = []
-    async with client.stream("GET", "/events", params=params, headers=headers) as resp:
-        assert resp.status_code == 200
-        seq = 0
-        async for line in resp.aiter_lines():
-            if line.startswith("id:"):
-                seq = int(line[3:])
-            elif line.startswith("data:"):
-                got.append((seq, json.loads(line[5:])))
-                if len(got) >= count:
-                    return got
-    return got
 
 
 async def test_sse_delivers_live_events_and_resumes_with_last_event_id(
