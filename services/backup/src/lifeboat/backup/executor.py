@@ -349,7 +349,11 @@ class Executor:
         deadline = time.monotonic() + self.files_timeout
         while time.monotonic() < deadline:
             archived = await self.catalogue.wal()
-            if any(w.timeline == timeline and (w.segno or -1) >= segno for w in archived):
+            # A whole segment: an uploaded partial of it is not what recovery can read past.
+            if any(
+                w.timeline == timeline and (w.segno or -1) >= segno and ".partial" not in w.key
+                for w in archived
+            ):
                 return
             await asyncio.sleep(0.5)
         raise FilesUnanswered(
