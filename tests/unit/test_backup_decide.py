@@ -7,14 +7,23 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lifeboat.backup.commands import Restore, TakeBackup
-from lifeboat.backup.decide import Policy, decide_backup, decide_restore, decide_schedule
+from lifeboat.backup.decide import (
+    Policy,
+    decide_backup,
+    decide_delete,
+    decide_restore,
+    decide_schedule,
+    decide_verify,
+)
 from lifeboat.backup.plan import CatalogEntry, NodeState
 from lifeboat.common.decision import Publish
 from lifeboat.common.events import (
+    BackupDeleteRequested,
     BackupFailed,
     BackupKind,
     BackupRequested,
     BackupStarted,
+    BackupVerifyRequested,
     RestoreFailed,
     RestoreRequested,
     Role,
@@ -56,6 +65,18 @@ def test_files_are_filesyncs_and_full_is_taken_like_physical() -> None:
     assert isinstance(take, TakeBackup)
     assert take.job.kind is BackupKind.FULL
     assert take.job.source.node == "n2"
+
+
+def test_a_files_snapshot_is_left_to_filesync_to_verify_and_delete() -> None:
+    """Not answered "no such backup": filesync lists it and answers for it."""
+    snap = "20261123T010000Z-files-uploads-1a2b3c4d"
+    verify = BackupVerifyRequested(cluster="main", source=SRC, backup_id=snap)
+    assert decide_verify((BASE,), verify, NOW, SRC).commands == ()
+    delete = BackupDeleteRequested(cluster="main", source=SRC, backup_id=snap)
+    assert decide_delete((BASE,), delete, NOW, SRC).commands == ()
+    # its own ids it still answers, listed or not
+    unknown = BackupDeleteRequested(cluster="main", source=SRC, backup_id="20261123T010000Z-x")
+    assert decide_delete((BASE,), unknown, NOW, SRC).commands != ()
 
 
 def test_a_request_already_listed_is_not_taken_again() -> None:

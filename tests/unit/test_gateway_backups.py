@@ -289,6 +289,44 @@ def test_the_catalogue_and_wal_come_from_the_kv_mirror(app: TestClient, api: Gat
     assert api.wal("main").lag_seconds == 0.1  # the heartbeat is still there
 
 
+def files_entry(backup_id: str, hours: float) -> dict[str, Any]:
+    """A files snapshot as filesync lists it (KV key `<cluster>.files.<set>`)."""
+    at = (NOW + timedelta(hours=hours)).isoformat()
+    return {"backup_id": backup_id, "cluster": "main", "kind": "files", "fileset": "uploads",
+            "source": {"node": "node1", "role": "mirror"}, "started_at": at, "stopped_at": at,
+            "duration_seconds": 0.0, "raw_bytes": 10, "stored_bytes": 10, "files": 2,
+            "listed_status": "verified", "verification": None}  # fmt: skip
+
+
+def test_files_snapshots_are_listed_and_restored_beside_the_database_kinds(
+    app: TestClient, api: GatewayClient
+) -> None:
+    p = projection(app)
+    p._on_backups("main.files.uploads", _json({"backups": [files_entry("f2", 2)]}))
+    assert api.backups("main").mirrored is True  # a files catalogue alone counts
+    p.set_backups("main", [manifest("b1")])
+    p._on_backups(
+        "main.files.uploads", _json({"backups": [files_entry("f2", 2), files_entry("f0", -2)]})
+    )
+    assert [b.backup_id for b in api.backups("main").backups] == ["f2", "b1", "f0"]
+    assert [b.backup_id for b in api.backups("main", kind="files").backups] == ["f2", "f0"]
+    assert api.backup("main", "f2").status == "verified"
+    # restored by filesync, as of the snapshot; a point in time is refused, not ignored
+    view = api.restore("main", backup_id="f2", data_dir="/srv/files", wait_seconds=0)
+    assert isinstance(view, OperationView)
+    request = published(app, "file.restore_requested")
+    assert isinstance(request, FileRestoreRequested)
+    assert (request.fileset, request.snapshot_id, request.destination) == (
+        "uploads", "f2", "/srv/files")  # fmt: skip
+    pitr = app.post("/clusters/main/restores", json={"backup_id": "f2", "target_lsn": "0/1"})
+    assert pitr.status_code == 422
+    # into the primary's node is fine for files (its copy of the set), with confirm
+    in_place = {"backup_id": "f2", "node": "node1", "confirm": True, "wait_seconds": 0}
+    assert app.post("/clusters/main/restores", json=in_place).status_code == 202
+    p._on_backups("main.files.uploads", None)
+    assert [b.backup_id for b in api.backups("main").backups] == ["b1"]
+
+
 def _json(entry: dict[str, Any]) -> bytes:
     return json.dumps(entry).encode()
 

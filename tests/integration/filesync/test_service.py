@@ -20,12 +20,16 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
 from psycopg import sql
 
+from lifeboat.common import subjects
 from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.events import (
+    BackupDeleteRequested,
     BackupKind,
     BackupRequested,
+    BackupVerifyRequested,
     Envelope,
     FileCheckRequested,
     FileRestoreRequested,
@@ -36,10 +40,12 @@ from lifeboat.devstack.launch import ServiceProcess, launch, service_env
 from lifeboat.devstack.postgres import PgCluster
 from lifeboat.devstack.procs import eventually
 from lifeboat.devstack.throwaway import write_clusters
+from lifeboat.objstore.client import make_s3_client
 from tests.endpoints import S3Endpoint
 from tests.integration.filesync.conftest import tree, write
 
 SRC = Source(service="test", instance="t")
+FILES = "lifeboat-files"  # the files bucket by default
 
 
 @dataclass
@@ -250,6 +256,113 @@ async def test_a_files_backup_then_restore_it_as_of_then(
         what="the in-place restore refused",
     )
     assert (setup.mirror_root / "a.jpg").read_bytes() == b"changed after the snapshot"
+
+
+async def listed_snapshots(nc: NatsClient, setup: Setup) -> list[dict[str, Any]]:
+    kv = await nc.jetstream().key_value(subjects.BACKUPS_BUCKET)
+    try:
+        entry = await kv.get(f"{setup.cluster}.files.uploads")
+    except KeyNotFoundError:
+        return []
+    assert entry.value is not None
+    return list(json.loads(entry.value)["backups"])
+
+
+async def test_a_files_backup_is_listed_verified_and_deleted_like_the_database_kinds(
+    setup: Setup, s3: S3Endpoint, events: tuple[Events, NatsClient]
+) -> None:
+    """In the catalogue (KV) beside the database kinds, the `full` backup's snapshot not on
+    its own; a verification reads every object back and names a corrupted one; a delete
+    keeps the last good snapshot unless forced, and answers like the backup service."""
+    ev, nc = events
+    answers = Events()
+    await nc.subscribe(f"backup.*.{setup.cluster}", cb=answers.on)
+    listed = await eventually(
+        lambda: listed_snapshots(nc, setup), timeout=10, what="the snapshot in the catalogue"
+    )
+    assert len(listed) == 1  # the files backup, not the full backup's half
+    files_id = listed[0]["backup_id"]
+    assert "-files-uploads-" in files_id
+    assert listed[0]["kind"] == "files"
+    assert listed[0]["listed_status"] == "unverified"
+    assert listed[0]["files"] > 0
+    assert listed[0]["raw_bytes"] > 0
+
+    verify = BackupVerifyRequested(source=SRC, cluster=setup.cluster, backup_id=files_id)
+    await publish(nc, verify)
+    good = await eventually(
+        lambda: answers.of("backup.verified", correlation_id=str(verify.event_id)),
+        timeout=20,
+        what="the snapshot verified",
+    )
+    assert good[0]["ok"] is True
+    assert "matching its hash" in good[0]["detail"]
+    await eventually(
+        lambda: status_of(nc, setup, "verified"), timeout=10, what="listed as verified"
+    )
+
+    # An object of the snapshot changed behind filesync's back: the verification says so.
+    client = make_s3_client(s3.settings())
+    base = f"{setup.cluster}/uploads/"
+    snapshot = json.loads(
+        client.get_object(Bucket=FILES, Key=f"{base}snapshots/{files_id}.json")["Body"].read()
+    )
+    sha = next(iter(snapshot["entries"].values()))["sha256"]
+    key = f"{base}objects/{sha[:2]}/{sha}"
+    original = client.get_object(Bucket=FILES, Key=key)["Body"].read()
+    client.put_object(Bucket=FILES, Key=key, Body=b"bit rot")
+    try:
+        again = BackupVerifyRequested(source=SRC, cluster=setup.cluster, backup_id=files_id)
+        await publish(nc, again)
+        bad = await eventually(
+            lambda: answers.of("backup.verified", correlation_id=str(again.event_id)),
+            timeout=20,
+            what="the corrupted snapshot's verification",
+        )
+        assert bad[0]["ok"] is False
+        assert sha[:12] in bad[0]["detail"]
+    finally:
+        client.put_object(Bucket=FILES, Key=key, Body=original)
+    await eventually(
+        lambda: status_of(nc, setup, "failed_verification"), timeout=10, what="listed as failed"
+    )
+
+    # A failed snapshot is no last good one: a second, verified, makes the first deletable.
+    request = BackupRequested(source=SRC, cluster=setup.cluster, kind=BackupKind.FILES)
+    await publish(nc, request)
+    await eventually(
+        lambda: ev.of("backup.completed", correlation_id=str(request.event_id)),
+        timeout=20,
+        what="a second files backup",
+    )
+    second = ev.of("backup.completed", correlation_id=str(request.event_id))[0]["backup_id"]
+    refused = BackupDeleteRequested(source=SRC, cluster=setup.cluster, backup_id=second)
+    await publish(nc, refused)
+    why = await eventually(
+        lambda: answers.of("backup.delete_refused", correlation_id=str(refused.event_id)),
+        timeout=10,
+        what="deleting the last good snapshot refused",
+    )
+    assert "last good snapshot" in why[0]["reason"]
+    delete = BackupDeleteRequested(source=SRC, cluster=setup.cluster, backup_id=files_id)
+    await publish(nc, delete)
+    await eventually(
+        lambda: answers.of("backup.deleted", correlation_id=str(delete.event_id)),
+        timeout=10,
+        what="the failed snapshot deleted",
+    )
+    await eventually(
+        lambda: _ids(nc, setup, [second]), timeout=10, what="only the second one listed"
+    )
+
+
+async def _ids(nc: NatsClient, setup: Setup, expected: list[str]) -> bool:
+    return [b["backup_id"] for b in await listed_snapshots(nc, setup)] == expected
+
+
+async def status_of(nc: NatsClient, setup: Setup, status: str) -> bool:
+    listed = await listed_snapshots(nc, setup)
+    return bool(listed) and listed[-1]["listed_status"] == status
 
 
 async def test_the_pull_copy_converges_after_the_mirror_host_is_lost(setup: Setup) -> None:

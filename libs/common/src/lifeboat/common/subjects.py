@@ -79,6 +79,12 @@ NODE_ADMISSION_CHANGED = Topic(
     "A node began (or stopped) refusing new connections while its open ones answer",
 )
 NODE_FENCED = Topic("node.fenced", _CN, "A node was fenced (read-only, sessions ended, stopped)")
+NODE_SELF_FENCED = Topic(
+    "node.self_fenced",
+    _CN,
+    "A node's agent stopped its node: writable while the topology did not name it primary, "
+    "or not confirmed primary within the agent's bound",
+)
 NODE_REJOIN_REQUESTED = Topic(
     "node.rejoin_requested", _CN, "Ask to turn a node back into a standby of the primary"
 )
@@ -172,6 +178,12 @@ DEAD_LETTER = Topic("deadletter", ("consumer",), "A message a consumer could not
 # KV bucket of each cluster's maintenance state (key: the cluster; value:
 # `events.MaintenanceState`); the failover service reads it before failing over on its own.
 MAINTENANCE_BUCKET = "lifeboat_maintenance"
+
+# KV bucket of the backup catalogue, for readers that do not talk to S3 (the gateway): key
+# `<cluster>` the backup service's listed backups, `<cluster>.wal` its latest `wal.status`,
+# `<cluster>.files.<fileset>` that set's files snapshots as its mirror lists them; each list
+# `{"backups": [...]}`, newest first.
+BACKUPS_BUCKET = "lifeboat_backups"
 
 ALL_TOPICS: tuple[Topic, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Topic))
 

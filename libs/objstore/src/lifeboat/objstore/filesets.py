@@ -5,6 +5,7 @@ restores or verifies application files (the backup catalogue's `files` and `full
 <prefix>objects/<sha256[:2]>/<sha256>   one object per distinct content (content-addressed)
 <prefix>manifest.json                   the set now: path -> hash, size, mtime, mode; tombstones
 <prefix>snapshots/<id>.json             immutable: the set as of a moment, until it expires
+<prefix>verifications/<id>.json         a snapshot's latest verification (every object read back)
 ```
 
 Content addressing makes an upload idempotent and a rename or an undelete free, and means an
@@ -16,9 +17,18 @@ restore) never sees a path whose bytes are missing. One mirror writes a set's ma
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
+from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+)
 
 FORMAT_VERSION = 1
 
@@ -73,6 +83,9 @@ class Snapshot(BaseModel):
     generation: NonNegativeInt  # of the manifest it was taken from
     entries: dict[str, Entry]
     request_id: str | None = None  # the backup request it answers (a `files` or `full` one)
+    # `files`: a backup of its own, listed as one. `full`: half of a full backup, listed
+    # (and deleted) as part of that one; snapshots from before the field were `files` ones.
+    kind: Literal["files", "full"] = "files"
 
     @property
     def size_bytes(self) -> int:
@@ -106,6 +119,33 @@ def snapshot_key(prefix: str, snapshot_id: str) -> str:
     return f"{snapshots_prefix(prefix)}{snapshot_id}.json"
 
 
+class SnapshotVerification(BaseModel):
+    """A snapshot read back: every object it names downloaded and hashed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    snapshot_id: str
+    ok: bool
+    detail: str
+    verified_at: AwareDatetime
+    restore_seconds: NonNegativeFloat  # reading every object back
+    files: NonNegativeInt
+    bytes: NonNegativeInt
+
+
+def verification_key(prefix: str, snapshot_id: str) -> str:
+    return f"{prefix}verifications/{snapshot_id}.json"
+
+
+_SNAPSHOT_ID = re.compile(r"^\d{8}T\d{6}Z-files-")
+
+
 def snapshot_id(fileset: str, at: datetime, tail: str) -> str:
     """Sortable by time, like the backup service's ids."""
     return f"{at:%Y%m%dT%H%M%SZ}-files-{fileset}-{tail}"
+
+
+def is_snapshot_id(backup_id: str) -> bool:
+    """Whether a backup id names a files snapshot (filesync's to verify and delete), not a
+    backup of the database kinds (the backup service's)."""
+    return _SNAPSHOT_ID.match(backup_id) is not None

@@ -50,6 +50,11 @@ from lifeboat.common.events import (
     Role,
     Source,
 )
+from lifeboat.objstore.filesets import is_snapshot_id
+
+# A files snapshot is filesync's backup: it lists, verifies and deletes it; this service
+# leaves requests naming one alone rather than answer that it knows no such backup.
+FILESYNCS = "a files snapshot: filesync answers for it"
 
 
 def correlation(request: Envelope) -> UUID:
@@ -186,6 +191,8 @@ def decide_retention(
 def decide_delete(
     entries: tuple[CatalogEntry, ...], request: BackupDeleteRequested, now: datetime, source: Source
 ) -> Decision:
+    if is_snapshot_id(request.backup_id):
+        return Decision((), FILESYNCS)
     found = plan_delete(entries, request.backup_id, force=request.force)
     if isinstance(found, Refusal):
         refused = BackupDeleteRefused(
@@ -214,6 +221,8 @@ def decide_verify(
     source: Source,
 ) -> Decision:
     cid = correlation(request)
+    if request.backup_id is not None and is_snapshot_id(request.backup_id):
+        return Decision((), FILESYNCS)
     if request.backup_id is not None:
         return Decision((VerifyBackup(request.backup_id, request.event_id, cid),), "as asked")
     newest: dict[BackupKind, CatalogEntry] = {}

@@ -18,8 +18,7 @@ from nats.js.kv import KeyValue
 from lifeboat.backup.catalogue import Listed
 from lifeboat.common.events import WalStatus
 from lifeboat.common.kv import open_bucket
-
-BUCKET = "lifeboat_backups"
+from lifeboat.common.subjects import BACKUPS_BUCKET
 
 
 def summary(listed: list[Listed]) -> dict[str, Any]:
@@ -45,7 +44,7 @@ class Mirror:
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> Mirror:
-        return cls(await open_bucket(js, BUCKET))
+        return cls(await open_bucket(js, BACKUPS_BUCKET))
 
     async def catalogue(self, cluster: str, listed: list[Listed]) -> None:
         await self.kv.put(cluster, json.dumps(summary(listed)).encode())

@@ -9,6 +9,7 @@ deadline (a restore, a snapshot) runs as a task once the request is taken.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +21,10 @@ from faststream.asgi import AsgiFastStream
 from lifeboat.common import subjects
 from lifeboat.common.bus import listen, subscribe
 from lifeboat.common.events import (
+    BackupDeleteRequested,
     BackupKind,
     BackupRequested,
+    BackupVerifyRequested,
     ClusterEvent,
     FileCheckRequested,
     FileRestoreRequested,
@@ -30,8 +33,9 @@ from lifeboat.common.events import (
     FileSyncRequested,
 )
 from lifeboat.common.health import ComponentHealth, Status, component
+from lifeboat.common.kv import open_bucket
 from lifeboat.common.runtime import ServiceRuntime, cluster_file_check
-from lifeboat.filesync.service import SetWorker, Timing
+from lifeboat.filesync.service import Catalogue, SetWorker, Timing
 from lifeboat.filesync.settings import FilesyncSettings, MiB
 from lifeboat.filesync.store import SetStore, Sizes
 from lifeboat.objstore.client import make_light_s3_client
@@ -150,7 +154,38 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
                 )
                 spawn(work, f"snapshot-{w.name}")
 
+    async def on_verify(event: BackupVerifyRequested) -> None:
+        # A files snapshot's id, or none (the newest of every kind: each mirror its newest).
+        if stale(event):
+            return
+        for (cluster, _), w in workers.items():
+            if cluster != event.cluster:
+                continue
+            if event.backup_id is None or w.serves(event.backup_id):
+                spawn(w.verify(event), f"verify-{w.name}")
+
+    async def on_delete(event: BackupDeleteRequested) -> None:
+        if stale(event):
+            return
+        for (cluster, _), w in workers.items():
+            if cluster == event.cluster and w.serves(event.backup_id):
+                spawn(w.delete(event), f"delete-{w.name}")
+
     b = runtime.broker
+    subscribe(
+        b,
+        service=consumer,
+        topic=subjects.BACKUP_VERIFY_REQUESTED,
+        model=BackupVerifyRequested,
+        handler=on_verify,
+    )
+    subscribe(
+        b,
+        service=consumer,
+        topic=subjects.BACKUP_DELETE_REQUESTED,
+        model=BackupDeleteRequested,
+        handler=on_delete,
+    )
     subscribe(
         b,
         service=consumer,
@@ -199,6 +234,18 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
             log.info("LIFEBOAT_FILESYNC_NODE is not set: serving no file set")
             return
         client = make_light_s3_client(settings, bulk=True)
+        kv = await open_bucket(
+            runtime.broker.config.connection_state.stream, subjects.BACKUPS_BUCKET
+        )
+
+        def catalogue(cluster: str, fileset: str) -> Catalogue:
+            async def write(entries: list[dict[str, Any]]) -> None:
+                await kv.put(
+                    f"{cluster}.files.{fileset}", json.dumps({"backups": entries}).encode()
+                )
+
+            return write
+
         timing = Timing(
             scan_interval=settings.filesync_scan_interval_seconds,
             pull_interval=settings.filesync_pull_interval_seconds,
@@ -234,6 +281,9 @@ def build_app(settings: FilesyncSettings) -> AsgiFastStream:
                         publish=runtime.publisher.publish,
                         timing=timing,
                         pg_password=settings.postgres_password(),
+                        catalogue=catalogue(cluster.name, fs.name)
+                        if placement.mode == "mirror"
+                        else None,
                     )
                     workers[(cluster.name, fs.name)] = w
                     spawn(w.run(), f"run-{w.name}")

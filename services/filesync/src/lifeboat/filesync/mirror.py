@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from lifeboat.common.decision import Publish
 from lifeboat.common.events import ClusterEvent, Source
@@ -32,7 +33,14 @@ from lifeboat.filesync.plan import (
 from lifeboat.filesync.plan import Tombstone as Bury
 from lifeboat.filesync.scan import Changed, hash_file, hash_scan, scan
 from lifeboat.filesync.store import SetStore
-from lifeboat.objstore.filesets import Entry, Manifest, Snapshot, Tombstone, snapshot_id
+from lifeboat.objstore.filesets import (
+    Entry,
+    Manifest,
+    Snapshot,
+    SnapshotVerification,
+    Tombstone,
+    snapshot_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +95,14 @@ class Mirror:
         self.manifest: Manifest | None = None
         self.stored: set[str] = set()
         self.pinned: dict[str, Snapshot] = {}  # live snapshots: their objects are kept
+        self.verifications: dict[str, SnapshotVerification] = {}  # the latest, by snapshot
 
     def load(self) -> None:
         """What S3 holds now: the manifest, the stored hashes, the snapshots."""
         self.manifest = self.store.read_manifest(self.ref.cluster, self.ref.fileset)
         self.stored = set(self.store.stored_objects())
         self.pinned = {s.snapshot_id: s for s in self.store.snapshots()}
+        self.verifications = self.store.verifications(list(self.pinned))
 
     def sync(self, *, allow_mass_delete: bool = False, now: datetime | None = None) -> PassResult:
         started = time.monotonic()
@@ -218,7 +228,13 @@ class Mirror:
     # --- snapshots ----------------------------------------------------------------------
 
     def take_snapshot(
-        self, *, now: datetime, keep_for: timedelta | None, tail: str, request_id: str | None
+        self,
+        *,
+        now: datetime,
+        keep_for: timedelta | None,
+        tail: str,
+        request_id: str | None,
+        kind: Literal["files", "full"] = "files",
     ) -> tuple[Snapshot, str]:
         """The set as of `now`, after a pass, so what is on disk now is what is kept."""
         self.sync(now=now)
@@ -232,15 +248,20 @@ class Mirror:
             generation=self.manifest.generation,
             entries=self.manifest.entries,
             request_id=request_id,
+            kind=kind,
         )
         key = self.store.write_snapshot(snap)
         self.pinned[snap.snapshot_id] = snap
         return snap, key
 
     def expire_snapshots(self, now: datetime, result: PassResult) -> None:
-        expired = [s for s in self.pinned.values() if not s.live(now)]
-        for snap in expired:
+        self.drop_snapshots([s for s in self.pinned.values() if not s.live(now)], result)
+
+    def drop_snapshots(self, snapshots: list[Snapshot], result: PassResult) -> None:
+        """Unlist the snapshots, then remove the objects nothing else keeps."""
+        for snap in snapshots:
             self.store.delete_snapshot(snap.snapshot_id)
             del self.pinned[snap.snapshot_id]
-        if expired:
-            self._collect({e.sha256 for s in expired for e in s.entries.values()}, result)
+            self.verifications.pop(snap.snapshot_id, None)
+        if snapshots:
+            self._collect({e.sha256 for s in snapshots for e in s.entries.values()}, result)

@@ -28,7 +28,12 @@ from lifeboat.common.clusters import ClusterSpec, FileSetPlacement, FileSetSpec
 from lifeboat.common.decision import stamped
 from lifeboat.common.events import (
     BackupCompleted,
+    BackupDeleted,
+    BackupDeleteRefused,
+    BackupDeleteRequested,
     BackupKind,
+    BackupVerified,
+    BackupVerifyRequested,
     Envelope,
     FileReferencesChecked,
     FileRestored,
@@ -46,12 +51,15 @@ from lifeboat.filesync.mirror import Mirror, PassResult, SetRef
 from lifeboat.filesync.plan import Policy
 from lifeboat.filesync.pull import FetchResult, fetch, restore_target
 from lifeboat.filesync.scan import TMP_PREFIX
+from lifeboat.filesync.snapshots import Refused, catalogue_entry, listed, plan_delete, read_back
 from lifeboat.filesync.store import SetStore
-from lifeboat.objstore.filesets import Entry
+from lifeboat.objstore.filesets import Entry, SnapshotVerification, snapshot_key
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Envelope], Awaitable[None]]
+# Writes the set's listed snapshots into the catalogue (KV), newest first.
+Catalogue = Callable[[list[dict[str, Any]]], Awaitable[None]]
 PROBLEMS = 20
 State = Literal["syncing", "in_sync", "paused", "failed"]
 
@@ -83,6 +91,7 @@ class SetWorker:
         publish: Publish,
         timing: Timing = Timing(),
         pg_password: SecretStr | None = None,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self.cluster = cluster
         self.spec = fileset
@@ -94,6 +103,8 @@ class SetWorker:
         self.publish = publish
         self.timing = timing
         self.pg_password = pg_password
+        self.catalogue = catalogue
+        self._catalogued: list[dict[str, Any]] | None = None
         self.policy = Policy(
             max_delete_share=fileset.max_delete_share,
             tombstone_retention=timedelta(days=fileset.tombstone_days),
@@ -153,6 +164,7 @@ class SetWorker:
                 return
             self.last, self.last_pass_at = result, time.time()
             await self._report(result, requested, correlation)
+        await self._list()
 
     def _pull(self, confirm: bool) -> FetchResult:
         manifest = self.store.read_manifest(self.cluster.name, self.spec.name)
@@ -427,6 +439,7 @@ class SetWorker:
                         keep_for=self.timing.snapshot_keep,
                         tail=tail,
                         request_id=str(request_id) if request_id else None,
+                        kind="files" if kind is BackupKind.FILES else "full",
                     )
                 )
             except Exception as exc:
@@ -466,7 +479,124 @@ class SetWorker:
                     objects=len({e.sha256 for e in snap.entries.values()}),
                 )
             )
+        await self._list()
         return taken
+
+    # --- files snapshots as backups -----------------------------------------------------
+
+    async def _list(self) -> None:
+        """The set's listed snapshots into the catalogue, when they changed (a snapshot taken,
+        expired, deleted or verified); a failed write is tried again after the next pass."""
+        if self.mirror is None or self.mirror.manifest is None or self.catalogue is None:
+            return
+        mirror, now = self.mirror, datetime.now(UTC)
+        entries = [
+            catalogue_entry(
+                snap,
+                mirror.verifications.get(snap.snapshot_id),
+                self.placement.node,
+                snapshot_key(self.store.prefix, snap.snapshot_id),
+            )
+            for snap in listed(dict(mirror.pinned), now)
+        ]
+        if entries == self._catalogued:
+            return
+        try:
+            await self.catalogue(entries)
+        except Exception as exc:
+            log.warning("%s: could not list the snapshots in the catalogue: %s", self.name, exc)
+            return
+        self._catalogued = entries
+
+    def serves(self, snapshot_id: str) -> bool:
+        return self.mirror is not None and snapshot_id in self.mirror.pinned
+
+    async def verify(self, request: BackupVerifyRequested) -> None:
+        """Read the named snapshot back (or, asked for no id, the set's newest listed one)
+        and answer `backup.verified`; the outcome is kept in S3 and listed with it."""
+        if self.mirror is None:
+            return
+        mirror, now = self.mirror, datetime.now(UTC)
+        if request.backup_id is not None:
+            snap = mirror.pinned.get(request.backup_id)
+        else:
+            snap = next(iter(listed(dict(mirror.pinned), now)), None)
+        if snap is None:
+            return
+        correlation = request.correlation_id or request.event_id
+        try:
+            verification = await asyncio.to_thread(
+                lambda: read_back(self.store, snap, self.pool, now)
+            )
+            await asyncio.to_thread(self.store.write_verification, verification)
+        except Exception as exc:
+            verification = SnapshotVerification(
+                snapshot_id=snap.snapshot_id,
+                ok=False,
+                detail=f"could not read the snapshot back: {exc}",
+                verified_at=now,
+                restore_seconds=0,
+                files=len(snap.entries),
+                bytes=snap.size_bytes,
+            )
+        if snap.snapshot_id in mirror.pinned:
+            mirror.verifications[snap.snapshot_id] = verification
+        await self._emit(
+            BackupVerified(
+                source=self.source,
+                cluster=self.cluster.name,
+                correlation_id=correlation,
+                backup_id=snap.snapshot_id,
+                ok=verification.ok,
+                detail=verification.detail,
+                request_id=request.event_id,
+                restore_seconds=verification.restore_seconds,
+            )
+        )
+        await self._list()
+
+    async def delete(self, request: BackupDeleteRequested) -> None:
+        """Delete a listed snapshot (never the set's last good one without `force`): unlisted
+        first, then the objects no manifest, tombstone or other snapshot keeps."""
+        if self.mirror is None:
+            return
+        mirror, now = self.mirror, datetime.now(UTC)
+        correlation = request.correlation_id or request.event_id
+        found = plan_delete(
+            dict(mirror.pinned),
+            dict(mirror.verifications),
+            request.backup_id,
+            force=request.force,
+            now=now,
+        )
+        if isinstance(found, Refused):
+            await self._emit(
+                BackupDeleteRefused(
+                    source=self.source,
+                    cluster=self.cluster.name,
+                    correlation_id=correlation,
+                    backup_id=request.backup_id,
+                    reason=found.reason,
+                    request_id=request.event_id,
+                )
+            )
+            return
+        result = PassResult()
+        async with self._lock:
+            await asyncio.to_thread(mirror.drop_snapshots, [found], result)
+        await self._emit(
+            BackupDeleted(
+                source=self.source,
+                cluster=self.cluster.name,
+                correlation_id=correlation,
+                backup_id=found.snapshot_id,
+                kind=BackupKind.FILES,
+                request_id=request.event_id,
+                forced=request.force,
+                objects=result.garbage,
+            )
+        )
+        await self._list()
 
     def paused_reason(self) -> str | None:
         return self._paused

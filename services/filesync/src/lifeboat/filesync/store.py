@@ -26,11 +26,13 @@ from lifeboat.objstore.filesets import (
     Entry,
     Manifest,
     Snapshot,
+    SnapshotVerification,
     manifest_key,
     object_key,
     objects_prefix,
     snapshot_key,
     snapshots_prefix,
+    verification_key,
 )
 
 if TYPE_CHECKING:
@@ -157,7 +159,49 @@ class SetStore:
         return key
 
     def delete_snapshot(self, snapshot_id: str) -> None:
+        """Unlisted first (the snapshot goes before its verification)."""
         self.client.delete_object(Bucket=self.bucket, Key=snapshot_key(self.prefix, snapshot_id))
+        self.client.delete_object(
+            Bucket=self.bucket, Key=verification_key(self.prefix, snapshot_id)
+        )
+
+    def verifications(self, snapshot_ids: list[str]) -> dict[str, SnapshotVerification]:
+        """The latest verification of each snapshot that has one."""
+        found = {}
+        for sid in snapshot_ids:
+            key = verification_key(self.prefix, sid)
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                if _missing(exc):
+                    continue
+                raise
+            found[sid] = SnapshotVerification.model_validate_json(body)
+        return found
+
+    def write_verification(self, verification: SnapshotVerification) -> None:
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=verification_key(self.prefix, verification.snapshot_id),
+            Body=verification.model_dump_json().encode(),
+            ContentType="application/json",
+        )
+
+    def read_back(self, sha256: str, size: int) -> str | None:
+        """None when the object is whole (its size and hash), else what is wrong with it."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=object_key(self.prefix, sha256))
+        except ClientError as exc:
+            if _missing(exc):
+                return f"{sha256[:12]}: missing"
+            return f"{sha256[:12]}: {exc}"
+        digest, length = hashlib.sha256(), 0
+        for chunk in answer["Body"].iter_chunks(1024 * 1024):
+            digest.update(chunk)
+            length += len(chunk)
+        if length != size or digest.hexdigest() != sha256:
+            return f"{sha256[:12]}: {length} bytes, not the {size} stored (or another hash)"
+        return None
 
     def delete_objects(self, hashes: list[str]) -> None:
         keys = [object_key(self.prefix, h) for h in hashes]

@@ -93,9 +93,6 @@ log = logging.getLogger(__name__)
 
 StreamKind = Literal["events", "heartbeats"]
 OperationKind = OperationKindName
-# The bucket the backup service mirrors its catalogue and WAL status into (its `mirror`):
-# keys `<cluster>` ({"backups": [...]}, newest first) and `<cluster>.wal` (a wal.status).
-BACKUPS_BUCKET = "lifeboat_backups"
 REQUESTS: dict[type[Envelope], OperationKind] = {
     FailoverRequested: "failover",
     SwitchoverRequested: "switchover",
@@ -216,6 +213,13 @@ Listener = Callable[[Stored], None]
 T = TypeVar("T")
 
 
+def _stopped_at(entry: dict[str, Any]) -> datetime:
+    try:
+        return datetime.fromisoformat(str(entry.get("stopped_at")))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
 class Projection:
     def __init__(
         self,
@@ -230,7 +234,10 @@ class Projection:
         self.topologies: dict[str, Topology] = {}
         self.topology_seen_at: dict[str, float] = {}  # monotonic, for the projection lag
         self.maintenance: dict[str, MaintenanceState] = {}
-        self.backups: dict[str, list[dict[str, Any]]] = {}  # cluster: listed, newest first
+        # The catalogue (`subjects.BACKUPS_BUCKET`): cluster -> what the backup service
+        # lists; (cluster, file set) -> that set's files snapshots. Each newest first.
+        self.backups: dict[str, list[dict[str, Any]]] = {}
+        self.file_backups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.wal: dict[str, WalStatus] = {}  # cluster: the mirrored wal.status
         self.file_status: dict[tuple[str, str, str], FileStatus] = {}  # (cluster, set, node)
         self.reports = ReportBook(max_age_seconds=report_max_age)
@@ -308,12 +315,32 @@ class Projection:
             self.topologies[cluster] = topology
         self.topology_seen_at[cluster] = time.monotonic()
 
-    def set_backups(self, cluster: str, backups: list[dict[str, Any]] | None) -> None:
+    def set_backups(
+        self, cluster: str, backups: list[dict[str, Any]] | None, fileset: str | None = None
+    ) -> None:
         self.version += 1
-        if backups is None:
+        if fileset is not None:
+            if backups is None:
+                self.file_backups.pop((cluster, fileset), None)
+            else:
+                self.file_backups[(cluster, fileset)] = backups
+        elif backups is None:
             self.backups.pop(cluster, None)
         else:
             self.backups[cluster] = backups
+
+    def catalogued(self, cluster: str) -> bool:
+        """Whether any catalogue of the cluster was mirrored (its database or files kinds)."""
+        return cluster in self.backups or any(c == cluster for c, _ in self.file_backups)
+
+    def listed(self, cluster: str) -> list[dict[str, Any]]:
+        """Every listed backup of the cluster, the database kinds and files snapshots, newest
+        first."""
+        found = list(self.backups.get(cluster, []))
+        for (c, _), entries in self.file_backups.items():
+            if c == cluster:
+                found += entries
+        return sorted(found, key=_stopped_at, reverse=True)
 
     def set_wal(self, cluster: str, status: WalStatus | None) -> None:
         self.version += 1
@@ -590,7 +617,7 @@ class Projection:
         )
         topology = await open_bucket(js, TOPOLOGY_BUCKET, history=16)
         maintenance = await open_bucket(js, subjects.MAINTENANCE_BUCKET)
-        backups = await open_bucket(js, BACKUPS_BUCKET)
+        backups = await open_bucket(js, subjects.BACKUPS_BUCKET)
         self._tasks.append(asyncio.create_task(self._watch(topology, self._on_topology)))
         self._tasks.append(asyncio.create_task(self._watch(maintenance, self._on_maintenance)))
         self._tasks.append(asyncio.create_task(self._watch(backups, self._on_backups)))
@@ -603,13 +630,15 @@ class Projection:
             cluster = key.removesuffix(".wal")
             self.set_wal(cluster, None if value is None else WalStatus.model_validate_json(value))
             return
+        cluster, _, fileset = key.partition(".files.")
         if value is None:
-            self.set_backups(key, None)
+            self.set_backups(cluster, None, fileset or None)
             return
         listed = json.loads(value).get("backups")
         if not isinstance(listed, list):
             raise ValueError("no list of backups")
-        self.set_backups(key, [b for b in listed if isinstance(b, dict) and "backup_id" in b])
+        entries = [b for b in listed if isinstance(b, dict) and "backup_id" in b]
+        self.set_backups(cluster, entries, fileset or None)
 
     def _on_maintenance(self, key: str, value: bytes | None) -> None:
         state = None if value is None else MaintenanceState.model_validate_json(value)

@@ -150,7 +150,7 @@ def backup_summary(entry: dict[str, Any]) -> BackupSummary:
 
 
 def find_backup(p: Projection, cluster: str, backup_id: str) -> dict[str, Any] | None:
-    return next((b for b in p.backups.get(cluster, ()) if b.get("backup_id") == backup_id), None)
+    return next((b for b in p.listed(cluster) if b.get("backup_id") == backup_id), None)
 
 
 def backup_detail(entry: dict[str, Any]) -> BackupDetail:
@@ -173,10 +173,10 @@ def _summaries(entries: list[dict[str, Any]]) -> list[BackupSummary]:
 def backup_list(
     p: Projection, cluster: str, kind: str | None = None, status: str | None = None
 ) -> BackupList:
-    listed = _summaries(p.backups.get(cluster, []))
+    listed = _summaries(p.listed(cluster))
     return BackupList(
         cluster=cluster,
-        mirrored=cluster in p.backups,
+        mirrored=p.catalogued(cluster),
         backups=[
             b
             for b in listed

@@ -2,14 +2,15 @@
 
 Commands publish `backup.requested`, `backup.verify_requested`, `backup.delete_requested` and
 `restore.requested` as operations (see `operations`); the backup service answers with the
-request's id as `request_id`, which closes them. Reads come from the catalogue and WAL status
-the backup service mirrors into KV `lifeboat_backups`: the gateway never talks to S3.
+request's id as `request_id`, which closes them; filesync answers for files snapshots. Reads
+come from the catalogue the backup service (database kinds, WAL status) and filesync (files
+snapshots) mirror into KV `lifeboat_backups`: the gateway never talks to S3.
 """
 
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
@@ -26,11 +27,13 @@ from lifeboat.gateway import views
 from lifeboat.gateway.auth import Operator, Reader
 from lifeboat.gateway.deps import ClusterDep, Gateway, GatewayDep, require_node
 from lifeboat.gateway.problems import Problem, invalid, responses
+from lifeboat.gateway.routes import files
 from lifeboat.gateway.routes.operations import COMMAND, command
 from lifeboat.gateway.schemas import (
     BackupCreate,
     BackupDetail,
     BackupList,
+    FileRestoreBody,
     RestoreBody,
     WaitBody,
     WalView,
@@ -44,7 +47,7 @@ ListedStatus = Literal["verified", "unverified", "failed_verification"]
 def require_backup(gw: Gateway, spec: ClusterSpec, backup_id: str) -> None:
     """404 unless the mirrored catalogue lists `backup_id` (once there is a catalogue:
     before the backup service mirrored one, the service itself decides)."""
-    if spec.name not in gw.projection.backups:
+    if not gw.projection.catalogued(spec.name):
         return
     if views.find_backup(gw.projection, spec.name, backup_id) is None:
         raise Problem(
@@ -174,8 +177,12 @@ async def restore(
 ) -> JSONResponse:
     """Restore a backup (the newest fitting one, replaying WAL up to `target_time` or
     `target_lsn` for point-in-time recovery) into a new data directory and port, or with
-    `node` and `confirm` into that node."""
+    `node` and `confirm` into that node. A `files` backup is restored by filesync: into
+    `data_dir`, or with `node` and `confirm` over that node's copy of the set."""
     body = body or RestoreBody()
+    listed = views.find_backup(gw.projection, spec.name, body.backup_id) if body.backup_id else None
+    if listed is not None and listed.get("kind") == "files":
+        return await restore_files(who, spec, gw, body, listed)
     check_restore(gw, spec, body)
     return await command(
         gw,
@@ -192,6 +199,26 @@ async def restore(
         node=body.node,
         confirm=body.confirm,
     )
+
+
+async def restore_files(
+    who: Operator, spec: ClusterSpec, gw: Gateway, body: RestoreBody, listed: dict[str, Any]
+) -> JSONResponse:
+    """A files backup is its set's snapshot: restored by filesync, into `data_dir` (a new
+    directory) or with `node` and `confirm` over that node's copy of the set."""
+    if body.target_time is not None or body.target_lsn is not None:
+        raise invalid("body.target_time", "a files backup is restored as of its snapshot")
+    if body.port is not None:
+        raise invalid("body.port", "a files backup is restored into a directory")
+    fs = await files.fileset_spec(str(listed.get("fileset")), spec)
+    wanted = FileRestoreBody(
+        destination=body.data_dir,
+        snapshot_id=body.backup_id,
+        node=body.node,
+        confirm=body.confirm,
+        wait_seconds=body.wait_seconds,
+    )
+    return await files.restore(who, spec, fs, gw, wanted)
 
 
 @router.get("/{cluster}/wal", responses=READ)
