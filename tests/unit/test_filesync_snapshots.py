@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from lifeboat.filesync.snapshots import Refused, catalogue_entry, listed, plan_delete
+from lifeboat.filesync.snapshots import Refused, catalogue_entry, expired, listed, plan_delete
 from lifeboat.objstore.filesets import Entry, Snapshot, SnapshotVerification
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -73,3 +73,10 @@ def test_delete_refuses_unknown_expired_and_full_backups_halves() -> None:
         refused = plan_delete(SNAPS, {}, sid, force=True, now=NOW)
         assert isinstance(refused, Refused)
         assert why in refused.reason
+
+
+def test_the_newest_files_snapshot_outlives_its_expiry_like_the_newest_backup_of_a_kind() -> None:
+    stale = {"a": snap("a", 50), "b": snap("b", 30), "full": snap("full", 40, kind="full")}
+    assert sorted(s.snapshot_id for s in expired(stale, NOW)) == ["a", "full"]
+    assert [s.snapshot_id for s in listed(stale, NOW)] == ["b"]
+    assert isinstance(plan_delete(stale, {}, "b", force=True, now=NOW), Snapshot)

@@ -32,13 +32,17 @@ def test_a_snapshot_keeps_its_content_while_files_change_then_expires(rig: Rig) 
     assert not result.problems
     assert tree(dest) == before
 
-    # A fresh instance sees the pin too; once expired, the old version goes.
+    # A fresh instance sees the pin too; once expired, the old version goes — the first
+    # snapshot only: the newest outlives its expiry, like the newest backup of each kind.
+    newer, _ = m.take_snapshot(
+        now=now + timedelta(seconds=1), keep_for=timedelta(days=1), tail="t2", request_id=None
+    )
     fresh = rig.mirror(state="fresh")
     fresh.load()
     assert snap.snapshot_id in fresh.pinned
     later = fresh.sync(now=now + timedelta(days=2))
     assert later.garbage == 1  # version 1: b is still a tombstone, so only a goes
-    assert rig.store().snapshots() == []
+    assert rig.store().snapshots() == [newer]
     client = rig.store().client
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=key)
     assert [o for page in pages for o in page.get("Contents", [])] == []

@@ -32,6 +32,7 @@ from lifeboat.filesync.plan import (
 )
 from lifeboat.filesync.plan import Tombstone as Bury
 from lifeboat.filesync.scan import Changed, hash_file, hash_scan, scan
+from lifeboat.filesync.snapshots import expired
 from lifeboat.filesync.store import SetStore
 from lifeboat.objstore.filesets import (
     Entry,
@@ -255,7 +256,7 @@ class Mirror:
         return snap, key
 
     def expire_snapshots(self, now: datetime, result: PassResult) -> None:
-        self.drop_snapshots([s for s in self.pinned.values() if not s.live(now)], result)
+        self.drop_snapshots(expired(self.pinned, now), result)
 
     def drop_snapshots(self, snapshots: list[Snapshot], result: PassResult) -> None:
         """Unlist the snapshots, then remove the objects nothing else keeps."""

@@ -21,10 +21,20 @@ from lifeboat.objstore.filesets import Snapshot, SnapshotVerification
 SHOWN = 5  # problems named in a verification's detail
 
 
+def expired(snapshots: Mapping[str, Snapshot], now: datetime) -> list[Snapshot]:
+    """The snapshots past their expiry, but never the set's newest `files` one: like the
+    backup service's retention, which always keeps the newest backup of each kind, so a set
+    whose snapshots stopped (a schedule off, a mirror down for weeks) still has one."""
+    files = [s for s in snapshots.values() if s.kind == "files"]
+    newest = max(files, key=lambda s: (s.taken_at, s.snapshot_id), default=None)
+    return [s for s in snapshots.values() if not s.live(now) and s is not newest]
+
+
 def listed(snapshots: Mapping[str, Snapshot], now: datetime) -> list[Snapshot]:
-    """The live `files` snapshots, newest first: what the catalogue lists for the set."""
-    live = [s for s in snapshots.values() if s.kind == "files" and s.live(now)]
-    return sorted(live, key=lambda s: (s.taken_at, s.snapshot_id), reverse=True)
+    """The `files` snapshots not expired, newest first: what the catalogue lists for the set."""
+    gone = {s.snapshot_id for s in expired(snapshots, now)}
+    kept = [s for s in snapshots.values() if s.kind == "files" and s.snapshot_id not in gone]
+    return sorted(kept, key=lambda s: (s.taken_at, s.snapshot_id), reverse=True)
 
 
 def catalogue_entry(
@@ -81,7 +91,7 @@ def plan_delete(
     """The snapshot to delete, or why not — the backup service's rule for its kinds: never the
     last good backup of the set without `force`."""
     snap = snapshots.get(snapshot_id)
-    if snap is None or not snap.live(now):
+    if snap is None or snap in expired(snapshots, now):
         return Refused(f"no files snapshot {snapshot_id!r} is listed")
     if snap.kind != "files":
         return Refused(f"{snapshot_id} is part of a full backup: it goes with that backup")
