@@ -103,8 +103,9 @@ def primary_of(pg: PgCluster) -> int:
     raise AssertionError("no primary")
 
 
-def write(pg: PgCluster, label: str) -> datetime:
-    """Commit one row, close its segment, and return a time just after the commit."""
+def write(pg: PgCluster, label: str, *, switch: bool = True) -> datetime:
+    """Commit one row, close its segment (unless not `switch`), and return a time just after
+    the commit."""
     node = pg.nodes[primary_of(pg)]
     node.execute(
         sql.SQL("create table if not exists marks (label text, at timestamptz)"), dbname="app"
@@ -115,7 +116,8 @@ def write(pg: PgCluster, label: str) -> datetime:
     time.sleep(0.3)
     at = datetime.now(UTC)
     time.sleep(0.3)
-    node.execute(sql.SQL("select pg_switch_wal()"))
+    if switch:
+        node.execute(sql.SQL("select pg_switch_wal()"))
     return at
 
 
@@ -189,6 +191,26 @@ async def test_pitr_to_a_time_between_two_transactions_recovers_exactly_the_firs
     assert events.of(WalArchived)
     assert archiver.status().lag_bytes is not None
     assert await pitr(cluster, endpoint, cluster_name, workdir, first) == ["before-backup", "first"]
+
+
+async def test_pitr_into_the_segment_being_written_uses_its_uploaded_part(
+    cluster: PgCluster, endpoint: S3Endpoint, cluster_name: str, workdir: Path,
+    archiving: tuple[Archiver, Events],
+) -> None:  # fmt: skip
+    """The target is in the segment the primary still writes: only its partial is in S3
+    (padded on restore: recovery refuses a short segment, 'wrong size')."""
+    archiver, _ = archiving
+    at = write(cluster, "in-partial", switch=False)
+    write(cluster, "after", switch=False)
+    node = cluster.nodes[primary_of(cluster)]
+    lsn = lsn_to_int(str(node.query(sql.SQL("select pg_current_wal_lsn()::text"))[0][0]))
+    deadline = time.monotonic() + 20
+    while archiver.position.end < lsn:
+        assert time.monotonic() < deadline, archiver.status()
+        await asyncio.sleep(0.1)
+    assert str(archiver.position.segment).endswith(".partial")
+    labels = await pitr(cluster, endpoint, cluster_name, workdir, at)
+    assert labels[-1] == "in-partial"
 
 
 async def test_s3_stopped_mid_archive_loses_no_segment(

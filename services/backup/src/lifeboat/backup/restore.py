@@ -23,7 +23,7 @@ from psycopg import sql
 
 from lifeboat.backup.manifest import Manifest, StoredObject
 from lifeboat.backup.pipeline import Transfer, pipe, receive_into
-from lifeboat.backup.plan import RestorePlan
+from lifeboat.backup.plan import RestorePlan, WalFile
 from lifeboat.objstore.codec import Codec, Compression, WrongKeyError, key_id
 from lifeboat.objstore.download import read_object
 from lifeboat.pg import tools
@@ -92,14 +92,21 @@ async def _fetch_wal(ctx: RestoreContext, codec: Codec, plan: RestorePlan, into:
     await asyncio.to_thread(into.mkdir, mode=0o700, exist_ok=True)
     limit = asyncio.Semaphore(4)
 
-    async def one(key: str, name: str) -> None:
+    seg = plan.backup.wal_segment_size or 16 * 1024 * 1024
+
+    async def one(wal: WalFile) -> None:
         async with limit:
-            stored = await read_object(ctx.transfer.client, ctx.transfer.bucket, key)
+            stored = await read_object(ctx.transfer.client, ctx.transfer.bucket, wal.key)
             decoder = codec.decoder()
             data = await asyncio.to_thread(lambda: decoder.update(stored) + decoder.finish())
-            await asyncio.to_thread((into / name).write_bytes, data)
+            if wal.segno is not None and ".partial" in wal.key and len(data) < seg:
+                # The segment being written, as far as it was uploaded: recovery refuses a
+                # short segment file ("wrong size") but stops at the zeros after the last
+                # record, as in a segment pg_receivewal preallocated.
+                data += bytes(seg - len(data))
+            await asyncio.to_thread((into / wal.name).write_bytes, data)
 
-    await asyncio.gather(*(one(w.key, w.name) for w in plan.wal))
+    await asyncio.gather(*(one(w) for w in plan.wal))
     ctx.user.own(into)
     return len(plan.wal)
 
