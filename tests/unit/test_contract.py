@@ -42,6 +42,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "reason": "sorry, too many clients already",
     },
     "node.fenced": {**NODE, "reason": "stale epoch", "epoch": 3},
+    "node.self_fenced": {
+        **NODE,
+        "reason": "writable, but the topology names node2 primary at epoch 4",
+        "action": "stopped (fast)",
+        "epoch": 4,
+        "primary": "node2",
+        "unconfirmed_seconds": 0.4,
+        "bound_seconds": 5.0,
+    },
     "node.rejoin_requested": {**NODE, "requested_by": "drill"},
     "node.rejoined": {**NODE, "method": "pg_rewind", "upstream": "node2", "seconds": 2.5},
     "failover.requested": {

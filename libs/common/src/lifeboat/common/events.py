@@ -207,6 +207,19 @@ class NodeFenced(NodeEvent):
     reason: str
 
 
+class NodeSelfFenced(NodeEvent):
+    """From the node's own agent (`epoch` and `primary`: the topology it last read)."""
+
+    topic = s.NODE_SELF_FENCED
+    type: Literal["node.self_fenced"] = "node.self_fenced"
+    reason: str
+    action: str  # what stopping it took: a fast stop, else immediate, else SIGKILL
+    primary: Name | None = None
+    # Since the agent last confirmed the node as primary, and the bound it keeps to.
+    unconfirmed_seconds: NonNegativeFloat
+    bound_seconds: NonNegativeFloat
+
+
 class NodeRejoinRequested(NodeEvent):
     topic = s.NODE_REJOIN_REQUESTED
     type: Literal["node.rejoin_requested"] = "node.rejoin_requested"

@@ -15,6 +15,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
+from lifeboat.agent.settings import AgentSettings
 from lifeboat.backup.settings import BackupSettings
 from lifeboat.common.settings import S3Settings, ServiceSettings
 from lifeboat.devstack.settings import StackSettings
@@ -25,13 +26,19 @@ from lifeboat.monitor.settings import MonitorSettings
 
 # (title, model, whether the sections above already list its common settings, intro)
 SECTIONS: tuple[tuple[str, type[BaseSettings], bool, str], ...] = (
-    ("Every service", ServiceSettings, False, "Monitor, failover, backup, filesync, gateway."),
+    (
+        "Every service",
+        ServiceSettings,
+        False,
+        "Monitor, failover, backup, filesync, gateway, node agent.",
+    ),
     ("S3", S3Settings, False, "Read by backup, filesync and the gateway."),
     ("Monitor", MonitorSettings, True, "`python -m lifeboat.monitor`."),
     ("Failover", FailoverSettings, True, "`python -m lifeboat.failover`."),
     ("Backup", BackupSettings, True, "`python -m lifeboat.backup`."),
     ("Filesync", FilesyncSettings, True, "`python -m lifeboat.filesync`."),
     ("Gateway", GatewaySettings, True, "`python -m lifeboat.gateway`."),
+    ("Node agent", AgentSettings, True, "`python -m lifeboat.agent`, one beside each node."),
     ("Local stack (`make up`)", StackSettings, False, "`python -m lifeboat.devstack up`."),
 )
 

@@ -1,0 +1,212 @@
+"""The agent's loop: read the node's state and the topology, judge, fence; send events.
+
+Every wait in a round is bounded by the time left before the node's deadline, so a writable
+node is fenced on time whether NATS answers, hangs or is gone. Events wait in an outbox while
+NATS is unreachable (the usual reason to fence) and go out once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import httpx
+
+from lifeboat.agent.failsafe import AgentView, ask_all
+from lifeboat.agent.guard import Confirmed, Fence, Keep, Observation, PeerAnswer, Verdict, judge
+from lifeboat.agent.guard import members as failsafe_members
+from lifeboat.agent.node import NodeState, read_state, stop
+from lifeboat.agent.settings import AgentSettings
+from lifeboat.common.events import Envelope, NodeSelfFenced, Source
+from lifeboat.common.kv import TopologyStore
+from lifeboat.common.state import Topology
+from lifeboat.pg.datadir import DataDir
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        data: DataDir,
+        source: Source,
+        publish: Callable[[Envelope], Awaitable[None]],
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.settings = settings
+        self.data = data
+        self.source = source
+        self.publish = publish
+        self.client = client
+        self.bound = settings.agent_self_fence_seconds
+        # Set once NATS is connected (see app.py); until then every read fails.
+        self.store: TopologyStore | None = None
+        # An agent that just started has confirmed nothing: its start counts as the last
+        # confirmation, so a writable node it cannot confirm is fenced within the bound.
+        self.confirmed_at = time.monotonic()
+        self.last_topology: Topology | None = None
+        self.last_read_at: float | None = None
+        self.read_error: str | None = None
+        self.state: NodeState | None = None
+        self.verdict: Verdict | None = None
+        self.last_round_at: float | None = None
+        self.fences = 0
+        self.outbox: deque[Envelope] = deque(maxlen=settings.agent_outbox_size)
+        self._queued = asyncio.Event()
+
+    @property
+    def deadline(self) -> float:
+        return self.confirmed_at + self.bound
+
+    async def run(self) -> None:
+        interval = self.settings.agent_check_seconds
+        while True:
+            started = time.monotonic()
+            try:
+                await self.round()
+            except Exception:
+                log.exception("agent round failed")
+            wake = started + interval
+            if self.state is not None and self.state.writable:
+                wake = min(wake, self.deadline)  # act at the deadline, not after it
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+
+    async def round(self) -> Verdict:
+        state = await asyncio.to_thread(read_state, self.data)
+        self.state = state
+        read_at = time.monotonic()
+        topology, error = await self._read(self._wait(self.settings.agent_nats_timeout_seconds))
+        observation = Observation(
+            node=self.settings.agent_node,
+            now=time.monotonic(),
+            state=state,
+            topology=topology,
+            read_error=error,
+            read_at=read_at,
+            last_topology=self.last_topology,
+            confirmed_at=self.confirmed_at,
+            bound=self.bound,
+            peers=self.settings.agent_peers,
+        )
+        if error is not None and state.writable and self.settings.agent_peers:
+            asked_at = time.monotonic()
+            answers = await self._ask_peers(observation)
+            observation = replace(
+                observation, answers=answers, asked_at=asked_at, now=time.monotonic()
+            )
+        verdict = judge(observation)
+        self._note(verdict)
+        match verdict:
+            case Confirmed(at):
+                self.confirmed_at = max(self.confirmed_at, at)
+            case Fence(reason):
+                await self._fence(reason, observation)
+            case Keep():
+                pass
+        self.last_round_at = time.monotonic()
+        return verdict
+
+    def _wait(self, most: float) -> float:
+        """How long this round may wait on something: at most `most`, and, for a writable
+        node, no later than its deadline (past it, not at all: it is not confirmed)."""
+        if self.state is None or not self.state.writable:
+            return most
+        return max(0.0, min(most, self.deadline - time.monotonic()))
+
+    async def _read(self, timeout: float) -> tuple[Topology | None, str | None]:
+        if self.store is None:
+            return None, "not connected to NATS yet"
+        if timeout <= 0:  # the last try's reason stands
+            return None, self.read_error or "no time left before the deadline"
+        try:
+            async with asyncio.timeout(timeout):
+                found = await self.store.get(self.settings.agent_cluster)
+        except TimeoutError:
+            self.read_error = f"no answer from NATS within {timeout:.2f}s"
+            return None, self.read_error
+        except Exception as exc:  # connection gone, no responders, ...
+            self.read_error = f"{type(exc).__name__}: {exc}"[:300]
+            return None, self.read_error
+        self.read_error = None
+        self.last_read_at = time.monotonic()
+        if found is not None:
+            self.last_topology = found.value
+        return (None if found is None else found.value), None
+
+    async def _ask_peers(self, o: Observation) -> tuple[PeerAnswer, ...]:
+        timeout = self._wait(self.settings.agent_peer_timeout_seconds)
+        if timeout <= 0:
+            return tuple(
+                PeerAnswer(n, error="no time left before the deadline") for n in failsafe_members(o)
+            )
+        return await ask_all(self.client, self.settings.agent_peers, failsafe_members(o), timeout)
+
+    def _note(self, verdict: Verdict) -> None:
+        previous = self.verdict
+        self.verdict = verdict
+        if previous is None or type(previous) is not type(verdict):
+            level = logging.ERROR if isinstance(verdict, Fence) else logging.INFO
+            log.log(level, "%s: %s", self.settings.agent_node, verdict.reason)
+
+    async def _fence(self, reason: str, o: Observation) -> None:
+        action = await asyncio.to_thread(stop, self.data, self.settings.agent_stop_timeout_seconds)
+        self.fences += 1
+        log.error("%s fenced: %s: %s", self.settings.agent_node, reason, action)
+        seen = o.topology if o.read_error is None else self.last_topology
+        self.queue(
+            NodeSelfFenced(
+                cluster=self.settings.agent_cluster,
+                node=self.settings.agent_node,
+                source=self.source,
+                epoch=None if seen is None else seen.epoch,
+                primary=None if seen is None else seen.primary,
+                reason=reason,
+                action=action,
+                unconfirmed_seconds=round(max(0.0, o.now - o.confirmed_at), 3),
+                bound_seconds=self.bound,
+            )
+        )
+
+    def queue(self, event: Envelope) -> None:
+        self.outbox.append(event)
+        self._queued.set()
+
+    async def run_publishing(self) -> None:
+        """Send the outbox in order; while NATS is away, try again every second."""
+        while True:
+            if not self.outbox:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            try:
+                async with asyncio.timeout(5):
+                    await self.publish(self.outbox[0])
+            except Exception as exc:
+                log.debug("event not sent yet: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            self.outbox.popleft()
+
+    def view(self) -> AgentView:
+        state = self.state or NodeState(False, None, "not read yet")
+        t = self.last_topology
+        now = time.monotonic()
+        return AgentView(
+            cluster=self.settings.agent_cluster,
+            node=self.settings.agent_node,
+            running=state.running,
+            writable=state.writable,
+            role=state.role,
+            cluster_state=state.cluster_state,
+            epoch=None if t is None else t.epoch,
+            primary=None if t is None else t.primary,
+            topology_age_seconds=None
+            if self.last_read_at is None
+            else round(now - self.last_read_at, 3),
+            verdict=self.verdict.reason if self.verdict else "no round yet",
+        )

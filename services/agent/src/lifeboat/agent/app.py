@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from lifeboat.agent.agent import Agent
+from lifeboat.agent.failsafe import VIEW_PATH
+from lifeboat.agent.settings import AgentSettings
+from lifeboat.common.health import ComponentHealth, Status, component
+from lifeboat.common.kv import TopologyStore
+from lifeboat.common.runtime import ServiceRuntime
+from lifeboat.pg.binaries import find_bindir
+from lifeboat.pg.datadir import DataDir
+from lifeboat.pg.osuser import OsUser
+
+SERVICE = "agent"
+log = logging.getLogger(__name__)
+
+
+def build_app(settings: AgentSettings) -> Starlette:
+    # Ready on the guard alone: an agent without NATS still guards its node (that is when it
+    # matters most), so it must start, answer and stay up without it.
+    runtime = ServiceRuntime(SERVICE, settings, ready_on=("guard",))
+    data = DataDir(
+        settings.agent_data_dir,
+        OsUser.for_postgres(settings.pg_os_user),
+        find_bindir(settings.pg_bindir),
+    )
+    client = httpx.AsyncClient()
+    agent = Agent(settings, data, runtime.source, runtime.publisher.publish, client)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def connect() -> None:
+        """NATS in the background, however long it takes: the guard does not wait for it."""
+        while True:
+            try:
+                await runtime.connect()
+                break
+            except Exception as exc:
+                log.warning("NATS not reachable yet (%s); the guard runs without it", exc)
+                await asyncio.sleep(1)
+        js = runtime.broker.config.connection_state.stream
+        agent.store = await TopologyStore.open(js)
+        runtime.start_heartbeats()
+
+    async def start() -> None:
+        tasks.append(asyncio.create_task(agent.run(), name="guard"))
+        tasks.append(asyncio.create_task(agent.run_publishing(), name="publishing"))
+        tasks.append(asyncio.create_task(connect(), name="connect"))
+        runtime.mark_ready()
+
+    async def shutdown() -> None:
+        runtime.mark_ready(False)
+        await runtime.stop_heartbeats()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.aclose()
+        await runtime.broker.stop()
+
+    async def guard_health() -> ComponentHealth:
+        if agent.last_round_at is None:
+            return component("guard", Status.DEGRADED, "no round finished yet")
+        age = time.monotonic() - agent.last_round_at
+        late = age > 3 * settings.agent_check_seconds + settings.agent_nats_timeout_seconds
+        return component(
+            "guard",
+            Status.UNHEALTHY if late else Status.HEALTHY,
+            agent.verdict.reason if agent.verdict else "",
+            last_round_seconds_ago=round(age, 3),
+            fences=agent.fences,
+            outbox=len(agent.outbox),
+        )
+
+    runtime.health.add("guard", guard_health)
+
+    async def view(request: Request) -> JSONResponse:
+        return JSONResponse(agent.view().model_dump(mode="json"))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await start()
+        try:
+            yield
+        finally:
+            await shutdown()
+
+    # Not the services' FastStream app: it starts its broker before it serves, and would not
+    # start at all without NATS. The health routes are the same ASGI handlers.
+    routes = [Route(VIEW_PATH, view), *(Route(p, h) for p, h in runtime.health_routes())]
+    return Starlette(routes=routes, lifespan=lifespan)

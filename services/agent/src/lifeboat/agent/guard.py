@@ -1,0 +1,161 @@
+"""The agent's one decision, pure: keep the node as it is, count a confirmation, or fence it.
+
+The bound: a writable node is fenced once `bound` seconds have passed since the start of the
+last read that confirmed it (the topology named it primary, or, while NATS is unreachable,
+every other member's agent answered that its node follows, the failsafe). The failover
+leader writes a new epoch before it promotes anyone; a read that starts after that write
+sees it, so the old primary's last confirming read started before the write, and the node
+is fenced at most `bound` after the write. A leader that waits `bound` (plus a margin for
+clock rates and the stop's signal) after its write can rely on the old primary not
+committing any more — unless the failsafe holds it up (see `failsafe`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lifeboat.agent.node import NodeState
+from lifeboat.common.events import FailoverKind
+from lifeboat.common.state import Topology
+
+
+@dataclass(frozen=True)
+class PeerAnswer:
+    """One other member's agent, asked directly (failsafe)."""
+
+    node: str
+    writable: bool | None = None  # None: it did not answer
+    epoch: int | None = None  # the topology it last read, if any
+    primary: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    node: str
+    now: float
+    state: NodeState
+    # This round's topology read: the record (None: there is none yet), unless it failed.
+    topology: Topology | None
+    read_error: str | None
+    read_at: float  # when the read started
+    # The last topology read successfully, and when the node was last confirmed.
+    last_topology: Topology | None
+    confirmed_at: float
+    bound: float
+    peers: dict[str, str]  # node -> its agent's address
+    # The other members' agents, asked this round when the read failed.
+    answers: tuple[PeerAnswer, ...] | None = None
+    asked_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Keep:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fence:
+    reason: str
+
+
+Verdict = Keep | Confirmed | Fence
+
+
+def deadline(o: Observation) -> float:
+    return o.confirmed_at + o.bound
+
+
+def members(o: Observation) -> tuple[str, ...]:
+    """Whom the failsafe must hear from: the topology's members, else every configured peer."""
+    known = tuple(o.last_topology.members) if o.last_topology else tuple(o.peers)
+    return tuple(sorted(n for n in known if n != o.node))
+
+
+def failsafe(o: Observation) -> Verdict | None:
+    """While NATS is unreachable: a primary keeps serving only while every other member's
+    agent answers that its node is not writable and that it saw no other primary.
+
+    The failover leader today promotes nobody before the old primary is confirmed fenced
+    (stopped, or fenced over SQL and read back), so a primary kept up by the failsafe is
+    never beside a second one it promoted. A forced failover, which accepts an unconfirmed
+    fence, is the exception: the promoted standby's agent answers as a primary at the next
+    check, and the old primary is fenced then.
+    """
+    if o.answers is None:
+        return None
+    latest = o.last_topology.epoch if o.last_topology else -1
+    for a in o.answers:
+        if a.writable:
+            return Fence(f"failsafe: {a.node} is writable too (its agent says so)")
+        if a.primary not in (None, o.node) and a.epoch is not None and a.epoch >= latest:
+            seen = f"{a.primary} as primary at epoch {a.epoch}"
+            return Fence(f"failsafe: {a.node}'s agent read {seen}")
+    wanted = members(o)
+    answered = {a.node for a in o.answers if a.writable is not None}
+    missing = [n for n in wanted if n not in answered]
+    if not wanted or missing:
+        return None
+    return Confirmed(
+        o.asked_at,
+        f"failsafe: NATS unreachable ({o.read_error}), every other member's agent answers "
+        f"({', '.join(wanted)}) and none is writable",
+    )
+
+
+def judge(o: Observation) -> Verdict:
+    if o.read_error is None:
+        t = o.topology
+        if t is None:
+            # Only the failover creates the record, naming the primary it finds; until then
+            # nobody has been promoted, so nothing can be beside this node.
+            return Confirmed(o.read_at, "no topology yet: nobody has been promoted")
+        if t.primary == o.node:
+            return Confirmed(o.read_at, f"named primary at epoch {t.epoch}")
+        named = f"the topology names {t.primary or 'no node'} primary at epoch {t.epoch}"
+        if not o.state.writable:
+            return Keep(f"{o.state.describe()}; {named}")
+        op = t.operation
+        if (
+            op is not None
+            and op.kind is FailoverKind.SWITCHOVER
+            and op.old_primary == o.node
+            and o.now < deadline(o)
+        ):
+            # The leader hands over: it makes this node read-only and stops it cleanly
+            # itself, then waits for the target to replay the last WAL. Stopping it under
+            # the leader's feet would fail the switchover; the bound still holds.
+            return Keep(f"writable, {named}: the switchover under way stops it")
+        return Fence(f"writable, but {named}")
+    if not o.state.writable:
+        return Keep(f"{o.state.describe()}; the topology cannot be read ({o.read_error})")
+    verdict = failsafe(o)
+    if verdict is not None:
+        return verdict
+    unconfirmed = o.now - o.confirmed_at
+    if o.now >= deadline(o):
+        return Fence(
+            f"writable, and not confirmed primary for {unconfirmed:.1f}s (the bound is "
+            f"{o.bound:g}s): the topology cannot be read ({o.read_error})"
+            + (f"; failsafe: {_failsafe_gap(o)}" if o.peers or o.answers is not None else "")
+        )
+    return Keep(f"writable, unconfirmed for {unconfirmed:.1f}s: {o.read_error}")
+
+
+def _failsafe_gap(o: Observation) -> str:
+    """Why the failsafe did not hold, for the fence's reason."""
+    answers = {a.node: a for a in o.answers or ()}
+    gaps = []
+    for node in members(o):
+        a = answers.get(node)
+        if node not in o.peers:
+            gaps.append(f"no agent address for {node}")
+        elif a is None or a.writable is None:
+            gaps.append(f"{node}'s agent did not answer ({a.error if a else 'not asked'})")
+    return "; ".join(gaps) or "no other member"

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from lifeboat.common.settings import ServiceSettings
+from lifeboat.common.subjects import Name
+
+
+class AgentSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LIFEBOAT_", extra="ignore", frozen=True)
+
+    http_port: int = Field(default=8105, ge=0, le=65535)
+    """Port of the health endpoint and of `/agent/view`, which the other nodes' agents ask
+    while NATS is unreachable (failsafe); set `LIFEBOAT_HTTP_HOST` to an address they reach."""
+    agent_cluster: Name = "main"
+    """The cluster this agent's node belongs to (its topology key in KV)."""
+    agent_node: Name
+    """This agent's node, as the cluster file and the topology name it."""
+    agent_data_dir: Path
+    """The node's data directory on this host."""
+    pg_os_user: str | None = None
+    """Who runs `pg_ctl` and `pg_controldata` when the agent runs as root (`postgres`, else
+    `nobody`, by default)."""
+    pg_bindir: Path | None = None
+    """Where the PostgreSQL server binaries are, if not found by themselves."""
+    agent_self_fence_seconds: PositiveFloat = 5.0
+    """The bound T: a writable node is stopped at most this long after the agent last
+    confirmed that the topology names it primary (or, in failsafe, that every standby's agent
+    still follows it). The failover leader must wait at least this long, plus a margin, after
+    writing a new epoch before it relies on the old primary having stopped."""
+    agent_check_seconds: PositiveFloat = 0.5
+    """How often the topology and the node's state are read."""
+    agent_nats_timeout_seconds: PositiveFloat = 1.0
+    """Deadline of one topology read from KV."""
+    agent_peers: dict[Name, str] = Field(default_factory=dict)
+    """Failsafe: every other node's agent, as JSON `{"node2": "http://host:port"}`. While NATS
+    is unreachable a primary keeps serving only while every member of the cluster answers
+    from its agent that it is a standby; with no peers it fences itself after T."""
+    agent_peer_timeout_seconds: PositiveFloat = 1.0
+    """Deadline of one question to another node's agent."""
+    agent_stop_timeout_seconds: PositiveFloat = 5.0
+    """How long a fast stop (`pg_ctl stop -m fast`) may take before an immediate stop, then
+    SIGKILL."""
+    agent_outbox_size: PositiveInt = 1000
+    """Events kept while NATS is unreachable, sent once it is back."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> AgentSettings:
+        bound = self.agent_self_fence_seconds
+        for name in ("agent_check_seconds", "agent_nats_timeout_seconds"):
+            if getattr(self, name) >= bound:
+                raise ValueError(f"{name} must be shorter than agent_self_fence_seconds")
+        return self

@@ -1,0 +1,257 @@
+"""The node agent against real servers: PostgreSQL nodes, NATS, one agent process per node.
+
+The test plays the failover leader: it writes the topology as the leader would (a new epoch
+by compare-and-swap), and takes NATS away by stopping the server, which every agent then
+loses. Each test runs a NATS server of its own, so stopping it touches no other test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import psycopg
+from nats.aio.client import Client as NatsClient
+
+from lifeboat.common.events import Role
+from lifeboat.common.kv import TopologyStore
+from lifeboat.common.state import Topology
+from lifeboat.common.subjects import NODE_SELF_FENCED, STREAM_NAME
+from lifeboat.devstack.launch import ServiceProcess
+from lifeboat.devstack.procs import eventually, free_port
+from lifeboat.devstack.servers import NatsServer
+from lifeboat.devstack.throwaway import LocalHA, local_ha, nats_on_free_ports
+
+BOUND = 3.0  # LIFEBOAT_AGENT_SELF_FENCE_SECONDS in these tests
+# Beyond the bound: a check interval, a pg_controldata run and a fast stop, on a busy machine.
+SLACK = 2.5
+
+
+class Cluster:
+    """Three nodes, their agents and a NATS server of their own."""
+
+    def __init__(self, stack: LocalHA, server: NatsServer, nc: NatsClient) -> None:
+        self.stack = stack
+        self.server = server
+        self.nc = nc
+        self.name = stack.name
+        self.agents: dict[str, ServiceProcess] = {}
+
+    def node(self, name: str) -> Any:
+        return next(n for n in self.stack.pg.nodes if n.name == name)
+
+    async def write_topology(self, primary: str, epoch: int) -> None:
+        """What the leader writes: who is primary under which epoch (create, else CAS)."""
+        store = await TopologyStore.open(self.nc.jetstream())
+        members = {
+            n.name: Role.PRIMARY if n.name == primary else Role.STANDBY for n in self.stack.pg.nodes
+        }
+        topology = Topology(cluster=self.name, primary=primary, epoch=epoch, members=members)
+        current = await store.get(self.name)
+        if current is None:
+            await store.create(topology)
+        else:
+            await store.compare_and_set(topology, current.revision)
+
+    def start_agents(self, *, peers: bool, nodes: tuple[str, ...] = ()) -> None:
+        ports = {n.name: free_port() for n in self.stack.pg.nodes}
+        for node in self.stack.pg.nodes:
+            if nodes and node.name not in nodes:
+                continue
+            others = {n: f"http://127.0.0.1:{p}" for n, p in ports.items() if n != node.name}
+            self.agents[node.name] = self.stack.start(
+                "agent",
+                f"{self.name}-agent-{node.name}",
+                LIFEBOAT_HTTP_PORT=str(ports[node.name]),
+                LIFEBOAT_AGENT_CLUSTER=self.name,
+                LIFEBOAT_AGENT_NODE=node.name,
+                LIFEBOAT_AGENT_DATA_DIR=str(node.data_dir),
+                LIFEBOAT_AGENT_SELF_FENCE_SECONDS=str(BOUND),
+                LIFEBOAT_AGENT_PEERS=json.dumps(others if peers else {}),
+            )
+
+    async def view(self, node: str) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=2) as client:
+            resp = await client.get(f"{self.agents[node].url}/agent/view")
+        resp.raise_for_status()
+        view: dict[str, Any] = resp.json()
+        return view
+
+    async def wait_views(self, epoch: int) -> None:
+        """Until every agent has read the topology at `epoch`."""
+
+        async def read() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                views = [await self.view(n) for n in self.agents]
+                return all(v["epoch"] == epoch for v in views)
+            return False
+
+        await eventually(
+            read, timeout=60, what=f"every agent to read epoch {epoch}", detail=self.tail
+        )
+
+    async def wait_stopped(self, node: str, timeout: float) -> float:
+        """Until `node` is not running; how long that took."""
+        started = time.monotonic()
+        await eventually(
+            lambda: not self.node(node).running(),
+            timeout=timeout,
+            what=f"{node} to be stopped by its agent",
+            interval=0.05,
+            detail=self.tail,
+        )
+        return time.monotonic() - started
+
+    async def fenced_events(self, node: str, count: int = 1) -> list[dict[str, Any]]:
+        """The node's `node.self_fenced` events, read from the stream: one sent from the
+        outbox right after NATS came back may precede this client's own reconnection."""
+        subject = NODE_SELF_FENCED.subject(cluster=self.name, node=node)
+
+        async def stored() -> list[dict[str, Any]]:
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                sub = await self.nc.jetstream().pull_subscribe(subject, stream=STREAM_NAME)
+                try:
+                    msgs = await sub.fetch(count, timeout=1)
+                finally:
+                    await sub.unsubscribe()
+                found = [json.loads(m.data) for m in msgs]
+                return found if len(found) >= count else []
+            return []
+
+        return await eventually(
+            stored, timeout=30, what=f"{count} node.self_fenced for {node}", detail=self.tail
+        )
+
+    def running(self, *nodes: str) -> bool:
+        return all(self.node(n).running() for n in nodes)
+
+    def tail(self) -> str:
+        return self.stack.tail()
+
+    def writable(self, node: str) -> bool:
+        with psycopg.connect(self.stack.dsn(int(node[-1]) - 1), connect_timeout=2) as conn:
+            conn.execute("create table if not exists agent_writes (at float8)")
+            conn.execute("insert into agent_writes values (%s)", (time.time(),))
+            conn.commit()
+        return True
+
+
+@contextlib.contextmanager
+def own_nats(base: Path) -> Iterator[NatsServer]:
+    server = nats_on_free_ports(base / "nats", log_file=base / "nats.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def cluster_with_agents(workdir: Path, unique: str) -> AsyncIterator[Cluster]:
+    base = workdir / unique
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)
+    with own_nats(base) as server, local_ha(base, server.url, name=unique) as stack:
+        # A lost connection is the test's doing: it comes back with the server.
+        nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        try:
+            yield Cluster(stack, server, nc)
+        finally:
+            stack.stop_services()
+            await nc.close()
+
+
+async def test_a_primary_the_topology_no_longer_names_is_stopped_within_the_bound(
+    workdir: Path, unique: str
+) -> None:
+    async with cluster_with_agents(workdir, unique) as c:
+        await c.write_topology("node1", 0)
+        c.start_agents(peers=False)
+        await c.wait_views(epoch=0)
+        assert await asyncio.to_thread(c.writable, "node1")
+
+        await c.write_topology("node2", 1)  # the leader's commit point: a new epoch
+        took = await c.wait_stopped("node1", timeout=BOUND + SLACK)
+
+        assert took < BOUND, f"node1 stopped {took:.2f}s after the epoch moved"
+        (event,) = await c.fenced_events("node1")
+        assert (event["epoch"], event["primary"]) == (1, "node2")
+        assert "names node2 primary at epoch 1" in event["reason"]
+        assert event["action"] == "stopped (fast)"
+        assert c.running("node2", "node3")
+
+
+async def test_a_node_started_writable_that_the_topology_does_not_name_is_fenced(
+    workdir: Path, unique: str
+) -> None:
+    async with cluster_with_agents(workdir, unique) as c:
+        # node2 was promoted under epoch 1; node1, the old primary, still runs writable.
+        c.node("node2").execute(psycopg.sql.SQL("select pg_promote()"))
+        await c.write_topology("node2", 1)
+        c.start_agents(peers=False)
+        await c.wait_stopped("node1", timeout=60)
+        await c.fenced_events("node1")
+
+        # An operator (a reboot, a container restart) starts it again: writable at once.
+        await asyncio.to_thread(c.node("node1").start)
+        took = await c.wait_stopped("node1", timeout=BOUND + SLACK)
+
+        assert took < BOUND, f"the restarted node1 ran writable for {took:.2f}s"
+        second = (await c.fenced_events("node1", count=2))[1]
+        assert (second["epoch"], second["primary"]) == (1, "node2")
+        assert c.node("node2").running(), "the primary the topology names is left alone"
+        assert await asyncio.to_thread(c.writable, "node2")
+        assert (await c.view("node2"))["verdict"] == "named primary at epoch 1"
+
+
+async def test_a_primary_that_loses_nats_fences_itself_within_the_bound(
+    workdir: Path, unique: str
+) -> None:
+    async with cluster_with_agents(workdir, unique) as c:
+        await c.write_topology("node1", 0)
+        c.start_agents(peers=False)
+        await c.wait_views(epoch=0)
+
+        c.server.stop()
+        took = await c.wait_stopped("node1", timeout=BOUND + SLACK)
+
+        # Its last confirmation came before the server stopped: at most the bound, plus the
+        # stop itself, from then.
+        assert took < BOUND + SLACK
+        assert c.running("node2", "node3")
+        await asyncio.to_thread(c.server.start)
+        (event,) = await c.fenced_events("node1")  # kept in the outbox until NATS was back
+        assert "not confirmed primary for" in event["reason"]
+        assert (event["epoch"], event["bound_seconds"]) == (0, BOUND)
+
+
+async def test_failsafe_keeps_a_primary_that_reaches_every_standbys_agent_and_only_it(
+    workdir: Path, unique: str
+) -> None:
+    async with cluster_with_agents(workdir, unique) as c:
+        await c.write_topology("node1", 0)
+        c.start_agents(peers=True)
+        await c.wait_views(epoch=0)
+
+        c.server.stop()
+        await asyncio.sleep(2 * BOUND)
+        assert c.node("node1").running(), f"failsafe did not hold:\n{c.tail()}"
+        assert await asyncio.to_thread(c.writable, "node1"), "a NATS outage took writes away"
+        assert "failsafe" in (await c.view("node1"))["verdict"]
+
+        c.agents["node3"].signal(signal.SIGTERM)  # node1 can no longer hear from node3
+        took = await c.wait_stopped("node1", timeout=BOUND + SLACK + 1)
+
+        assert took < BOUND + SLACK
+        assert c.running("node2", "node3")
+        await asyncio.to_thread(c.server.start)
+        (event,) = await c.fenced_events("node1")
+        assert "node3's agent did not answer" in event["reason"], event["reason"]

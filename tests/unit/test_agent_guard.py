@@ -1,0 +1,139 @@
+"""The node agent's decision (lifeboat.agent.guard), with plain data."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from lifeboat.agent.guard import Confirmed, Fence, Keep, Observation, PeerAnswer, judge
+from lifeboat.agent.node import NodeState
+from lifeboat.common.events import FailoverKind, Role
+from lifeboat.common.state import Operation, Topology
+
+PRIMARY = NodeState(True, "in production")
+STANDBY = NodeState(True, "in archive recovery")
+STOPPED = NodeState(False, "shut down")
+MEMBERS = {"node1": Role.PRIMARY, "node2": Role.STANDBY, "node3": Role.STANDBY}
+NAMED = Topology(cluster="main", primary="node1", epoch=3, members=MEMBERS)
+MOVED = NAMED.promoted("node2")
+PEERS = {"node2": "http://h2:8105", "node3": "http://h3:8105"}
+
+
+def seen(
+    state: NodeState = PRIMARY,
+    topology: Topology | None = NAMED,
+    *,
+    error: str | None = None,
+    now: float = 100.0,
+    confirmed_at: float = 99.0,
+    answers: tuple[PeerAnswer, ...] | None = None,
+    peers: dict[str, str] | None = None,
+) -> Observation:
+    return Observation(
+        node="node1",
+        now=now,
+        state=state,
+        topology=None if error else topology,
+        read_error=error,
+        read_at=now - 0.01,
+        last_topology=NAMED,
+        confirmed_at=confirmed_at,
+        bound=5.0,
+        peers=PEERS if peers is None else peers,
+        answers=answers,
+        asked_at=now - 0.005,
+    )
+
+
+def test_a_primary_the_topology_names_is_confirmed_as_of_the_reads_start() -> None:
+    assert judge(seen()) == Confirmed(99.99, "named primary at epoch 3")
+
+
+def test_a_writable_node_the_topology_does_not_name_is_fenced_at_once() -> None:
+    verdict = judge(seen(topology=MOVED, confirmed_at=99.9))
+    assert isinstance(verdict, Fence)
+    assert "names node2 primary at epoch 4" in verdict.reason
+
+
+@pytest.mark.parametrize("state", [STANDBY, STOPPED])
+def test_a_node_that_cannot_commit_is_left_alone(state: NodeState) -> None:
+    assert isinstance(judge(seen(state, MOVED)), Keep)
+    assert isinstance(judge(seen(state, error="timeout", now=200)), Keep)
+
+
+def test_an_unreadable_state_counts_as_writable() -> None:
+    assert isinstance(judge(seen(NodeState(True, None, "permission denied"), MOVED)), Fence)
+
+
+def test_no_topology_yet_is_nobody_promoted() -> None:
+    assert isinstance(judge(seen(topology=None)), Confirmed)
+
+
+def test_without_nats_a_primary_serves_until_the_bound_then_is_fenced() -> None:
+    keep = judge(seen(error="no answer", now=103.9, peers={}))
+    assert isinstance(keep, Keep)
+    fence = judge(seen(error="no answer", now=104.0, peers={}))
+    assert isinstance(fence, Fence)
+    assert "not confirmed primary for 5.0s" in fence.reason
+
+
+def test_a_switchover_away_from_the_node_is_left_to_the_leader_within_the_bound() -> None:
+    op = Operation(
+        kind=FailoverKind.SWITCHOVER, old_primary="node1", new_primary="node2", reason="x"
+    )
+    handing_over = MOVED.model_copy(update={"operation": op})
+    assert isinstance(judge(seen(topology=handing_over, now=103)), Keep)
+    assert isinstance(judge(seen(topology=handing_over, now=104)), Fence)
+    failing_over = handing_over.model_copy(
+        update={"operation": op.model_copy(update={"kind": FailoverKind.AUTOMATIC})}
+    )
+    assert isinstance(judge(seen(topology=failing_over, now=100)), Fence)
+
+
+FOLLOWING = (
+    PeerAnswer("node2", writable=False, epoch=3, primary="node1"),
+    PeerAnswer("node3", writable=False, epoch=None, primary=None),
+)
+
+
+def test_failsafe_every_member_answering_as_a_follower_confirms() -> None:
+    verdict = judge(seen(error="no answer", now=110, answers=FOLLOWING))
+    assert verdict == Confirmed(109.995, verdict.reason)
+    assert "failsafe" in verdict.reason
+
+
+def test_failsafe_one_member_silent_does_not_confirm_and_the_bound_fences() -> None:
+    silent = (FOLLOWING[0], PeerAnswer("node3", error="ConnectTimeout"))
+    assert isinstance(judge(seen(error="x", now=103, answers=silent)), Keep)
+    fence = judge(seen(error="x", now=104, answers=silent))
+    assert isinstance(fence, Fence)
+    assert "node3's agent did not answer (ConnectTimeout)" in fence.reason
+
+
+def test_failsafe_a_member_without_an_address_cannot_hold_it() -> None:
+    verdict = judge(seen(error="x", now=104, answers=FOLLOWING[:1], peers={"node2": "u"}))
+    assert isinstance(verdict, Fence)
+    assert "no agent address for node3" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        PeerAnswer("node2", writable=True, epoch=3, primary="node1"),
+        PeerAnswer("node2", writable=False, epoch=4, primary="node2"),
+    ],
+)
+def test_failsafe_another_primary_fences_at_once(answer: PeerAnswer) -> None:
+    verdict = judge(seen(error="x", now=100, answers=(answer, FOLLOWING[1])))
+    assert isinstance(verdict, Fence)
+
+
+def test_failsafe_an_older_view_of_another_primary_does_not_fence() -> None:
+    older = PeerAnswer("node2", writable=False, epoch=2, primary="node2")
+    assert isinstance(judge(seen(error="x", answers=(older, FOLLOWING[1]))), Confirmed)
+
+
+def test_the_members_come_from_the_topology_last_read() -> None:
+    two = replace(seen(error="x", answers=FOLLOWING[:1]), last_topology=None, peers={"node2": "u"})
+    assert isinstance(judge(two), Confirmed)
