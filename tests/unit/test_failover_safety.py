@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
+
+from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.decision import Publish
 from lifeboat.common.events import (
     FailoverCompleted,
@@ -14,6 +17,7 @@ from lifeboat.common.events import (
     FailoverKind,
     FailoverRequested,
     FailoverStarted,
+    NodeHealth,
     PhaseTiming,
     ReplicaState,
     SwitchoverFailed,
@@ -23,6 +27,9 @@ from lifeboat.failover.commands import Detach, Fence, Promote, WriteTopology
 from lifeboat.failover.decide import Policy, decide
 from tests.unit.test_failover_decide import (
     AFTER,
+    CLUSTER,
+    HEALTHY,
+    LOCAL,
     ME,
     NOW,
     OP,
@@ -255,6 +262,34 @@ def test_a_manual_failover_whose_target_never_catches_up_is_undone() -> None:
     assert (write.topology.primary, write.topology.epoch) == ("node1", 6)
     assert ("node1", 6) in promotions(decision)
     assert "node2 did not catch up with node1" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("cluster", "reports", "fences"),
+    [
+        # Still running: fenced over SQL, it streams on to the target (which may lag behind
+        # another standby) until the promotion; a local one is stopped after it.
+        (LOCAL, HEALTHY, [("node1", True, "before"), ("node1", False, "after")]),
+        (CLUSTER, HEALTHY, [("node1", True, "before")]),  # remote: the SQL fence is all
+        # Gone: nothing to stream from; a local one is killed at once, as automatically.
+        (LOCAL, (down("node1"), standby("node2"), standby("node3")), [("node1", False, "before")]),
+    ],
+)
+def test_a_manual_failover_keeps_a_live_primary_streaming_until_the_target_is_promoted(
+    cluster: ClusterSpec, reports: tuple[NodeHealth, ...], fences: list[tuple[str, bool, str]]
+) -> None:
+    """Matrix scenario 2: killed at once, a live primary could no longer send a lagging
+    target what node2 acknowledged, and the failover was stuck with nobody writable."""
+    decision = decide(replace(observe(*reports, cluster=cluster), request=manual(target="node3")))
+    commands = decision.commands
+    at = next(i for i, c in enumerate(commands) if isinstance(c, Promote))
+    found = [
+        (c.node, c.keep_running, "before" if i < at else "after")
+        for i, c in enumerate(commands)
+        if isinstance(c, Fence)
+    ]
+    assert found == fences
+    assert promotions(decision) == [("node3", 5)]
 
 
 # --- guarantee 2: the candidate is chosen from positions read after the fence --------------

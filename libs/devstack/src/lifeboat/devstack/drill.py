@@ -112,6 +112,14 @@ class Writer:
                 time.sleep(0.05)
 
 
+def split_brain(acked: list[tuple[int, float, int]], old_port: int, new_port: int) -> bool:
+    """The old primary acknowledged a write after the new one took its first: two nodes
+    took writes at once."""
+    old_last = max((t for _, t, p in acked if p == old_port), default=None)
+    new_first = min((t for _, t, p in acked if p == new_port), default=None)
+    return old_last is not None and new_first is not None and old_last > new_first
+
+
 class Drill:
     def __init__(
         self, gateway: str, cluster: ClusterSpec, password: str, token: str | None = None
@@ -222,10 +230,7 @@ class Drill:
         rto = (after[0] - fault_at) if after else None
         times = [t for _, t, _ in writer.acked]
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        new_port = self.cluster.node(new).port
-        old_last = max((t for _, t, p in writer.acked if p == old_port), default=None)
-        new_first = min((t for _, t, p in writer.acked if p == new_port), default=None)
-        split = bool(old_last and new_first and old != new and old_last > new_first)
+        split = old != new and split_brain(writer.acked, old_port, self.cluster.node(new).port)
         out: dict[str, Any] = {
             "old_primary": old,
             "new_primary": new,

@@ -29,6 +29,10 @@ class Fence:
     # A forced failover: the operator accepts a fence that cannot be confirmed (a remote
     # primary that is gone, say), with the data-loss budget the request states.
     accepted: bool = False
+    # A manual failover's primary, still running: once the SQL fence is confirmed a local
+    # node is left running (read-only, its commits waiting), so the target can still
+    # receive every commit it acknowledged; a later Fence stops it after the promotion.
+    keep_running: bool = False
 
 
 @dataclass(frozen=True)

@@ -682,13 +682,26 @@ def _takeover(
         for n in obs.cluster.nodes
         if n.name not in (candidate, topo.primary) and views[n.name].role is Role.STANDBY
     ]
+    accepted = budget is not None  # forced: an unconfirmed fence is the operator's call
+    why = f"{reason}: {candidate} takes over"
+    # A manual failover from a primary that still runs: killed at once, it could no longer
+    # send a lagging target the commits another standby acknowledged, and the failover
+    # would be stuck. Fenced over SQL it keeps streaming; a local one is stopped once the
+    # target is promoted.
+    live = (
+        fence
+        and kind is FailoverKind.MANUAL
+        and not accepted
+        and topo.primary is not None
+        and views[topo.primary].role is Role.PRIMARY
+    )
     if fence and topo.primary is not None:
-        accepted = budget is not None  # forced: an unconfirmed fence is the operator's call
-        why = f"{reason}: {candidate} takes over"
-        commands.append(Fence(topo.primary, new.epoch, why, accepted))
+        commands.append(Fence(topo.primary, new.epoch, why, accepted, keep_running=live))
         commands += [Detach(name, new.epoch, topo.primary) for name in standbys]
     commands.append(_promote(obs, new, op, candidate))
     commands += [Repoint(name, candidate, new.epoch) for name in standbys]
+    if live and topo.primary is not None and obs.cluster.node(topo.primary).data_dir is not None:
+        commands.append(Fence(topo.primary, new.epoch, f"{why}: stopped after the promotion"))
     return new, tuple(commands)
 
 

@@ -97,10 +97,10 @@ class Executor:
                 if current is None:
                     raise ConflictError("no topology to update")
                 return "written", await self.store.compare_and_set(topology, current.revision)
-            case Fence(node, epoch, reason, accepted):
+            case Fence(node, epoch, reason, accepted, keep_running):
                 await self._guard(epoch)
                 try:
-                    detail = await self.nodes.fence(node)
+                    detail = await self.nodes.fence(node, keep_running=keep_running)
                 except FenceUnconfirmedError as exc:
                     if not accepted:
                         raise

@@ -65,7 +65,7 @@ def rejoin_local(
             timeout=600,
         )
         _configure_standby(data, own_config, conninfo, slot)
-        _start(data)
+        start_node(data)
         # A rewind can "succeed" yet leave WAL past the fork (the end-of-recovery checkpoint
         # of a crashed primary): the node starts but never streams. Only streaming counts.
         if _streams(node, cluster, password):
@@ -100,7 +100,7 @@ def rejoin_local(
     fresh.rename(data.path)
     shutil.rmtree(old, ignore_errors=True)
     _configure_standby(data, own_config, conninfo, slot)
-    _start(data)
+    start_node(data)
     return "pg_basebackup"
 
 
@@ -127,7 +127,7 @@ def _streams(
     return False
 
 
-def _start(data: DataDir) -> None:
+def start_node(data: DataDir) -> None:
     data.start(data.path.parent / "postgres.log", timeout=60)
 
 

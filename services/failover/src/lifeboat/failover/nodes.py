@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
 from lifeboat.common.lsn import int_to_lsn, lsn_to_int
-from lifeboat.failover.local import local_data_dir, rejoin_local, stop_cleanly
+from lifeboat.failover.local import local_data_dir, rejoin_local, start_node, stop_cleanly
 from lifeboat.failover.sync_names import format_sync_names
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.replication import replication_slot, standby_conninfo
@@ -98,14 +98,15 @@ class NodeActions:
                 async with asyncio.timeout(1):
                     await conn.close()
 
-    async def fence(self, name: str) -> str:
+    async def fence(self, name: str, *, keep_running: bool = False) -> str:
         """Make the node unable to acknowledge a commit, and confirm it; or raise.
 
         Over SQL: read-only by default, commits made to wait for a synchronous standby that
         does not exist (so even a session that turns read-only off cannot have a commit
         acknowledged), client sessions ended, all read back. A node whose data directory is
-        ours is also killed, which works on a frozen node too. Confirmed means stopped, or
-        every SQL step read back; anything less raises `FenceUnconfirmedError`, and the
+        ours is also killed, which works on a frozen node too; with `keep_running` only when
+        the SQL fence could not be confirmed (see commands.Fence). Confirmed means stopped,
+        or every SQL step read back; anything less raises `FenceUnconfirmedError`, and the
         caller must not promote anyone.
         """
         node = self.cluster.node(name)
@@ -132,7 +133,7 @@ class NodeActions:
         except (TimeoutError, psycopg.Error) as exc:
             done.append(f"not reachable over SQL ({type(exc).__name__})")
         local = self.local(node)
-        if local is not None:
+        if local is not None and not (keep_running and confirmed):
             if local.running():
                 await asyncio.to_thread(local.kill)
             if local.running():
@@ -311,12 +312,24 @@ class NodeActions:
         check = "select pg_last_wal_replay_lsn() {} %s::pg_lsn".format(
             ">" if strictly_after else ">="
         )
-        async with asyncio.timeout(wait_seconds), self._connect(self.cluster.node(target)) as conn:
-            while True:
-                caught_up = await (await conn.execute(check, (final,))).fetchone()
-                if caught_up is not None and caught_up[0]:
-                    return f"{target} replayed {primary} up to {final}"
-                await asyncio.sleep(0.02)
+        try:
+            async with (
+                asyncio.timeout(wait_seconds),
+                self._connect(self.cluster.node(target)) as conn,
+            ):
+                while True:
+                    caught_up = await (await conn.execute(check, (final,))).fetchone()
+                    if caught_up is not None and caught_up[0]:
+                        return f"{target} replayed {primary} up to {final}"
+                    await asyncio.sleep(0.02)
+        except (TimeoutError, psycopg.Error):
+            if local is not None:
+                # Nobody was promoted (the handover runs under the old epoch and stops the
+                # switchover when it fails): started again, the old primary is still the
+                # one, read-only until the next decision gives it its writes back. A
+                # failed switchover must not leave the cluster without a primary.
+                await asyncio.to_thread(start_node, local)
+            raise
 
     async def replication_conninfo(self, exclude: str) -> str:
         """A standby's primary_conninfo (replication user, passfile) to model a new one on."""

@@ -18,10 +18,12 @@ from lifeboat.common.decision import Outcome, Publish
 from lifeboat.common.events import (
     FailoverFailed,
     FailoverHeld,
+    FailoverKind,
     MaintenanceState,
     NodeHealth,
     PhaseTiming,
     Role,
+    SwitchoverFailed,
 )
 from lifeboat.common.kv import LeaseLostError, LeaseStore, TopologyStore, Versioned, open_bucket
 from lifeboat.common.lsn import lsn_to_int
@@ -73,7 +75,7 @@ class ClusterLoop:
         self.topologies: TopologyStore | None = None
         self.maintenance: KeyValue | None = None
         self.last_decision = ""
-        self._recent_events: dict[tuple[str, str], float] = {}
+        self._recent_events: dict[tuple[str, str, str], float] = {}
         self.requests: deque[tuple[float, Request]] = deque(maxlen=100)
         self._lease_lock = asyncio.Lock()
         self._cut_off_rounds = 0  # rounds in a row this leader could not act (see cutoff)
@@ -219,7 +221,7 @@ class ClusterLoop:
                     self.rejoins[rejoin.node] = asyncio.create_task(
                         self._rejoin(executor, rejoin), name=f"rejoin-{rejoin.node}"
                     )
-        await self._hold_on_failed_fence(outcomes)
+        await self._hold_on_failed_fence(outcomes, decision)
         await self._record_phases(outcomes)
         await self._step_down_if_cut_off(outcomes, now)
         return decision
@@ -283,11 +285,34 @@ class ClusterLoop:
         state = MaintenanceState.model_validate_json(entry.value or b"{}")
         return state if state.paused else None
 
-    async def _hold_on_failed_fence(self, outcomes: list[Outcome[Command]]) -> None:
+    async def _hold_on_failed_fence(
+        self, outcomes: list[Outcome[Command]], decision: Decision
+    ) -> None:
         """A fence that failed stopped the decision before any promotion, and a promotion
-        refused for a candidate behind its peers promoted nobody: say so and why."""
+        refused for a candidate behind its peers promoted nobody: say so and why. A failed
+        handover ended the switchover before anything was promoted: the operator is told."""
         for outcome in outcomes:
             command = outcome.command
+            if not outcome.ok and isinstance(command, Handover):
+                await self.runtime.publisher.publish(
+                    SwitchoverFailed(
+                        cluster=self.cluster.name,
+                        source=self.runtime.source,
+                        correlation_id=next(
+                            (
+                                c.event.correlation_id
+                                for c in decision.commands
+                                if isinstance(c, Publish)
+                            ),
+                            None,
+                        ),
+                        epoch=command.epoch,
+                        kind=FailoverKind.SWITCHOVER,
+                        target=command.target,
+                        reason=f"the handover to {command.target} failed ({outcome.detail}): "
+                        f"nobody was promoted, {command.primary} stays the primary",
+                    )
+                )
             if outcome.ok or not isinstance(command, (Fence, Promote)):
                 continue
             if isinstance(command, Fence):
@@ -308,12 +333,14 @@ class ClusterLoop:
                 await self.runtime.publisher.publish(held)
 
     def _worth_sending(self, command: object) -> bool:
-        """Holds and refusals repeat every tick while nothing changes: say them once a while."""
+        """Holds and refusals repeat every tick while nothing changes: say them once a while.
+        An answer to a request is keyed by the request too: each operator gets theirs."""
         if not isinstance(command, Publish) or not isinstance(
-            command.event, (FailoverHeld, FailoverFailed)
+            command.event, (FailoverHeld, FailoverFailed, SwitchoverFailed)
         ):
             return True
-        key = (command.event.type, command.event.reason)
+        event = command.event
+        key = (event.type, event.reason, str(event.correlation_id))
         now = time.monotonic()
         if now - self._recent_events.get(key, -1e9) < self.settings.repeat_event_after_seconds:
             return False
