@@ -12,7 +12,8 @@ The faults are those of `lifeboat.devstack.faults`, which the drills (`bench/fai
 `test_failover.py::test_a_leader_that_reaches_nats_but_not_postgres_steps_down` (6, the step
 down alone), `test_an_interrupted_failover_is_finished_by_the_next_leader` (5, a leader dead
 after the topology write) and `test_nats_restart_reconnects_everything_without_a_spurious_failover`
-(7, a restart that keeps the store).
+(7, a restart that keeps the store). Scenario 11 moved here from test_failover.py, with
+the writer.
 """
 
 from __future__ import annotations
