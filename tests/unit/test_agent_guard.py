@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from lifeboat.agent.guard import Confirmed, Fence, Keep, Observation, PeerAnswer, judge
+from lifeboat.agent.guard import Confirmed, Fence, Keep, Observation, PeerAnswer, judge, on_deadline
 from lifeboat.agent.node import NodeState
 from lifeboat.common.events import FailoverKind, Role
 from lifeboat.common.state import Operation, Topology
@@ -60,6 +60,12 @@ def test_a_writable_node_the_topology_does_not_name_is_fenced_at_once() -> None:
 def test_a_node_that_cannot_commit_is_left_alone(state: NodeState) -> None:
     assert isinstance(judge(seen(state, MOVED)), Keep)
     assert isinstance(judge(seen(state, error="timeout", now=200)), Keep)
+
+
+def test_a_node_starting_up_takes_no_write_yet() -> None:
+    # pg_control shows the state it stopped in until recovery begins (a rejoin's start).
+    assert isinstance(judge(seen(NodeState(True, "shut down"), MOVED)), Keep)
+    assert isinstance(judge(seen(NodeState(True, "in crash recovery"), MOVED)), Keep)
 
 
 def test_an_unreadable_state_counts_as_writable() -> None:
@@ -137,3 +143,19 @@ def test_failsafe_an_older_view_of_another_primary_does_not_fence() -> None:
 def test_the_members_come_from_the_topology_last_read() -> None:
     two = replace(seen(error="x", answers=FOLLOWING[:1]), last_topology=None, peers={"node2": "u"})
     assert isinstance(judge(two), Confirmed)
+
+
+def test_a_standby_the_leader_promoted_is_confirmed_by_the_read_that_names_it() -> None:
+    # Its agent never confirmed it before (a standby): the deadline is long past.
+    promoted = replace(seen(topology=NAMED, confirmed_at=0.0), last_topology=MOVED)
+    assert isinstance(judge(promoted), Confirmed)
+    assert not on_deadline("node1", True, MOVED)
+    assert on_deadline("node1", True, NAMED)
+    assert on_deadline("node1", True, None)
+
+
+def test_writable_against_the_topology_last_read_is_fenced_at_once_without_nats() -> None:
+    stale = replace(seen(error="no answer", peers={}), last_topology=MOVED)
+    verdict = judge(stale)
+    assert isinstance(verdict, Fence)
+    assert "the topology last read names node2 primary at epoch 4" in verdict.reason

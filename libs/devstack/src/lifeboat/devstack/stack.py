@@ -1,6 +1,7 @@
 """`make up`: the whole Lifeboat stack in the foreground, until Ctrl-C.
 
-Order of start: NATS, S3, PostgreSQL, then the five services; the reverse on the way out.
+Order of start: NATS, S3, PostgreSQL, a node agent beside each node, then the five services;
+the reverse on the way out.
 Data stays under the stack directory, so the next `make up` resumes with it.
 """
 
@@ -32,7 +33,7 @@ from lifeboat.common.clusters import (
     dump_clusters,
 )
 from lifeboat.devstack.postgres import Passwords, PgCluster
-from lifeboat.devstack.procs import ManagedProcess, kill_pid, port_is_free
+from lifeboat.devstack.procs import ManagedProcess, free_port, kill_pid, port_is_free
 from lifeboat.devstack.servers import (
     NatsCluster,
     NatsPorts,
@@ -195,6 +196,7 @@ class Stack:
         clusters_file = self.dir / "clusters.yaml"
         clusters_file.write_text(dump_clusters(ClustersFile(clusters=(spec,))))
         env = self._service_env(clusters_file, creds)
+        self._start_agents(env)
         for name in SERVICES:
             if name == "monitor":
                 # Several monitors are the failover quorum; the first answers on its port.
@@ -219,6 +221,24 @@ class Stack:
                 self._start_service(name, env)
         self._record_children()
         self._wait_ready()
+
+    def _start_agents(self, env: dict[str, str]) -> None:
+        """One node agent beside each node, as each would run on its node's host, on free
+        ports; each knows the others' addresses (failsafe while NATS is away)."""
+        assert self.pg is not None
+        ports = {node.name: free_port() for node in self.pg.nodes}
+        for node in self.pg.nodes:
+            peers = {n: f"http://127.0.0.1:{p}" for n, p in ports.items() if n != node.name}
+            agent_env = {
+                **env,
+                "LIFEBOAT_AGENT_CLUSTER": self.settings.cluster_name,
+                "LIFEBOAT_AGENT_NODE": node.name,
+                "LIFEBOAT_AGENT_DATA_DIR": str(node.data_dir),
+                "LIFEBOAT_AGENT_PEERS": json.dumps(peers),
+            }
+            self._start_service(
+                "agent", agent_env, instance=f"agent-{node.name}", port=ports[node.name]
+            )
 
     def _uploads(self, spec: ClusterSpec) -> FileSetSpec:
         """The application's files beside the database: a file set `uploads` kept by the
@@ -332,7 +352,7 @@ class Stack:
         self, name: str, env: dict[str, str], *, instance: str = "", port: int | None = None
     ) -> None:
         instance = instance or f"{name}-1"
-        label = instance if name in ("monitor", "filesync") else name  # those run several
+        label = instance if name in ("monitor", "filesync", "agent") else name  # several run
         process = ManagedProcess(
             label,
             [sys.executable, "-m", f"lifeboat.{name}"],

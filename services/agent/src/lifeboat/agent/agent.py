@@ -17,7 +17,16 @@ from dataclasses import replace
 import httpx
 
 from lifeboat.agent.failsafe import AgentView, ask_all
-from lifeboat.agent.guard import Confirmed, Fence, Keep, Observation, PeerAnswer, Verdict, judge
+from lifeboat.agent.guard import (
+    Confirmed,
+    Fence,
+    Keep,
+    Observation,
+    PeerAnswer,
+    Verdict,
+    judge,
+    on_deadline,
+)
 from lifeboat.agent.guard import members as failsafe_members
 from lifeboat.agent.node import NodeState, read_state, stop
 from lifeboat.agent.settings import AgentSettings
@@ -72,7 +81,7 @@ class Agent:
             except Exception:
                 log.exception("agent round failed")
             wake = started + interval
-            if self.state is not None and self.state.writable:
+            if self._on_deadline() and self.deadline > time.monotonic():
                 wake = min(wake, self.deadline)  # act at the deadline, not after it
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
@@ -112,11 +121,15 @@ class Agent:
         return verdict
 
     def _wait(self, most: float) -> float:
-        """How long this round may wait on something: at most `most`, and, for a writable
-        node, no later than its deadline (past it, not at all: it is not confirmed)."""
-        if self.state is None or not self.state.writable:
+        """How long this round may wait on something: at most `most`, and, while the bound
+        governs, no later than the deadline (past it, not at all: it is not confirmed)."""
+        if not self._on_deadline():
             return most
         return max(0.0, min(most, self.deadline - time.monotonic()))
+
+    def _on_deadline(self) -> bool:
+        writable = self.state is not None and self.state.writable
+        return on_deadline(self.settings.agent_node, writable, self.last_topology)
 
     async def _read(self, timeout: float) -> tuple[Topology | None, str | None]:
         if self.store is None:

@@ -109,43 +109,57 @@ def failsafe(o: Observation) -> Verdict | None:
     )
 
 
+def on_deadline(node: str, writable: bool, last: Topology | None) -> bool:
+    """Whether the bound governs: a writable node that the topology it last read named
+    primary (or that has read none). A node writable against the topology it last read is
+    fenced at once instead, unless a fresh read names it primary."""
+    return writable and (last is None or last.primary == node)
+
+
+def _switching_over(o: Observation, t: Topology) -> bool:
+    op = t.operation
+    return (
+        op is not None
+        and op.kind is FailoverKind.SWITCHOVER
+        and op.old_primary == o.node
+        and o.now < deadline(o)
+    )
+
+
 def judge(o: Observation) -> Verdict:
-    if o.read_error is None:
-        t = o.topology
-        if t is None:
-            # Only the failover creates the record, naming the primary it finds; until then
-            # nobody has been promoted, so nothing can be beside this node.
-            return Confirmed(o.read_at, "no topology yet: nobody has been promoted")
-        if t.primary == o.node:
-            return Confirmed(o.read_at, f"named primary at epoch {t.epoch}")
-        named = f"the topology names {t.primary or 'no node'} primary at epoch {t.epoch}"
-        if not o.state.writable:
-            return Keep(f"{o.state.describe()}; {named}")
-        op = t.operation
-        if (
-            op is not None
-            and op.kind is FailoverKind.SWITCHOVER
-            and op.old_primary == o.node
-            and o.now < deadline(o)
-        ):
+    fresh = o.read_error is None
+    t = o.topology if fresh else o.last_topology
+    if fresh and t is None:
+        # Only the failover creates the record, naming the primary it finds; until then
+        # nobody has been promoted, so nothing can be beside this node.
+        return Confirmed(o.read_at, "no topology yet: nobody has been promoted")
+    if fresh and t is not None and t.primary == o.node:
+        return Confirmed(o.read_at, f"named primary at epoch {t.epoch}")
+    cannot_read = "" if fresh else f"; the topology cannot be read ({o.read_error})"
+    which = "the topology" if fresh else "the topology last read"
+    named = (
+        "" if t is None else f"{which} names {t.primary or 'no node'} primary at epoch {t.epoch}"
+    )
+    if not o.state.writable:
+        return Keep(f"{o.state.describe()}{cannot_read}" + (f"; {named}" if named else ""))
+    verdict = failsafe(o)
+    if verdict is not None:
+        return verdict
+    if t is not None and t.primary != o.node:
+        if _switching_over(o, t):
             # The leader hands over: it makes this node read-only and stops it cleanly
             # itself, then waits for the target to replay the last WAL. Stopping it under
             # the leader's feet would fail the switchover; the bound still holds.
             return Keep(f"writable, {named}: the switchover under way stops it")
-        return Fence(f"writable, but {named}")
-    if not o.state.writable:
-        return Keep(f"{o.state.describe()}; the topology cannot be read ({o.read_error})")
-    verdict = failsafe(o)
-    if verdict is not None:
-        return verdict
+        return Fence(f"writable, but {named}{cannot_read}")
     unconfirmed = o.now - o.confirmed_at
     if o.now >= deadline(o):
         return Fence(
             f"writable, and not confirmed primary for {unconfirmed:.1f}s (the bound is "
-            f"{o.bound:g}s): the topology cannot be read ({o.read_error})"
+            f"{o.bound:g}s){cannot_read}"
             + (f"; failsafe: {_failsafe_gap(o)}" if o.peers or o.answers is not None else "")
         )
-    return Keep(f"writable, unconfirmed for {unconfirmed:.1f}s: {o.read_error}")
+    return Keep(f"writable, unconfirmed for {unconfirmed:.1f}s{cannot_read}")
 
 
 def _failsafe_gap(o: Observation) -> str:

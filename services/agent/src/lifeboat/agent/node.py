@@ -1,8 +1,7 @@
 """The node beside the agent: its state as its own files say, and stopping it.
 
 The state comes from `pg_control` (through `pg_controldata`), not from SQL: it needs no
-password, answers when PostgreSQL refuses connections or is frozen, and says "in production"
-before the end of recovery lets the first write in.
+password and answers when PostgreSQL refuses connections or is frozen.
 """
 
 from __future__ import annotations
@@ -15,6 +14,10 @@ from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.tools import ToolError
 
 _STATE_LINE = "Database cluster state:"
+# The one state a node takes writes in. The startup process writes it before the end of
+# recovery lets the first write in; a node just started still shows the state it stopped in
+# ("shut down") until recovery begins, and takes no write then.
+_PRODUCTION = "in production"
 _STANDBY_STATES = frozenset({"in archive recovery", "shut down in recovery"})
 
 
@@ -27,15 +30,17 @@ class NodeState:
 
     @property
     def writable(self) -> bool:
-        """Running and not known to be in recovery: a state pg_control does not give is
-        treated as writable, as nothing shows it cannot commit."""
-        return self.running and self.cluster_state not in _STANDBY_STATES
+        """Running in production; a state pg_control does not give counts as writable, as
+        nothing shows it cannot commit."""
+        return self.running and self.cluster_state in (None, _PRODUCTION)
 
     @property
     def role(self) -> Role:
         if not self.running or self.cluster_state is None:
             return Role.UNKNOWN
-        return Role.STANDBY if self.cluster_state in _STANDBY_STATES else Role.PRIMARY
+        if self.cluster_state == _PRODUCTION:
+            return Role.PRIMARY
+        return Role.STANDBY if self.cluster_state in _STANDBY_STATES else Role.UNKNOWN
 
     def describe(self) -> str:
         if not self.running:
