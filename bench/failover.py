@@ -1,8 +1,11 @@
-"""Failover drills, measured: `uv run python bench/failover.py [--runs N]`.
+"""Failover drills, measured: `uv run python bench/failover.py [--runs N] [--scenario NAME]...`.
 
 Uses the stack `make up` runs (gateway on 127.0.0.1:8000, `.lifeboat/`), or starts its own
-with --start (ports and data in a temporary directory, stopped afterwards). Prints one JSON
-object: per scenario RTO median/max, acknowledged writes lost, split-brain runs.
+with --start (ports and data in a temporary directory, stopped afterwards). Runs the three
+whole-node drills, or the scenarios named (those of issue 7's fault matrix included, see
+lifeboat.devstack.drill.MATRIX). Prints one JSON object: per scenario its runs, RTO
+median/max, the longest write unavailability, acknowledged writes lost, split-brain runs,
+runs in which a hold or refusal was said (held_runs), and runs that ended on another primary.
 
 The baseline in the same run is the detection floor the defaults imply (failure_threshold x
 probe_interval): the RTO ratio to it shows what the rest of the path (quorum, lease, fencing,
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lifeboat.common.clusters import load_clusters
-from lifeboat.devstack.drill import drill
+from lifeboat.devstack.drill import DEFAULT_SCENARIOS, MATRIX, SCENARIOS, drill
 from lifeboat.devstack.throwaway import UpStack
 
 DETECTION_FLOOR_S = 3 * 1.0  # failure_threshold x probe_interval at their defaults
@@ -42,6 +45,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--start", action="store_true", help="start a stack of its own")
     parser.add_argument("--gateway", default="http://127.0.0.1:8000")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS,
+        help="a drill to run (repeatable); default: " + ", ".join(DEFAULT_SCENARIOS),
+    )
     args = parser.parse_args()
     stack_dir, stack, workdir = Path(".lifeboat"), None, None
     if args.start:
@@ -56,27 +65,14 @@ def main() -> None:
         token_file = stack_dir / "secrets" / "lifeboat_token"
         token = token_file.read_text().strip() if token_file.exists() else None
         out: dict[str, Any] = {"baseline_detection_floor_s": DETECTION_FLOOR_S}
-        for scenario in ("kill-primary", "freeze-primary", "switchover"):
-            result = drill(args.gateway, cluster, password, scenario, args.runs, token)
-            s = result["summary"]
-            key = scenario.replace("-", "_")
-            if scenario == "switchover":
-                out[key] = {
-                    "unavailable_median_s": s["unavailable_median_s"],
-                    "unavailable_max_s": s["unavailable_max_s"],
-                    "lost_total": s["lost_total"],
-                    "split_brain_runs": s["split_brain_runs"],
-                    "runs": s["runs"],
-                }
-            else:
-                out[key] = {
-                    "rto_median_s": s["rto_median_s"],
-                    "rto_max_s": s["rto_max_s"],
-                    "rto_to_detection_floor": round(s["rto_median_s"] / DETECTION_FLOOR_S, 2),
-                    "lost_total": s["lost_total"],
-                    "split_brain_runs": s["split_brain_runs"],
-                    "runs": s["runs"],
-                }
+        for scenario in args.scenario or DEFAULT_SCENARIOS:
+            summary = drill(args.gateway, cluster, password, scenario, args.runs, token)["summary"]
+            if summary["rto_median_s"] is not None:
+                ratio = summary["rto_median_s"] / DETECTION_FLOOR_S
+                summary["rto_to_detection_floor"] = round(ratio, 2)
+            if scenario in MATRIX:
+                summary["matrix_scenario"] = MATRIX[scenario]
+            out[scenario.replace("-", "_")] = summary
         print(json.dumps(out))
     finally:
         if stack is not None:
