@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,14 @@ def main() -> None:
             if scenario in MATRIX:
                 summary["matrix_scenario"] = MATRIX[scenario]
             out[scenario.replace("-", "_")] = summary
+            # Each scenario as it ends: a long run that fails later keeps what it measured.
+            print(json.dumps({scenario: summary}), file=sys.stderr, flush=True)
         print(json.dumps(out))
+    except BaseException:
+        if workdir is not None:  # the stack's logs say what went wrong
+            print(f"failed; the stack's logs are kept in {workdir}", file=sys.stderr)
+            workdir = None
+        raise
     finally:
         if stack is not None:
             stack.stop(timeout=120)

@@ -375,8 +375,12 @@ class Drill:
         for node in status.nodes:
             if node.name == primary or (node.health and node.health.role == "standby"):
                 continue
-            answer = self.api.rejoin(self.cluster.name, node.name, requested_by="drill")
-            if not isinstance(answer, OperationDone):
+            for _ in range(3):  # a rejoin may fail for a passing reason (a node starting)
+                answer = self.api.rejoin(self.cluster.name, node.name, requested_by="drill")
+                if isinstance(answer, OperationDone):
+                    break
+                time.sleep(2)
+            else:
                 raise RuntimeError(f"rejoin of {node.name} failed: {answer.model_dump_json()}")
         self.wait_healthy()
 

@@ -266,10 +266,24 @@ class ClusterLoop:
             await self.release()
 
     async def _rejoin(self, executor: Executor, rejoin: Rejoin) -> None:
-        """A rejoin beside the decision loop, under the same lease and epoch guard."""
+        """A rejoin beside the decision loop, under the same lease and epoch guard. One that
+        fails is answered (failover.failed naming the node), so an operator's request does
+        not stay pending."""
         try:
             outcomes = await executor.run(Decision((rejoin,), f"rejoin {rejoin.node}"), None)
             await self._record_phases(outcomes)
+            for outcome in outcomes:
+                if not outcome.ok:
+                    await self.runtime.publisher.publish(
+                        FailoverFailed(
+                            cluster=self.cluster.name,
+                            source=self.runtime.source,
+                            epoch=rejoin.epoch,
+                            kind=FailoverKind.MANUAL,
+                            target=rejoin.node,
+                            reason=f"rejoin of {rejoin.node} failed: {outcome.detail}",
+                        )
+                    )
         except Exception:
             log.exception("%s: rejoin of %s", self.cluster.name, rejoin.node)
 
