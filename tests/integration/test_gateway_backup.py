@@ -227,7 +227,8 @@ async def test_a_backup_through_the_api_completes_is_listed_and_restores(stack: 
         restored: dict[str, Any] = {}
         try:
             restored = await follow(api, resp.headers["location"])
-            assert restored["state"] == "completed", (restored, stack.logs())
+            outcome = json.dumps(restored.get("outcome"))  # the reason, before the logs
+            assert restored["state"] == "completed", f"{outcome}\n{stack.logs()[-6000:]}"
             assert restored["outcome"]["type"] == "restore.completed"
             assert restored["outcome"]["port"] == port
             password = stack.pg.passwords.superuser.get_secret_value()
