@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import nats
 import pytest
+from nats.errors import NoRespondersError
+from nats.js.errors import NoStreamResponseError
 
 from lifeboat.common import subjects
 from lifeboat.common.events import FailoverCompleted, FailoverKind, Source
@@ -18,6 +22,8 @@ from lifeboat.common.state import Topology
 from lifeboat.devstack.procs import eventually, free_port
 from lifeboat.devstack.servers import NatsCluster
 from lifeboat.devstack.throwaway import nats_cluster_on_free_ports
+
+T = TypeVar("T")
 
 SRC = Source(service="failover", instance="f-1")
 
@@ -32,6 +38,20 @@ async def cluster(workdir: Path) -> AsyncIterator[NatsCluster]:
         servers.stop()
 
 
+async def first_write(write: Callable[[], Awaitable[T]], timeout: float = 30) -> T:
+    """The first write to a just-created R3 bucket, retried while the cluster still elects
+    (on a loaded machine JetStream may answer "no responders" for seconds); what the test
+    is about, losing a leader later, gets no retry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await write()
+        except (NoRespondersError, NoStreamResponseError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def test_losing_the_kv_leader_changes_nothing(cluster: NatsCluster) -> None:
     settings = ServiceSettings(nats_url=cluster.url, nats_replicas=3, instance_id="f-1")
     runtime = ServiceRuntime("failover", settings)
@@ -44,7 +64,7 @@ async def test_losing_the_kv_leader_changes_nothing(cluster: NatsCluster) -> Non
             assert (await js.stream_info(f"KV_{bucket}")).config.num_replicas == 3
 
         topologies, leases = await TopologyStore.open(js), await LeaseStore.open(js)
-        lease = await leases.acquire("failover-main", "f-1", ttl_seconds=10)
+        lease = await first_write(lambda: leases.acquire("failover-main", "f-1", ttl_seconds=10))
         assert lease is not None
         topo = await topologies.create(Topology(cluster="main", primary="node1"))
         event = FailoverCompleted(
