@@ -29,6 +29,9 @@ from uuid import uuid4
 
 import psycopg
 import pytest
+from nats.js.api import StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError
 
 from lifeboat.common.events import (
     FailoverRequested,
@@ -40,7 +43,8 @@ from lifeboat.common.state import Topology
 from lifeboat.devstack import faults
 from lifeboat.devstack.drill import TABLE, Writer, split_brain
 from lifeboat.devstack.launch import ServiceProcess
-from lifeboat.devstack.procs import eventually
+from lifeboat.devstack.procs import eventually, free_port
+from lifeboat.devstack.servers import NatsPorts, NatsServer
 from lifeboat.devstack.throwaway import nats_on_free_ports
 from tests.integration.test_failover import HA, OPERATOR, ask, make_ha, start_ha, wait_event
 
@@ -341,6 +345,50 @@ async def test_7_nats_restarted_with_its_store_rolled_back_to_before_a_failover(
                 writer.stop()
                 assert writable(ha) == ["node2"]
                 assert lost_on(ha, "node2", writer) == []
+    finally:
+        server.stop()
+
+
+async def fill(js: JetStreamContext, subject: str) -> None:
+    """Publish 512 KiB messages until JetStream refuses for want of space (bounded)."""
+    blob = b"x" * (512 * 1024)
+    for _ in range(1000):
+        try:
+            await js.publish(subject, blob)
+        except APIError as exc:
+            if "insufficient resources" in str(exc):
+                return
+            raise
+    pytest.fail("JetStream never ran out of space")
+
+
+async def test_7_jetstream_out_of_space_when_the_primary_dies(workdir: Path, unique: str) -> None:
+    """JetStream's store is full (64 MiB, filled by another stream) when node1 dies: no
+    lease renewal, topology write or report can be stored, so nobody acts, and nothing is
+    promoted on a decision that could not be recorded. Once space is back, the failover
+    goes ahead with every acknowledged write."""
+    ports = NatsPorts(free_port(), free_port())
+    server = NatsServer(
+        workdir / f"{unique}-nats", ports, sync_always=False, max_file_store=64 << 20
+    )
+    server.start()
+    try:
+        async with make_ha(server.url, workdir, unique) as ha:
+            small = str(8 << 20)  # the two streams' reservations fit beside the filler
+            ha.stack.env.update(
+                LIFEBOAT_EVENTS_MAX_BYTES=small, LIFEBOAT_HEARTBEATS_MAX_BYTES=small
+            )
+            await start_ha(ha)
+            js = ha.nc.jetstream()
+            filler = f"FILLER_{unique}"
+            await js.add_stream(StreamConfig(name=filler, subjects=[f"filler.{unique}"]))
+            async with writing(ha) as writer:
+                await fill(js, f"filler.{unique}")
+                ha.pg.nodes[0].kill()
+                await asyncio.sleep(8)  # detection (3 s) and more: nothing may happen
+                assert writable(ha) == [], "promoted on a decision JetStream could not store"
+                await js.purge_stream(filler)
+                await ends_with_one_primary(ha, writer)
     finally:
         server.stop()
 

@@ -48,7 +48,9 @@ class NatsServer:
         sync_always: bool = True,
         log_file: Path | None = None,
         on_line: LineSink | None = None,
+        max_file_store: int | None = None,
     ) -> None:
+        """`max_file_store`: JetStream's storage limit in bytes (a test fills it)."""
         self.data_dir = data_dir
         self.ports = ports
         self.name = name
@@ -60,6 +62,7 @@ class NatsServer:
             "jetstream {",
             f'  store_dir: "{data_dir}"',
             *(["  sync_interval: always"] if sync_always else []),
+            *([f"  max_file_store: {max_file_store}"] if max_file_store else []),
             "}",
         ]
         if cluster is not None and ports.cluster is not None:
