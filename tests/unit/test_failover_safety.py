@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import cast
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -23,8 +25,11 @@ from lifeboat.common.events import (
     SwitchoverFailed,
     SwitchoverRequested,
 )
+from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.failover.commands import Detach, Fence, Promote, WriteTopology
 from lifeboat.failover.decide import Policy, decide
+from lifeboat.failover.service import ClusterLoop
+from lifeboat.failover.settings import FailoverSettings
 from tests.unit.test_failover_decide import (
     AFTER,
     CLUSTER,
@@ -506,3 +511,34 @@ def test_a_node_promoted_beside_a_writable_primary_is_fenced_not_held() -> None:
     )
     (write,) = [c for c in newer.commands if isinstance(c, WriteTopology)]
     assert write.topology.timeline == 4
+
+
+# --- repeated answers: said once a while, but every request gets its own ------------------
+
+
+def test_repeated_refusals_are_said_once_a_while_and_every_request_is_answered() -> None:
+    """Matrix 4 and 8: an operation stuck on a dead candidate refused a switchover twice a
+    second (switchover.failed was not rate-limited); an identical refusal of another
+    request is still that request's answer."""
+    loop = ClusterLoop(CLUSTER, FailoverSettings(), cast(ServiceRuntime, None))
+    first, second = uuid4(), uuid4()
+
+    def refusal(model: type[FailoverFailed | SwitchoverFailed], correlation: UUID | None) -> bool:
+        event = model(
+            cluster="main",
+            source=ME,
+            correlation_id=correlation,
+            kind=FailoverKind.SWITCHOVER,
+            reason="no standby can be promoted",
+        )
+        return loop._worth_sending(Publish(event))
+
+    sent = [
+        refusal(SwitchoverFailed, None),
+        refusal(SwitchoverFailed, None),  # the same, re-decided: not again
+        refusal(SwitchoverFailed, first),
+        refusal(SwitchoverFailed, second),  # another request's answer
+        refusal(FailoverFailed, None),
+        refusal(FailoverFailed, None),
+    ]
+    assert sent == [True, False, True, True, True, False]
