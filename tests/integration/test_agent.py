@@ -61,15 +61,16 @@ class Cluster:
         else:
             await store.compare_and_set(topology, current.revision)
 
-    def start_agents(self, *, peers: bool, nodes: tuple[str, ...] = ()) -> None:
+    def start_agents(self, *, peers: bool, links: dict[str, Link] | None = None) -> None:
+        """One agent per node; one with a `link` reaches NATS only through it."""
         ports = {n.name: free_port() for n in self.stack.pg.nodes}
         for node in self.stack.pg.nodes:
-            if nodes and node.name not in nodes:
-                continue
             others = {n: f"http://127.0.0.1:{p}" for n, p in ports.items() if n != node.name}
+            link = (links or {}).get(node.name)
             self.agents[node.name] = self.stack.start(
                 "agent",
                 f"{self.name}-agent-{node.name}",
+                LIFEBOAT_NATS_URL=self.server.url if link is None else link.url,
                 LIFEBOAT_HTTP_PORT=str(ports[node.name]),
                 LIFEBOAT_AGENT_CLUSTER=self.name,
                 LIFEBOAT_AGENT_NODE=node.name,
@@ -142,6 +143,44 @@ class Cluster:
             conn.execute("insert into agent_writes values (%s)", (time.time(),))
             conn.commit()
         return True
+
+
+class Link:
+    """A TCP relay between one agent and NATS that the test cuts and restores: that agent's
+    host loses NATS while the others keep it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        """No new connection, and every open one closed."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._pipes):
+            writer.close()
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._pipes |= {client_w, server_w}
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            w.close()
+
+        await asyncio.gather(pump(client_r, server_w), pump(server_r, client_w))
+        self._pipes -= {client_w, server_w}
 
 
 @contextlib.contextmanager
@@ -255,3 +294,33 @@ async def test_failsafe_keeps_a_primary_that_reaches_every_standbys_agent_and_on
         await asyncio.to_thread(c.server.start)
         (event,) = await c.fenced_events("node1")
         assert "node3's agent did not answer" in event["reason"], event["reason"]
+
+
+async def test_failsafe_stops_a_primary_cut_off_from_nats_once_a_standbys_agent_reads_a_new_epoch(
+    workdir: Path, unique: str
+) -> None:
+    """Only the primary's host loses NATS; the standbys' agents still read the topology. The
+    failsafe keeps the primary serving until a standby's agent has read the leader's new
+    epoch, then it stops at once: sooner than the bound."""
+    async with cluster_with_agents(workdir, unique) as c:
+        link = Link(c.server.ports.client)
+        await link.up()
+        try:
+            await c.write_topology("node1", 0)
+            c.start_agents(peers=True, links={"node1": link})
+            await c.wait_views(epoch=0)
+
+            await link.cut()
+            await asyncio.sleep(2 * BOUND)
+            assert c.node("node1").running(), f"failsafe did not hold:\n{c.tail()}"
+            assert await asyncio.to_thread(c.writable, "node1")
+
+            await c.write_topology("node2", 1)  # the leader's commit point
+            took = await c.wait_stopped("node1", timeout=BOUND + SLACK)
+
+            assert took < BOUND, f"node1 stopped {took:.2f}s after the epoch moved"
+            await link.up()  # node1's agent sends what it kept
+            (event,) = await c.fenced_events("node1")
+            assert "node2's agent read node2 as primary at epoch 1" in event["reason"]
+        finally:
+            await link.cut()

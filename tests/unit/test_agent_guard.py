@@ -63,9 +63,15 @@ def test_a_node_that_cannot_commit_is_left_alone(state: NodeState) -> None:
 
 
 def test_a_node_starting_up_takes_no_write_yet() -> None:
-    # pg_control shows the state it stopped in until recovery begins (a rejoin's start).
+    # pg_control shows the state it stopped in until recovery begins (a rejoin's start), a
+    # fresh base backup the primary's; the postmaster lets nobody in while "starting".
     assert isinstance(judge(seen(NodeState(True, "shut down"), MOVED)), Keep)
     assert isinstance(judge(seen(NodeState(True, "in crash recovery"), MOVED)), Keep)
+    copied = NodeState(True, "in production", pm_status="starting")
+    assert isinstance(judge(seen(copied, MOVED)), Keep)
+    assert isinstance(
+        judge(seen(NodeState(True, "in production", pm_status="ready"), MOVED)), Fence
+    )
 
 
 def test_an_unreadable_state_counts_as_writable() -> None:
@@ -159,3 +165,9 @@ def test_writable_against_the_topology_last_read_is_fenced_at_once_without_nats(
     verdict = judge(stale)
     assert isinstance(verdict, Fence)
     assert "the topology last read names node2 primary at epoch 4" in verdict.reason
+
+
+def test_failsafe_never_confirms_a_node_the_topology_last_read_did_not_name() -> None:
+    silent = (PeerAnswer("node2", writable=False), PeerAnswer("node3", writable=False))
+    stale = replace(seen(error="no answer", answers=silent), last_topology=MOVED)
+    assert isinstance(judge(stale), Fence)

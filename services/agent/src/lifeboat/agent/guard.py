@@ -90,6 +90,9 @@ def failsafe(o: Observation) -> Verdict | None:
     """
     if o.answers is None:
         return None
+    last = o.last_topology
+    if last is not None and last.primary != o.node:
+        return None  # it holds up a primary, never a node the topology named otherwise
     latest = o.last_topology.epoch if o.last_topology else -1
     for a in o.answers:
         if a.writable:
