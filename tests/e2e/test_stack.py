@@ -113,7 +113,8 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     postmasters = [
         int(p.read_text().split()[0]) for p in stack_dir.glob("pg/*/data/postmaster.pid")
     ]
-    assert len(children) == 12  # 3 nats, s3, 3 monitors, 2 filesyncs, the 3 other services
+    # 3 nats, s3, 3 node agents, 3 monitors, 2 filesyncs, the 3 other services
+    assert len(children) == 15
     assert len(postmasters) == 3
 
     # The stack's file set: a file put in node1's directory reaches node2's through S3.
