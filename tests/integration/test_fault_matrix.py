@@ -417,7 +417,7 @@ async def test_8_the_switchover_target_killed_right_after_the_old_primarys_clean
             assert writable(ha) == []
             ha.pg.nodes[1].start()
         else:
-            assert held(ha, "the handover to node2 failed", "node1 stays the primary")
+            await said_why(ha, "the handover to node2 failed", "node1 stays the primary")
         await ends_with_one_primary(ha, writer, old="node1")
 
 
