@@ -79,6 +79,12 @@ class Cluster:
                 LIFEBOAT_AGENT_PEERS=json.dumps(others if peers else {}),
             )
 
+    async def serving(self, *, peers: bool, links: dict[str, Link] | None = None) -> None:
+        """node1 the primary at epoch 0, and every agent has read it."""
+        await self.write_topology("node1", 0)
+        self.start_agents(peers=peers, links=links)
+        await self.wait_views(epoch=0)
+
     async def view(self, node: str) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=2) as client:
             resp = await client.get(f"{self.agents[node].url}/agent/view")
@@ -212,9 +218,7 @@ async def test_a_primary_the_topology_no_longer_names_is_stopped_within_the_boun
     workdir: Path, unique: str
 ) -> None:
     async with cluster_with_agents(workdir, unique) as c:
-        await c.write_topology("node1", 0)
-        c.start_agents(peers=False)
-        await c.wait_views(epoch=0)
+        await c.serving(peers=False)
         assert await asyncio.to_thread(c.writable, "node1")
 
         await c.write_topology("node2", 1)  # the leader's commit point: a new epoch
@@ -255,9 +259,7 @@ async def test_a_primary_that_loses_nats_fences_itself_within_the_bound(
     workdir: Path, unique: str
 ) -> None:
     async with cluster_with_agents(workdir, unique) as c:
-        await c.write_topology("node1", 0)
-        c.start_agents(peers=False)
-        await c.wait_views(epoch=0)
+        await c.serving(peers=False)
 
         c.server.stop()
         took = await c.wait_stopped("node1", timeout=BOUND + SLACK)
@@ -276,9 +278,7 @@ async def test_failsafe_keeps_a_primary_that_reaches_every_standbys_agent_and_on
     workdir: Path, unique: str
 ) -> None:
     async with cluster_with_agents(workdir, unique) as c:
-        await c.write_topology("node1", 0)
-        c.start_agents(peers=True)
-        await c.wait_views(epoch=0)
+        await c.serving(peers=True)
 
         c.server.stop()
         await asyncio.sleep(2 * BOUND)
@@ -306,9 +306,7 @@ async def test_failsafe_stops_a_primary_cut_off_from_nats_once_a_standbys_agent_
         link = Link(c.server.ports.client)
         await link.up()
         try:
-            await c.write_topology("node1", 0)
-            c.start_agents(peers=True, links={"node1": link})
-            await c.wait_views(epoch=0)
+            await c.serving(peers=True, links={"node1": link})
 
             await link.cut()
             await asyncio.sleep(2 * BOUND)
