@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import pytest
@@ -319,6 +319,46 @@ def test_a_resumed_promotion_never_moves_to_another_candidate_at_the_same_epoch(
     (promote,) = [c for c in decision.commands if isinstance(c, Promote)]
     assert (promote.node, promote.epoch) == ("node2", 5)
     assert promote.peers == ("node3",)
+
+
+@pytest.mark.parametrize(
+    ("node2", "node3", "promoted"),
+    [
+        # node2 lost its stream (the old primary died, or it was detached) and node3 holds
+        # more: node2 can never catch up, so node3 is chosen under a new epoch.
+        ({"wal_receiver": None}, {}, ("node3", 6)),
+        # It still streams: it can catch up, the same candidate is retried.
+        ({}, {}, ("node2", 5)),
+        # node3 has no more than node2: nothing to catch up with.
+        ({"wal_receiver": None}, {"lsn": "0/5000000"}, ("node2", 5)),
+        # node3's report predates the operation: it says nothing about now.
+        ({"wal_receiver": None}, {"age": 3}, ("node2", 5)),
+    ],
+)
+def test_a_candidate_that_can_never_catch_up_is_replaced_under_a_new_epoch(
+    node2: dict[str, Any], node3: dict[str, Any], promoted: tuple[str, int]
+) -> None:
+    """Matrix 3 in the drill: node1's reports showed node2 ahead when node1 died, but node3
+    alone had the last acknowledged commits; the executor rightly refused node2 each round,
+    and the failover held for ever with node3 ready."""
+    fenced = OP.model_copy(update={"phases": (PhaseTiming(phase="fence", seconds=0.2),)})
+    topology = AFTER.model_copy(update={"operation": fenced})
+    node3 = {"lsn": "0/5000100", **node3}
+    decision = decide(
+        observe(
+            down("node1"),
+            standby("node2", "0/5000000", configured_upstream=None, **node2),
+            standby("node3", configured_upstream=None, **node3),
+            topology=topology,
+        )
+    )
+    assert promotions(decision) == [promoted]
+    if promoted[1] == 6:
+        (write,) = [c for c in decision.commands if isinstance(c, WriteTopology)]
+        assert write.topology.operation is not None
+        assert write.topology.operation.synchronous == ("node2", "node3")  # the set kept
+        fences = [c.node for c in decision.commands if isinstance(c, Fence)]
+        assert fences == ["node2"]  # the passed-over candidate, before the promotion
 
 
 # --- guarantee 9: positions after restarts -------------------------------------------------

@@ -608,8 +608,11 @@ def start_failover(
     target: str | None = None,
     *,
     budget: int | None = None,
+    members: tuple[str, ...] | None = None,
 ) -> Decision:
-    candidate, why_not = choose_candidate(obs, topo, views, target, budget=budget)
+    """Choose a candidate (among `members`, the recorded synchronous set unless given) and
+    take over under a new epoch, or refuse with the reason for every node."""
+    candidate, why_not = choose_candidate(obs, topo, views, target, budget=budget, members=members)
     if candidate is None:
         why = f"{reason}, but no standby can be promoted: {_why(why_not)}"
         return _refuse(obs, topo, kind, target, why)
@@ -633,7 +636,9 @@ def start_failover(
             f"{reason}, but {candidate} does not stream from {topo.primary}: it could not "
             "catch up with every acknowledged commit",
         )
-    new, commands = _takeover(obs, topo, views, kind, reason, candidate, fence=True, budget=budget)
+    new, commands = _takeover(
+        obs, topo, views, kind, reason, candidate, fence=True, budget=budget, members=members
+    )
     return Decision(commands, f"{reason}: promoting {candidate} at epoch {new.epoch}")
 
 
@@ -651,15 +656,19 @@ def _takeover(
     *,
     fence: bool,
     budget: int | None = None,
+    members: tuple[str, ...] | None = None,
 ) -> tuple[Topology, tuple[Command, ...]]:
-    """Commit the new epoch with the operation, then fence, detach, promote and repoint."""
+    """Commit the new epoch with the operation, then fence, detach, promote and repoint.
+    The operation records who may hold acknowledged commits: `members` when given (an
+    operation that chooses again keeps the set it started with), else the recorded set."""
+    recorded = topo.synchronous if members is None else members
     op = Operation(
         kind=kind,
         old_primary=topo.primary,
         new_primary=candidate,
         reason=reason,
         started_at=obs.now,
-        synchronous=topo.synchronous if obs.policy.synchronous_mode != "off" else (),
+        synchronous=recorded if obs.policy.synchronous_mode != "off" else (),
         data_loss_budget_bytes=budget,
         correlation_id=_correlation(obs),
     )
@@ -801,6 +810,18 @@ def _resume_promotion(
     commands: list[Command] = []
     phases = {p.phase for p in op.phases}
     old = op.old_primary
+    stuck = _cannot_catch_up(obs, op, views, _promote(obs, topo, op, primary).peers)
+    if stuck is not None:
+        # Retrying the same candidate would hold for ever: choose again among the standbys
+        # that may hold every acknowledged commit, under a new epoch that fences this one
+        # (a report may predate its promotion) before anyone else is promoted.
+        again = start_failover(obs, topo, views, op.kind, stuck, members=op.synchronous)
+        first = (
+            []
+            if phases & {"fence", "handover"} or old in (None, primary)
+            else [Fence(old, topo.epoch, f"{op.kind}: {stuck}")]
+        )
+        return Decision((*first, *again.commands), again.reason)
     if op.kind is not FailoverKind.SWITCHOVER and old not in (None, primary):
         if not phases & {"fence", "handover"}:
             commands.append(Fence(old, topo.epoch, f"{op.kind}: {primary} takes over"))
@@ -823,6 +844,37 @@ def _resume_promotion(
             return _undo_manual(obs, topo, op, age)
     commands.append(_promote(obs, topo, op, primary))
     return Decision(tuple(commands), f"{op.kind}: promoting {primary}")
+
+
+def _cannot_catch_up(
+    obs: Observation, op: Operation, views: dict[str, NodeView], peers: tuple[str, ...]
+) -> str | None:
+    """Why the operation's candidate can never be promoted, if it cannot: a peer that may
+    hold acknowledged commits reports more WAL than it has, and it receives none (its
+    upstream, the old primary, is gone or it was detached). The executor refuses to promote
+    it, rightly, each time; only another candidate can end the failover."""
+    candidate = views[op.new_primary].latest
+    if (
+        candidate is None
+        or candidate.role is not Role.STANDBY
+        or candidate.wal_receiver == "streaming"
+        or candidate.occurred_at <= op.started_at
+        or (have := position(candidate)) is None
+    ):
+        return None
+    for peer in peers:
+        report = views[peer].latest
+        if (
+            report is not None
+            and report.occurred_at > op.started_at
+            and (theirs := position(report)) is not None
+            and theirs > have
+        ):
+            return (
+                f"{op.new_primary} has {int_to_lsn(have)} and receives no WAL, {peer} has "
+                f"{int_to_lsn(theirs)}: choosing again"
+            )
+    return None
 
 
 def _undo_manual(obs: Observation, topo: Topology, op: Operation, age: float) -> Decision:
