@@ -34,12 +34,14 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 
 from lifeboat.common.events import (
+    FailoverKind,
     FailoverRequested,
     NodeRejoinRequested,
+    PhaseTiming,
     SwitchoverRequested,
 )
-from lifeboat.common.kv import LeaseStore
-from lifeboat.common.state import Topology
+from lifeboat.common.kv import LeaseStore, TopologyStore
+from lifeboat.common.state import Operation, Topology
 from lifeboat.devstack import faults
 from lifeboat.devstack.drill import TABLE, Writer, split_brain
 from lifeboat.devstack.launch import ServiceProcess
@@ -245,6 +247,38 @@ async def test_3_a_stream_drops_the_primary_dies_within_a_second_the_other_laggi
         ha.pg.nodes[0].kill()
         topo = await ends_with_one_primary(ha, writer)
     assert topo.primary == "node3"
+
+
+async def test_3_a_candidate_chosen_on_stale_reports_is_replaced_when_it_cannot_catch_up(
+    ha: HA,
+) -> None:
+    """The same fault with the decision it can lead to (seen in the drill): reports from
+    before the drop showed node2 ahead, so the failover started with node2, which lacks
+    what node3 alone acknowledged and receives nothing. The executor refuses node2 every
+    round; the failover must not hold for ever but choose node3 under a new epoch."""
+    await start_ha(ha)
+    async with writing(ha) as writer:
+        for proc in ha.procs:
+            proc.stop()
+        faults.drop_stream(ha.dsn(1))
+        await wait_acked_by(ha, writer, "node1", after=time.monotonic(), timeout=5)
+        ha.pg.nodes[0].kill()
+        store = await TopologyStore.open(ha.nc.jetstream())
+        current = await store.get(ha.name)
+        assert current is not None
+        op = Operation(
+            kind=FailoverKind.AUTOMATIC,
+            old_primary="node1",
+            new_primary="node2",
+            reason="node1 unreachable (chosen on stale reports)",
+            synchronous=current.value.synchronous,
+            phases=(PhaseTiming(phase="fence", seconds=0.01),),
+        )
+        await store.compare_and_set(current.value.promoted("node2", op), current.revision)
+        ha.start("monitor", f"{ha.name}-m2")
+        ha.start("failover", f"{ha.name}-f2")
+        topo = await ends_with_one_primary(ha, writer)
+    assert (topo.primary, topo.epoch) == ("node3", 2)
 
 
 async def test_4_the_candidate_killed_right_after_failover_started(ha: HA) -> None:
