@@ -8,8 +8,8 @@ import pytest
 
 from lifeboat.agent.guard import Confirmed, Fence, Keep, Observation, PeerAnswer, judge, on_deadline
 from lifeboat.agent.node import NodeState
-from lifeboat.common.events import FailoverKind, Role
-from lifeboat.common.state import Operation, Topology
+from lifeboat.common.events import Role
+from lifeboat.common.state import Topology
 
 PRIMARY = NodeState(True, "in production")
 STANDBY = NodeState(True, "in archive recovery")
@@ -88,19 +88,6 @@ def test_without_nats_a_primary_serves_until_the_bound_then_is_fenced() -> None:
     fence = judge(seen(error="no answer", now=104.0, peers={}))
     assert isinstance(fence, Fence)
     assert "not confirmed primary for 5.0s" in fence.reason
-
-
-def test_a_switchover_away_from_the_node_is_left_to_the_leader_within_the_bound() -> None:
-    op = Operation(
-        kind=FailoverKind.SWITCHOVER, old_primary="node1", new_primary="node2", reason="x"
-    )
-    handing_over = MOVED.model_copy(update={"operation": op})
-    assert isinstance(judge(seen(topology=handing_over, now=103)), Keep)
-    assert isinstance(judge(seen(topology=handing_over, now=104)), Fence)
-    failing_over = handing_over.model_copy(
-        update={"operation": op.model_copy(update={"kind": FailoverKind.AUTOMATIC})}
-    )
-    assert isinstance(judge(seen(topology=failing_over, now=100)), Fence)
 
 
 FOLLOWING = (

@@ -1,6 +1,7 @@
 """The agent's one decision, pure: keep the node as it is, count a confirmation, or fence it.
 
-The bound: a writable node is fenced once `bound` seconds have passed since the start of the
+A writable node that the topology does not name primary is fenced at once. The bound: a
+writable node that it named is fenced once `bound` seconds have passed since the start of the
 last read that confirmed it (the topology named it primary, or, while NATS is unreachable,
 every other member's agent answered that its node follows, the failsafe). The failover
 leader writes a new epoch before it promotes anyone; a read that starts after that write
@@ -15,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lifeboat.agent.node import NodeState
-from lifeboat.common.events import FailoverKind
 from lifeboat.common.state import Topology
 
 
@@ -119,16 +119,6 @@ def on_deadline(node: str, writable: bool, last: Topology | None) -> bool:
     return writable and (last is None or last.primary == node)
 
 
-def _switching_over(o: Observation, t: Topology) -> bool:
-    op = t.operation
-    return (
-        op is not None
-        and op.kind is FailoverKind.SWITCHOVER
-        and op.old_primary == o.node
-        and o.now < deadline(o)
-    )
-
-
 def judge(o: Observation) -> Verdict:
     fresh = o.read_error is None
     t = o.topology if fresh else o.last_topology
@@ -149,11 +139,9 @@ def judge(o: Observation) -> Verdict:
     if verdict is not None:
         return verdict
     if t is not None and t.primary != o.node:
-        if _switching_over(o, t):
-            # The leader hands over: it makes this node read-only and stops it cleanly
-            # itself, then waits for the target to replay the last WAL. Stopping it under
-            # the leader's feet would fail the switchover; the bound still holds.
-            return Keep(f"writable, {named}: the switchover under way stops it")
+        # A switchover hands the old primary over (read-only, stopped when it is local, its
+        # last WAL replayed by the target) under the old epoch, before the new one is
+        # written: stopping it now takes nothing from the switchover.
         return Fence(f"writable, but {named}{cannot_read}")
     unconfirmed = o.now - o.confirmed_at
     if o.now >= deadline(o):
