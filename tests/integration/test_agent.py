@@ -21,7 +21,7 @@ import nats
 import psycopg
 from nats.aio.client import Client as NatsClient
 
-from lifeboat.common.events import Role
+from lifeboat.common.events import FailoverRequested, Role, Source
 from lifeboat.common.kv import TopologyStore
 from lifeboat.common.state import Topology
 from lifeboat.common.subjects import NODE_SELF_FENCED, STREAM_NAME
@@ -322,3 +322,71 @@ async def test_failsafe_stops_a_primary_cut_off_from_nats_once_a_standbys_agent_
             assert "node2's agent read node2 as primary at epoch 1" in event["reason"]
         finally:
             await link.cut()
+
+
+async def test_a_forced_failover_promotes_only_once_the_unreachable_old_primarys_agent_stopped_it(
+    workdir: Path, unique: str
+) -> None:
+    """The controller cannot reach node1 (remote mode: fencing over SQL only) and node1's
+    agent cannot reach NATS; clients still could. An operator forces a failover: the leader
+    cannot confirm the fence, so it waits out the agents' bound after its new epoch before it
+    promotes node2 — by then node1's agent has stopped node1. Never two writable nodes."""
+    async with cluster_with_agents(workdir, unique) as c:
+        sql_link, nats_link = Link(c.node("node1").port), Link(c.server.ports.client)
+        await sql_link.up()
+        await nats_link.up()
+        try:
+            # The controller reaches node1 only through the relay; nothing is local to it.
+            spec = c.stack.spec()
+            nodes = tuple(
+                n.model_copy(
+                    update={
+                        "data_dir": None,
+                        "port": sql_link.port if n.name == "node1" else n.port,
+                    }
+                )
+                for n in spec.nodes
+            )
+            c.stack.write_spec(spec.model_copy(update={"nodes": nodes}))
+            bound = {"LIFEBOAT_AGENT_SELF_FENCE_SECONDS": str(BOUND)}
+            c.stack.start("monitor", f"{unique}-m1")
+            c.stack.start("failover", f"{unique}-f1", **bound)
+            store = await TopologyStore.open(c.nc.jetstream())
+
+            async def named(primary: str) -> bool:
+                found = await store.get(unique)
+                return found is not None and found.value.primary == primary
+
+            await eventually(lambda: named("node1"), timeout=60, what="the topology", detail=c.tail)
+            c.start_agents(peers=False, links={"node1": nats_link})
+            await c.wait_views(epoch=0)
+
+            await sql_link.cut()
+            await nats_link.cut()
+            request = FailoverRequested(
+                cluster=unique,
+                source=Source(service="test", instance="operator"),
+                target="node2",
+                reason="node1 is gone for good",
+                force=True,
+                data_loss_budget_bytes=16 << 20,
+            )
+            await c.nc.jetstream().publish(request.subject(), request.model_dump_json().encode())
+
+            node1_stopped: float | None = None
+
+            def promoted() -> bool:
+                nonlocal node1_stopped
+                if node1_stopped is None and not c.node("node1").running():
+                    node1_stopped = time.monotonic()
+                rows = c.node("node2").query(psycopg.sql.SQL("select pg_is_in_recovery()"))
+                return rows[0][0] is False
+
+            await eventually(
+                promoted, timeout=60, what="node2 promoted", interval=0.05, detail=c.tail
+            )
+            assert node1_stopped is not None, "node2 was promoted while node1 still ran"
+            assert await named("node2")
+        finally:
+            await sql_link.cut()
+            await nats_link.cut()

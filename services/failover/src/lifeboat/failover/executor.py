@@ -9,6 +9,7 @@ every deciding service shares (`lifeboat.common.decision.execute`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -57,7 +58,12 @@ class Executor:
         publish: Callable[[ClusterEvent], Awaitable[None]],
         still_leader: Callable[[], Awaitable[bool]],
         source: Source,
+        *,
+        self_fence_wait: float = 0.0,
     ) -> None:
+        """`self_fence_wait`: how long an unconfirmed fence that a forced failover accepts
+        waits before the rest of the decision (see FailoverSettings.agent_self_fence_seconds)."""
+        self.self_fence_wait = self_fence_wait
         self.cluster = cluster
         self.store = store
         self.nodes = nodes
@@ -104,7 +110,13 @@ class Executor:
                 except FenceUnconfirmedError as exc:
                     if not accepted:
                         raise
-                    detail = f"not confirmed ({exc}), accepted by a forced failover"
+                    # The guard just read the new epoch in KV, so the old primary's agent
+                    # stops it within its bound from now: nobody is promoted before.
+                    await asyncio.sleep(self.self_fence_wait)
+                    detail = (
+                        f"not confirmed ({exc}), accepted by a forced failover after "
+                        f"{self.self_fence_wait:g}s for its node agent to stop it"
+                    )
                 log.warning("fenced %s: %s (%s)", node, reason, detail)
                 await self.publish(
                     NodeFenced(

@@ -207,6 +207,7 @@ class ClusterLoop:
             self.runtime.publisher.publish,
             self.still_leader,
             self.runtime.source,
+            self_fence_wait=self._self_fence_wait(),
         )
         inline = Decision(
             tuple(c for c in decision.commands if not isinstance(c, Rejoin)), decision.reason
@@ -225,6 +226,11 @@ class ClusterLoop:
         await self._record_phases(outcomes)
         await self._step_down_if_cut_off(outcomes, now)
         return decision
+
+    def _self_fence_wait(self) -> float:
+        """The node agents' bound and its margin; nothing where no agent runs (0)."""
+        bound = self.settings.agent_self_fence_seconds
+        return bound + self.settings.self_fence_margin_seconds if bound > 0 else 0.0
 
     async def _step_down_if_cut_off(self, outcomes: list[Outcome[Command]], now: datetime) -> None:
         """Guarantee 7: a leader that reaches NATS but not PostgreSQL must not keep the lease

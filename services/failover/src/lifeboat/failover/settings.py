@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from pydantic_settings import SettingsConfigDict
 
 from lifeboat.common.settings import ServiceSettings
@@ -39,6 +39,13 @@ class FailoverSettings(ServiceSettings):
     """... and does not take it again for this long, so another instance can act."""
     repeat_event_after_seconds: PositiveFloat = 30.0
     """The same refusal or hold is published again only after this long."""
+    agent_self_fence_seconds: NonNegativeFloat = 5.0
+    """The node agents' bound T (the same variable they read): a forced failover that could
+    not confirm the old primary fenced waits T, plus `self_fence_margin_seconds`, after the
+    new epoch is written before it promotes anyone, so the old primary's agent has stopped
+    it. 0 where no agent runs."""
+    self_fence_margin_seconds: NonNegativeFloat = 1.0
+    """Added to that wait: the hosts' clock rates, scheduling, the stop's signal."""
     pg_os_user: str | None = None
     """Who runs pg_ctl and pg_rewind on local nodes when the service runs as root."""
     pg_bindir: Path | None = None
