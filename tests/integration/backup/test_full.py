@@ -6,6 +6,7 @@ the files as of that moment, whatever changed in either afterwards."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +20,12 @@ from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.events import (
     BackupKind,
     BackupRequested,
+    BackupVerifyRequested,
     RestoreRequested,
 )
 from lifeboat.devstack.launch import ServiceProcess
 from lifeboat.devstack.postgres import PgCluster
+from lifeboat.objstore.client import make_s3_client
 from lifeboat.pg.datadir import DataDir
 from tests.endpoints import S3Endpoint
 from tests.integration.backup.conftest import BUCKET, transfer
@@ -30,6 +33,7 @@ from tests.integration.backup.harness import SRC, Watch, Workers, backup_env, se
 from tests.integration.filesync.conftest import tree, write
 
 TABLE = "images"
+FILES = "lifeboat-files"  # the files bucket by default
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +139,37 @@ async def test_a_full_backup_restores_the_database_and_the_files_of_one_moment(
         assert [r[0] for r in rows] == ["a.jpg", "b.jpg"]  # the row added after is not there
     finally:
         DataDir(Path(restored["data_dir"]), cluster.os_user, cluster.bindir).stop("immediate")
+
+
+async def test_a_full_backup_is_verified_with_its_files(
+    setup: Path, cluster_name: str, s3: S3Endpoint, watch: tuple[Watch, NatsClient]
+) -> None:
+    """Its database by a restore, its files by filesync reading the snapshot back: an object
+    of the snapshot changed in S3 fails the full backup's verification, naming the set."""
+    events, client = watch
+    (listed,) = await Catalogue(transfer(s3).client, BUCKET, cluster_name).listed()
+    backup = listed.manifest.backup_id
+    good = await send(
+        client, BackupVerifyRequested(cluster=cluster_name, source=SRC, backup_id=backup)
+    )
+    verified = await events.wait("backup.verified", good, timeout=180, backup_id=backup)
+    assert verified["ok"] is True, verified
+    assert "files: uploads: 2 files" in verified["detail"]
+
+    (snap,) = listed.manifest.file_snapshots
+    s3c = make_s3_client(s3.settings())
+    body = json.loads(s3c.get_object(Bucket=FILES, Key=snap.manifest_key)["Body"].read())
+    sha = next(iter(body["entries"].values()))["sha256"]
+    key = f"{snap.manifest_key.split('snapshots/')[0]}objects/{sha[:2]}/{sha}"
+    original = s3c.get_object(Bucket=FILES, Key=key)["Body"].read()
+    s3c.put_object(Bucket=FILES, Key=key, Body=b"bit rot")
+    try:
+        bad = await send(
+            client, BackupVerifyRequested(cluster=cluster_name, source=SRC, backup_id=backup)
+        )
+        failed = await events.wait("backup.verified", bad, timeout=180, backup_id=backup)
+    finally:
+        s3c.put_object(Bucket=FILES, Key=key, Body=original)
+    assert failed["ok"] is False
+    assert "files: uploads:" in failed["detail"]
+    assert sha[:12] in failed["detail"]

@@ -1,11 +1,12 @@
 """Asking filesync and waiting, bounded, for its answers: the files half of a `full` backup
-(a snapshot of every file set once the base backup has ended) and of its restore.
+(a snapshot of every file set once the base backup has ended), of its restore and of its
+verification.
 
 Services meet only on NATS: the requests are events, and so are the answers, matched by the
-requests' `correlation_id` and one per file set. The subscription exists before the first
-request is published, so a quick answer is not missed; a set that says `file.sync_failed`
-fails the whole ask at once with its reason, and one that says nothing fails it at the
-deadline, naming the sets that did not answer.
+requests' `correlation_id` and one per file set (or per snapshot, for a verification). The
+subscription exists before the first request is published, so a quick answer is not missed;
+a set that says `file.sync_failed` fails the whole ask at once with its reason, and one that
+says nothing fails it at the deadline, naming the sets that did not answer.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from lifeboat.common.events import (
 log = logging.getLogger(__name__)
 
 
+def by_fileset(event: ClusterEvent) -> str | None:
+    return event.fileset if isinstance(event, FileSetEvent) else None
+
+
 class FilesUnanswered(RuntimeError):
     """A file set failed the request, or did not answer it in time."""
 
@@ -46,12 +51,13 @@ class Asker:
         answer: subjects.Topic,
         expect: frozenset[str],
         timeout: float,
-    ) -> dict[str, FileSetEvent]:
+        key: Callable[[ClusterEvent], str | None] = by_fileset,
+    ) -> dict[str, ClusterEvent]:
         """Publish `requests` (one cluster, one correlation id) and return the `answer` event
-        of each file set in `expect`, keyed by set."""
+        for each of `expect`, keyed by `key` (the file set, by default)."""
         cluster = requests[0].cluster
         correlation: UUID | None = requests[0].correlation_id
-        got: dict[str, FileSetEvent] = {}
+        got: dict[str, ClusterEvent] = {}
         failed: dict[str, str] = {}
         done = asyncio.Event()
 
@@ -61,14 +67,16 @@ class Asker:
             except UndecodableEventError as exc:
                 log.warning("an undecodable answer on %s: %s", msg.subject, exc)
                 return
-            if not isinstance(event, FileSetEvent) or event.correlation_id != correlation:
-                return
-            if event.fileset not in expect:
+            if not isinstance(event, ClusterEvent) or event.correlation_id != correlation:
                 return
             if isinstance(event, FileSyncFailed):
-                failed[event.fileset] = event.reason
+                if event.fileset in expect or key is not by_fileset:
+                    failed[event.fileset] = event.reason
             else:
-                got[event.fileset] = event
+                name = key(event)
+                if name not in expect:
+                    return
+                got[name] = event
             if failed or set(got) >= expect:
                 done.set()
 

@@ -54,6 +54,7 @@ from lifeboat.common.events import (
     BackupKind,
     BackupProgress,
     BackupVerified,
+    BackupVerifyRequested,
     ClusterEvent,
     FileRestored,
     FileRestoreRequested,
@@ -398,6 +399,8 @@ class Executor:
         try:
             manifest = await self.catalogue.manifest(backup)
             result = await verify(self.restore_context(), manifest, self.work_dir / "scratch")
+            if manifest.file_snapshots:
+                result = await self._verify_files(manifest, result)
         except Exception as exc:
             reason = redact(f"restore failed: {type(exc).__name__}: {exc}")[:2000]
             result = Verification(
@@ -428,6 +431,43 @@ class Executor:
         if not result.ok:
             log.error("verification of %s FAILED: %s", backup, result.detail)
         return ("verified " if result.ok else "verification failed: ") + result.detail
+
+    async def _verify_files(self, manifest: Manifest, database: Verification) -> Verification:
+        """A `full` backup is good only if its files are too: filesync reads each snapshot
+        back (every object, its hash), asked under an id of its own so that its answers do
+        not close the operator's request before this whole verification does."""
+        wanted = {r.snapshot_id: r.fileset for r in manifest.file_snapshots}
+        cid = uuid4()
+        asks = [
+            BackupVerifyRequested(
+                cluster=self.cluster,
+                source=self.source,
+                correlation_id=cid,
+                backup_id=snapshot,
+                requested_by=f"verification of {manifest.backup_id}",
+            )
+            for snapshot in sorted(wanted)
+        ]
+        try:
+            answers = await self._filesync().ask(
+                asks,
+                subjects.BACKUP_VERIFIED,
+                frozenset(wanted),
+                self.files_timeout,
+                key=lambda e: e.backup_id if isinstance(e, BackupVerified) else None,
+            )
+        except FilesUnanswered as exc:
+            return database.model_copy(
+                update={"ok": False, "detail": f"{database.detail}; files: {exc}"}
+            )
+        files = [a for a in answers.values() if isinstance(a, BackupVerified)]
+        said = "; ".join(f"{wanted[a.backup_id]}: {a.detail}" for a in files)
+        return database.model_copy(
+            update={
+                "ok": database.ok and all(a.ok for a in files),
+                "detail": f"{database.detail}; files: {said}",
+            }
+        )
 
     async def restore(self, command: Restore) -> str:
         request, plan = command.request, command.plan
