@@ -382,9 +382,15 @@ class Drill:
                 if isinstance(answer, OperationDone):
                     break
                 time.sleep(2)
+                if self._standby(node.name):  # refused as one already (health was stale)
+                    break
             else:
                 raise RuntimeError(f"rejoin of {node.name} failed: {answer.model_dump_json()}")
         self.wait_healthy()
+
+    def _standby(self, node: str) -> bool:
+        health = next((n.health for n in self.status().nodes if n.name == node), None)
+        return health is not None and health.role == "standby"
 
     def _data_dir(self, node: str) -> Path:
         data_dir = self.cluster.node(node).data_dir
