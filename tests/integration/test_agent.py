@@ -274,6 +274,26 @@ async def test_a_primary_that_loses_nats_fences_itself_within_the_bound(
         assert (event["epoch"], event["bound_seconds"]) == (0, BOUND)
 
 
+async def test_a_primary_whose_nats_hangs_fences_itself_within_the_bound(
+    workdir: Path, unique: str
+) -> None:
+    """A broker that accepts and never answers (frozen): every read waits, each only until
+    the deadline."""
+    async with cluster_with_agents(workdir, unique) as c:
+        await c.serving(peers=False)
+
+        c.server.process.signal(signal.SIGSTOP)
+        try:
+            took = await c.wait_stopped("node1", timeout=BOUND + SLACK)
+        finally:
+            c.server.process.signal(signal.SIGCONT)
+
+        assert took < BOUND + SLACK
+        assert c.running("node2", "node3")
+        (event,) = await c.fenced_events("node1")
+        assert "not confirmed primary for" in event["reason"], event["reason"]
+
+
 async def test_failsafe_keeps_a_primary_that_reaches_every_standbys_agent_and_only_it(
     workdir: Path, unique: str
 ) -> None:
