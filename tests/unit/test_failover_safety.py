@@ -420,6 +420,18 @@ def test_a_forced_failover_accepts_an_unconfirmed_fence() -> None:
     assert all(not c.accepted for c in automatic.commands if isinstance(c, Fence))
 
 
+def test_a_resumed_forced_failover_still_accepts_the_unconfirmed_fence() -> None:
+    """The leader that started it died before its fence was recorded: the next one fences
+    again, accepting what the operator accepted — or it would hold for ever on that fence."""
+    forced = OP.model_copy(update={"data_loss_budget_bytes": 1 << 20})
+    topology = AFTER.model_copy(update={"operation": forced})
+    decision = decide(observe(down("node1"), standby("node2"), standby("node3"), topology=topology))
+    (fence,) = [c for c in decision.commands if isinstance(c, Fence)]
+    assert (fence.node, fence.accepted) == ("node1", True)
+    unforced = decide(observe(down("node1"), standby("node2"), standby("node3"), topology=AFTER))
+    assert all(not c.accepted for c in unforced.commands if isinstance(c, Fence))
+
+
 def test_a_forced_failover_supersedes_a_stuck_operation() -> None:
     """Unforced requests are refused while an operation is under way; a forced one is the
     operator's way out of one that cannot finish, and fences its old primary too."""

@@ -761,7 +761,7 @@ def _continue(
                 return again
             # The instance that started the operation may have died before fencing the
             # original primary: fence it too, before anyone else is promoted.
-            first = Fence(old, topo.epoch, f"{op.kind}: {primary} failed too")
+            first = Fence(old, topo.epoch, f"{op.kind}: {primary} failed too", _forced(op))
             return Decision((first, *again.commands), again.reason)
         return Decision.nothing(f"{op.kind} to {primary}: waiting for it to answer")
     if view.role is Role.STANDBY:
@@ -819,12 +819,12 @@ def _resume_promotion(
         first = (
             []
             if phases & {"fence", "handover"} or old in (None, primary)
-            else [Fence(old, topo.epoch, f"{op.kind}: {stuck}")]
+            else [Fence(old, topo.epoch, f"{op.kind}: {stuck}", _forced(op))]
         )
         return Decision((*first, *again.commands), again.reason)
     if op.kind is not FailoverKind.SWITCHOVER and old not in (None, primary):
         if not phases & {"fence", "handover"}:
-            commands.append(Fence(old, topo.epoch, f"{op.kind}: {primary} takes over"))
+            commands.append(Fence(old, topo.epoch, f"{op.kind}: {primary} takes over", _forced(op)))
         commands += [
             Detach(v.name, topo.epoch, old)
             for v in views.values()
@@ -844,6 +844,12 @@ def _resume_promotion(
             return _undo_manual(obs, topo, op, age)
     commands.append(_promote(obs, topo, op, primary))
     return Decision(tuple(commands), f"{op.kind}: promoting {primary}")
+
+
+def _forced(op: Operation) -> bool:
+    """A forced failover accepted an unconfirmed fence when it started; whoever resumes it
+    (a new leader) accepts it too, or it would hold for ever on the fence it was forced past."""
+    return op.data_loss_budget_bytes is not None
 
 
 def _cannot_catch_up(

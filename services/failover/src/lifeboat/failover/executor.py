@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from lifeboat.common.decision import Outcome, Publish, Refused, execute
@@ -64,6 +65,8 @@ class Executor:
         """`self_fence_wait`: how long an unconfirmed fence that a forced failover accepts
         waits before the rest of the decision (see FailoverSettings.agent_self_fence_seconds)."""
         self.self_fence_wait = self_fence_wait
+        # monotonic: no promotion before this (an accepted, unconfirmed fence's wait)
+        self._promote_after = 0.0
         self.cluster = cluster
         self.store = store
         self.nodes = nodes
@@ -111,11 +114,13 @@ class Executor:
                     if not accepted:
                         raise
                     # The guard just read the new epoch in KV, so the old primary's agent
-                    # stops it within its bound from now: nobody is promoted before.
-                    await asyncio.sleep(self.self_fence_wait)
+                    # stops it within its bound from now: nobody is promoted before. The
+                    # wait is the promotion's, so that the standbys are detached first and
+                    # the old primary has nobody to acknowledge its commits meanwhile.
+                    self._promote_after = time.monotonic() + self.self_fence_wait
                     detail = (
-                        f"not confirmed ({exc}), accepted by a forced failover after "
-                        f"{self.self_fence_wait:g}s for its node agent to stop it"
+                        f"not confirmed ({exc}), accepted by a forced failover: nobody is "
+                        f"promoted for {self.self_fence_wait:g}s, for its node agent to stop it"
                     )
                 log.warning("fenced %s: %s (%s)", node, reason, detail)
                 await self.publish(
@@ -147,6 +152,8 @@ class Executor:
                 )
                 return f"rejoined with {method}", current
             case Promote(node, epoch, peers, old_primary, synchronous):
+                if (delay := self._promote_after - time.monotonic()) > 0:
+                    await asyncio.sleep(delay)
                 await self._guard(epoch)
                 detail = await self.nodes.promote(
                     node, peers=peers, old_primary=old_primary, synchronous=synchronous
