@@ -26,6 +26,7 @@ from lifeboat.common.events import (
     SwitchoverRequested,
 )
 from lifeboat.common.runtime import ServiceRuntime
+from lifeboat.common.state import Topology
 from lifeboat.failover.commands import Detach, Fence, Promote, WriteTopology
 from lifeboat.failover.decide import Policy, decide
 from lifeboat.failover.service import ClusterLoop
@@ -383,11 +384,28 @@ def test_restarted_standbys_are_judged_by_what_they_have() -> None:
     assert promotions(decision) == [("node2", 5)]
 
 
-def test_a_standby_on_another_timeline_is_not_a_candidate() -> None:
-    decision = decide(
-        observe(down("node1"), standby("node2", timeline=1), standby("node3", timeline=2))
+@pytest.mark.parametrize(
+    ("topology", "policy", "promoted"),
+    [
+        # Not recorded as synchronous (mode off): on an older timeline it did not follow a
+        # promotion; what it has is not the history the cluster went on with.
+        (EMPTY, Policy(synchronous_mode="off"), ("node3", 5)),
+        # Recorded as synchronous: it streamed from node1 at this epoch, so it is on node1's
+        # timeline; its report (no walreceiver: its last restartpoint's timeline) lags.
+        # Seen in the stream-drop-kill drill: the failover held for ever, node2 ready.
+        (TOPO, Policy(), ("node2", 5)),
+    ],
+)
+def test_a_standby_on_an_older_timeline_is_a_candidate_only_if_recorded_synchronous(
+    topology: Topology, policy: Policy, promoted: tuple[str, int]
+) -> None:
+    reports = (
+        down("node1"),
+        standby("node2", "0/5000100", timeline=1, wal_receiver=None),
+        standby("node3", timeline=2),
     )
-    assert promotions(decision) == [("node3", 5)]
+    decision = decide(observe(*reports, topology=topology, policy=policy))
+    assert promotions(decision) == [promoted]
 
 
 def test_a_dead_primary_goes_before_a_queued_switchover() -> None:
@@ -430,6 +448,22 @@ def test_a_resumed_forced_failover_still_accepts_the_unconfirmed_fence() -> None
     assert (fence.node, fence.accepted) == ("node1", True)
     unforced = decide(observe(down("node1"), standby("node2"), standby("node3"), topology=AFTER))
     assert all(not c.accepted for c in unforced.commands if isinstance(c, Fence))
+
+
+def test_an_old_primary_left_running_is_stopped_once_the_target_is_promoted() -> None:
+    """A manual failover leaves a local old primary running, fenced over SQL, until its
+    target is promoted: whoever finishes the operation stops it, whatever happened to the
+    decision that was to."""
+    promoted = rep("node2", role="primary", writable=True, current_lsn="0/5000100")
+    still = rep("node1", role="primary", writable=False, current_lsn="0/5000000")
+    obs = observe(still, promoted, standby("node3", upstream="node2", configured_upstream="node2"),
+                  topology=AFTER, cluster=LOCAL)  # fmt: skip
+    (stop,) = decide(obs).commands
+    assert isinstance(stop, Fence)
+    assert (stop.node, stop.epoch, stop.keep_running) == ("node1", AFTER.epoch, False)
+    # remote: only its agent can stop it; the SQL fence holds it meanwhile
+    remote = decide(replace(obs, cluster=CLUSTER))
+    assert not any(isinstance(c, Fence) for c in remote.commands)
 
 
 def test_a_forced_failover_supersedes_a_stuck_operation() -> None:

@@ -585,6 +585,10 @@ def choose_candidate(
             timeline is not None
             and view.latest.timeline is not None
             and view.latest.timeline < timeline
+            # A standby with no walreceiver reports its last restartpoint's timeline, which
+            # lags a promotion it followed; one of the synchronous set was recorded once it
+            # streamed from the primary of its epoch, so it is on that primary's timeline.
+            and not (sync and name in sync_set)
         ):
             why_not[name] = f"on timeline {view.latest.timeline}, the cluster is on {timeline}"
         elif reference is not None and reference - has[name] > limit:
@@ -766,6 +770,17 @@ def _continue(
         return Decision.nothing(f"{op.kind} to {primary}: waiting for it to answer")
     if view.role is Role.STANDBY:
         return _resume_promotion(obs, topo, op, views)
+    old = op.old_primary
+    if (
+        old not in (None, primary)
+        and views[old].role is Role.PRIMARY
+        and obs.cluster.node(old).data_dir is not None
+    ):
+        # Left running, fenced over SQL, so that the target could catch up (a manual
+        # failover): stopped now that the target is promoted, also when the decision that
+        # was to stop it did not get that far (a refused promotion, a leader that died).
+        stop = Fence(old, topo.epoch, f"{op.kind}: {primary} is promoted, {old} still runs")
+        return Decision((stop,), f"{op.kind}: stopping {old} beside {primary}")
     repoints = tuple(
         Repoint(v.name, primary, topo.epoch)
         for v in views.values()
