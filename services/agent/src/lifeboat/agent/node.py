@@ -8,11 +8,15 @@ says whether it lets clients in yet.
 
 from __future__ import annotations
 
-import math
+import contextlib
+import os
+import signal
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from lifeboat.common.events import Role
-from lifeboat.pg.datadir import DataDir
+from lifeboat.pg.datadir import DataDir, process_tree
 from lifeboat.pg.tools import ToolError
 
 _STATE_LINE = "Database cluster state:"
@@ -87,29 +91,45 @@ def read_state(data: DataDir, timeout: float = 5.0) -> NodeState:
     return NodeState(running, None, "pg_controldata shows no cluster state", status)
 
 
+def _exited(pid: int, timeout: float) -> bool:
+    """Whether process `pid` is gone within `timeout` seconds. A zombie counts as gone: a
+    postmaster that has exited may wait a while for whoever adopted it to reap it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def stop(data: DataDir, fast_timeout: float) -> str:
-    """Stop the node: a fast shutdown (every session ended at once, the shutdown checkpoint
-    streamed to the standbys), then an immediate one, then SIGKILL; what it took."""
-    if not data.running():
+    """Stop the node: `pg_ctl stop -m fast` (every session ended at once, the shutdown
+    checkpoint streamed to the standbys), after `fast_timeout` an immediate stop, then
+    SIGKILL; what it took.
+
+    It waits on the postmaster it found, not on the pid file as `pg_ctl -w` does: a node
+    started again meanwhile writes the file anew, and is left to the next round to judge
+    rather than stopped by escalation.
+    """
+    pid = data.pid()
+    if pid is None:
         return "not running"
-    seconds = str(max(1, math.ceil(fast_timeout)))
-    try:
-        data.pg(
-            "pg_ctl",
-            "-D",
-            str(data.path),
-            "-m",
-            "fast",
-            "-w",
-            "-t",
-            seconds,
-            "stop",
-            timeout=fast_timeout + 5,
-        )
-    except ToolError as exc:
-        if data.running():
-            data.stop("immediate", fast_timeout)  # SIGKILL if even that does not end it
-            if data.running():
-                return f"still running after a fast stop ({exc}), an immediate one and SIGKILL"
-            return f"stopped (the fast stop failed: {exc}; immediate, else SIGKILL)"
-    return "stopped (fast)"
+    for mode in ("fast", "immediate"):
+        if data.pid() != pid:
+            return f"started again since (postmaster {data.pid()}): judged afresh"
+        with contextlib.suppress(ToolError):  # it may have exited between the two reads
+            data.pg("pg_ctl", "-D", str(data.path), "-m", mode, "-W", "stop", timeout=10)
+        if _exited(pid, fast_timeout):
+            again = data.pid()
+            return f"stopped ({mode})" + (
+                f"; started again since (postmaster {again})" if again else ""
+            )
+    for p in process_tree(pid):  # a frozen node takes no other signal
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    return "stopped (SIGKILL)" if _exited(pid, fast_timeout) else "still running after SIGKILL"

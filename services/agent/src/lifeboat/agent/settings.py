@@ -42,8 +42,8 @@ class AgentSettings(ServiceSettings):
     agent_peer_timeout_seconds: PositiveFloat = 1.0
     """Deadline of one question to another node's agent."""
     agent_stop_timeout_seconds: PositiveFloat = 5.0
-    """How long a fast stop (`pg_ctl stop -m fast`) may take before an immediate stop, then
-    SIGKILL."""
+    """How long a fast stop (`pg_ctl stop -m fast`) may take before an immediate one, and that
+    one before SIGKILL."""
     agent_outbox_size: PositiveInt = 1000
     """Events kept while NATS is unreachable, sent once it is back."""
 
