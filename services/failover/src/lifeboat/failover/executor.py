@@ -135,7 +135,18 @@ class Executor:
                 return detail, current
             case Handover(primary, target, epoch):
                 await self._guard(epoch)
-                return await self.nodes.handover(primary, target), current
+                try:
+                    return await self.nodes.handover(primary, target), current
+                except Exception:
+                    # Nobody was promoted (the handover runs under the old epoch and ends the
+                    # switchover when it fails): the stopped old primary is started again,
+                    # still the one, read-only until the next decision gives it its writes
+                    # back — a failed switchover must not leave the cluster without a
+                    # primary. Only while the lease and the epoch are still ours: another
+                    # leader may have failed over meanwhile (the handover takes seconds).
+                    await self._guard(epoch)
+                    await self.nodes.start_again(primary)
+                    raise
             case Rejoin(node, upstream, epoch):
                 await self._guard(epoch)
                 method, seconds = await self.nodes.rejoin(node, upstream)

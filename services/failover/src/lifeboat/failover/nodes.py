@@ -312,24 +312,24 @@ class NodeActions:
         check = "select pg_last_wal_replay_lsn() {} %s::pg_lsn".format(
             ">" if strictly_after else ">="
         )
-        try:
-            async with (
-                asyncio.timeout(wait_seconds),
-                self._connect(self.cluster.node(target)) as conn,
-            ):
-                while True:
-                    caught_up = await (await conn.execute(check, (final,))).fetchone()
-                    if caught_up is not None and caught_up[0]:
-                        return f"{target} replayed {primary} up to {final}"
-                    await asyncio.sleep(0.02)
-        except (TimeoutError, psycopg.Error):
-            if local is not None:
-                # Nobody was promoted (the handover runs under the old epoch and stops the
-                # switchover when it fails): started again, the old primary is still the
-                # one, read-only until the next decision gives it its writes back. A
-                # failed switchover must not leave the cluster without a primary.
-                await asyncio.to_thread(start_node, local)
-            raise
+        async with (
+            asyncio.timeout(wait_seconds),
+            self._connect(self.cluster.node(target)) as conn,
+        ):
+            while True:
+                caught_up = await (await conn.execute(check, (final,))).fetchone()
+                if caught_up is not None and caught_up[0]:
+                    return f"{target} replayed {primary} up to {final}"
+                await asyncio.sleep(0.02)
+
+    async def start_again(self, name: str) -> str:
+        """Start a node managed here that is not running (an old primary a failed handover
+        stopped): it comes up as it stopped, read-only (`handover` set that)."""
+        local = self.local(self.cluster.node(name))
+        if local is None or local.running():
+            return "not ours to start" if local is None else "running"
+        await asyncio.to_thread(start_node, local)
+        return "started"
 
     async def replication_conninfo(self, exclude: str) -> str:
         """A standby's primary_conninfo (replication user, passfile) to model a new one on."""
