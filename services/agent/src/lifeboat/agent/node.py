@@ -77,7 +77,7 @@ def read_state(data: DataDir, timeout: float = 5.0) -> NodeState:
     # The status first, pg_control after: a node starts with the status "starting" and
     # writes its recovery state to pg_control before it lets anyone in, so a status past
     # "starting" read first is never paired with a pg_control from before recovery began.
-    running = data.running()
+    running = postmaster(data) is not None
     status = pm_status(data)
     try:
         out = data.pg("pg_controldata", str(data.path), timeout=timeout)
@@ -87,24 +87,35 @@ def read_state(data: DataDir, timeout: float = 5.0) -> NodeState:
         if line.startswith(_STATE_LINE):
             state = line.split(":", 1)[1].strip()
             # A node that stopped between the reads is stopped.
-            return NodeState(running and data.running(), state, pm_status=status)
+            return NodeState(running and postmaster(data) is not None, state, pm_status=status)
     return NodeState(running, None, "pg_controldata shows no cluster state", status)
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs. A zombie does not: a postmaster that has exited (killed,
+    say, by the failover) may wait a while for whoever adopted it to reap it, its pid file
+    still in place."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+def postmaster(data: DataDir) -> int | None:
+    """The node's running postmaster, if any."""
+    pid = data.pid()
+    return pid if pid is not None and _alive(pid) else None
+
+
 def _exited(pid: int, timeout: float) -> bool:
-    """Whether process `pid` is gone within `timeout` seconds. A zombie counts as gone: a
-    postmaster that has exited may wait a while for whoever adopted it to reap it."""
+    """Whether process `pid` is gone within `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return True
-        if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
-            return True
+    while _alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
+    return True
 
 
 def stop(data: DataDir, fast_timeout: float) -> str:
@@ -114,18 +125,19 @@ def stop(data: DataDir, fast_timeout: float) -> str:
 
     It waits on the postmaster it found, not on the pid file as `pg_ctl -w` does: a node
     started again meanwhile writes the file anew, and is left to the next round to judge
-    rather than stopped by escalation.
+    rather than stopped by escalation. "stopped (fast)" says that it is stopped since the
+    fast stop was asked for, not who stopped it (the failover may have killed it meanwhile).
     """
-    pid = data.pid()
+    pid = postmaster(data)
     if pid is None:
         return "not running"
     for mode in ("fast", "immediate"):
-        if data.pid() != pid:
-            return f"started again since (postmaster {data.pid()}): judged afresh"
+        if (now := postmaster(data)) != pid:
+            return "stopped" + (f"; started again since (postmaster {now})" if now else "")
         with contextlib.suppress(ToolError):  # it may have exited between the two reads
             data.pg("pg_ctl", "-D", str(data.path), "-m", mode, "-W", "stop", timeout=10)
         if _exited(pid, fast_timeout):
-            again = data.pid()
+            again = postmaster(data)
             return f"stopped ({mode})" + (
                 f"; started again since (postmaster {again})" if again else ""
             )
