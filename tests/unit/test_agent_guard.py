@@ -76,6 +76,15 @@ def test_a_node_starting_up_takes_no_write_yet() -> None:
 
 def test_an_unreadable_state_counts_as_writable() -> None:
     assert isinstance(judge(seen(NodeState(True, None, "permission denied"), MOVED)), Fence)
+    ready = NodeState(True, None, "timeout", pm_status="ready")
+    assert isinstance(judge(seen(ready, MOVED)), Fence)
+
+
+def test_an_unreadable_state_of_a_hot_standby_is_no_reason_to_stop_it() -> None:
+    """One pg_controldata failure (a timeout under load) must not stop a healthy standby:
+    its postmaster says "standby" until its recovery ends."""
+    standby = NodeState(True, None, "timeout", pm_status="standby")
+    assert isinstance(judge(seen(standby, MOVED)), Keep)
 
 
 def test_no_topology_yet_is_nobody_promoted() -> None:

@@ -29,6 +29,10 @@ _STANDBY_STATES = frozenset({"in archive recovery", "shut down in recovery"})
 # backup the primary's ("in production"), until its recovery begins.
 _PM_STATUS_LINE = 7
 _STARTING = "starting"
+# A hot standby's postmaster says "standby" until its recovery ends ("ready" after): with
+# pg_control unreadable (a pg_controldata timeout under load, binaries being upgraded), it is
+# what shows a standby cannot commit, rather than stopping it.
+_HOT_STANDBY = "standby"
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,13 @@ class NodeState:
     @property
     def writable(self) -> bool:
         """Running in production and letting clients in; a state pg_control does not give
-        counts as writable, as nothing shows it cannot commit."""
-        return (
-            self.running
-            and self.pm_status != _STARTING
-            and self.cluster_state in (None, _PRODUCTION)
-        )
+        counts as writable unless the postmaster says it is a hot standby, as nothing else
+        shows it cannot commit."""
+        if not self.running or self.pm_status == _STARTING:
+            return False
+        if self.cluster_state is None:
+            return self.pm_status != _HOT_STANDBY
+        return self.cluster_state == _PRODUCTION
 
     @property
     def role(self) -> Role:
