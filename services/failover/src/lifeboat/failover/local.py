@@ -67,8 +67,9 @@ def rejoin_local(
         _configure_standby(data, own_config, conninfo, slot)
         start_node(data)
         # A rewind can "succeed" yet leave WAL past the fork (the end-of-recovery checkpoint
-        # of a crashed primary): the node starts but never streams. Only streaming counts.
-        if _streams(node, cluster, password):
+        # of a crashed primary): the node starts but never streams the upstream's timeline.
+        # Only streaming that timeline counts.
+        if _streams(node, upstream, cluster, password):
             return "pg_rewind"
     except ToolError:
         pass
@@ -113,15 +114,32 @@ def _configure_standby(
     data.user.own(*written, *(data.path / name for name in own_config))
 
 
+_TIMELINE = "select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+
+
 def _streams(
-    node: NodeSpec, cluster: ClusterSpec, password: SecretStr | None, wait_seconds: float = 15
+    node: NodeSpec,
+    upstream: NodeSpec,
+    cluster: ClusterSpec,
+    password: SecretStr | None,
+    wait_seconds: float = 15,
 ) -> bool:
+    """The node streams the upstream's current timeline within `wait_seconds`. Streaming
+    alone is not enough: a node with WAL past the fork streams the old timeline up to the
+    fork point, for a moment, every few seconds, and never gets further (seen in the
+    stream-drop-kill drill: the rejoin said pg_rewind, the node never followed)."""
     dsn = cluster.node_dsn(node, password, connect_timeout=2).reveal()
+    source = cluster.node_dsn(upstream, password, connect_timeout=2).reveal()
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
-        with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
-            row = conn.execute("select status from pg_stat_wal_receiver").fetchone()
-            if row is not None and row[0] == "streaming":
+        with contextlib.suppress(psycopg.Error):
+            with psycopg.connect(source, autocommit=True) as conn:
+                found = conn.execute(_TIMELINE).fetchone()
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                row = conn.execute(
+                    "select status, received_tli from pg_stat_wal_receiver"
+                ).fetchone()
+            if found is not None and row is not None and row == ("streaming", found[0]):
                 return True
         time.sleep(0.3)
     return False
