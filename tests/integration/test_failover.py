@@ -23,6 +23,7 @@ from lifeboat.common.events import (
     FailoverKind,
     FailoverRequested,
     NodeRejoinRequested,
+    PhaseTiming,
     Source,
     SwitchoverRequested,
 )
@@ -373,6 +374,26 @@ async def test_one_of_two_monitors_killed_and_failover_still_works(ha: HA) -> No
     assert after.epoch == 1
 
 
+async def record_failover(
+    ha: HA, candidate: str, reason: str, phases: tuple[PhaseTiming, ...] = ()
+) -> None:
+    """The topology as a leader that died just after the commit point left it: the next
+    epoch, an automatic failover from node1 to `candidate` under way, with the synchronous
+    set it recorded and the `phases` it had done."""
+    store = await TopologyStore.open(ha.nc.jetstream())
+    current = await store.get(ha.name)
+    assert current is not None
+    op = Operation(
+        kind=FailoverKind.AUTOMATIC,
+        old_primary="node1",
+        new_primary=candidate,
+        reason=reason,
+        synchronous=current.value.synchronous,
+        phases=phases,
+    )
+    await store.compare_and_set(current.value.promoted(candidate, op), current.revision)
+
+
 async def test_an_interrupted_failover_is_finished_by_the_next_leader(ha: HA) -> None:
     """The leader wrote the new epoch and died before promoting: whoever leads next
     finishes the job instead of starting over."""
@@ -380,18 +401,7 @@ async def test_an_interrupted_failover_is_finished_by_the_next_leader(ha: HA) ->
     for proc in ha.procs:
         proc.stop()
     ha.pg.nodes[0].kill()
-    store = await TopologyStore.open(ha.nc.jetstream())
-    current = await store.get(ha.name)
-    assert current is not None
-    op = Operation(
-        kind=FailoverKind.AUTOMATIC,
-        old_primary="node1",
-        new_primary="node2",
-        reason="node1 unreachable (interrupted)",
-        synchronous=current.value.synchronous,  # as the interrupted leader recorded it
-    )
-    await store.compare_and_set(current.value.promoted("node2", op), current.revision)
-
+    await record_failover(ha, "node2", "node1 unreachable (interrupted)")
     ha.start("monitor", f"{ha.name}-m3")
     ha.start("failover", f"{ha.name}-f2")
     after = await ha.wait_topology(lambda t: t.operation is None)

@@ -34,21 +34,28 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 
 from lifeboat.common.events import (
-    FailoverKind,
     FailoverRequested,
     NodeRejoinRequested,
     PhaseTiming,
     SwitchoverRequested,
 )
-from lifeboat.common.kv import LeaseStore, TopologyStore
-from lifeboat.common.state import Operation, Topology
+from lifeboat.common.kv import LeaseStore
+from lifeboat.common.state import Topology
 from lifeboat.devstack import faults
 from lifeboat.devstack.drill import TABLE, Writer, split_brain
 from lifeboat.devstack.launch import ServiceProcess
 from lifeboat.devstack.procs import eventually, free_port
 from lifeboat.devstack.servers import NatsPorts, NatsServer
 from lifeboat.devstack.throwaway import nats_on_free_ports
-from tests.integration.test_failover import HA, OPERATOR, ask, make_ha, start_ha, wait_event
+from tests.integration.test_failover import (
+    HA,
+    OPERATOR,
+    ask,
+    make_ha,
+    record_failover,
+    start_ha,
+    wait_event,
+)
 
 
 @pytest.fixture
@@ -263,18 +270,8 @@ async def test_3_a_candidate_chosen_on_stale_reports_is_replaced_when_it_cannot_
         faults.drop_stream(ha.dsn(1))
         await wait_acked_by(ha, writer, "node1", after=time.monotonic(), timeout=5)
         ha.pg.nodes[0].kill()
-        store = await TopologyStore.open(ha.nc.jetstream())
-        current = await store.get(ha.name)
-        assert current is not None
-        op = Operation(
-            kind=FailoverKind.AUTOMATIC,
-            old_primary="node1",
-            new_primary="node2",
-            reason="node1 unreachable (chosen on stale reports)",
-            synchronous=current.value.synchronous,
-            phases=(PhaseTiming(phase="fence", seconds=0.01),),
-        )
-        await store.compare_and_set(current.value.promoted("node2", op), current.revision)
+        fenced = (PhaseTiming(phase="fence", seconds=0.01),)
+        await record_failover(ha, "node2", "node1 unreachable (on stale reports)", fenced)
         ha.start("monitor", f"{ha.name}-m2")
         ha.start("failover", f"{ha.name}-f2")
         topo = await ends_with_one_primary(ha, writer)
