@@ -95,6 +95,11 @@ class Cluster:
         view: dict[str, Any] = resp.json()
         return view
 
+    async def verdict_is(self, node: str, verdict: str) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return bool((await self.view(node))["verdict"] == verdict)
+        return False
+
     async def wait_views(self, epoch: int) -> None:
         """Until every agent has read the topology at `epoch`."""
 
@@ -259,7 +264,12 @@ async def test_a_node_started_writable_that_the_topology_does_not_name_is_fenced
         assert (second["epoch"], second["primary"]) == (1, "node2")
         assert c.node("node2").running(), "the primary the topology names is left alone"
         assert await asyncio.to_thread(c.writable, "node2")
-        assert (await c.view("node2"))["verdict"] == "named primary at epoch 1"
+        await eventually(
+            lambda: c.verdict_is("node2", "named primary at epoch 1"),
+            timeout=10,
+            what="node2's agent to read the topology naming it",
+            detail=c.tail,
+        )
 
 
 async def test_a_primary_that_loses_nats_fences_itself_within_the_bound(

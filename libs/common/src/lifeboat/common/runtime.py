@@ -104,8 +104,14 @@ class ServiceRuntime:
         ):
             with attempt:
                 await self.broker.connect()
-        # A cluster that just formed (or is electing a leader) may time out or refuse a
-        # stream or bucket update for a while: declaring is retried like connecting.
+        await self.declare(give_up_after=give_up_after)
+        self.broker.context.set_global("lifeboat_source", self.source)
+        log.info("connected to NATS at %s", self.settings.safe_nats_url())
+
+    async def declare(self, *, give_up_after: float = 60.0) -> None:
+        """The streams and KV buckets, once connected. A cluster that just formed (or is
+        electing a leader) may time out or refuse a stream or bucket update for a while:
+        declaring is retried like connecting."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((TimeoutError, NatsError)),
             wait=wait_exponential(multiplier=0.2, max=3),
@@ -115,8 +121,6 @@ class ServiceRuntime:
         ):
             with attempt:
                 await self._declare()
-        self.broker.context.set_global("lifeboat_source", self.source)
-        log.info("connected to NATS at %s", self.settings.safe_nats_url())
 
     async def _declare(self) -> None:
         """The streams and KV buckets, at this deployment's replicas, each with a leader."""

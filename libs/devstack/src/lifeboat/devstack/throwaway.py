@@ -263,7 +263,13 @@ class UpStack:
             found.update(self.health() or {})
             return found.get("status") == "healthy"
 
-        wait_until(healthy, timeout=timeout, what="the stack to be healthy", interval=1)
+        wait_until(
+            healthy,
+            timeout=timeout,
+            what="the stack to be healthy",
+            interval=1,
+            detail=lambda: f"last health: {found}\n{self.output()[-4000:]}",
+        )
         return found
 
     def interrupt(self, timeout: float = 90) -> int:

@@ -40,10 +40,13 @@ def build_app(settings: AgentSettings) -> Starlette:
     tasks: list[asyncio.Task[None]] = []
 
     async def connect() -> None:
-        """NATS in the background, however long it takes: the guard does not wait for it."""
+        """NATS in the background, however long it takes: the guard does not wait for it.
+        A connection only: declaring the streams at R3 (the services' start) can take longer
+        than the bound on a cluster that just formed, and the agent, which starts first,
+        would stop its primary meanwhile. Events wait in the outbox until the stream is."""
         while True:
             try:
-                await runtime.connect()
+                await runtime.broker.connect()
                 break
             except Exception as exc:
                 log.warning("NATS not reachable yet (%s); the guard runs without it", exc)
@@ -51,6 +54,7 @@ def build_app(settings: AgentSettings) -> Starlette:
         js = runtime.broker.config.connection_state.stream
         agent.store = await TopologyStore.open(js)
         runtime.start_heartbeats()
+        await runtime.declare(give_up_after=float("inf"))  # then the outbox can empty
 
     async def start() -> None:
         tasks.append(asyncio.create_task(agent.run(), name="guard"))
