@@ -85,12 +85,14 @@ def writable_node(stack: UpStack, status: dict[str, Any]) -> str:
 
 
 async def settled(client: httpx.AsyncClient, timeout: float = 90) -> dict[str, Any]:
-    """The status once the cluster is synchronous and every node has a fresh report."""
+    """The status once the cluster is synchronous and every node reports in and answers (an
+    old primary is back from its rejoin)."""
     deadline = time.monotonic() + timeout
     while True:
         status: dict[str, Any] = (await client.get(f"/clusters/{CLUSTER}")).json()
         topo = status["topology"]
-        if topo and topo["synchronous"] and all(n["health"] for n in status["nodes"]):
+        answering = all(n["health"] and n["health"].get("reachable") for n in status["nodes"])
+        if topo and topo["synchronous"] and answering:
             return status
         assert time.monotonic() < deadline, status
         await asyncio.sleep(0.5)
