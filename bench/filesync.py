@@ -37,7 +37,7 @@ from typing import Any
 from lifeboat.common.clusters import ClusterSpec
 from lifeboat.common.events import Envelope, FileSynced, Source
 from lifeboat.common.settings import S3Settings
-from lifeboat.devstack.procs import eventually, free_port
+from lifeboat.devstack.procs import eventually
 from lifeboat.devstack.servers import S3Credentials, S3Ports, SeaweedS3
 from lifeboat.filesync import Index, SetStore, SetWorker, Timing, bound_malloc, check
 from lifeboat.filesync.settings import FilesyncSettings
@@ -215,7 +215,7 @@ def main() -> None:
     try:
         if args.start:
             creds = S3Credentials("bench", secrets.token_urlsafe(16))
-            ports = S3Ports(*(free_port(below=22000) for _ in range(4)))
+            ports = S3Ports.free()
             server = SeaweedS3(base / "s3", ports, creds, log_file=base / "s3.log")
             server.start(buckets=(BUCKET,))
             s3 = server.settings()

@@ -22,7 +22,6 @@ from nats.aio.client import Client as NatsClient
 
 from lifeboat.common.bus import ensure_streams, heartbeat_stream_config, stream_config
 from lifeboat.devstack.postgres import PgCluster
-from lifeboat.devstack.procs import free_port
 from lifeboat.devstack.servers import S3Credentials, S3Ports, SeaweedS3
 from lifeboat.devstack.throwaway import nats_on_free_ports, pg_on_free_ports, stop_cluster
 from tests.endpoints import S3Endpoint
@@ -71,7 +70,7 @@ def s3(workdir: Path) -> Iterator[S3Endpoint]:
         return
     creds = S3Credentials("lifeboat-test", secrets.token_urlsafe(16))
     # SeaweedFS adds 10000 to each port for gRPC; all stay below 32768.
-    ports = S3Ports(*(free_port(below=22000) for _ in range(4)))
+    ports = S3Ports.free()
     server = SeaweedS3(workdir / "s3", ports, creds, log_file=workdir / "s3.log")
     try:
         server.start(buckets=BUCKETS)

@@ -56,7 +56,7 @@ def cluster(workdir: Path) -> Iterator[PgCluster]:
 def own_s3(workdir: Path) -> Iterator[SeaweedS3]:
     """An S3 server of the module's own, for the tests that stop and start it."""
     creds = S3Credentials("lifeboat-own", secrets.token_urlsafe(16))
-    ports = S3Ports(*(free_port(below=22000) for _ in range(4)))
+    ports = S3Ports.free()
     server = SeaweedS3(workdir / f"s3-{uuid.uuid4().hex[:6]}", ports, creds)
     try:
         server.start(buckets=(BUCKET,))

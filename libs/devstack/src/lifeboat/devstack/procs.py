@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, TypeVar, overload
 
@@ -31,17 +31,25 @@ def find_binary(name: str) -> str:
     return found
 
 
-def free_port(below: int = 30000) -> int:
-    """A free loopback port. SeaweedFS derives gRPC ports as port+10000, so callers that need
-    that headroom pass `below`; ports stay under 32768 and clear of ephemeral client ports."""
+# Ports this process has handed out: a stack's dozen ports are picked before any is bound, so
+# without this two picks (or one pick and another's derived port) can coincide.
+_handed_out: set[int] = set()
+
+
+def free_port(below: int = 30000, span: Iterable[int] = (0,)) -> int:
+    """A free loopback port P, with P+offset free too for each offset in `span`, none of them
+    handed out before by this process. SeaweedFS listens on port+10000 for gRPC and a stack's
+    NATS servers and PostgreSQL nodes take consecutive ports: their callers pass `span` (and
+    `below`, to keep every port under 32768, clear of ephemeral client ports)."""
+    offsets = tuple(span)
     for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port: int = s.getsockname()[1]
-        if port < below:
-            return port
-        candidate = 10000 + (port % (below - 10000))
-        if port_is_free(candidate):
+        candidate = port if port < below else 10000 + (port % (below - 10000))
+        wanted = {candidate + offset for offset in offsets}
+        if not wanted & _handed_out and all(port_is_free(p) for p in wanted):
+            _handed_out.update(wanted)
             return candidate
     raise RuntimeError("no free port found")
 
@@ -171,6 +179,12 @@ class ManagedProcess:
 
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of its log file (empty when it logs elsewhere): why it exited."""
+        if self.log_file is None or not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     def start(self) -> None:
         stdout: int | IO[bytes]

@@ -13,7 +13,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
 from lifeboat.common.settings import S3Settings
-from lifeboat.devstack.procs import LineSink, ManagedProcess, find_binary, tcp_open, wait_until
+from lifeboat.devstack.procs import (
+    LineSink,
+    ManagedProcess,
+    find_binary,
+    free_port,
+    tcp_open,
+    wait_until,
+)
 from lifeboat.objstore.client import ensure_buckets, make_s3_client
 
 if TYPE_CHECKING:
@@ -177,6 +184,10 @@ class S3Ports:
     volume: int = 8080
     filer: int = 8888
 
+    @classmethod
+    def free(cls) -> S3Ports:
+        return cls(*(free_port(below=22000, span=(0, 10000)) for _ in range(4)))
+
 
 @dataclass(frozen=True)
 class S3Credentials:
@@ -265,7 +276,9 @@ class SeaweedS3:
 
     def _answers(self) -> bool:
         if not self.process.alive():
-            raise RuntimeError(f"weed exited with {self.process.exit_code()}")
+            raise RuntimeError(
+                f"weed exited with {self.process.exit_code()}:\n{self.process.log_tail()}"
+            )
         if not tcp_open(self.ports.s3):
             return False
         try:

@@ -515,11 +515,20 @@ class Stack:
                     node.stop()
 
     def _check_ports(self) -> None:
-        busy = [
-            f"{name} ({port})"
-            for name, port in self.settings.all_ports().items()
-            if not port_is_free(port)
+        ports = self.settings.all_ports()
+        users: dict[int, list[str]] = {}
+        for name, port in ports.items():
+            users.setdefault(port, []).append(name)
+        twice = [
+            f"{port} ({' and '.join(names)})" for port, names in users.items() if len(names) > 1
         ]
+        if twice:
+            raise StackError(
+                "these ports are given to two servers: "
+                + ", ".join(twice)
+                + ". Choose others (see README, Configuration)."
+            )
+        busy = [f"{name} ({port})" for name, port in ports.items() if not port_is_free(port)]
         if busy:
             raise StackError(
                 "these ports are in use: "

@@ -202,9 +202,11 @@ def up_stack_env(stack_dir: Path, base: Mapping[str, str] | None = None) -> dict
     environment unless given) without its LIFEBOAT_ settings, and free ports for everything."""
     source = os.environ if base is None else base
     env = {k: v for k, v in source.items() if not k.startswith("LIFEBOAT_")}
-    env.update({k: str(free_port()) for k in _STACK_PORTS})
-    env.update({k: str(free_port(below=22000)) for k in _S3_PORTS})
-    env["LIFEBOAT_PG_BASE_PORT"] = str(free_port(below=29000))
+    # NATS servers and PostgreSQL nodes take consecutive ports from their base; SeaweedFS
+    # adds 10000 for gRPC.
+    env.update({k: str(free_port(span=range(4))) for k in _STACK_PORTS})
+    env.update({k: str(free_port(below=22000, span=(0, 10000))) for k in _S3_PORTS})
+    env["LIFEBOAT_PG_BASE_PORT"] = str(free_port(below=29000, span=range(8)))
     env["LIFEBOAT_STACK_DIR"] = str(stack_dir)
     return env
 
