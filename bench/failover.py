@@ -5,7 +5,9 @@ with --start (ports and data in a temporary directory, stopped afterwards). Runs
 whole-node drills, or the scenarios named (those of issue 7's fault matrix included, see
 lifeboat.devstack.drill.MATRIX). Prints one JSON object: per scenario its runs, RTO
 median/max, the longest write unavailability, acknowledged writes lost, split-brain runs,
-runs in which a hold or refusal was said (held_runs), and runs that ended on another primary.
+runs in which a hold or refusal was said (held_runs), runs that ended on another primary,
+and what the scenario's fault observed (`detail`: e.g. who finished a failover whose leader
+was killed). Each run and each scenario is also written to stderr as it ends.
 
 The baseline in the same run is the detection floor the defaults imply (failure_threshold x
 probe_interval): the RTO ratio to it shows what the rest of the path (quorum, lease, fencing,
@@ -67,7 +69,20 @@ def main() -> None:
         token = token_file.read_text().strip() if token_file.exists() else None
         out: dict[str, Any] = {"baseline_detection_floor_s": DETECTION_FLOOR_S}
         for scenario in args.scenario or DEFAULT_SCENARIOS:
-            summary = drill(args.gateway, cluster, password, scenario, args.runs, token)["summary"]
+            result = drill(
+                args.gateway,
+                cluster,
+                password,
+                scenario,
+                args.runs,
+                token,
+                stack_dir,
+                # Each run as it ends: a batch stopped midway keeps what it measured.
+                on_run=lambda run, s=scenario: print(  # type: ignore[misc]
+                    json.dumps({"run": s, **run}), file=sys.stderr, flush=True
+                ),
+            )
+            summary = result["summary"]
             if summary["rto_median_s"] is not None:
                 ratio = summary["rto_median_s"] / DETECTION_FLOOR_S
                 summary["rto_to_detection_floor"] = round(ratio, 2)

@@ -19,13 +19,19 @@ a little, then checks what the primary holds:
 
 Then it puts the cluster back to three healthy nodes (rejoin) for the next run. Faults are
 injected into local data directories, so drills belong to the dev stack; they talk to the
-gateway only through its client.
+gateway only through its client. The scenarios about the failover service itself (a leader
+killed, cut off from PostgreSQL, run in remote mode, or twinned) find the stack's failover
+service by its PID in the stack's `children.json` and start more instances beside it with
+its settings (its LIFEBOAT_ environment, as `docker compose up --scale failover=N` would),
+each stopped by PID when the drill ends; which one leads, each says in its health.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import os
 import signal
 import statistics
 import threading
@@ -40,7 +46,7 @@ import psycopg
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lifeboat.common.clusters import ClusterSpec, load_clusters
+from lifeboat.common.clusters import ClustersFile, ClusterSpec, dump_clusters, load_clusters
 from lifeboat.common.secrets import MissingSecretError, resolve_secret
 from lifeboat.devstack.faults import (
     drop_stream,
@@ -49,6 +55,8 @@ from lifeboat.devstack.faults import (
     starved,
     wait_stopped,
 )
+from lifeboat.devstack.launch import ServiceProcess, launch
+from lifeboat.devstack.procs import kill_pid
 from lifeboat.gateway.client import ClusterStatus, GatewayClient, GatewayError, OperationDone
 from lifeboat.pg.binaries import find_bindir
 from lifeboat.pg.datadir import DataDir, signal_postmaster
@@ -64,25 +72,45 @@ Scenario = Literal[
     "restart-standbys",
     "request-burst",
     "starve-primary",
+    "stall-primary",
+    "candidate-kill",
+    "switchover-new-primary-kill",
+    "leader-kill",
+    "leader-term",
+    "leader-cut-off",
+    "twin-instances",
+    "remote-cut-off",
 ]
 DEFAULT_SCENARIOS: tuple[Scenario, ...] = ("kill-primary", "freeze-primary", "switchover")
 # The fault matrix's scenarios (issue 7; tests/integration/test_fault_matrix.py) a drill can
 # inject into the stack `make up` runs, by their number there.
 MATRIX: dict[Scenario, int] = {
+    "remote-cut-off": 1,
     "lagging-manual-failover": 2,
     "stream-drop-kill": 3,
+    "candidate-kill": 4,
+    "switchover-new-primary-kill": 4,
+    "leader-kill": 5,
+    "leader-term": 5,
+    "leader-cut-off": 6,
     "switchover-target-kill": 8,
     "restart-standbys": 9,
     "request-burst": 10,
+    "twin-instances": 11,
     "starve-primary": 12,
+    "stall-primary": 12,
 }
 SCENARIOS: tuple[Scenario, ...] = (*DEFAULT_SCENARIOS, *MATRIX)
 # Scenarios after which the primary may rightly be the same node: a stall it rides out, a
 # refused failover, a switchover whose handover failed.
-KEEPS_PRIMARY = frozenset({"starve-primary", "lagging-manual-failover", "switchover-target-kill"})
+KEEPS_PRIMARY = frozenset(
+    {"starve-primary", "stall-primary", "lagging-manual-failover", "switchover-target-kill"}
+)
 # What says why nobody was promoted (or an operation refused).
 HOLDS = ("failover.held", "failover.failed", "switchover.failed")
 TABLE = "lifeboat_drill"
+# Seconds after a node's SIGKILL in which an acknowledgement from it was already on its way.
+IN_FLIGHT = 0.2
 
 
 class DrillSettings(BaseSettings):
@@ -162,6 +190,172 @@ def split_brain(acked: list[tuple[int, float, int]], old_port: int, new_port: in
 
 
 @dataclass(frozen=True)
+class Instance:
+    """One failover instance: its configured id, where its health answers, its PID."""
+
+    name: str
+    url: str
+    pid: int
+
+    def leads(self) -> bool:
+        """Its health says it holds the lease (False while it does not answer)."""
+        try:
+            report = httpx.get(f"{self.url}/health", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return any(
+            c.get("name") == "leadership" and bool(c.get("details", {}).get("leader"))
+            for c in report.get("components", [])
+        )
+
+
+def _lifeboat_environ(pid: int) -> dict[str, str]:
+    """The LIFEBOAT_ settings a running service was started with (its /proc environ)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(): v.decode() for k, v in pairs if k.startswith(b"LIFEBOAT_")}
+
+
+class FailoverInstances:
+    """The stack's failover service (its PID from the stack's children.json, as `make up`
+    records it; the stack restarts it when it dies) and instances the drill starts beside it
+    with the same settings, as `docker compose up --scale failover=N` would, each stopped by
+    its PID."""
+
+    def __init__(self, stack_dir: Path) -> None:
+        self.stack_dir = stack_dir
+        self.started: dict[str, ServiceProcess] = {}
+
+    def _stack_pid(self) -> int | None:
+        file = self.stack_dir / "children.json"
+        pids = json.loads(file.read_text() or "[]") if file.exists() else []
+        for pid in pids:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"lifeboat.failover" in argv:
+                return int(pid)
+        return None
+
+    def _stack_running(self) -> Instance | None:
+        """The stack's own failover service if it runs (its id and port from its settings)."""
+        pid = self._stack_pid()
+        if pid is None:
+            return None
+        try:
+            env = _lifeboat_environ(pid)
+            url = f"http://127.0.0.1:{env['LIFEBOAT_HTTP_PORT']}"
+            return Instance(env["LIFEBOAT_INSTANCE_ID"], url, pid)
+        except (OSError, KeyError):  # it ended meanwhile
+            return None
+
+    def stack_instance(self, timeout: float = 60) -> Instance:
+        """The stack's own failover service, once it runs and answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self._stack_running()
+            with contextlib.suppress(httpx.HTTPError):
+                if found and httpx.get(f"{found.url}/health/ready", timeout=2).status_code == 200:
+                    return found
+            time.sleep(0.5)
+        raise TimeoutError(f"the stack's failover service did not answer within {timeout}s")
+
+    def ensure(self, key: str, instance: str | None = None, **extra: str) -> ServiceProcess:
+        """The drill's instance `key` (configured id `instance`, `key` unless given; `extra`
+        settings win over the stack's), started unless it runs, once ready."""
+        proc = self.started.get(key)
+        if proc is not None and proc.alive():
+            return proc
+        if proc is not None:
+            proc.stop()
+        pid = self._stack_pid() or self.stack_instance().pid
+        base = {k: v for k, v in os.environ.items() if not k.startswith("LIFEBOAT_")}
+        env = {**base, **_lifeboat_environ(pid)}
+        for own in ("LIFEBOAT_HTTP_PORT", "LIFEBOAT_INSTANCE_ID"):
+            env.pop(own, None)
+        proc = launch(
+            "failover",
+            env,
+            instance=instance or key,
+            extra=extra,
+            name=key,
+            log_file=self.stack_dir / f"drill-{key}.log",
+        )
+        self.started[key] = proc
+        proc.wait_ready(60)
+        return proc
+
+    def stop(self, key: str) -> None:
+        proc = self.started.pop(key, None)
+        if proc is not None:
+            proc.stop(timeout=15)
+
+    def stop_all(self) -> None:
+        for key in list(self.started):
+            self.stop(key)
+
+    def running(self) -> list[Instance]:
+        """Every instance that runs now: the stack's (if it does) and the drill's."""
+        stack = self._stack_running()
+        found = [] if stack is None else [stack]
+        for key, proc in self.started.items():
+            if proc.alive() and proc.pid is not None:
+                found.append(Instance(key, proc.url, proc.pid))
+        return found
+
+    def leader(self, timeout: float = 20) -> Instance | None:
+        """The instance whose health says it leads; None if none does within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            leading = [i for i in self.running() if i.leads()]
+            if leading or time.monotonic() > deadline:
+                return leading[0] if leading else None
+            time.sleep(0.1)
+
+    def signal(self, instance: Instance, sig: signal.Signals) -> None:
+        """`sig` to the instance's process (the drill's: its whole session)."""
+        proc = self.started.get(instance.name)
+        if proc is not None and proc.pid == instance.pid:
+            proc.signal(sig)
+        else:
+            kill_pid(instance.pid, sig)
+
+    def lead(self, key: str, timeout: float = 120) -> Instance:
+        """Until the drill's instance `key` holds the lease: whoever else leads is stopped
+        (SIGTERM: it hands the lease back), as an operator stops an instance."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.leader(timeout=5)
+            if leader is not None and leader.name == key:
+                return leader
+            if leader is not None:
+                self.signal(leader, signal.SIGTERM)
+            time.sleep(0.5)
+        raise TimeoutError(f"{key} did not take the failover lease within {timeout}s")
+
+
+class LeaderWatch:
+    """How many failover instances say at once that they lead, sampled every 0.1 s."""
+
+    def __init__(self, instances: FailoverInstances) -> None:
+        self.instances = instances
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="leader-watch")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.most = max(self.most, sum(i.leads() for i in self.instances.running()))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(10)
+        return self.most
+
+
+@dataclass(frozen=True)
 class Injected:
     """A fault as injected: when it struck (the RTO's start), and the node an operator
     would bring back if the cluster holds without it (it may hold the only copy of
@@ -173,11 +367,37 @@ class Injected:
 
 class Drill:
     def __init__(
-        self, gateway: str, cluster: ClusterSpec, password: str, token: str | None = None
+        self,
+        gateway: str,
+        cluster: ClusterSpec,
+        password: str,
+        token: str | None = None,
+        stack_dir: Path | None = None,
     ) -> None:
         self.api = GatewayClient(gateway, token=token, timeout=180, operation_timeout=180)
         self.cluster = cluster
         self.password = password
+        self.stack_dir = stack_dir if stack_dir is not None else DrillSettings().stack_dir
+        self.instances = FailoverInstances(self.stack_dir)
+        # What one run's fault leaves for the run to finish: the events' cursor before it,
+        # what it observed, an operation still answering, instances to stop before the
+        # rejoin, a watch on how many instances lead.
+        self._since = 0
+        self._detail: dict[str, Any] = {}
+        self._pending: list[threading.Thread] = []
+        self._transient: list[str] = []
+        self._watch: LeaderWatch | None = None
+        self._later: list[Callable[[], None]] = []  # what to read once the run settled
+        self._matrix: dict[Scenario, Callable[[str, list[str]], Injected]] = {
+            "stall-primary": self._stall,
+            "candidate-kill": self._candidate_kill,
+            "switchover-new-primary-kill": self._switchover_new_primary_kill,
+            "leader-kill": lambda p, s: self._leader_killed(p, signal.SIGKILL),
+            "leader-term": lambda p, s: self._leader_killed(p, signal.SIGTERM),
+            "leader-cut-off": self._leader_cut_off,
+            "twin-instances": self._twins,
+            "remote-cut-off": self._remote_cut_off,
+        }
 
     def dsn(self, node: str | None = None) -> str:
         if node is None:
@@ -238,6 +458,7 @@ class Drill:
         with psycopg.connect(self.dsn(primary), autocommit=True) as conn:
             conn.execute(f"create table if not exists {TABLE} (id bigint primary key)")
         since = self.api.history(self.cluster.name, limit=1, kinds=list(HOLDS)).last_seq
+        self._since, self._detail = since, {}
         writer = Writer(self.dsn(), start_id)
         writer.start()
         try:
@@ -250,10 +471,9 @@ class Drill:
             keeps = scenario in KEEPS_PRIMARY
 
             def resumed() -> bool:
-                return any(
-                    (t > ended if keeps else t > fault.at and port != old_port)
-                    for _, t, port in writer.acked
-                )
+                if keeps:
+                    return any(t > ended for _, t, _ in writer.acked)
+                return bool(self._taken_after(writer, fault, old_port))
 
             # A fault with a node to bring back holds by design when it struck after that
             # node took what nobody else has: an operator's 10 s, then the node is back.
@@ -263,13 +483,29 @@ class Drill:
             time.sleep(10.0 if scenario == "freeze-primary" else 2.0)  # past the thaw, too
         finally:
             writer.stop()
-        result = self._measure(writer, primary, fault.at, since)
+            if self._watch is not None:
+                self._detail["leaders_at_once"] = self._watch.stop()
+                self._watch = None
+            for pending in self._pending:
+                pending.join(200)
+            self._pending = []
+        result = self._measure(writer, primary, fault, since)
+        for later in self._later:
+            later()
+        self._later = []
+        if self._detail:
+            result["detail"] = self._detail
+        for key in self._transient:
+            self.instances.stop(key)
+        self._transient = []
         self.restore()
         return result
 
     def _inject(self, scenario: Scenario, primary: str) -> Injected:
         """The fault, as the matrix of issue 7 describes it (scenario numbers in MATRIX)."""
         standbys = sorted(n.name for n in self.cluster.nodes if n.name != primary)
+        if scenario in self._matrix:
+            return self._matrix[scenario](primary, standbys)
         at = time.monotonic()
         if scenario == "kill-primary":
             signal_node(self._data_dir(primary), signal.SIGKILL)
@@ -325,12 +561,187 @@ class Drill:
                 time.sleep(4.0)
         return Injected(at)
 
+    def _event(
+        self, kind: str, timeout: float, says: Callable[[dict[str, Any]], bool] | None = None
+    ) -> dict[str, Any] | None:
+        """The first `kind` event of this run (that `says`), polled every 20 ms; None if
+        none within `timeout` (0: as of now)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            page = self.api.history(self.cluster.name, limit=50, kinds=[kind])
+            found = [
+                e.event for e in page.events if e.seq > self._since and (says or bool)(e.event)
+            ]
+            if found or time.monotonic() >= deadline:
+                return found[0] if found else None
+            time.sleep(0.02)
+
+    def _by(self, kind: str) -> str | None:
+        """The instance that published this run's first `kind` event."""
+        event = self._event(kind, 0)
+        return None if event is None else str(event.get("source", {}).get("instance"))
+
+    def _writable(self, node: str) -> bool:
+        """The node is out of recovery (it would take writes)."""
+        with contextlib.suppress(psycopg.Error):
+            with psycopg.connect(self.dsn(node), autocommit=True) as conn:
+                row = conn.execute("select pg_is_in_recovery()").fetchone()
+            return row is not None and row[0] is False
+        return False
+
+    def _stall(self, primary: str, standbys: list[str]) -> Injected:
+        """Matrix 12 as a stall: the primary's postmaster and every child stopped 4 s (about
+        the detection time), then resumed."""
+        at = time.monotonic()
+        signal_node(self._data_dir(primary), signal.SIGSTOP)
+        time.sleep(4.0)
+        signal_postmaster(self._data_dir(primary), signal.SIGCONT)
+        return Injected(at)
+
+    def _candidate_kill(self, primary: str, standbys: list[str]) -> Injected:
+        """Matrix 4: the primary killed, then the candidate as soon as failover.started
+        names it. It may hold acknowledged commits the other lacks: it is the node to bring
+        back."""
+        at = time.monotonic()
+        signal_node(self._data_dir(primary), signal.SIGKILL)
+        started = self._event("failover.started", 30)
+        if started is None:
+            self._detail["started"] = False
+            return Injected(at)
+        candidate = str(started["candidate"])
+        completed = self._event("failover.completed", 0) is not None
+        signal_node(self._data_dir(candidate), signal.SIGKILL)
+        self._detail.update(candidate=candidate, completed_before_kill=completed)
+        return Injected(at, revive=candidate)
+
+    def _switchover_new_primary_kill(self, primary: str, standbys: list[str]) -> Injected:
+        """Matrix 4: a switchover to a standby, which is killed as soon as it is promoted
+        (the old primary is being rejoined to it); it is the node to bring back."""
+        target = standbys[0]
+        asked = threading.Thread(target=self._operate, args=("switchover", target))
+        asked.start()
+        self._pending.append(asked)
+        if not _within(lambda: self._writable(target), 30):
+            self._detail["promoted"] = False
+            return Injected(time.monotonic())
+        at = time.monotonic()
+        signal_node(self._data_dir(target), signal.SIGKILL)
+        topo = self.status().topology
+        operation = topo.operation if topo else None
+        self._detail["operation_at_kill"] = None if operation is None else operation.kind
+        return Injected(at, revive=target)
+
+    def _leader_killed(self, primary: str, sig: signal.Signals) -> Injected:
+        """Matrix 5: the primary frozen; the failover leader sent `sig` as soon as
+        failover.started is out (fencing a frozen node takes its SQL deadline first); the
+        others finish. The old primary is thawed once the cluster settled."""
+        for key in ("standby-a", "standby-b"):  # whoever leads, another is left
+            self.instances.ensure(key)
+        leader = self.instances.leader()
+        if leader is None:
+            raise RuntimeError("no failover instance leads")
+        data_dir = self._data_dir(primary)
+        at = time.monotonic()
+        signal_node(data_dir, signal.SIGSTOP)
+        try:
+            started = self._event("failover.started", 30)
+            fenced = self._event("node.fenced", 0) is not None
+            self.instances.signal(leader, sig)
+            with contextlib.suppress(TimeoutError):
+                self.wait_settled(90)
+        finally:
+            signal_postmaster(data_dir, signal.SIGCONT)
+        time.sleep(1.0)  # a thawed old primary that still ran would take writes now
+        self._detail.update(
+            leader=leader.name, started=started is not None, fenced_before_signal=fenced
+        )
+        self._later.append(self._who_finished)
+        return Injected(at)
+
+    def _who_finished(self) -> None:
+        self._detail.update(
+            fenced_by=self._by("node.fenced"), completed_by=self._by("failover.completed")
+        )
+
+    def _leader_cut_off(self, primary: str, standbys: list[str]) -> Injected:
+        """Matrix 6: the leader reaches NATS but no node (its PostgreSQL password is wrong)
+        when the primary is killed; it must step down, another instance fails over."""
+        self.instances.ensure("cut-off", LIFEBOAT_PG_PASSWORD="not-the-password")
+        self._transient.append("cut-off")
+        self.instances.lead("cut-off")
+        self.instances.ensure("standby-a")
+        at = time.monotonic()
+        signal_node(self._data_dir(primary), signal.SIGKILL)
+        stepped = self._event(
+            "failover.held", 60, lambda e: "stepping down" in str(e.get("reason"))
+        )
+        self._detail["stepped_down"] = stepped is not None
+        self._later.append(self._who_finished)
+        return Injected(at)
+
+    def _twins(self, primary: str, standbys: list[str]) -> Injected:
+        """Matrix 11: a second instance with the stack's failover's configured id; only one
+        may ever lead, and the primary's death is one failover."""
+        twin = self.instances.stack_instance().name
+        self.instances.ensure("twin", instance=twin)
+        self._watch = LeaderWatch(self.instances)
+        time.sleep(3.0)  # a few lease renewals: the other must still not lead
+        at = time.monotonic()
+        signal_node(self._data_dir(primary), signal.SIGKILL)
+        self._later.append(self._count_failovers)
+        return Injected(at)
+
+    def _count_failovers(self) -> None:
+        page = self.api.history(self.cluster.name, limit=50, kinds=["failover.started"])
+        started = sum(1 for e in page.events if e.seq > self._since)
+        self._detail.update(failovers_started=started, one_failover=started == 1)
+
+    def _remote_cut_off(self, primary: str, standbys: list[str]) -> Injected:
+        """Matrix 1: the leader runs on the cluster file in remote mode (no data_dir, fencing
+        over SQL only); the primary frozen, so it cannot be reached. Nobody may be promoted
+        (held says why) until it answers again and is fenced."""
+        remote = self.stack_dir / "drill-remote-clusters.yaml"
+        clusters = load_clusters(self.stack_dir / "clusters.yaml")
+        remote.write_text(dump_clusters(_without_data_dirs(clusters)))
+        self.instances.ensure("remote", LIFEBOAT_CLUSTERS_FILE=str(remote))
+        self._transient.append("remote")
+        self.instances.lead("remote")
+        data_dir = self._data_dir(primary)
+        at = time.monotonic()
+        signal_node(data_dir, signal.SIGSTOP)
+        try:
+            held = self._event(
+                "failover.held", 30, lambda e: "confirmed unable" in str(e.get("reason"))
+            )
+            time.sleep(2.0)  # fence retries keep failing: still nobody promoted
+            promoted = [s for s in standbys if self._writable(s)]
+        finally:
+            signal_postmaster(data_dir, signal.SIGCONT)
+        self._detail.update(
+            held_while_cut_off=held is not None, promoted_while_cut_off=bool(promoted)
+        )
+        self._later.append(self._who_finished)
+        return Injected(at)
+
     def _operate(self, kind: Literal["switchover"], target: str | None) -> None:
         """A switchover, followed to its end; a refusal is an outcome the drill measures."""
         with contextlib.suppress(httpx.HTTPError, GatewayError):
             self.api.operate(kind, self.cluster.name, target=target, reason="drill")
 
-    def _measure(self, writer: Writer, old: str, fault_at: float, since: int) -> dict[str, Any]:
+    def _taken_after(self, writer: Writer, fault: Injected, old_port: int) -> list[float]:
+        """When nodes other than the old primary acknowledged writes after the fault; a node
+        the fault killed may still have acknowledged one within IN_FLIGHT (on its way)."""
+        killed = self.cluster.node(fault.revive).port if fault.revive else None
+        return [
+            t
+            for _, t, port in writer.acked
+            if t > fault.at
+            and port != old_port
+            and not (port == killed and t < fault.at + IN_FLIGHT)
+        ]
+
+    def _measure(self, writer: Writer, old: str, fault: Injected, since: int) -> dict[str, Any]:
+        fault_at = fault.at
         new = self.wait_settled()
         with psycopg.connect(self.dsn(new), autocommit=True) as conn:
             ids = [a[0] for a in writer.acked]
@@ -340,7 +751,7 @@ class Drill:
         old_port = self.cluster.node(old).port
         # Writes resume when another node takes them; an ack from the old primary just after
         # the fault was already in flight.
-        after = [t for _, t, port in writer.acked if t > fault_at and port != old_port]
+        after = self._taken_after(writer, fault, old_port)
         rto = (after[0] - fault_at) if after and new != old else None
         times = [t for _, t, _ in writer.acked]
         gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -405,6 +816,22 @@ class Drill:
         return self._data_dir(node).parent / "postgres.log"
 
 
+def _without_data_dirs(clusters: ClustersFile) -> ClustersFile:
+    """The cluster file in remote mode: no node's data directory, so fencing is SQL only."""
+    return clusters.model_copy(
+        update={
+            "clusters": tuple(
+                c.model_copy(
+                    update={
+                        "nodes": tuple(n.model_copy(update={"data_dir": None}) for n in c.nodes)
+                    }
+                )
+                for c in clusters.clusters
+            )
+        }
+    )
+
+
 def _within(check: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -428,7 +855,24 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "split_brain_runs": sum(1 for r in runs if r["split_brain"]),
         "held_runs": sum(1 for r in runs if r["held"]),
         "failed_over_runs": sum(1 for r in runs if r["new_primary"] != r["old_primary"]),
+        **({"detail": tally} if (tally := _tally(runs)) else {}),
     }
+
+
+def _tally(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the runs' faults observed (`detail`), over the runs: a flag by how many runs
+    had it, a number by its largest, anything else by how many runs said each value."""
+    out: dict[str, Any] = {}
+    for run in runs:
+        for key, value in run.get("detail", {}).items():
+            if isinstance(value, bool):
+                out[f"{key}_runs"] = out.get(f"{key}_runs", 0) + int(value)
+            elif isinstance(value, int | float):
+                out[f"{key}_max"] = max(out.get(f"{key}_max", value), value)
+            else:
+                counts = out.setdefault(key, {})
+                counts[str(value)] = counts.get(str(value), 0) + 1
+    return out
 
 
 def drill(
@@ -438,14 +882,21 @@ def drill(
     scenario: Scenario,
     runs: int,
     token: str | None = None,
+    stack_dir: Path | None = None,
+    on_run: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """`runs` runs of `scenario`; `token` operates the gateway (the stack's admin token)."""
-    d = Drill(gateway, cluster, password, token)
+    """`runs` runs of `scenario`; `token` operates the gateway (the stack's admin token);
+    `stack_dir` is the stack's directory (DrillSettings' unless given); `on_run` is told
+    each run's result as it ends."""
+    d = Drill(gateway, cluster, password, token, stack_dir)
     results = []
     base = int(time.time() * 1000) * 1000  # ids never collide with an earlier drill
     try:
         for i in range(runs):
             results.append(d.run(scenario, base + i * 1_000_000))
+            if on_run is not None:
+                on_run(results[-1])
     finally:
+        d.instances.stop_all()
         d.api.close()
     return {"scenario": scenario, "runs": results, "summary": summarize(results)}
