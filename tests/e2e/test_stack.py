@@ -54,6 +54,15 @@ def _running(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)
 
 
+def _writes(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            conn.execute("insert into kept values ('written after the restart')")
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/status").read_text().lower()
@@ -142,14 +151,24 @@ def test_make_up_runs_the_whole_stack_and_ctrl_c_leaves_nothing(
     assert "stopped; data kept" in stack.output()
     assert (stack_dir / "pg" / "node1" / "data" / "PG_VERSION").exists()
 
-    # The next `make up` reuses the data.
+    # Every node's agent left standby.signal: no start makes a node writable on its own.
+    assert all((d / "standby.signal").exists() for d in stack_dir.glob("pg/*/data"))
+
+    # The next `make up` reuses the data. The primary starts read-only like the others; the
+    # failover leader, which reads the topology name it, gives it its writes back.
     again = UpStack(stack_dir, stack_dir.with_suffix(".again.log"), env=stack.env)
     again.start()
     try:
         again.wait_healthy(timeout=150)
+        wait_until(
+            lambda: "started again read-only" in again.output(),
+            timeout=60,
+            what="the leader to take the restarted primary back",
+        )
+        wait_until(lambda: _writes(dsn), timeout=30, what="the restarted primary's writes")
         with psycopg.connect(dsn, connect_timeout=5) as conn:
-            rows = conn.execute("select v from kept").fetchall()
-        assert rows == [("survives a restart",)]
+            rows = conn.execute("select v from kept order by v").fetchall()
+        assert rows == [("survives a restart",), ("written after the restart",)]
         assert "creating PostgreSQL cluster" not in again.output()
     finally:
         assert again.interrupt() == 0

@@ -40,7 +40,7 @@ from lifeboat.failover.commands import (
     SetSynchronous,
     WriteTopology,
 )
-from lifeboat.failover.decide import Observation, Policy, decide
+from lifeboat.failover.decide import BACK_SECONDS, Observation, Policy, decide
 from lifeboat.failover.sync_names import format_sync_names, parse_sync_names
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
@@ -646,13 +646,67 @@ def test_a_primary_missing_from_the_cluster_file_is_not_acted_on() -> None:
     assert "not in the cluster file" in decision.reason
 
 
-def test_a_primary_back_in_recovery_is_failed_over() -> None:
-    demoted = rep(
-        "node1", role="standby", writable=False, consecutive_read_only=3, receive_lsn="0/5000000"
+def back(lsn: str = "0/5000000", probes: int = 1, **kw: Any) -> NodeHealth:
+    """node1 started again in recovery (its agent left standby.signal), streaming nothing."""
+    return rep(
+        "node1", role="standby", writable=False, consecutive_read_only=probes, replay_lsn=lsn, **kw
     )
-    decision = decide(observe(demoted, standby("node2"), standby("node3")))
-    assert ("node2", 5) in promotions(decision)
+
+
+def test_a_primary_started_again_read_only_takes_writes_again_rather_than_failing_over() -> None:
+    # Many read-only probes already: the leader may have waited out an old lease meanwhile.
+    restarted = back(probes=40)
+    decision = decide(observe(restarted, standby("node2"), standby("node3", "0/4F00000")))
+    assert kinds(decision) == ["Promote", "Publish"]
+    promote = decision.commands[0]
+    assert isinstance(promote, Promote)
+    # Checked again at the promotion: nobody it is promoted over has WAL it lacks.
+    assert (promote.node, promote.epoch, promote.peers) == ("node1", 4, ("node2", "node3"))
+    (held,) = published(decision, FailoverHeld)
+    assert "started again read-only at 0/5000000 with every standby's WAL" in held.reason
+
+
+@pytest.mark.parametrize(
+    ("restarted", "trying_for", "why"),
+    [
+        (back("0/4000000", probes=3, timeline=2), None, "a standby has WAL it lacks"),
+        (back(probes=3, timeline=1), None, "on an older timeline than the recorded one"),
+        (back(probes=3, timeline=2), BACK_SECONDS + 1, "its promotion back kept failing"),
+    ],
+)
+def test_a_primary_back_in_recovery_is_failed_over(
+    restarted: NodeHealth, trying_for: float | None, why: str
+) -> None:
+    topo = TOPO.model_copy(update={"timeline": 2})
+    obs = observe(
+        restarted, standby("node2", timeline=2), standby("node3", timeline=2), topology=topo
+    )
+    if trying_for is not None:
+        obs = dataclasses.replace(obs, promoting_back_since=NOW - timedelta(seconds=trying_for))
+    decision = decide(obs)
+    assert ("node2", 5) in promotions(decision), why
     assert "node1 in recovery for 3 probes by 1 of 1 monitors" in decision.reason
+
+
+def test_read_only_reports_from_before_a_primary_took_its_writes_back_do_not_fail_it() -> None:
+    stale = [back(probes=40, age=1.0, monitor=m) for m in ("m2", "m3")]
+    decision = decide(
+        observe(
+            primary("m1", age=0.2),
+            *stale,
+            standby("node2"),
+            standby("node3"),
+            policy=Policy(monitors=3),
+        )
+    )
+    assert not promotions(decision)
+    assert "healthy" in decision.reason or "synchronous" in decision.reason
+
+
+def test_a_primary_given_its_writes_back_is_tried_again_within_the_bound() -> None:
+    obs = observe(back(probes=20), standby("node2"), standby("node3"))
+    obs = dataclasses.replace(obs, promoting_back_since=NOW - timedelta(seconds=BACK_SECONDS - 1))
+    assert promotions(decide(obs)) == [("node1", 4)]
 
 
 def test_reports_from_before_the_promotion_do_not_fail_the_new_primary() -> None:

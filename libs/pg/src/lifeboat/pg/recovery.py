@@ -84,9 +84,11 @@ def configure_recovery(
     kept.append("# lifeboat: restored copy")
     kept += [f"{k} = {_quote(v)}" for k, v in settings.items()]
     auto.write_text("\n".join(kept) + "\n")
+    # recovery.signal first: a node agent leaves standby.signal in a data directory that has
+    # neither (see lifeboat.agent.node.arm).
+    (data_dir / "recovery.signal").touch()
     for stale in ("standby.signal", "postmaster.pid", "postmaster.opts"):
         (data_dir / stale).unlink(missing_ok=True)
-    (data_dir / "recovery.signal").touch()
 
 
 def trust_local_only(data_dir: Path) -> None:

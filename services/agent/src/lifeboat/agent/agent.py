@@ -28,7 +28,7 @@ from lifeboat.agent.guard import (
     on_deadline,
 )
 from lifeboat.agent.guard import members as failsafe_members
-from lifeboat.agent.node import NodeState, read_state, stop
+from lifeboat.agent.node import NodeState, arm, read_state, stop
 from lifeboat.agent.settings import AgentSettings
 from lifeboat.common.events import Envelope, NodeSelfFenced, Source
 from lifeboat.common.kv import TopologyStore
@@ -117,6 +117,10 @@ class Agent:
                 await self._fence(reason, observation)
             case Keep():
                 pass
+        if self.last_topology is not None and await asyncio.to_thread(arm, self.data):
+            # Once a topology exists the leader says who is primary: no start is writable
+            # before it has.
+            log.info("%s: standby.signal left for the next start", self.settings.agent_node)
         self.last_round_at = time.monotonic()
         return verdict
 

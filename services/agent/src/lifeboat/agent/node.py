@@ -96,6 +96,27 @@ def read_state(data: DataDir, timeout: float = 5.0) -> NodeState:
     return NodeState(running, None, "pg_controldata shows no cluster state", status)
 
 
+def arm(data: DataDir) -> bool:
+    """Leave `standby.signal` in the data directory, so that whoever starts the node next (a
+    reboot, a container restart, `pg_ctl start`, the postmaster after a crash) starts it in
+    recovery, read-only, until the failover leader, which has read the topology name it
+    primary, promotes it. PostgreSQL reads the file only when it starts, and removes it when
+    it is promoted; the agent puts it back. Whether it was written now.
+
+    Not while `recovery.signal` is there (a restore recovering to its target, which standby
+    mode would turn into streaming from wherever primary_conninfo points), nor into a data
+    directory that is not one (yet)."""
+    signal_file = data.path / "standby.signal"
+    if not data.initialized or signal_file.exists() or (data.path / "recovery.signal").exists():
+        return False
+    signal_file.touch()
+    if (data.path / "recovery.signal").exists():  # a restore wrote it meanwhile
+        signal_file.unlink(missing_ok=True)
+        return False
+    os.chown(signal_file, data.user.uid, data.user.gid)
+    return True
+
+
 def _alive(pid: int) -> bool:
     """Whether process `pid` runs. A zombie does not: a postmaster that has exited (killed,
     say, by the failover) may wait a while for whoever adopted it to reap it, its pid file

@@ -86,6 +86,9 @@ class Observation:
     request: Request | None = None  # an operator's request to handle now
     # Maintenance (Patroni's pause): no automatic failover; operators' requests still work.
     paused: MaintenanceState | None = None
+    # When this leader first gave the topology's primary its writes back at this epoch, if it
+    # has not seen it writable since (the service keeps it).
+    promoting_back_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,20 @@ def node_views(obs: Observation) -> dict[str, NodeView]:
     for node in obs.cluster.nodes:
         mine = [r for r in fresh if r.node == node.name]
         answered = sorted((r for r in mine if r.reachable), key=lambda r: r.occurred_at)
+        latest = answered[-1] if answered else None
+        # A node in recovery in one monitor's report and writable in a later one's has been
+        # promoted (given its writes back) since: the earlier report no longer fails it.
+        writable_at = latest.occurred_at if latest is not None and latest.writable else None
         views[node.name] = NodeView(
             name=node.name,
             monitors=frozenset(r.source.instance for r in mine),
-            failing=frozenset(r.source.instance for r in mine if _failing(r, obs)),
-            latest=answered[-1] if answered else None,
+            failing=frozenset(
+                r.source.instance
+                for r in mine
+                if _failing(r, obs)
+                and not (r.reachable and writable_at is not None and r.occurred_at < writable_at)
+            ),
+            latest=latest,
         )
     return views
 
@@ -285,7 +297,50 @@ def _hold(obs: Observation, topo: Topology, why: str) -> Decision:
     return Decision((Publish(stamped(held, obs.now)),), why)
 
 
+# How long a leader tries to give a primary that started again read-only its writes back
+# (a promotion waits up to 15 s): one that cannot take them gives way to a failover.
+BACK_SECONDS = 30.0
+
+
+def _back_read_only(
+    obs: Observation, topo: Topology, views: dict[str, NodeView]
+) -> Decision | None:
+    """The primary started again in recovery, read-only, as its node agent leaves every
+    start (a reboot, a container restart, a crash): it holds every commit it acknowledged,
+    so it takes writes again under its epoch, unless a standby has WAL it lacks or it is on
+    another timeline. Tried for BACK_SECONDS, a failover after."""
+    view = views[topo.primary or ""]
+    report = view.latest
+    since = obs.promoting_back_since
+    if (
+        report is None
+        or report.role is not Role.STANDBY
+        or report.occurred_at <= topo.updated_at
+        or (since is not None and (obs.now - since).total_seconds() > BACK_SECONDS)
+        or (topo.timeline is not None and report.timeline != topo.timeline)
+    ):
+        return None
+    have = position(report)
+    others = [v for v in views.values() if v.name != view.name and v.latest is not None]
+    if have is None or any((position(v.latest) or 0) > have for v in others if v.latest):
+        return None
+    if any(v.role is Role.PRIMARY for v in others):
+        return None  # a writable node beside it is fenced first; then the failure decides
+    why = (
+        f"{view.name}, the primary at epoch {topo.epoch}, started again read-only at "
+        f"{int_to_lsn(have)} with every standby's WAL: taking writes again, no failover"
+    )
+    held = FailoverHeld(
+        cluster=topo.cluster, source=obs.source, epoch=topo.epoch, primary=topo.primary, reason=why
+    )
+    # Checked again at the promotion: nobody it is promoted over has WAL it lacks.
+    peers = tuple(v.name for v in others if v.role is Role.STANDBY)
+    return Decision((Promote(view.name, topo.epoch, peers), Publish(stamped(held, obs.now))), why)
+
+
 def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Decision:
+    if topo.primary is not None and (back := _back_read_only(obs, topo, views)) is not None:
+        return back
     state, why = _primary_state(obs, topo, views)
     if state == "failed" and obs.paused is not None:
         pause = obs.paused

@@ -70,6 +70,8 @@ class ClusterLoop:
         self.runtime = runtime
         self.reports = ReportBook(settings.report_max_age_seconds)
         self.last_primary_lsn: dict[str, int] = {}
+        # (primary, epoch, since): giving the topology's primary its writes back, since when.
+        self.promoting_back: tuple[str, int, datetime] | None = None
         self.lease: Versioned[Lease] | None = None
         self.leases: LeaseStore | None = None
         self.topologies: TopologyStore | None = None
@@ -103,6 +105,8 @@ class ClusterLoop:
         if report.role is Role.PRIMARY and report.current_lsn:
             lsn = lsn_to_int(report.current_lsn)
             self.last_primary_lsn[report.node] = max(lsn, self.last_primary_lsn.get(report.node, 0))
+        if report.writable and self.promoting_back and self.promoting_back[0] == report.node:
+            self.promoting_back = None  # it took them: a later restart starts afresh
 
     def request(self, request: Request) -> None:
         self.requests.append((time.monotonic(), request))
@@ -173,19 +177,37 @@ class ClusterLoop:
         now = datetime.now(UTC)
         self.reports.forget_silent(now)
         current = await self.topologies.get(self.cluster.name)
+        topology = current.value if current else None
+        back = self.promoting_back
+        if back is not None and (
+            topology is None or (topology.primary, topology.epoch) != back[:2]
+        ):
+            self.promoting_back = back = None
         paused = await self._paused()
         obs = Observation(
             now=now,
             cluster=self.cluster,
-            topology=current.value if current else None,
+            topology=topology,
             reports=self.reports.reports(),
             policy=self.policy,
             source=self.runtime.source,
             last_primary_lsn=dict(self.last_primary_lsn),
             request=request,
             paused=paused,
+            promoting_back_since=None if back is None else back[2],
         )
         decision = decide(obs)
+        if (
+            back is None
+            and topology is not None
+            and topology.primary is not None
+            and topology.operation is None
+            and any(
+                isinstance(c, Promote) and (c.node, c.epoch) == (topology.primary, topology.epoch)
+                for c in decision.commands
+            )
+        ):
+            self.promoting_back = (topology.primary, topology.epoch, now)
         decision = Decision(
             tuple(c for c in decision.commands if self._worth_sending(c)), decision.reason
         )
