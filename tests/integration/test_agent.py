@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,10 +22,17 @@ import nats
 import psycopg
 from nats.aio.client import Client as NatsClient
 
-from lifeboat.common.events import FailoverRequested, Role, Source
+from lifeboat.common.events import FailoverRequested, NodeStopRequested, Role, Source
 from lifeboat.common.kv import TopologyStore
 from lifeboat.common.state import Topology
-from lifeboat.common.subjects import NODE_SELF_FENCED, STREAM_NAME
+from lifeboat.common.subjects import (
+    DEAD_LETTER,
+    NODE_FENCED,
+    NODE_SELF_FENCED,
+    NODE_STOP_REQUESTED,
+    NODE_STOPPED,
+    STREAM_NAME,
+)
 from lifeboat.devstack.launch import ServiceProcess
 from lifeboat.devstack.procs import eventually, free_port
 from lifeboat.devstack.servers import NatsServer
@@ -128,7 +136,10 @@ class Cluster:
     async def fenced_events(self, node: str, count: int = 1) -> list[dict[str, Any]]:
         """The node's `node.self_fenced` events, read from the stream: one sent from the
         outbox right after NATS came back may precede this client's own reconnection."""
-        subject = NODE_SELF_FENCED.subject(cluster=self.name, node=node)
+        return await self.stored(NODE_SELF_FENCED.subject(cluster=self.name, node=node), count)
+
+    async def stored(self, subject: str, count: int = 1) -> list[dict[str, Any]]:
+        """The first `count` events on `subject` in the stream, once there are as many."""
 
         async def stored() -> list[dict[str, Any]]:
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
@@ -141,9 +152,7 @@ class Cluster:
                 return found if len(found) >= count else []
             return []
 
-        return await eventually(
-            stored, timeout=30, what=f"{count} node.self_fenced for {node}", detail=self.tail
-        )
+        return await eventually(stored, timeout=30, what=f"{count} on {subject}", detail=self.tail)
 
     def running(self, *nodes: str) -> bool:
         return all(self.node(n).running() for n in nodes)
@@ -387,9 +396,102 @@ async def test_failsafe_stops_a_primary_cut_off_from_nats_once_a_standbys_agent_
             assert took < BOUND, f"node1 stopped {took:.2f}s after the epoch moved"
             await link.up()  # node1's agent sends what it kept
             (event,) = await c.fenced_events("node1")
-            assert "node2's agent read node2 as primary at epoch 1" in event["reason"]
+            # Whichever standby's agent read the new epoch first.
+            assert re.search(r"node[23]'s agent read node2 as primary at epoch 1", event["reason"])
         finally:
             await link.cut()
+
+
+async def test_a_primary_the_controller_cannot_reach_is_fenced_by_its_agent_then_failed_over(
+    workdir: Path, unique: str
+) -> None:
+    """Remote mode (nothing local to the controller), the controller and the monitor cut off
+    from node1's PostgreSQL, node1's agent still on NATS: the SQL fence cannot be confirmed,
+    so the leader asks node1's agent, which stops node1 under the new epoch; node2 is
+    promoted by an automatic failover, not a forced one. (Without the agent: held for as
+    long as node1 is out of reach.)"""
+    async with cluster_with_agents(workdir, unique) as c:
+        sql_link = Link(c.node("node1").port)
+        await sql_link.up()
+        try:
+            spec = c.stack.spec()
+            nodes = tuple(
+                n.model_copy(
+                    update={
+                        "data_dir": None,
+                        "port": sql_link.port if n.name == "node1" else n.port,
+                    }
+                )
+                for n in spec.nodes
+            )
+            c.stack.write_spec(spec.model_copy(update={"nodes": nodes}))
+            c.stack.start("monitor", f"{unique}-m1")
+            c.stack.start("failover", f"{unique}-f1")
+            store = await TopologyStore.open(c.nc.jetstream())
+
+            async def named(primary: str) -> bool:
+                found = await store.get(unique)
+                return found is not None and found.value.primary == primary
+
+            await eventually(lambda: named("node1"), timeout=60, what="the topology", detail=c.tail)
+            c.start_agents(peers=False)
+            await c.wait_views(epoch=0)
+
+            async def synchronous() -> bool:
+                found = await store.get(unique)
+                return found is not None and bool(found.value.synchronous)
+
+            # In mode `on` only a recorded synchronous standby may be promoted.
+            await eventually(
+                synchronous, timeout=30, what="a recorded synchronous set", detail=c.tail
+            )
+            await sql_link.cut()
+            node1_stopped: float | None = None
+
+            def promoted() -> bool:
+                nonlocal node1_stopped
+                if node1_stopped is None and not c.node("node1").running():
+                    node1_stopped = time.monotonic()
+                rows = c.node("node2").query(psycopg.sql.SQL("select pg_is_in_recovery()"))
+                return rows[0][0] is False
+
+            await eventually(
+                promoted, timeout=60, what="node2 promoted", interval=0.05, detail=c.tail
+            )
+            assert node1_stopped is not None, "node2 was promoted while node1 still ran"
+            assert await named("node2")
+            (fenced,) = await c.stored(NODE_FENCED.subject(cluster=unique, node="node1"))
+            assert "its agent: " in fenced["reason"], fenced["reason"]
+            (answer,) = await c.stored(NODE_STOPPED.subject(cluster=unique, node="node1"))
+            assert answer["stopped"] is True
+            assert answer["epoch"] == fenced["epoch"] == 1
+        finally:
+            await sql_link.cut()
+
+
+async def test_a_stop_request_under_a_stale_epoch_or_for_the_named_primary_is_refused(
+    workdir: Path, unique: str
+) -> None:
+    """A stale leader stops nothing: the agent obeys only the epoch the topology is at, and
+    never for the node it names primary. A malformed request is a dead letter."""
+    async with cluster_with_agents(workdir, unique) as c:
+        await c.serving(peers=False)
+        me = Source(service="test", instance="stale-leader")
+        for epoch in (0, 7):  # node1 is the primary at epoch 0; 7 is not the topology's
+            request = NodeStopRequested(
+                cluster=unique, node="node1", source=me, epoch=epoch, reason="test"
+            )
+            await c.nc.publish(request.subject(), request.model_dump_json().encode())
+        await c.nc.publish(NODE_STOP_REQUESTED.subject(cluster=unique, node="node1"), b"{oops")
+        answers = await c.stored(NODE_STOPPED.subject(cluster=unique, node="node1"), count=2)
+        assert [a["stopped"] for a in answers] == [False, False]
+        assert all(
+            "refused: the topology is at epoch 0 with node1 primary" in a["action"] for a in answers
+        )
+        (letter,) = await c.stored(DEAD_LETTER.subject(consumer="agent-node1"))
+        assert letter["original_subject"].startswith("node.stop_requested.")
+        assert c.node("node1").running()
+        assert await asyncio.to_thread(c.writable, "node1")
 
 
 async def test_a_forced_failover_promotes_only_once_the_unreachable_old_primarys_agent_stopped_it(

@@ -51,6 +51,19 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "unconfirmed_seconds": 0.4,
         "bound_seconds": 5.0,
     },
+    "node.stop_requested": {
+        **NODE,
+        "epoch": 5,
+        "reason": "node1 accepts writes but the primary at epoch 5 is node2",
+    },
+    "node.stopped": {
+        **NODE,
+        "epoch": 5,
+        "correlation_id": "6f1c2a4e-8a43-4a53-9d7e-2c1e1d3b9f10",
+        "stopped": True,
+        "action": "stopped (fast)",
+        "reason": "node1 accepts writes but the primary at epoch 5 is node2",
+    },
     "node.rejoin_requested": {**NODE, "requested_by": "drill"},
     "node.rejoined": {**NODE, "method": "pg_rewind", "upstream": "node2", "seconds": 2.5},
     "failover.requested": {

@@ -657,11 +657,14 @@ def test_a_primary_started_again_read_only_takes_writes_again_rather_than_failin
     # Many read-only probes already: the leader may have waited out an old lease meanwhile.
     restarted = back(probes=40)
     decision = decide(observe(restarted, standby("node2"), standby("node3", "0/4F00000")))
-    assert kinds(decision) == ["Promote", "Publish"]
-    promote = decision.commands[0]
+    assert kinds(decision) == ["Promote", "WriteTopology", "Publish"]
+    promote, written = decision.commands[0], decision.commands[1]
     assert isinstance(promote, Promote)
+    assert isinstance(written, WriteTopology)
     # Checked again at the promotion: nobody it is promoted over has WAL it lacks.
     assert (promote.node, promote.epoch, promote.peers) == ("node1", 4, ("node2", "node3"))
+    # Its promotion forks a timeline, recorded once it shows: not the one before it.
+    assert (written.topology.epoch, written.topology.timeline) == (4, None)
     (held,) = published(decision, FailoverHeld)
     assert "started again read-only at 0/5000000 with every standby's WAL" in held.reason
 
@@ -670,7 +673,6 @@ def test_a_primary_started_again_read_only_takes_writes_again_rather_than_failin
     ("restarted", "trying_for", "why"),
     [
         (back("0/4000000", probes=3, timeline=2), None, "a standby has WAL it lacks"),
-        (back(probes=3, timeline=1), None, "on an older timeline than the recorded one"),
         (back(probes=3, timeline=2), BACK_SECONDS + 1, "its promotion back kept failing"),
     ],
 )
@@ -688,6 +690,23 @@ def test_a_primary_back_in_recovery_is_failed_over(
     assert "node1 in recovery for 3 probes by 1 of 1 monitors" in decision.reason
 
 
+def test_a_restarted_primary_showing_the_timeline_before_its_last_promotion_is_taken_back() -> None:
+    """pg_control keeps the last checkpoint's timeline; a promotion's checkpoint is spread
+    over minutes, so a primary restarted soon after shows the timeline before."""
+    topo = TOPO.model_copy(update={"timeline": 3})
+    decision = decide(
+        observe(back(probes=3, timeline=2), standby("node2"), standby("node3"), topology=topo)
+    )
+    assert promotions(decision) == [("node1", 4)]
+
+
+def test_a_restarted_primary_is_not_taken_back_while_a_synchronous_standby_cannot_be_asked() -> (
+    None
+):
+    decision = decide(observe(back(probes=3), standby("node2"), down("node3")))
+    assert ("node1", 4) not in promotions(decision)
+
+
 def test_read_only_reports_from_before_a_primary_took_its_writes_back_do_not_fail_it() -> None:
     stale = [back(probes=40, age=1.0, monitor=m) for m in ("m2", "m3")]
     decision = decide(
@@ -700,7 +719,19 @@ def test_read_only_reports_from_before_a_primary_took_its_writes_back_do_not_fai
         )
     )
     assert not promotions(decision)
-    assert "healthy" in decision.reason or "synchronous" in decision.reason
+    assert not any(isinstance(c, (Fence, Promote)) for c in decision.commands)
+
+
+def test_read_only_reports_newer_than_a_writable_one_still_fail_the_primary() -> None:
+    """The converse: in recovery after its writable report, and without WAL the standbys
+    have (so not taken back), it is failed by the majority's newer reports."""
+    older = primary("m1", age=2.0)
+    newer = [back("0/4000000", probes=40, age=0.2, monitor=m) for m in ("m2", "m3")]
+    decision = decide(
+        observe(older, *newer, standby("node2"), standby("node3"), policy=Policy(monitors=3))
+    )
+    assert ("node2", 5) in promotions(decision)
+    assert "in recovery for 3 probes by 2 of 3 monitors" in decision.reason
 
 
 def test_a_primary_given_its_writes_back_is_tried_again_within_the_bound() -> None:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from nats.aio.client import Client as NatsClient
 from psycopg import sql
@@ -47,7 +48,11 @@ def workers(
 
 
 def marks(node: PgNode) -> list[str]:
-    rows = node.query(sql.SQL("select label from marks order by label"), dbname="app")
+    """The labels on `node`; none while it has not replayed the table's creation yet."""
+    try:
+        rows = node.query(sql.SQL("select label from marks order by label"), dbname="app")
+    except psycopg.errors.UndefinedTable:
+        return []
     return [str(r[0]) for r in rows]
 
 

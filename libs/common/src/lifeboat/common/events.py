@@ -220,6 +220,26 @@ class NodeSelfFenced(NodeEvent):
     bound_seconds: NonNegativeFloat
 
 
+class NodeStopRequested(NodeEvent):
+    """From the failover leader, under `epoch` (required): the agent stops its node only if
+    the topology it reads is at that epoch and names another node primary."""
+
+    topic = s.NODE_STOP_REQUESTED
+    type: Literal["node.stop_requested"] = "node.stop_requested"
+    reason: str
+
+
+class NodeStopped(NodeEvent):
+    """The agent's answer (`correlation_id`: the request's event id). `stopped`: its node's
+    postmaster no longer runs; a start since comes up read-only (see the agent's standby.signal)."""
+
+    topic = s.NODE_STOPPED
+    type: Literal["node.stopped"] = "node.stopped"
+    stopped: bool
+    action: str  # what stopping it took, or why the agent refused
+    reason: str
+
+
 class NodeRejoinRequested(NodeEvent):
     topic = s.NODE_REJOIN_REQUESTED
     type: Literal["node.rejoin_requested"] = "node.rejoin_requested"

@@ -85,6 +85,14 @@ NODE_SELF_FENCED = Topic(
     "A node's agent stopped its node: writable while the topology did not name it primary, "
     "or not confirmed primary within the agent's bound",
 )
+NODE_STOP_REQUESTED = Topic(
+    "node.stop_requested",
+    _CN,
+    "The failover leader asks a node's agent to stop its node: a fence it cannot confirm itself",
+)
+NODE_STOPPED = Topic(
+    "node.stopped", _CN, "A node's agent answers a stop request: stopped, or refused and why"
+)
 NODE_REJOIN_REQUESTED = Topic(
     "node.rejoin_requested", _CN, "Ask to turn a node back into a standby of the primary"
 )

@@ -13,6 +13,11 @@ from pathlib import Path
 
 from lifeboat.pg.replication import MANAGED
 
+# In a data directory while a restore swaps it in and starts it: a node agent leaves no
+# standby.signal there meanwhile (see lifeboat.agent.node.arm), so the copy starts as the
+# restore made it. Removed once it runs.
+RESTORING_MARKER = "lifeboat.restoring"
+
 # Settings of the source that must not follow it to a restored copy.
 _DROPPED = (
     *MANAGED,

@@ -28,9 +28,15 @@ from lifeboat.agent.guard import (
     on_deadline,
 )
 from lifeboat.agent.guard import members as failsafe_members
-from lifeboat.agent.node import NodeState, arm, read_state, stop
+from lifeboat.agent.node import NodeState, arm, postmaster, read_state, stop
 from lifeboat.agent.settings import AgentSettings
-from lifeboat.common.events import Envelope, NodeSelfFenced, Source
+from lifeboat.common.events import (
+    Envelope,
+    NodeSelfFenced,
+    NodeStopped,
+    NodeStopRequested,
+    Source,
+)
 from lifeboat.common.kv import TopologyStore
 from lifeboat.common.state import Topology
 from lifeboat.pg.datadir import DataDir
@@ -188,6 +194,39 @@ class Agent:
                 bound_seconds=self.bound,
             )
         )
+
+    async def stop_requested(self, request: NodeStopRequested) -> NodeStopped:
+        """The failover leader's fence, carried out here: only under the epoch the topology
+        is at, and never for the node it names primary — a stale leader stops nothing. A
+        node that is already stopped counts as stopped (a start since is read-only)."""
+
+        def answer(stopped: bool, action: str) -> NodeStopped:
+            return NodeStopped(
+                cluster=request.cluster,
+                node=request.node,
+                source=self.source,
+                epoch=request.epoch,
+                correlation_id=request.event_id,
+                stopped=stopped,
+                action=action,
+                reason=request.reason,
+            )
+
+        topology, error = await self._read(self.settings.agent_nats_timeout_seconds)
+        if error is not None or topology is None:
+            return answer(False, f"refused: the topology cannot be read ({error or 'none yet'})")
+        if topology.epoch != request.epoch or topology.primary == request.node:
+            return answer(
+                False,
+                f"refused: the topology is at epoch {topology.epoch} with "
+                f"{topology.primary or 'no node'} primary (asked under epoch {request.epoch})",
+            )
+        action = await asyncio.to_thread(stop, self.data, self.settings.agent_stop_timeout_seconds)
+        await asyncio.to_thread(arm, self.data)
+        stopped = postmaster(self.data) is None
+        level = logging.WARNING if stopped else logging.ERROR
+        log.log(level, "%s: stop requested (%s): %s", request.node, request.reason, action)
+        return answer(stopped, action)
 
     def queue(self, event: Envelope) -> None:
         self.outbox.append(event)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+from nats.aio.msg import Msg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -15,9 +16,16 @@ from starlette.routing import Route
 from lifeboat.agent.agent import Agent
 from lifeboat.agent.failsafe import VIEW_PATH
 from lifeboat.agent.settings import AgentSettings
+from lifeboat.common.events import (
+    DeadLetter,
+    NodeStopRequested,
+    UndecodableEventError,
+    decode_event,
+)
 from lifeboat.common.health import ComponentHealth, Status, component
 from lifeboat.common.kv import TopologyStore
 from lifeboat.common.runtime import ServiceRuntime
+from lifeboat.common.subjects import NODE_STOP_REQUESTED
 from lifeboat.pg.binaries import find_bindir
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.osuser import OsUser
@@ -53,8 +61,31 @@ def build_app(settings: AgentSettings) -> Starlette:
                 await asyncio.sleep(1)
         js = runtime.broker.config.connection_state.stream
         agent.store = await TopologyStore.open(js)
+        nc = runtime.broker.config.connection_state.connection
+        await nc.subscribe(
+            NODE_STOP_REQUESTED.subject(cluster=settings.agent_cluster, node=settings.agent_node),
+            cb=on_stop_request,
+        )
         runtime.start_heartbeats()
         await runtime.declare(give_up_after=float("inf"))  # then the outbox can empty
+
+    async def on_stop_request(msg: Msg) -> None:
+        try:
+            request = decode_event(msg.data)
+            if not isinstance(request, NodeStopRequested) or request.epoch is None:
+                raise UndecodableEventError("not a node.stop_requested with an epoch")
+        except UndecodableEventError as exc:
+            agent.queue(
+                DeadLetter(
+                    source=runtime.source,
+                    consumer=f"agent-{settings.agent_node}",
+                    original_subject=msg.subject,
+                    reason=str(exc),
+                    payload=msg.data.decode("utf-8", errors="replace"),
+                )
+            )
+            return
+        agent.queue(await agent.stop_requested(request))
 
     async def start() -> None:
         tasks.append(asyncio.create_task(agent.run(), name="guard"))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lifeboat.common.events import Role
 from lifeboat.pg.datadir import DataDir, process_tree
+from lifeboat.pg.recovery import RESTORING_MARKER
 from lifeboat.pg.tools import ToolError
 
 _STATE_LINE = "Database cluster state:"
@@ -104,13 +105,19 @@ def arm(data: DataDir) -> bool:
     it is promoted; the agent puts it back. Whether it was written now.
 
     Not while `recovery.signal` is there (a restore recovering to its target, which standby
-    mode would turn into streaming from wherever primary_conninfo points), nor into a data
-    directory that is not one (yet)."""
+    mode would turn into streaming from wherever primary_conninfo points) or a restore is
+    swapping the directory in (its marker), nor into a data directory that is not one (yet)."""
     signal_file = data.path / "standby.signal"
-    if not data.initialized or signal_file.exists() or (data.path / "recovery.signal").exists():
+    if (
+        not data.initialized
+        or signal_file.exists()
+        or (data.path / "recovery.signal").exists()
+        or (data.path / RESTORING_MARKER).exists()
+    ):
         return False
     signal_file.touch()
-    if (data.path / "recovery.signal").exists():  # a restore wrote it meanwhile
+    if (data.path / "recovery.signal").exists() or (data.path / RESTORING_MARKER).exists():
+        # a restore began meanwhile
         signal_file.unlink(missing_ok=True)
         return False
     os.chown(signal_file, data.user.uid, data.user.gid)

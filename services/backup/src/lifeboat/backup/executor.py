@@ -69,6 +69,7 @@ from lifeboat.common.events import (
 from lifeboat.common.redact import redact
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.osuser import OsUser
+from lifeboat.pg.recovery import RESTORING_MARKER
 from lifeboat.pg.scratch import Instance
 
 log = logging.getLogger(__name__)
@@ -595,8 +596,10 @@ class Executor:
                 await asyncio.to_thread(node.start, log_file)  # as it was
             raise
         await asyncio.to_thread(staging.remove)  # what is left: its home, its socket directory
+        marker = data_dir / RESTORING_MARKER
         try:
             await asyncio.to_thread(node.start, log_file)
+            marker.unlink(missing_ok=True)  # it runs: its agent arms its next start
         except Exception as exc:
             failed = data_dir.with_name(f"{data_dir.name}.failed-{command.restore_id}")
 
@@ -605,6 +608,7 @@ class Executor:
                 os.rename(data_dir, failed)
                 os.rename(kept, data_dir)
                 node.start(log_file)
+                (failed / RESTORING_MARKER).unlink(missing_ok=True)
 
             await asyncio.to_thread(put_back)
             raise RuntimeError(
@@ -644,6 +648,7 @@ def _swap_in(restored: Path, data_dir: Path, kept: Path) -> None:
     ]
     lines += ["# lifeboat: restored into this node", "default_transaction_read_only = 'on'"]
     auto.write_text("\n".join(lines) + "\n")
+    (restored / RESTORING_MARKER).touch()
     os.rename(data_dir, kept)
     try:
         os.rename(restored, data_dir)

@@ -119,7 +119,11 @@ def node_views(obs: Observation) -> dict[str, NodeView]:
         latest = answered[-1] if answered else None
         # A node in recovery in one monitor's report and writable in a later one's has been
         # promoted (given its writes back) since: the earlier report no longer fails it.
-        writable_at = latest.occurred_at if latest is not None and latest.writable else None
+        writable_at = (
+            latest.occurred_at
+            if latest is not None and latest.writable and latest.occurred_at <= obs.now
+            else None
+        )
         views[node.name] = NodeView(
             name=node.name,
             monitors=frozenset(r.source.instance for r in mine),
@@ -307,8 +311,13 @@ def _back_read_only(
 ) -> Decision | None:
     """The primary started again in recovery, read-only, as its node agent leaves every
     start (a reboot, a container restart, a crash): it holds every commit it acknowledged,
-    so it takes writes again under its epoch, unless a standby has WAL it lacks or it is on
-    another timeline. Tried for BACK_SECONDS, a failover after."""
+    so it takes writes again under its epoch, unless a standby has WAL it lacks, a recorded
+    synchronous standby cannot be asked (it may hold commits a copy of the primary's data
+    lacks), or it is on a newer timeline than the recorded one (an older one it may show:
+    pg_control keeps the timeline of the last checkpoint, which a promotion's spreads over
+    minutes). Tried for BACK_SECONDS, a failover after. Its promotion forks a timeline: the
+    topology forgets the recorded one, and records the new one once the primary shows it,
+    as after a failover."""
     view = views[topo.primary or ""]
     report = view.latest
     since = obs.promoting_back_since
@@ -317,7 +326,7 @@ def _back_read_only(
         or report.role is not Role.STANDBY
         or report.occurred_at <= topo.updated_at
         or (since is not None and (obs.now - since).total_seconds() > BACK_SECONDS)
-        or (topo.timeline is not None and report.timeline != topo.timeline)
+        or (topo.timeline is not None and (report.timeline or 0) > topo.timeline)
     ):
         return None
     have = position(report)
@@ -326,6 +335,10 @@ def _back_read_only(
         return None
     if any(v.role is Role.PRIMARY for v in others):
         return None  # a writable node beside it is fenced first; then the failure decides
+    if obs.policy.synchronous_mode != "off" and any(
+        views[n].latest is None for n in topo.synchronous if n in views
+    ):
+        return None
     why = (
         f"{view.name}, the primary at epoch {topo.epoch}, started again read-only at "
         f"{int_to_lsn(have)} with every standby's WAL: taking writes again, no failover"
@@ -335,7 +348,14 @@ def _back_read_only(
     )
     # Checked again at the promotion: nobody it is promoted over has WAL it lacks.
     peers = tuple(v.name for v in others if v.role is Role.STANDBY)
-    return Decision((Promote(view.name, topo.epoch, peers), Publish(stamped(held, obs.now))), why)
+    return Decision(
+        (
+            Promote(view.name, topo.epoch, peers),
+            WriteTopology(topo.model_copy(update={"timeline": None})),
+            Publish(stamped(held, obs.now)),
+        ),
+        why,
+    )
 
 
 def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Decision:

@@ -109,7 +109,9 @@ class Executor:
             case Fence(node, epoch, reason, accepted, keep_running):
                 await self._guard(epoch)
                 try:
-                    detail = await self.nodes.fence(node, keep_running=keep_running)
+                    detail = await self.nodes.fence(
+                        node, epoch=epoch, reason=reason, keep_running=keep_running
+                    )
                 except FenceUnconfirmedError as exc:
                     if not accepted:
                         raise
@@ -167,7 +169,11 @@ class Executor:
                     await asyncio.sleep(delay)
                 await self._guard(epoch)
                 detail = await self.nodes.promote(
-                    node, peers=peers, old_primary=old_primary, synchronous=synchronous
+                    node,
+                    peers=peers,
+                    old_primary=old_primary,
+                    synchronous=synchronous,
+                    guard=lambda: self._guard(epoch),
                 )
                 log.warning("promoted %s at epoch %d (%s)", node, epoch, detail)
                 return f"promoted: {detail}", current

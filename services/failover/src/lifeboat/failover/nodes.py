@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import psycopg
@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
 from lifeboat.common.lsn import int_to_lsn, lsn_to_int
+from lifeboat.failover.agents import AgentStops
 from lifeboat.failover.local import local_data_dir, rejoin_local, start_node, stop_cleanly
 from lifeboat.failover.sync_names import format_sync_names
 from lifeboat.pg.datadir import DataDir
@@ -71,12 +72,14 @@ class NodeActions:
         *,
         os_user: str | None = None,
         bindir: Path | None = None,
+        agents: AgentStops | None = None,
     ) -> None:
         self.cluster = cluster
         self.password = password
         self.timeout = timeout
         self.os_user = os_user
         self.bindir = bindir
+        self.agents = agents
 
     def local(self, node: NodeSpec) -> DataDir | None:
         """The node's data directory when this host manages it."""
@@ -98,16 +101,17 @@ class NodeActions:
                 async with asyncio.timeout(1):
                     await conn.close()
 
-    async def fence(self, name: str, *, keep_running: bool = False) -> str:
+    async def fence(self, name: str, *, epoch: int, reason: str, keep_running: bool = False) -> str:
         """Make the node unable to acknowledge a commit, and confirm it; or raise.
 
         Over SQL: read-only by default, commits made to wait for a synchronous standby that
         does not exist (so even a session that turns read-only off cannot have a commit
         acknowledged), client sessions ended, all read back. A node whose data directory is
         ours is also killed, which works on a frozen node too; with `keep_running` only when
-        the SQL fence could not be confirmed (see commands.Fence). Confirmed means stopped,
-        or every SQL step read back; anything less raises `FenceUnconfirmedError`, and the
-        caller must not promote anyone.
+        the SQL fence could not be confirmed (see commands.Fence). Another host's node whose
+        SQL fence could not be confirmed is stopped by its agent, asked under `epoch`.
+        Confirmed means stopped, or every SQL step read back; anything less raises
+        `FenceUnconfirmedError`, and the caller must not promote anyone.
         """
         node = self.cluster.node(name)
         done: list[str] = []
@@ -141,6 +145,13 @@ class NodeActions:
             else:
                 done.append("stopped (SIGKILL)" if done else "not running")
                 confirmed = True
+        elif local is None and not confirmed and self.agents is not None:
+            answer = await self.agents.stop(name, epoch, reason)
+            if answer is None:
+                done.append(f"its agent did not answer within {self.agents.timeout:g}s")
+            else:
+                done.append(f"its agent: {answer.action}")
+                confirmed = answer.stopped
         if not confirmed:
             raise FenceUnconfirmedError(f"{name}: {'; '.join(done)}")
         return "; ".join(done)
@@ -193,7 +204,10 @@ class NodeActions:
         peers: tuple[str, ...] = (),
         old_primary: str | None = None,
         synchronous: tuple[str, ...] = (),
+        guard: Callable[[], Awaitable[None]] | None = None,
     ) -> str:
+        """`guard` runs again right before `pg_promote`: the catch-up before it takes
+        seconds, in which the lease or the epoch may have moved on."""
         node = self.cluster.node(name)
         need, who = await self._must_have(peers, old_primary)
         async with (
@@ -224,9 +238,14 @@ class NodeActions:
                         )
                     )
                     await conn.execute("select pg_reload_conf()")
+                if guard is not None:
+                    await guard()
                 await conn.execute("select pg_promote(wait => true, wait_seconds => 10)")
             # A node promoted by Lifeboat takes writes even if it was fenced before; its
-            # synchronous set is the failover service's to set next.
+            # synchronous set is the failover service's to set next. Not if the lease or the
+            # epoch moved on meanwhile: that would undo another leader's fence.
+            if guard is not None:
+                await guard()
             await conn.execute("alter system reset default_transaction_read_only")
             await conn.execute("alter system reset synchronous_commit")
             cur = await conn.execute("select current_setting('synchronous_standby_names')")

@@ -31,6 +31,7 @@ from lifeboat.common.reports import ReportBook
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Lease
 from lifeboat.common.subjects import MAINTENANCE_BUCKET
+from lifeboat.failover.agents import AgentStops
 from lifeboat.failover.commands import (
     Command,
     Decision,
@@ -105,7 +106,8 @@ class ClusterLoop:
         if report.role is Role.PRIMARY and report.current_lsn:
             lsn = lsn_to_int(report.current_lsn)
             self.last_primary_lsn[report.node] = max(lsn, self.last_primary_lsn.get(report.node, 0))
-        if report.writable and self.promoting_back and self.promoting_back[0] == report.node:
+        back = self.promoting_back
+        if report.writable and back and back[0] == report.node and report.occurred_at > back[2]:
             self.promoting_back = None  # it took them: a later restart starts afresh
 
     def request(self, request: Request) -> None:
@@ -225,6 +227,13 @@ class ClusterLoop:
                 self.settings.action_timeout_seconds,
                 os_user=self.settings.pg_os_user,
                 bindir=self.settings.pg_bindir,
+                agents=AgentStops(
+                    self.runtime.broker.config.connection_state.connection,
+                    self.runtime.publisher.publish,
+                    self.cluster.name,
+                    self.runtime.source,
+                    self.settings.agent_stop_answer_seconds,
+                ),
             ),
             self.runtime.publisher.publish,
             self.still_leader,

@@ -46,6 +46,9 @@ class FailoverSettings(ServiceSettings):
     it. 0 where no agent runs."""
     self_fence_margin_seconds: NonNegativeFloat = 1.0
     """Added to that wait: the hosts' clock rates, scheduling, the stop's signal."""
+    agent_stop_answer_seconds: PositiveFloat = 8.0
+    """How long the leader waits for a node's agent to answer a stop request (the fence of
+    another host's node it cannot fence over SQL): a fast stop, else an immediate one."""
     pg_os_user: str | None = None
     """Who runs pg_ctl and pg_rewind on local nodes when the service runs as root."""
     pg_bindir: Path | None = None
