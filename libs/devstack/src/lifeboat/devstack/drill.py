@@ -329,7 +329,9 @@ class FailoverInstances:
             leader = self.leader(timeout=5)
             if leader is not None and leader.name == key:
                 return leader
-            if leader is not None:
+            if leader is not None and leader.name in self.started:
+                self.stop(leader.name)  # gone, so that ensure() starts it again
+            elif leader is not None:
                 self.signal(leader, signal.SIGTERM)
             time.sleep(0.5)
         raise TimeoutError(f"{key} did not take the failover lease within {timeout}s")
@@ -670,6 +672,8 @@ class Drill:
         self._transient.append("cut-off")
         self.instances.lead("cut-off")
         self.instances.ensure("standby-a")
+        cut_off = self.instances.leader(timeout=0)
+        self._detail["cut_off_led_at_kill"] = cut_off is not None and cut_off.name == "cut-off"
         at = time.monotonic()
         signal_node(self._data_dir(primary), signal.SIGKILL)
         stepped = self._event(
