@@ -499,6 +499,8 @@ class Drill:
             result["detail"] = self._detail
         for key in self._transient:
             self.instances.stop(key)
+        if self._transient:  # a request heard while nobody leads is not replayed later
+            self.instances.leader(timeout=60)
         self._transient = []
         self.restore()
         return result
