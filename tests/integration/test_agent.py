@@ -154,6 +154,39 @@ class Cluster:
 
         return await eventually(stored, timeout=30, what=f"{count} on {subject}", detail=self.tail)
 
+    def remote(self, sql_link: Link) -> None:
+        """The cluster file as on other hosts: no data directory is the controller's, and it
+        reaches node1 only through `sql_link`."""
+        spec = self.stack.spec()
+        nodes = tuple(
+            n.model_copy(
+                update={"data_dir": None, "port": sql_link.port if n.name == "node1" else n.port}
+            )
+            for n in spec.nodes
+        )
+        self.stack.write_spec(spec.model_copy(update={"nodes": nodes}))
+
+    async def named(self, primary: str) -> bool:
+        found = await (await TopologyStore.open(self.nc.jetstream())).get(self.name)
+        return found is not None and found.value.primary == primary
+
+    async def node2_promoted_after_node1_stopped(self) -> None:
+        """Until node2 takes writes; never while node1 still ran."""
+        node1_stopped: float | None = None
+
+        def promoted() -> bool:
+            nonlocal node1_stopped
+            if node1_stopped is None and not self.node("node1").running():
+                node1_stopped = time.monotonic()
+            rows = self.node("node2").query(psycopg.sql.SQL("select pg_is_in_recovery()"))
+            return rows[0][0] is False
+
+        await eventually(
+            promoted, timeout=60, what="node2 promoted", interval=0.05, detail=self.tail
+        )
+        assert node1_stopped is not None, "node2 was promoted while node1 still ran"
+        assert await self.named("node2")
+
     def running(self, *nodes: str) -> bool:
         return all(self.node(n).running() for n in nodes)
 
@@ -414,26 +447,13 @@ async def test_a_primary_the_controller_cannot_reach_is_fenced_by_its_agent_then
         sql_link = Link(c.node("node1").port)
         await sql_link.up()
         try:
-            spec = c.stack.spec()
-            nodes = tuple(
-                n.model_copy(
-                    update={
-                        "data_dir": None,
-                        "port": sql_link.port if n.name == "node1" else n.port,
-                    }
-                )
-                for n in spec.nodes
-            )
-            c.stack.write_spec(spec.model_copy(update={"nodes": nodes}))
+            c.remote(sql_link)
             c.stack.start("monitor", f"{unique}-m1")
             c.stack.start("failover", f"{unique}-f1")
             store = await TopologyStore.open(c.nc.jetstream())
-
-            async def named(primary: str) -> bool:
-                found = await store.get(unique)
-                return found is not None and found.value.primary == primary
-
-            await eventually(lambda: named("node1"), timeout=60, what="the topology", detail=c.tail)
+            await eventually(
+                lambda: c.named("node1"), timeout=60, what="the topology", detail=c.tail
+            )
             c.start_agents(peers=False)
             await c.wait_views(epoch=0)
 
@@ -446,20 +466,7 @@ async def test_a_primary_the_controller_cannot_reach_is_fenced_by_its_agent_then
                 synchronous, timeout=30, what="a recorded synchronous set", detail=c.tail
             )
             await sql_link.cut()
-            node1_stopped: float | None = None
-
-            def promoted() -> bool:
-                nonlocal node1_stopped
-                if node1_stopped is None and not c.node("node1").running():
-                    node1_stopped = time.monotonic()
-                rows = c.node("node2").query(psycopg.sql.SQL("select pg_is_in_recovery()"))
-                return rows[0][0] is False
-
-            await eventually(
-                promoted, timeout=60, what="node2 promoted", interval=0.05, detail=c.tail
-            )
-            assert node1_stopped is not None, "node2 was promoted while node1 still ran"
-            assert await named("node2")
+            await c.node2_promoted_after_node1_stopped()
             (fenced,) = await c.stored(NODE_FENCED.subject(cluster=unique, node="node1"))
             assert "its agent: " in fenced["reason"], fenced["reason"]
             (answer,) = await c.stored(NODE_STOPPED.subject(cluster=unique, node="node1"))
@@ -507,27 +514,13 @@ async def test_a_forced_failover_promotes_only_once_the_unreachable_old_primarys
         await nats_link.up()
         try:
             # The controller reaches node1 only through the relay; nothing is local to it.
-            spec = c.stack.spec()
-            nodes = tuple(
-                n.model_copy(
-                    update={
-                        "data_dir": None,
-                        "port": sql_link.port if n.name == "node1" else n.port,
-                    }
-                )
-                for n in spec.nodes
-            )
-            c.stack.write_spec(spec.model_copy(update={"nodes": nodes}))
+            c.remote(sql_link)
             bound = {"LIFEBOAT_AGENT_SELF_FENCE_SECONDS": str(BOUND)}
             c.stack.start("monitor", f"{unique}-m1")
             c.stack.start("failover", f"{unique}-f1", **bound)
-            store = await TopologyStore.open(c.nc.jetstream())
-
-            async def named(primary: str) -> bool:
-                found = await store.get(unique)
-                return found is not None and found.value.primary == primary
-
-            await eventually(lambda: named("node1"), timeout=60, what="the topology", detail=c.tail)
+            await eventually(
+                lambda: c.named("node1"), timeout=60, what="the topology", detail=c.tail
+            )
             c.start_agents(peers=False, links={"node1": nats_link})
             await c.wait_views(epoch=0)
 
@@ -543,20 +536,7 @@ async def test_a_forced_failover_promotes_only_once_the_unreachable_old_primarys
             )
             await c.nc.jetstream().publish(request.subject(), request.model_dump_json().encode())
 
-            node1_stopped: float | None = None
-
-            def promoted() -> bool:
-                nonlocal node1_stopped
-                if node1_stopped is None and not c.node("node1").running():
-                    node1_stopped = time.monotonic()
-                rows = c.node("node2").query(psycopg.sql.SQL("select pg_is_in_recovery()"))
-                return rows[0][0] is False
-
-            await eventually(
-                promoted, timeout=60, what="node2 promoted", interval=0.05, detail=c.tail
-            )
-            assert node1_stopped is not None, "node2 was promoted while node1 still ran"
-            assert await named("node2")
+            await c.node2_promoted_after_node1_stopped()
         finally:
             await sql_link.cut()
             await nats_link.cut()
