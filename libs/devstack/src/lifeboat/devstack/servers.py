@@ -143,6 +143,7 @@ class NatsCluster:
         sync_always: bool = True,
         log_dir: Path | None = None,
         on_line: LineSink | None = None,
+        max_file_store: int | None = None,
     ) -> None:
         routes = tuple(p.cluster for p in ports if p.cluster is not None)
         self.servers = [
@@ -155,6 +156,7 @@ class NatsCluster:
                 sync_always=sync_always,
                 log_file=None if log_dir is None else log_dir / f"nats-{i + 1}.log",
                 on_line=on_line,
+                max_file_store=max_file_store,
             )
             for i, p in enumerate(ports)
         ]

@@ -42,6 +42,10 @@ class StackSettings(BaseSettings):
     gives that up. Server N listens on each NATS port + N - 1."""
     nats_cluster_port: int = Field(default=6222, ge=1024, le=65535)
     """Route port of the first NATS server of the cluster."""
+    nats_max_file_store: int | None = Field(default=None, ge=1 << 20)
+    """JetStream's file store limit of each NATS server, in bytes; unset, none (the disk is
+    the limit). The `jetstream-full` drill needs one to fill; each stream's `max_bytes`
+    (LIFEBOAT_EVENTS_MAX_BYTES, LIFEBOAT_HEARTBEATS_MAX_BYTES) is reserved from it."""
     s3_port: int = Field(default=8333, ge=1024, le=22767)
     """S3 (SeaweedFS) port; SeaweedFS also uses each S3 port + 10000 for gRPC."""
     s3_master_port: int = Field(default=9333, ge=1024, le=22767)

@@ -265,6 +265,7 @@ class Stack:
                 self.dir / "nats",
                 NatsPorts(s.nats_port, s.nats_monitor_port),
                 on_line=lambda line: say("nats", line),
+                max_file_store=s.nats_max_file_store,
             )
         last = s.nats_port + s.nats_servers - 1
         say(
@@ -276,7 +277,12 @@ class Stack:
             NatsPorts(s.nats_port + i, s.nats_monitor_port + i, s.nats_cluster_port + i)
             for i in range(s.nats_servers)
         ]
-        return NatsCluster(self.dir, ports, on_line=lambda line: say("nats", line))
+        return NatsCluster(
+            self.dir,
+            ports,
+            on_line=lambda line: say("nats", line),
+            max_file_store=s.nats_max_file_store,
+        )
 
     def _nats_servers(self) -> list[NatsServer]:
         if isinstance(self.nats, NatsCluster):
