@@ -13,20 +13,30 @@ acknowledged: a bad message never crashes a consumer nor blocks the ones behind 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+from uuid import UUID
 
 from faststream import AckPolicy, BaseMiddleware
 from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 from nats.js.errors import BadRequestError, NotFoundError
 from pydantic import ValidationError
 
-from lifeboat.common.events import DeadLetter, Envelope, Source
+from lifeboat.common.events import (
+    DeadLetter,
+    Envelope,
+    Source,
+    UndecodableEventError,
+    decode_event,
+)
 from lifeboat.common.subjects import (
     HEARTBEAT_STREAM_NAME,
     HEARTBEAT_STREAM_SUBJECTS,
@@ -179,6 +189,37 @@ class EventPublisher:
         await self.broker.publish(
             body, event.subject(), headers=headers, stream=event.topic.stream, timeout=self.timeout
         )
+
+
+@contextlib.asynccontextmanager
+async def answers(
+    nc: NatsClient, subjects: Sequence[str], correlation: UUID | None
+) -> AsyncIterator[asyncio.Queue[Envelope]]:
+    """The events on `subjects` that answer the request `correlation` names, as they come.
+
+    Publish the request inside the block: the subscriptions are on the server (flushed) before
+    it, so an answer quicker than the publish's own return is not missed — the trap of
+    subscribing after asking. An answer that does not decode answers nobody: logged, dropped.
+    """
+    got: asyncio.Queue[Envelope] = asyncio.Queue()
+
+    async def on(msg: Msg) -> None:
+        try:
+            event = decode_event(msg.data)
+        except UndecodableEventError as exc:
+            log.warning("an undecodable answer on %s: %s", msg.subject, exc)
+            return
+        if event.correlation_id == correlation:
+            got.put_nowait(event)
+
+    subs = [await nc.subscribe(subject, cb=on) for subject in subjects]
+    try:
+        await nc.flush(timeout=5)
+        yield got
+    finally:
+        for sub in subs:
+            with contextlib.suppress(Exception):  # a closed connection has none left to end
+                await sub.unsubscribe()
 
 
 def consumer_name(service: str, topic: Topic) -> str:

@@ -221,7 +221,9 @@ class Agent:
                 f"refused: the topology is at epoch {topology.epoch} with "
                 f"{topology.primary or 'no node'} primary (asked under epoch {request.epoch})",
             )
-        action = await asyncio.to_thread(stop, self.data, self.settings.agent_stop_timeout_seconds)
+        action = await asyncio.to_thread(
+            stop, self.data, self.settings.agent_requested_stop_timeout_seconds
+        )
         await asyncio.to_thread(arm, self.data)
         stopped = postmaster(self.data) is None
         level = logging.WARNING if stopped else logging.ERROR

@@ -44,6 +44,11 @@ class AgentSettings(ServiceSettings):
     agent_stop_timeout_seconds: PositiveFloat = 5.0
     """How long a fast stop (`pg_ctl stop -m fast`) may take before an immediate one, and that
     one before SIGKILL."""
+    agent_requested_stop_timeout_seconds: PositiveFloat = 2.0
+    """The same steps' bound when the failover leader asked for the stop (`node.stop_requested`):
+    the three steps and the topology read must end inside the leader's wait for the answer
+    (its `LIFEBOAT_AGENT_STOP_ANSWER_SECONDS`, 8 s), or a frozen node, stopped only by SIGKILL,
+    is answered too late and costs the failover another decision round."""
     agent_outbox_size: PositiveInt = 1000
     """Events kept while NATS is unreachable, sent once it is back."""
 

@@ -12,24 +12,15 @@ says nothing fails it at the deadline, naming the sets that did not answer.
 from __future__ import annotations
 
 import asyncio
-import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from uuid import UUID
 
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 
 from lifeboat.common import subjects
-from lifeboat.common.events import (
-    ClusterEvent,
-    FileSetEvent,
-    FileSyncFailed,
-    UndecodableEventError,
-    decode_event,
-)
-
-log = logging.getLogger(__name__)
+from lifeboat.common.bus import answers
+from lifeboat.common.events import ClusterEvent, FileSetEvent, FileSyncFailed
 
 
 def by_fileset(event: ClusterEvent) -> str | None:
@@ -56,49 +47,27 @@ class Asker:
         """Publish `requests` (one cluster, one correlation id) and return the `answer` event
         for each of `expect`, keyed by `key` (the file set, by default)."""
         cluster = requests[0].cluster
-        correlation: UUID | None = requests[0].correlation_id
         got: dict[str, ClusterEvent] = {}
         failed: dict[str, str] = {}
-        done = asyncio.Event()
-
-        async def on(msg: Msg) -> None:
-            try:
-                event = decode_event(msg.data)
-            except UndecodableEventError as exc:
-                log.warning("an undecodable answer on %s: %s", msg.subject, exc)
-                return
-            if not isinstance(event, ClusterEvent) or event.correlation_id != correlation:
-                return
-            if isinstance(event, FileSyncFailed):
-                if event.fileset in expect or key is not by_fileset:
-                    failed[event.fileset] = event.reason
-            else:
-                name = key(event)
-                if name not in expect:
-                    return
-                got[name] = event
-            if failed or set(got) >= expect:
-                done.set()
-
-        subs = [
-            await self.nc.subscribe(topic.pattern(cluster=cluster), cb=on)
-            for topic in (answer, subjects.FILE_SYNC_FAILED)
-        ]
-        try:
-            await self.nc.flush(timeout=5)  # the subscriptions are on the server
+        topics = [topic.pattern(cluster=cluster) for topic in (answer, subjects.FILE_SYNC_FAILED)]
+        async with answers(self.nc, topics, requests[0].correlation_id) as events:
             for request in requests:
                 await self.publish(request)
-            try:
-                await asyncio.wait_for(done.wait(), timeout)
-            except TimeoutError:
-                missing = ", ".join(sorted(expect - set(got)))
-                raise FilesUnanswered(
-                    f"no {answer.name} from file set(s) {missing} within {timeout:g}s "
-                    "(is filesync running on their mirror's node?)"
-                ) from None
-        finally:
-            for sub in subs:
-                await sub.unsubscribe()
+            deadline = time.monotonic() + timeout
+            while not failed and not set(got) >= expect:
+                try:
+                    event = await asyncio.wait_for(events.get(), deadline - time.monotonic())
+                except TimeoutError:
+                    missing = ", ".join(sorted(expect - set(got)))
+                    raise FilesUnanswered(
+                        f"no {answer.name} from file set(s) {missing} within {timeout:g}s "
+                        "(is filesync running on their mirror's node?)"
+                    ) from None
+                if isinstance(event, FileSyncFailed):
+                    if event.fileset in expect or key is not by_fileset:
+                        failed[event.fileset] = event.reason
+                elif isinstance(event, ClusterEvent) and (name := key(event)) in expect:
+                    got[name] = event
         if failed:
             why = "; ".join(f"{name}: {reason}" for name, reason in sorted(failed.items()))
             raise FilesUnanswered(f"file set(s) failed: {why}")

@@ -10,24 +10,14 @@ within the bound is None, and the fence stays unconfirmed.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 
-from lifeboat.common.events import (
-    ClusterEvent,
-    NodeStopped,
-    NodeStopRequested,
-    Source,
-    UndecodableEventError,
-    decode_event,
-)
+from lifeboat.common.bus import answers
+from lifeboat.common.events import ClusterEvent, NodeStopped, NodeStopRequested, Source
 from lifeboat.common.subjects import NODE_STOPPED
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,28 +33,14 @@ class AgentStops:
         request = NodeStopRequested(
             cluster=self.cluster, node=node, source=self.source, epoch=epoch, reason=reason
         )
-        answered: asyncio.Future[NodeStopped] = asyncio.get_running_loop().create_future()
-
-        async def on(msg: Msg) -> None:
-            try:
-                event = decode_event(msg.data)
-            except UndecodableEventError as exc:
-                log.warning("an undecodable answer on %s: %s", msg.subject, exc)
-                return
-            if (
-                isinstance(event, NodeStopped)
-                and event.correlation_id == request.event_id
-                and not answered.done()
-            ):
-                answered.set_result(event)
-
-        sub = await self.nc.subscribe(NODE_STOPPED.subject(cluster=self.cluster, node=node), cb=on)
+        subject = NODE_STOPPED.subject(cluster=self.cluster, node=node)
         try:
             async with asyncio.timeout(self.timeout):
-                await self.nc.flush()
-                await self.publish(request)
-                return await answered
+                async with answers(self.nc, [subject], request.event_id) as got:
+                    await self.publish(request)
+                    while True:  # the subject carries nothing else; a model check all the same
+                        answer = await got.get()
+                        if isinstance(answer, NodeStopped):
+                            return answer
         except TimeoutError:
             return None
-        finally:
-            await sub.unsubscribe()

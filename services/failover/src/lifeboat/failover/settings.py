@@ -48,7 +48,8 @@ class FailoverSettings(ServiceSettings):
     """Added to that wait: the hosts' clock rates, scheduling, the stop's signal."""
     agent_stop_answer_seconds: PositiveFloat = 8.0
     """How long the leader waits for a node's agent to answer a stop request (the fence of
-    another host's node it cannot fence over SQL): a fast stop, else an immediate one."""
+    another host's node it cannot fence over SQL): a fast stop, else an immediate one, else
+    SIGKILL, each step bounded by the agent's `LIFEBOAT_AGENT_REQUESTED_STOP_TIMEOUT_SECONDS`."""
     pg_os_user: str | None = None
     """Who runs pg_ctl and pg_rewind on local nodes when the service runs as root."""
     pg_bindir: Path | None = None
