@@ -22,12 +22,20 @@ import nats
 import psycopg
 from nats.aio.client import Client as NatsClient
 
-from lifeboat.common.events import FailoverRequested, NodeStopRequested, Role, Source
+from lifeboat.common.events import (
+    FailoverRequested,
+    NodeRejoinRequested,
+    NodeStopRequested,
+    Role,
+    Source,
+)
 from lifeboat.common.kv import TopologyStore
 from lifeboat.common.state import Topology
 from lifeboat.common.subjects import (
     DEAD_LETTER,
     NODE_FENCED,
+    NODE_REJOIN_STARTED,
+    NODE_REJOINED,
     NODE_SELF_FENCED,
     NODE_STOP_REQUESTED,
     NODE_STOPPED,
@@ -197,6 +205,11 @@ class Cluster:
         with psycopg.connect(self.stack.dsn(int(node[-1]) - 1), connect_timeout=2) as conn:
             row = conn.execute("select pg_is_in_recovery()").fetchone()
         return bool(row and row[0])
+
+    def streams_from(self, node: str, upstream: str) -> bool:
+        with psycopg.connect(self.stack.dsn(int(node[-1]) - 1), connect_timeout=2) as conn:
+            row = conn.execute("select status, sender_port from pg_stat_wal_receiver").fetchone()
+        return row == ("streaming", self.node(upstream).port)
 
     def writable(self, node: str) -> bool:
         with psycopg.connect(self.stack.dsn(int(node[-1]) - 1), connect_timeout=2) as conn:
@@ -435,14 +448,15 @@ async def test_failsafe_stops_a_primary_cut_off_from_nats_once_a_standbys_agent_
             await link.cut()
 
 
-async def test_a_primary_the_controller_cannot_reach_is_fenced_by_its_agent_then_failed_over(
+async def test_a_primary_the_controller_cannot_reach_is_fenced_by_its_agent_then_rejoined_by_it(
     workdir: Path, unique: str
 ) -> None:
     """Remote mode (nothing local to the controller), the controller and the monitor cut off
     from node1's PostgreSQL, node1's agent still on NATS: the SQL fence cannot be confirmed,
     so the leader asks node1's agent, which stops node1 under the new epoch; node2 is
     promoted by an automatic failover, not a forced one. (Without the agent: held for as
-    long as node1 is out of reach.)"""
+    long as node1 is out of reach.) Asked to rejoin node1, the leader orders it of node1's
+    agent, which rewinds it onto node2."""
     async with cluster_with_agents(workdir, unique) as c:
         sql_link = Link(c.node("node1").port)
         await sql_link.up()
@@ -472,6 +486,25 @@ async def test_a_primary_the_controller_cannot_reach_is_fenced_by_its_agent_then
             (answer,) = await c.stored(NODE_STOPPED.subject(cluster=unique, node="node1"))
             assert answer["stopped"] is True
             assert answer["epoch"] == fenced["epoch"] == 1
+
+            # The operator's rejoin of node1, whose data directory the controller does not
+            # have: the leader orders it of node1's agent, which rewinds it onto node2.
+            await sql_link.up()
+            ask = NodeRejoinRequested(
+                cluster=unique, node="node1", source=Source(service="test", instance="t")
+            )
+            await c.nc.publish(ask.subject(), ask.model_dump_json().encode())
+            (started,) = await c.stored(NODE_REJOIN_STARTED.subject(cluster=unique, node="node1"))
+            (rejoined,) = await c.stored(NODE_REJOINED.subject(cluster=unique, node="node1"))
+            assert rejoined["correlation_id"] == started["correlation_id"]
+            assert (rejoined["upstream"], rejoined["epoch"]) == ("node2", 1)
+            assert rejoined["source"]["service"] == "agent"
+            await eventually(
+                lambda: c.streams_from("node1", "node2"),
+                timeout=30,
+                what="node1 streaming from node2",
+                detail=c.tail,
+            )
         finally:
             await sql_link.cut()
 

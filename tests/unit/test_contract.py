@@ -66,6 +66,28 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
     "node.rejoin_requested": {**NODE, "requested_by": "drill"},
     "node.rejoined": {**NODE, "method": "pg_rewind", "upstream": "node2", "seconds": 2.5},
+    "node.rejoin_ordered": {
+        **NODE,
+        "epoch": 5,
+        "upstream": "node2",
+        "conninfo": "user=replicator passfile=/var/lib/postgresql/.pgpass host=db2 port=5432 "
+        "application_name=node1",
+        "slot": "lifeboat_node1",
+        "reason": "operator asked",
+    },
+    "node.rejoin_started": {
+        **NODE,
+        "epoch": 5,
+        "correlation_id": "6f1c2a4e-8a43-4a53-9d7e-2c1e1d3b9f10",
+        "upstream": "node2",
+    },
+    "node.rejoin_failed": {
+        **NODE,
+        "epoch": 5,
+        "correlation_id": "6f1c2a4e-8a43-4a53-9d7e-2c1e1d3b9f10",
+        "upstream": "node2",
+        "reason": "refused: the topology is at epoch 6 with node3 primary",
+    },
     "failover.requested": {
         **BASE,
         "target": "node2",

@@ -614,7 +614,6 @@ def rejoin_request(node: str) -> NodeRejoinRequested:
     [
         ("node9", LOCAL, HEALTHY, "no node named 'node9'"),
         ("node1", LOCAL, HEALTHY, "node1 is the primary"),
-        ("node2", CLUSTER, HEALTHY, "not managed on this host"),
         ("node2", LOCAL, HEALTHY, "it already streams from node1"),
     ],
 )
@@ -627,13 +626,14 @@ def test_rejoin_refusals(
     assert why in failed.reason
 
 
-def test_rejoin_of_a_fenced_old_primary() -> None:
+@pytest.mark.parametrize("cluster", [LOCAL, CLUSTER], ids=["here", "by its agent"])
+def test_rejoin_of_a_fenced_old_primary(cluster: ClusterSpec) -> None:
     obs = observe(
         down("node1"),
         rep("node2", role="primary", writable=True),
         standby("node3", upstream="node2", configured_upstream="node2"),
         topology=AFTER.model_copy(update={"operation": None}),
-        cluster=LOCAL,
+        cluster=cluster,
     )
     decision = decide(dataclasses.replace(obs, request=rejoin_request("node1")))
     assert decision.commands == (Rejoin("node1", "node2", 5),)

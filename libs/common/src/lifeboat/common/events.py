@@ -246,6 +246,36 @@ class NodeRejoinRequested(NodeEvent):
     requested_by: str = "unknown"
 
 
+class NodeRejoinOrdered(NodeEvent):
+    """From the failover leader, under `epoch` (required), to the node's agent: rewind the
+    node onto `upstream` (else clone it afresh), stream from it through `slot`. The agent
+    obeys only while the topology is at that epoch and names `upstream` primary. It answers
+    `node.rejoin_started` at once, then `node.rejoined` or `node.rejoin_failed`, each with
+    `correlation_id` set to this event's id.
+    `conninfo` is the standby's primary_conninfo: user, host, port, passfile — never a
+    password (the leader refuses to send one)."""
+
+    topic = s.NODE_REJOIN_ORDERED
+    type: Literal["node.rejoin_ordered"] = "node.rejoin_ordered"
+    upstream: Name
+    conninfo: str
+    slot: str
+    reason: str
+
+
+class NodeRejoinStarted(NodeEvent):
+    topic = s.NODE_REJOIN_STARTED
+    type: Literal["node.rejoin_started"] = "node.rejoin_started"
+    upstream: Name
+
+
+class NodeRejoinFailed(NodeEvent):
+    topic = s.NODE_REJOIN_FAILED
+    type: Literal["node.rejoin_failed"] = "node.rejoin_failed"
+    upstream: Name
+    reason: str
+
+
 class NodeRejoined(NodeEvent):
     topic = s.NODE_REJOINED
     type: Literal["node.rejoined"] = "node.rejoined"

@@ -97,6 +97,17 @@ NODE_REJOIN_REQUESTED = Topic(
     "node.rejoin_requested", _CN, "Ask to turn a node back into a standby of the primary"
 )
 NODE_REJOINED = Topic("node.rejoined", _CN, "A former primary rejoined as a standby")
+NODE_REJOIN_ORDERED = Topic(
+    "node.rejoin_ordered",
+    _CN,
+    "The failover leader asks a node's agent to rejoin its node (pg_rewind, else a fresh clone)",
+)
+NODE_REJOIN_STARTED = Topic(
+    "node.rejoin_started", _CN, "A node's agent took the leader's rejoin order and began it"
+)
+NODE_REJOIN_FAILED = Topic(
+    "node.rejoin_failed", _CN, "A node's agent could not rejoin its node, or refused, and why"
+)
 
 FAILOVER_REQUESTED = Topic("failover.requested", _C, "Ask for a (manual) failover")
 FAILOVER_STARTED = Topic("failover.started", _C, "A failover began under the lease")

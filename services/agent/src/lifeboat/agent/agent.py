@@ -32,6 +32,10 @@ from lifeboat.agent.node import NodeState, arm, postmaster, read_state, stop
 from lifeboat.agent.settings import AgentSettings
 from lifeboat.common.events import (
     Envelope,
+    NodeRejoined,
+    NodeRejoinFailed,
+    NodeRejoinOrdered,
+    NodeRejoinStarted,
     NodeSelfFenced,
     NodeStopped,
     NodeStopRequested,
@@ -40,6 +44,7 @@ from lifeboat.common.events import (
 from lifeboat.common.kv import TopologyStore
 from lifeboat.common.state import Topology
 from lifeboat.pg.datadir import DataDir
+from lifeboat.pg.rejoin import rejoin_node
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +234,61 @@ class Agent:
         level = logging.WARNING if stopped else logging.ERROR
         log.log(level, "%s: stop requested (%s): %s", request.node, request.reason, action)
         return answer(stopped, action)
+
+    async def rejoin_ordered(self, order: NodeRejoinOrdered) -> None:
+        """The failover leader's rejoin, carried out here (pg_rewind onto the upstream, else a
+        fresh clone swapped in once complete): only while the topology is at the order's
+        epoch and names its upstream primary, never for the node it names primary. Says
+        `node.rejoin_started` first, then `node.rejoined` or `node.rejoin_failed`."""
+        assert order.epoch is not None  # app.py dead-letters an order without one
+        common = {
+            "cluster": order.cluster,
+            "node": order.node,
+            "source": self.source,
+            "epoch": order.epoch,
+            "correlation_id": order.event_id,
+            "upstream": order.upstream,
+        }
+        refusal = await self._rejoin_refusal(order)
+        if refusal is not None:
+            self.queue(NodeRejoinFailed(**common, reason=f"refused: {refusal}"))
+            return
+        self.queue(NodeRejoinStarted(**common))
+        started = time.monotonic()
+        try:
+            cluster = self.settings.clusters.cluster(order.cluster)  # hosts, ports, user
+            method = await asyncio.to_thread(
+                rejoin_node,
+                self.data,
+                cluster.node(order.node),
+                cluster.node(order.upstream),
+                cluster,
+                self.settings.postgres_password(),
+                order.conninfo,
+                order.slot,
+            )
+        except Exception as exc:
+            log.exception("%s: rejoin onto %s failed", order.node, order.upstream)
+            self.queue(NodeRejoinFailed(**common, reason=f"{type(exc).__name__}: {exc}"[:500]))
+            return
+        seconds = round(time.monotonic() - started, 3)
+        log.warning("%s: rejoined %s with %s in %.1fs", order.node, order.upstream, method, seconds)
+        self.queue(NodeRejoined(**common, method=method, seconds=seconds))
+
+    async def _rejoin_refusal(self, order: NodeRejoinOrdered) -> str | None:
+        topology, error = await self._read(self.settings.agent_nats_timeout_seconds)
+        if error is not None or topology is None:
+            return f"the topology cannot be read ({error or 'none yet'})"
+        if topology.epoch != order.epoch or topology.primary != order.upstream:
+            return (
+                f"the topology is at epoch {topology.epoch} with {topology.primary or 'no node'} "
+                f"primary (ordered under epoch {order.epoch}, onto {order.upstream})"
+            )
+        if order.node in (topology.primary, order.upstream):
+            return f"{order.node} is the primary"
+        if order.cluster != self.settings.agent_cluster or order.node != self.settings.agent_node:
+            return f"this agent is {self.settings.agent_node}'s of {self.settings.agent_cluster}"
+        return None
 
     def queue(self, event: Envelope) -> None:
         self.outbox.append(event)

@@ -18,6 +18,8 @@ from lifeboat.agent.failsafe import VIEW_PATH
 from lifeboat.agent.settings import AgentSettings
 from lifeboat.common.events import (
     DeadLetter,
+    Envelope,
+    NodeRejoinOrdered,
     NodeStopRequested,
     UndecodableEventError,
     decode_event,
@@ -25,7 +27,7 @@ from lifeboat.common.events import (
 from lifeboat.common.health import ComponentHealth, Status, component
 from lifeboat.common.kv import TopologyStore
 from lifeboat.common.runtime import ServiceRuntime
-from lifeboat.common.subjects import NODE_STOP_REQUESTED
+from lifeboat.common.subjects import NODE_REJOIN_ORDERED, NODE_STOP_REQUESTED
 from lifeboat.pg.binaries import find_bindir
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.osuser import OsUser
@@ -62,18 +64,19 @@ def build_app(settings: AgentSettings) -> Starlette:
         js = runtime.broker.config.connection_state.stream
         agent.store = await TopologyStore.open(js)
         nc = runtime.broker.config.connection_state.connection
-        await nc.subscribe(
-            NODE_STOP_REQUESTED.subject(cluster=settings.agent_cluster, node=settings.agent_node),
-            cb=on_stop_request,
-        )
+        mine = {"cluster": settings.agent_cluster, "node": settings.agent_node}
+        await nc.subscribe(NODE_STOP_REQUESTED.subject(**mine), cb=on_stop_request)
+        # Its own subscription: a rejoin takes minutes, and stops are not queued behind it.
+        await nc.subscribe(NODE_REJOIN_ORDERED.subject(**mine), cb=on_rejoin_order)
         runtime.start_heartbeats()
         await runtime.declare(give_up_after=float("inf"))  # then the outbox can empty
 
-    async def on_stop_request(msg: Msg) -> None:
+    def order(msg: Msg, model: type[Envelope]) -> Envelope | None:
+        """The leader's request on `msg`, or None once a malformed one is a dead letter."""
         try:
             request = decode_event(msg.data)
-            if not isinstance(request, NodeStopRequested) or request.epoch is None:
-                raise UndecodableEventError("not a node.stop_requested with an epoch")
+            if not isinstance(request, model) or getattr(request, "epoch", None) is None:
+                raise UndecodableEventError(f"not a {model.topic.name} with an epoch")
         except UndecodableEventError as exc:
             agent.queue(
                 DeadLetter(
@@ -84,8 +87,16 @@ def build_app(settings: AgentSettings) -> Starlette:
                     payload=msg.data.decode("utf-8", errors="replace"),
                 )
             )
-            return
-        agent.queue(await agent.stop_requested(request))
+            return None
+        return request
+
+    async def on_stop_request(msg: Msg) -> None:
+        if isinstance(request := order(msg, NodeStopRequested), NodeStopRequested):
+            agent.queue(await agent.stop_requested(request))
+
+    async def on_rejoin_order(msg: Msg) -> None:
+        if isinstance(request := order(msg, NodeRejoinOrdered), NodeRejoinOrdered):
+            await agent.rejoin_ordered(request)
 
     async def start() -> None:
         tasks.append(asyncio.create_task(agent.run(), name="guard"))

@@ -82,8 +82,8 @@ class Handover:
 
 @dataclass(frozen=True)
 class Rejoin:
-    """Turn a node whose data directory is on this host into a standby of `upstream`
-    (pg_rewind, or a fresh pg_basebackup when rewinding is impossible)."""
+    """Turn a node into a standby of `upstream` (pg_rewind, or a fresh pg_basebackup when
+    rewinding is impossible): here when its data directory is, else by its node agent."""
 
     node: str
     upstream: str

@@ -571,8 +571,6 @@ def _rejoin(obs: Observation, topo: Topology, views: dict[str, NodeView], node: 
         return refuse(f"no node named {node!r} in cluster {topo.cluster}")
     if topo.primary is None or node == topo.primary:
         return refuse(f"{node} is the primary")
-    if obs.cluster.node(node).data_dir is None:
-        return refuse("it is not managed on this host (no data_dir): rejoin it where it runs")
     view = views[node]
     if (
         view.role is Role.STANDBY

@@ -151,7 +151,11 @@ class Executor:
                     raise
             case Rejoin(node, upstream, epoch):
                 await self._guard(epoch)
-                method, seconds = await self.nodes.rejoin(node, upstream)
+                method, seconds, announced = await self.nodes.rejoin(
+                    node, upstream, epoch=epoch, reason=f"rejoin as a standby of {upstream}"
+                )
+                if announced:  # by the node's agent, which did it
+                    return f"rejoined with {method} by its agent", current
                 await self.publish(
                     NodeRejoined(
                         cluster=self.cluster,

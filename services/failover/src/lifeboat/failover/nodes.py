@@ -1,7 +1,8 @@
 """Actions on one PostgreSQL node over SQL, each bounded in time and idempotent.
 
 Nodes whose data directory this host manages (`data_dir` in the cluster file) are also
-stopped, killed and rejoined locally, through `local.py`.
+stopped, killed and rejoined locally, through `local.py`; the others by their node agent,
+asked over NATS (`agents.py`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
+from lifeboat.common.events import NodeRejoinFailed
 from lifeboat.common.lsn import int_to_lsn, lsn_to_int
-from lifeboat.failover.agents import AgentStops
-from lifeboat.failover.local import local_data_dir, rejoin_local, start_node, stop_cleanly
+from lifeboat.failover.agents import Agents
+from lifeboat.failover.local import local_data_dir, stop_cleanly
 from lifeboat.failover.sync_names import format_sync_names
 from lifeboat.pg.datadir import DataDir
+from lifeboat.pg.rejoin import rejoin_node, start_node
 from lifeboat.pg.replication import replication_slot, standby_conninfo
 
 _CLIENTS = """
@@ -72,7 +75,7 @@ class NodeActions:
         *,
         os_user: str | None = None,
         bindir: Path | None = None,
-        agents: AgentStops | None = None,
+        agents: Agents | None = None,
     ) -> None:
         self.cluster = cluster
         self.password = password
@@ -363,10 +366,15 @@ class NodeActions:
                         return str(row[0])
         raise RuntimeError("no node has a primary_conninfo to model the rejoining standby on")
 
-    async def rejoin(self, name: str, upstream: str) -> tuple[str, float]:
+    async def rejoin(
+        self, name: str, upstream: str, *, epoch: int, reason: str
+    ) -> tuple[str, float, bool]:
+        """Rejoin `name` as a standby of `upstream`: here when its data directory is, else by
+        its agent, asked under `epoch`. The method, how long it took, and whether the agent
+        announced it (its `node.rejoined`); raises with the reason when it could not."""
         node, up = self.cluster.node(name), self.cluster.node(upstream)
         local = self.local(node)
-        if local is None:
+        if local is None and self.agents is None:
             raise RuntimeError(f"{name} is not managed on this host (no data_dir): rejoin it there")
         template = await self.replication_conninfo(exclude=name)
         slot = replication_slot(name)
@@ -378,10 +386,23 @@ class NodeActions:
             )
         started = time.monotonic()
         conninfo = standby_conninfo(template, host=up.host, port=up.port, application_name=name)
-        method = await asyncio.to_thread(
-            rejoin_local, local, node, up, self.cluster, self.password, conninfo, slot
-        )
-        return method, time.monotonic() - started
+        if local is not None:
+            method = await asyncio.to_thread(
+                rejoin_node, local, node, up, self.cluster, self.password, conninfo, slot
+            )
+            return method, time.monotonic() - started, False
+        assert self.agents is not None
+        if "password" in conninfo_to_dict(conninfo):
+            raise RuntimeError(
+                f"{name}: the standbys' primary_conninfo holds a password, which is never sent "
+                "over NATS: give the replication user's password in a passfile"
+            )
+        answer = await self.agents.rejoin(name, epoch, upstream, conninfo, slot, reason)
+        if isinstance(answer, str):
+            raise RuntimeError(f"{name}: {answer}")
+        if isinstance(answer, NodeRejoinFailed):
+            raise RuntimeError(f"{name}: its agent: {answer.reason}")
+        return answer.method, answer.seconds, True
 
     async def set_synchronous(self, name: str, standbys: tuple[str, ...]) -> None:
         node = self.cluster.node(name)

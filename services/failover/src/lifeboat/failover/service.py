@@ -31,7 +31,7 @@ from lifeboat.common.reports import ReportBook
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Lease
 from lifeboat.common.subjects import MAINTENANCE_BUCKET
-from lifeboat.failover.agents import AgentStops
+from lifeboat.failover.agents import Agents
 from lifeboat.failover.commands import (
     Command,
     Decision,
@@ -227,12 +227,13 @@ class ClusterLoop:
                 self.settings.action_timeout_seconds,
                 os_user=self.settings.pg_os_user,
                 bindir=self.settings.pg_bindir,
-                agents=AgentStops(
+                agents=Agents(
                     self.runtime.broker.config.connection_state.connection,
                     self.runtime.publisher.publish,
                     self.cluster.name,
                     self.runtime.source,
                     self.settings.agent_stop_answer_seconds,
+                    self.settings.agent_rejoin_answer_seconds,
                 ),
             ),
             self.runtime.publisher.publish,

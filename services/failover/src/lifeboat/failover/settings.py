@@ -50,6 +50,10 @@ class FailoverSettings(ServiceSettings):
     """How long the leader waits for a node's agent to answer a stop request (the fence of
     another host's node it cannot fence over SQL): a fast stop, else an immediate one, else
     SIGKILL, each step bounded by the agent's `LIFEBOAT_AGENT_REQUESTED_STOP_TIMEOUT_SECONDS`."""
+    agent_rejoin_answer_seconds: PositiveFloat = 3600.0
+    """How long the leader waits for a node's agent to rejoin its node (another host's node):
+    pg_rewind takes seconds, a fresh clone of the whole database as long as copying it. The
+    rejoin runs beside the decision loop, so the wait holds up nothing else."""
     pg_os_user: str | None = None
     """Who runs pg_ctl and pg_rewind on local nodes when the service runs as root."""
     pg_bindir: Path | None = None
