@@ -56,16 +56,19 @@ class NatsServer:
         log_file: Path | None = None,
         on_line: LineSink | None = None,
         max_file_store: int | None = None,
+        host: str = HOST,
     ) -> None:
-        """`max_file_store`: JetStream's storage limit in bytes (a test fills it)."""
+        """`max_file_store`: JetStream's storage limit in bytes (a test fills it); `host`: the
+        address it listens on (a test network's controller address, say)."""
         self.data_dir = data_dir
         self.ports = ports
         self.name = name
+        self.host = host
         self.config_file = data_dir.parent / f"{data_dir.name}.conf"
         lines = [
             f'server_name: "{name}"',
-            f'listen: "{HOST}:{ports.client}"',
-            f'http: "{HOST}:{ports.monitor}"',
+            f'listen: "{host}:{ports.client}"',
+            f'http: "{host}:{ports.monitor}"',
             "jetstream {",
             f'  store_dir: "{data_dir}"',
             *(["  sync_interval: always"] if sync_always else []),
@@ -73,11 +76,11 @@ class NatsServer:
             "}",
         ]
         if cluster is not None and ports.cluster is not None:
-            route_list = ", ".join(f'"nats-route://{HOST}:{r}"' for r in routes)
+            route_list = ", ".join(f'"nats-route://{host}:{r}"' for r in routes)
             lines += [
                 "cluster {",
                 f'  name: "{cluster}"',
-                f'  listen: "{HOST}:{ports.cluster}"',
+                f'  listen: "{host}:{ports.cluster}"',
                 f"  routes: [{route_list}]",
                 "}",
             ]
@@ -91,14 +94,14 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{HOST}:{self.ports.client}"
+        return f"nats://{self.host}:{self.ports.client}"
 
     def _healthy(self) -> bool:
         # In a cluster JetStream is usable only once the servers have a meta leader, which
         # the full check waits for; a single server needs JetStream enabled, no more.
         query = "" if self.ports.cluster is not None else "?js-enabled-only=true"
         try:
-            url = f"http://{HOST}:{self.ports.monitor}/healthz{query}"
+            url = f"http://{self.host}:{self.ports.monitor}/healthz{query}"
             with urllib.request.urlopen(url, timeout=1) as resp:
                 return bool(resp.status == 200)
         except OSError:
@@ -143,6 +146,7 @@ class NatsCluster:
         sync_always: bool = True,
         log_dir: Path | None = None,
         on_line: LineSink | None = None,
+        host: str = HOST,
         max_file_store: int | None = None,
     ) -> None:
         routes = tuple(p.cluster for p in ports if p.cluster is not None)
@@ -156,6 +160,7 @@ class NatsCluster:
                 sync_always=sync_always,
                 log_file=None if log_dir is None else log_dir / f"nats-{i + 1}.log",
                 on_line=on_line,
+                host=host,
                 max_file_store=max_file_store,
             )
             for i, p in enumerate(ports)
