@@ -1,7 +1,9 @@
 """Failover drills, measured: `uv run python bench/failover.py [--runs N] [--scenario NAME]...`.
 
 Uses the stack `make up` runs (gateway on 127.0.0.1:8000, `.lifeboat/`), or starts its own
-with --start (ports and data in a temporary directory, stopped afterwards). Runs the three
+with --start (ports and data in a temporary directory, stopped afterwards). `--hosts NAME`
+(repeatable) runs issue 9's drills on test hosts instead (network namespaces, as root;
+lifeboat.devstack.hostdrill), each on stacks of its own. Runs the three
 whole-node drills, or the scenarios named (those of issue 7's fault matrix included, see
 lifeboat.devstack.drill.MATRIX). Prints one JSON object: per scenario its runs, RTO
 median/max, the longest write unavailability, acknowledged writes lost, split-brain runs,
@@ -17,6 +19,7 @@ promotion, client reconnect) costs, independent of how noisy the machine is.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import sys
@@ -26,6 +29,7 @@ from typing import Any
 
 from lifeboat.common.clusters import load_clusters
 from lifeboat.devstack.drill import DEFAULT_SCENARIOS, MATRIX, SCENARIOS, drill
+from lifeboat.devstack.hostdrill import HOST_SCENARIOS, drill_on_hosts
 from lifeboat.devstack.throwaway import UpStack
 
 DETECTION_FLOOR_S = 3 * 1.0  # failure_threshold x probe_interval at their defaults
@@ -54,7 +58,15 @@ def main() -> None:
         choices=SCENARIOS,
         help="a drill to run (repeatable); default: " + ", ".join(DEFAULT_SCENARIOS),
     )
+    parser.add_argument(
+        "--hosts",
+        action="append",
+        choices=HOST_SCENARIOS,
+        help="an issue 9 drill on test hosts (network namespaces, root), on stacks of its own",
+    )
     args = parser.parse_args()
+    if args.hosts:
+        return on_hosts(args.hosts, args.runs)
     stack_dir, stack, workdir = Path(".lifeboat"), None, None
     if args.start:
         workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-"))
@@ -102,6 +114,28 @@ def main() -> None:
             stack.stop(timeout=120)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def on_hosts(scenarios: list[str], runs: int) -> None:
+    """The test-host drills (lifeboat.devstack.hostdrill): each run printed as it ends."""
+    workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-hosts-"))
+    workdir.chmod(0o755)
+    out: dict[str, Any] = {}
+    for scenario in scenarios:
+        result = asyncio.run(
+            drill_on_hosts(
+                workdir,
+                scenario,  # type: ignore[arg-type]
+                runs,
+                on_run=lambda run, s=scenario: print(  # type: ignore[misc]
+                    json.dumps({"run": s, **run}), file=sys.stderr, flush=True
+                ),
+            )
+        )
+        out[scenario.replace("-", "_")] = result["summary"]
+        print(json.dumps({scenario: result["summary"]}), file=sys.stderr, flush=True)
+    print(json.dumps(out))
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
