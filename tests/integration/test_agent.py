@@ -28,6 +28,7 @@ from lifeboat.common.events import (
     NodeStopRequested,
     Role,
     Source,
+    SwitchoverRequested,
 )
 from lifeboat.common.kv import TopologyStore
 from lifeboat.common.state import Topology
@@ -505,6 +506,55 @@ async def test_a_primary_the_controller_cannot_reach_is_fenced_by_its_agent_then
                 what="node1 streaming from node2",
                 detail=c.tail,
             )
+        finally:
+            await sql_link.cut()
+
+
+async def test_a_switchover_on_other_hosts_leaves_the_old_primary_rejoined_by_its_agent(
+    workdir: Path, unique: str
+) -> None:
+    """Remote mode: the handover leaves node1 running read-only (nothing local to stop it
+    cleanly); once node2 is promoted, node1's agent stops it and, ordered by the leader,
+    rewinds it onto node2: a switchover ends with three nodes again, on other hosts too."""
+    async with cluster_with_agents(workdir, unique) as c:
+        sql_link = Link(c.node("node1").port)
+        await sql_link.up()
+        try:
+            c.remote(sql_link)
+            c.stack.start("monitor", f"{unique}-m1")
+            c.stack.start("failover", f"{unique}-f1")
+            store = await TopologyStore.open(c.nc.jetstream())
+            await eventually(
+                lambda: c.named("node1"), timeout=60, what="the topology", detail=c.tail
+            )
+            c.start_agents(peers=False)
+            await c.wait_views(epoch=0)
+
+            async def synchronous() -> bool:
+                found = await store.get(unique)
+                return found is not None and bool(found.value.synchronous)
+
+            await eventually(
+                synchronous, timeout=30, what="a recorded synchronous set", detail=c.tail
+            )
+            request = SwitchoverRequested(
+                cluster=unique,
+                source=Source(service="test", instance="operator"),
+                target="node2",
+                reason="planned maintenance of node1's host",
+            )
+            await c.nc.jetstream().publish(request.subject(), request.model_dump_json().encode())
+            (rejoined,) = await c.stored(NODE_REJOINED.subject(cluster=unique, node="node1"))
+            assert (rejoined["upstream"], rejoined["epoch"]) == ("node2", 1)
+            assert rejoined["source"]["service"] == "agent"
+            await eventually(
+                lambda: c.streams_from("node1", "node2"),
+                timeout=30,
+                what="node1 streaming from node2",
+                detail=c.tail,
+            )
+            assert await c.named("node2")
+            assert not await asyncio.to_thread(c.in_recovery, "node2")
         finally:
             await sql_link.cut()
 

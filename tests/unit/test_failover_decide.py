@@ -591,7 +591,8 @@ def test_switchover_hands_over_then_promotes_repoints_and_rejoins_the_old_primar
 def test_switchover_without_a_target_picks_the_best_standby() -> None:
     decision = decide(dataclasses.replace(observe(*HEALTHY), request=ask("switchover", None)))
     assert ("node2", 5) in promotions(decision)
-    assert not any(isinstance(c, Rejoin) for c in decision.commands)  # node1 is not local
+    # node1 is not local: its agent is ordered to rejoin it.
+    assert decision.commands[-1] == Rejoin("node1", "node2", 5)
 
 
 def test_manual_failover_promotes_the_named_standby_at_once() -> None:

@@ -485,9 +485,12 @@ def _handle_request(
     if candidate is None:
         return _refuse(obs, topo, kind, target, f"no standby can take over: {_why(why_not)}")
     new, takeover = _takeover(obs, topo, views, kind, reason, candidate, fence=False)
-    commands: list[Command] = [Handover(old, candidate, topo.epoch), *takeover]
-    if obs.cluster.node(old).data_dir is not None:
-        commands.append(Rejoin(old, candidate, new.epoch))
+    # The old primary follows the new one: rejoined here, or by its agent on its own host.
+    commands: list[Command] = [
+        Handover(old, candidate, topo.epoch),
+        *takeover,
+        Rejoin(old, candidate, new.epoch),
+    ]
     return Decision(tuple(commands), f"{reason}: handing {old} over to {candidate}")
 
 
