@@ -6,7 +6,8 @@ partition reaches, so two writable primaries are seen even when no client could 
 both. Each run reports:
 
 - RTO: the fault to the first write another node acknowledged (None: no failover);
-- unavailable: the longest gap between two acknowledged writes;
+- unavailable: the longest gap between two acknowledged writes (or from the last one to the
+  end of the run, when writes did not resume);
 - acknowledged writes lost: acknowledged ids the final primary (else the most advanced
   node) does not have;
 - split brain: two nodes writable at once, or the old primary acknowledging a write after
@@ -217,12 +218,13 @@ class HostDrill:
             at = await self.faults[scenario]()
             await asyncio.sleep(2.0)  # writes go on a little on whoever is primary now
         finally:
+            ended = time.monotonic()
             writer.stop(timeout=20)
             watch.stop()
-        return await self._measure(read_acked(out), watch, at)
+        return await self._measure(read_acked(out), watch, at, ended)
 
     async def _measure(
-        self, acked: list[tuple[int, float, int]], watch: Watch, at: float
+        self, acked: list[tuple[int, float, int]], watch: Watch, at: float, ended: float
     ) -> dict[str, Any]:
         ports = {n.name: n.port for n in self.stack.pg.nodes}
         writable = watch.last()
@@ -237,7 +239,7 @@ class HostDrill:
         held_by = max(present, key=lambda n: len(present[n]), default=None)
         lost = len(ids) - (len(present[held_by]) if held_by else 0)
         after = [t for _, t, p in acked if t > at and p != ports[PRIMARY]]
-        times = [t for _, t, _ in acked]
+        times = [t for _, t, _ in acked] + [ended]  # writes that never resumed count to the end
         gaps = [b - a for a, b in itertools.pairwise(times)]
         split = watch.most() > 1 or (
             new is not None and new != PRIMARY and split_brain(acked, ports[PRIMARY], ports[new])
