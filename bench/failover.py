@@ -30,14 +30,31 @@ from typing import Any
 from lifeboat.common.clusters import load_clusters
 from lifeboat.devstack.drill import DEFAULT_SCENARIOS, MATRIX, SCENARIOS, drill
 from lifeboat.devstack.hostdrill import HOST_SCENARIOS, drill_on_hosts
-from lifeboat.devstack.throwaway import UpStack
+from lifeboat.devstack.throwaway import UpStack, up_stack_env
 
 DETECTION_FLOOR_S = 3 * 1.0  # failure_threshold x probe_interval at their defaults
 
 
-def start_stack(workdir: Path) -> UpStack:
-    """`make up` of its own under `workdir`, on free ports, once the gateway says healthy."""
-    stack = UpStack(workdir / "stack", workdir / "stack.log")
+def store_limited(env: dict[str, str], mib: int) -> dict[str, str]:
+    """`env` with a JetStream store limit of `mib` MiB per NATS server (jetstream-full fills
+    it). Each stream's max_bytes is reserved from that limit, so the default 1 GiB and
+    256 MiB would not fit: an eighth each, the rest left for the buckets and the filler."""
+    limit = mib << 20
+    return {
+        **env,
+        "LIFEBOAT_NATS_MAX_FILE_STORE": str(limit),
+        "LIFEBOAT_EVENTS_MAX_BYTES": str(limit // 8),
+        "LIFEBOAT_HEARTBEATS_MAX_BYTES": str(limit // 8),
+    }
+
+
+def start_stack(workdir: Path, store_mib: int | None = None) -> UpStack:
+    """`make up` of its own under `workdir`, on free ports, once the gateway says healthy;
+    with `store_mib`, its NATS servers' store limited to that."""
+    env = up_stack_env(workdir / "stack")
+    if store_mib is not None:
+        env = store_limited(env, store_mib)
+    stack = UpStack(workdir / "stack", workdir / "stack.log", env)
     stack.start()
     try:
         stack.wait_healthy(timeout=120)
@@ -59,6 +76,11 @@ def main() -> None:
         help="a drill to run (repeatable); default: " + ", ".join(DEFAULT_SCENARIOS),
     )
     parser.add_argument(
+        "--nats-max-file-store-mib",
+        type=int,
+        help="with --start: each NATS server's JetStream store limit (jetstream-full needs one)",
+    )
+    parser.add_argument(
         "--hosts",
         action="append",
         choices=HOST_SCENARIOS,
@@ -71,7 +93,7 @@ def main() -> None:
     if args.start:
         workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-"))
         workdir.chmod(0o755)
-        stack = start_stack(workdir)
+        stack = start_stack(workdir, args.nats_max_file_store_mib)
         stack_dir = stack.dir
         args.gateway = stack.gateway
     try:

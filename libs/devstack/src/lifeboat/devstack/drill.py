@@ -32,12 +32,14 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,8 +58,16 @@ from lifeboat.devstack.faults import (
     wait_stopped,
 )
 from lifeboat.devstack.launch import ServiceProcess, launch
+from lifeboat.devstack.natsfaults import StackNats
 from lifeboat.devstack.procs import kill_pid
-from lifeboat.gateway.client import ClusterStatus, GatewayClient, GatewayError, OperationDone
+from lifeboat.gateway.client import (
+    ClusterStatus,
+    GatewayClient,
+    GatewayError,
+    OperationDone,
+    OperationView,
+    result_of,
+)
 from lifeboat.pg.binaries import find_bindir
 from lifeboat.pg.datadir import DataDir, signal_postmaster
 from lifeboat.pg.osuser import OsUser
@@ -80,6 +90,8 @@ Scenario = Literal[
     "leader-cut-off",
     "twin-instances",
     "remote-cut-off",
+    "nats-rollback",
+    "jetstream-full",
 ]
 DEFAULT_SCENARIOS: tuple[Scenario, ...] = ("kill-primary", "freeze-primary", "switchover")
 # The fault matrix's scenarios (issue 7; tests/integration/test_fault_matrix.py) a drill can
@@ -99,6 +111,8 @@ MATRIX: dict[Scenario, int] = {
     "twin-instances": 11,
     "starve-primary": 12,
     "stall-primary": 12,
+    "nats-rollback": 7,
+    "jetstream-full": 7,
 }
 SCENARIOS: tuple[Scenario, ...] = (*DEFAULT_SCENARIOS, *MATRIX)
 # Scenarios after which the primary may rightly be the same node: a stall it rides out, a
@@ -227,16 +241,7 @@ class FailoverInstances:
         self.started: dict[str, ServiceProcess] = {}
 
     def _stack_pid(self) -> int | None:
-        file = self.stack_dir / "children.json"
-        pids = json.loads(file.read_text() or "[]") if file.exists() else []
-        for pid in pids:
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"lifeboat.failover" in argv:
-                return int(pid)
-        return None
+        return stack_child(self.stack_dir, b"lifeboat.failover")
 
     def _stack_running(self) -> Instance | None:
         """The stack's own failover service if it runs (its id and port from its settings)."""
@@ -381,6 +386,7 @@ class Drill:
         self.password = password
         self.stack_dir = stack_dir if stack_dir is not None else DrillSettings().stack_dir
         self.instances = FailoverInstances(self.stack_dir)
+        self.nats = StackNats(self.stack_dir)
         # What one run's fault leaves for the run to finish: the events' cursor before it,
         # what it observed, an operation still answering, instances to stop before the
         # rejoin, a watch on how many instances lead.
@@ -389,6 +395,7 @@ class Drill:
         self._pending: list[threading.Thread] = []
         self._transient: list[str] = []
         self._watch: LeaderWatch | None = None
+        self._writer: Writer | None = None
         self._later: list[Callable[[], None]] = []  # what to read once the run settled
         self._matrix: dict[Scenario, Callable[[str, list[str]], Injected]] = {
             "stall-primary": self._stall,
@@ -399,6 +406,8 @@ class Drill:
             "leader-cut-off": self._leader_cut_off,
             "twin-instances": self._twins,
             "remote-cut-off": self._remote_cut_off,
+            "nats-rollback": self._nats_rollback,
+            "jetstream-full": self._jetstream_full,
         }
 
     def dsn(self, node: str | None = None) -> str:
@@ -463,6 +472,7 @@ class Drill:
         self._since, self._detail = since, {}
         writer = Writer(self.dsn(), start_id)
         writer.start()
+        self._writer = writer
         try:
             time.sleep(1.0)
             fault = self._inject(scenario, primary)
@@ -729,6 +739,144 @@ class Drill:
         self._later.append(self._who_finished)
         return Injected(at)
 
+    def _nats_rollback(self, primary: str, standbys: list[str]) -> Injected:
+        """Matrix 7: every NATS server's store copied, the primary killed and failed over,
+        then NATS restarted with the copies: the stored topology names the dead node under
+        the old epoch. Nobody may act on it (held: "ahead of the topology") while the new
+        primary keeps taking writes; the operator's forced failover naming it ends the hold
+        (it records the node under a new epoch, promoting and fencing nobody). When that
+        is refused (the new primary no longer takes writes), the record the rollback lost
+        is written back by hand and the new primary started again, so the next run starts
+        from a healthy cluster; the run says so (`repaired`)."""
+        copy = self.stack_dir / "drill-nats-copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        copy.mkdir()
+        self.nats.restarted(take=copy)
+        self._restart_gateway()
+        self.wait_healthy()  # every service back on NATS before the fault
+        at = time.monotonic()
+        signal_node(self._data_dir(primary), signal.SIGKILL)
+        completed = self._event("failover.completed", 60)
+        new = self.wait_settled(60)
+        newest = self.nats.topology(self.cluster.name)
+        rolled = time.monotonic()
+        since = self.nats.restarted(put=copy)  # from here on NATS holds the old store
+        back = time.monotonic()
+        shutil.rmtree(copy, ignore_errors=True)
+        held = _within(lambda: self._said(since, "failover.held", _ahead) is not None, 45)
+        stored = json.loads(self.nats.topology(self.cluster.name) or b"{}")
+        heard = self._event("failover.held", 0, _ahead) is not None
+        self._restart_gateway()
+        wrote = _within(lambda: self._acked_by(new, back), 10)
+        stopped = self._said(since, f"node.self_fenced.{self.cluster.name}.{new}")
+        failed = self._said(since, "failover.failed")
+        self._detail.update(
+            completed_before_rollback=completed is not None,
+            nats_restart_seconds=round(back - rolled, 3),
+            stored_topology_after_rollback=f"{stored.get('primary')}@{stored.get('epoch')}",
+            held_ahead=held,
+            rollback_to_hold_seconds=self._seconds_to(since, "failover.held", _ahead),
+            gateway_had_hold_before_its_restart=heard,
+            new_primary_stopped_by_its_agent=stopped is not None,
+            rollback_to_agent_stop_seconds=_seconds_after(stopped, since),
+            failover_failed_after_rollback=failed is not None,
+            new_primary_wrote_after_rollback=wrote,
+            writable_after_rollback=",".join(
+                n.name for n in self.cluster.nodes if self._writable(n.name)
+            ),
+        )
+        forced = self._force(new)
+        self._detail["forced"] = forced
+        if forced != "OperationDone" and newest is not None:
+            self.nats.put_topology(self.cluster.name, newest)
+            if not self._data(new).running():
+                self._data(new).start(self._log(new))
+            self._detail["repaired"] = True
+        return Injected(at)
+
+    def _said(
+        self, since: datetime, subject: str, says: Callable[[dict[str, Any]], bool] = bool
+    ) -> dict[str, Any] | None:
+        """The newest event on `subject` (a topic and its cluster's or node's name), read
+        from NATS itself, if it was said after `since` (and `says`)."""
+        if subject.count(".") < 2:
+            subject = f"{subject}.{self.cluster.name}"
+        event = self.nats.last_event(subject)
+        if event is None or not says(event):
+            return None
+        return event if datetime.fromisoformat(str(event["occurred_at"])) >= since else None
+
+    def _seconds_to(
+        self, since: datetime, subject: str, says: Callable[[dict[str, Any]], bool]
+    ) -> float | None:
+        return _seconds_after(self._said(since, subject, says), since)
+
+    def _restart_gateway(self, timeout: float = 120) -> None:
+        """The stack's gateway stopped (SIGTERM), once the stack has started it again and it
+        answers with every node's health. After all NATS servers restarted, its heartbeats
+        consumer is never recreated (nats-py asks for a start sequence beside the start time
+        it was made with, and the server refuses: err_code 10094), so it never hears a
+        node's health again; a new gateway reads both streams afresh."""
+        old = stack_child(self.stack_dir, b"lifeboat.gateway")
+        if old is not None:
+            kill_pid(old, signal.SIGTERM)
+
+        def back() -> bool:
+            pid = stack_child(self.stack_dir, b"lifeboat.gateway")
+            if pid in (None, old):
+                return False
+            with contextlib.suppress(httpx.HTTPError, GatewayError):
+                return all(n.health is not None for n in self.status().nodes)
+            return False
+
+        if not _within(back, timeout):
+            raise TimeoutError(f"the stack's gateway did not answer within {timeout}s")
+
+    def _acked_by(self, node: str, after: float) -> bool:
+        """The drill's writer had a write acknowledged by `node` after `after`."""
+        port = self.cluster.node(node).port
+        acked = self._writer.acked if self._writer else []
+        return any(t > after and p == port for _, t, p in acked)
+
+    def _force(self, target: str) -> str:
+        """The operator's way out of a topology older than the cluster: a forced failover
+        naming the writable primary on the newest timeline; its outcome, in a word."""
+        answer = self.api.submit(
+            "failover", self.cluster.name, target=target, force=True, reason="drill: record it"
+        )
+        result = result_of(self.api.follow(answer)) if isinstance(answer, OperationView) else answer
+        return type(result).__name__
+
+    def _jetstream_full(self, primary: str, standbys: list[str]) -> Injected:
+        """Matrix 7: JetStream's store full (a stream of the drill's filled it) when the
+        primary dies: no lease, topology, report or event can be stored, so nobody may be
+        promoted; once the filler is gone the failover goes ahead with every write."""
+        if all(c.max_file_store is None for c in self.nats.configs):
+            raise RuntimeError(
+                "jetstream-full needs a store limit to fill: LIFEBOAT_NATS_MAX_FILE_STORE "
+                "(bench/failover.py --start --nats-max-file-store)"
+            )
+        filled = self.nats.fill()
+        at = time.monotonic()
+        signal_node(self._data_dir(primary), signal.SIGKILL)
+        promoted: set[str] = set()
+        while time.monotonic() < at + 8:  # detection (3 s) and more: nothing may happen
+            promoted |= {s for s in standbys if self._writable(s)}
+            time.sleep(0.2)
+        self.nats.drop_filler()
+        freed = time.monotonic()
+        wrote = _within(lambda: any(self._acked_by(s, freed) for s in standbys), 60)
+        first = min(
+            (t for _, t, p in (self._writer.acked if self._writer else []) if t > freed),
+            default=None,
+        )
+        self._detail.update(
+            filled_mib=round(filled / 2**20, 1),
+            promoted_while_full=bool(promoted),
+            space_back_to_first_write_seconds=round(first - freed, 3) if wrote and first else None,
+        )
+        return Injected(at)
+
     def _operate(self, kind: Literal["switchover"], target: str | None) -> None:
         """A switchover, followed to its end; a refusal is an outcome the drill measures."""
         with contextlib.suppress(httpx.HTTPError, GatewayError):
@@ -838,6 +986,33 @@ def _without_data_dirs(clusters: ClustersFile) -> ClustersFile:
     )
 
 
+def stack_child(stack_dir: Path, module: bytes) -> int | None:
+    """The PID of the stack's child running `module` (from its children.json), if it runs."""
+    file = stack_dir / "children.json"
+    pids = json.loads(file.read_text() or "[]") if file.exists() else []
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if module in argv:
+            return int(pid)
+    return None
+
+
+def _ahead(event: dict[str, Any]) -> bool:
+    """A hold saying the topology is older than the cluster (matrix 7's rollback)."""
+    return "ahead of the topology" in str(event.get("reason"))
+
+
+def _seconds_after(event: dict[str, Any] | None, since: datetime) -> float | None:
+    """How long after `since` an event was said (None without one)."""
+    if event is None:
+        return None
+    said = datetime.fromisoformat(str(event["occurred_at"]))
+    return round((said - since).total_seconds(), 3)
+
+
 def _within(check: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -904,5 +1079,6 @@ def drill(
                 on_run(results[-1])
     finally:
         d.instances.stop_all()
+        d.nats.close()
         d.api.close()
     return {"scenario": scenario, "runs": results, "summary": summarize(results)}
