@@ -57,7 +57,7 @@ def start_stack(workdir: Path, store_mib: int | None = None) -> UpStack:
     stack = UpStack(workdir / "stack", workdir / "stack.log", env)
     stack.start()
     try:
-        stack.wait_healthy(timeout=120)
+        stack.wait_healthy(timeout=300)  # a shared 2-core machine under load takes > 2 min
     except (TimeoutError, RuntimeError):
         stack.stop()
         raise SystemExit(f"the stack did not come up; see {workdir / 'stack.log'}") from None
