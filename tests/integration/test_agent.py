@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import nats
 import psycopg
+import pytest
 from nats.aio.client import Client as NatsClient
 
 from lifeboat.common.events import (
@@ -584,13 +585,17 @@ async def test_a_stop_request_under_a_stale_epoch_or_for_the_named_primary_is_re
         assert await asyncio.to_thread(c.writable, "node1")
 
 
-async def test_a_forced_failover_promotes_only_once_the_unreachable_old_primarys_agent_stopped_it(
-    workdir: Path, unique: str
+@pytest.mark.parametrize("forced", [False, True], ids=["automatic", "forced"])
+async def test_a_primary_cut_off_from_the_controller_and_nats_fails_over_by_its_agents_bound(
+    workdir: Path, unique: str, forced: bool
 ) -> None:
     """The controller cannot reach node1 (remote mode: fencing over SQL only) and node1's
-    agent cannot reach NATS; clients still could. An operator forces a failover: the leader
-    cannot confirm the fence, so it waits out the agents' bound after its new epoch before it
-    promotes node2 — by then node1's agent has stopped node1. Never two writable nodes."""
+    agent cannot reach NATS; clients still could. The leader cannot confirm the fence over
+    SQL, and node1's agent does not answer its stop request; but node1's agent lease has not
+    been renewed for its bound (+ the margin), so the agent has stopped node1 by its own
+    bound: the automatic failover promotes node2 (before agent leases, it held for as long
+    as node1 was cut off). An operator's forced failover, the other way out, waits out the
+    bound after its new epoch. Never two writable nodes."""
     async with cluster_with_agents(workdir, unique) as c:
         sql_link, nats_link = Link(c.node("node1").port), Link(c.server.ports.client)
         await sql_link.up()
@@ -601,25 +606,39 @@ async def test_a_forced_failover_promotes_only_once_the_unreachable_old_primarys
             bound = {"LIFEBOAT_AGENT_SELF_FENCE_SECONDS": str(BOUND)}
             c.stack.start("monitor", f"{unique}-m1")
             c.stack.start("failover", f"{unique}-f1", **bound)
+            store = await TopologyStore.open(c.nc.jetstream())
             await eventually(
                 lambda: c.named("node1"), timeout=60, what="the topology", detail=c.tail
             )
             c.start_agents(peers=False, links={"node1": nats_link})
             await c.wait_views(epoch=0)
 
+            async def synchronous() -> bool:
+                found = await store.get(unique)
+                return found is not None and bool(found.value.synchronous)
+
+            # In mode `on` only a recorded synchronous standby may be promoted automatically.
+            await eventually(
+                synchronous, timeout=30, what="a recorded synchronous set", detail=c.tail
+            )
             await sql_link.cut()
             await nats_link.cut()
-            request = FailoverRequested(
-                cluster=unique,
-                source=Source(service="test", instance="operator"),
-                target="node2",
-                reason="node1 is gone for good",
-                force=True,
-                data_loss_budget_bytes=16 << 20,
-            )
-            await c.nc.jetstream().publish(request.subject(), request.model_dump_json().encode())
+            if forced:
+                request = FailoverRequested(
+                    cluster=unique,
+                    source=Source(service="test", instance="operator"),
+                    target="node2",
+                    reason="node1 is gone for good",
+                    force=True,
+                    data_loss_budget_bytes=16 << 20,
+                )
+                subject = request.subject()
+                await c.nc.jetstream().publish(subject, request.model_dump_json().encode())
 
             await c.node2_promoted_after_node1_stopped()
+            if not forced:
+                (fenced,) = await c.stored(NODE_FENCED.subject(cluster=unique, node="node1"))
+                assert "has not renewed its lease" in fenced["reason"], fenced["reason"]
         finally:
             await sql_link.cut()
             await nats_link.cut()

@@ -9,6 +9,7 @@ immortal.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -29,6 +30,7 @@ from lifeboat.common.subjects import MAINTENANCE_BUCKET
 
 TOPOLOGY_BUCKET = "lifeboat_topology"
 LEASE_BUCKET = "lifeboat_leases"
+NAME_MAX = 63  # a lease's name is a `Name`
 # The buckets that decide what failover may do: replicated with the streams.
 BUCKETS = (TOPOLOGY_BUCKET, LEASE_BUCKET, MAINTENANCE_BUCKET)
 
@@ -123,6 +125,23 @@ class TopologyStore:
         return Versioned(topology, rev)
 
 
+def agent_lease_name(cluster: str, node: str) -> str:
+    """The lease a node's agent renews in every round it reaches NATS.
+
+    Renewing is a write, which the replicated bucket acknowledges only once a majority of
+    servers holds it, and the agent counts a round as confirming its primary only after
+    that write and a topology read: a NATS server cut off with the agent, still believing
+    it leads the topology's stream, cannot confirm a primary the majority has replaced —
+    the trap of trusting a read alone. The failover leader relies on it the other way: a
+    lease not renewed for its `guard_seconds` (plus a margin), as seen on the leader's own
+    clock, is an agent that has stopped its node (or is gone: a lease that expired, TTL,
+    guards nothing, and counts for nothing)."""
+    name = f"agent-{cluster}-{node}"
+    if len(name) <= NAME_MAX:
+        return name
+    return f"agent-{hashlib.sha256(f'{cluster}/{node}'.encode()).hexdigest()[:32]}"
+
+
 class LeaseStore:
     def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
         self._js = js
@@ -136,13 +155,20 @@ class LeaseStore:
     async def current(self, name: str) -> Versioned[Lease] | None:
         return await _get(self._kv, name, Lease)
 
-    async def acquire(self, name: str, holder: str, ttl_seconds: int) -> Versioned[Lease] | None:
+    async def acquire(
+        self, name: str, holder: str, ttl_seconds: int, *, guard_seconds: float | None = None
+    ) -> Versioned[Lease] | None:
         """The lease if we got it (or already held it), None while someone else holds it."""
         if ttl_seconds < 1:
             raise ValueError("lease TTL must be at least one second")
         now = datetime.now(UTC)
         lease = Lease(
-            name=name, holder=holder, ttl_seconds=ttl_seconds, acquired_at=now, renewed_at=now
+            name=name,
+            holder=holder,
+            ttl_seconds=ttl_seconds,
+            acquired_at=now,
+            renewed_at=now,
+            guard_seconds=guard_seconds,
         )
         try:
             rev = await self._kv.create(name, lease.model_dump_json().encode(), msg_ttl=ttl_seconds)

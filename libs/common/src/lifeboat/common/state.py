@@ -88,3 +88,6 @@ class Lease(BaseModel):
     ttl_seconds: int
     acquired_at: AwareDatetime
     renewed_at: AwareDatetime
+    # A node agent's lease: its bound T, within which it stops its writable node once it
+    # cannot renew (see kv.agent_lease_name).
+    guard_seconds: float | None = None

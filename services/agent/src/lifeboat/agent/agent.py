@@ -41,8 +41,14 @@ from lifeboat.common.events import (
     NodeStopRequested,
     Source,
 )
-from lifeboat.common.kv import TopologyStore
-from lifeboat.common.state import Topology
+from lifeboat.common.kv import (
+    LeaseLostError,
+    LeaseStore,
+    TopologyStore,
+    Versioned,
+    agent_lease_name,
+)
+from lifeboat.common.state import Lease, Topology
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.rejoin import rejoin_node
 
@@ -66,6 +72,8 @@ class Agent:
         self.bound = settings.agent_self_fence_seconds
         # Set once NATS is connected (see app.py); until then every read fails.
         self.store: TopologyStore | None = None
+        self.leases: LeaseStore | None = None
+        self.lease: Versioned[Lease] | None = None
         # An agent that just started has confirmed nothing: its start counts as the last
         # confirmation, so a writable node it cannot confirm is fenced within the bound.
         self.confirmed_at = time.monotonic()
@@ -147,12 +155,13 @@ class Agent:
         return on_deadline(self.settings.agent_node, writable, self.last_topology)
 
     async def _read(self, timeout: float) -> tuple[Topology | None, str | None]:
-        if self.store is None:
+        if self.store is None or self.leases is None:
             return None, "not connected to NATS yet"
         if timeout <= 0:  # the last try's reason stands
             return None, self.read_error or "no time left before the deadline"
         try:
             async with asyncio.timeout(timeout):
+                await self._renew()  # first: a read counts only once a majority took a write
                 found = await self.store.get(self.settings.agent_cluster)
         except TimeoutError:
             self.read_error = f"no answer from NATS within {timeout:.2f}s"
@@ -165,6 +174,26 @@ class Agent:
         if found is not None:
             self.last_topology = found.value
         return (None if found is None else found.value), None
+
+    async def _renew(self) -> None:
+        """Renew the agent's lease (see kv.agent_lease_name), or take it afresh once it
+        expired; held under the node's name, so a restarted agent takes its own back."""
+        assert self.leases is not None
+        if self.lease is not None:
+            try:
+                self.lease = await self.leases.renew(self.lease)
+                return
+            except LeaseLostError:
+                self.lease = None
+        cluster, node = self.settings.agent_cluster, self.settings.agent_node
+        self.lease = await self.leases.acquire(
+            agent_lease_name(cluster, node),
+            f"{cluster}/{node}",
+            self.settings.agent_lease_ttl_seconds,
+            guard_seconds=self.bound,
+        )
+        if self.lease is None:
+            raise LeaseLostError(f"{agent_lease_name(cluster, node)} is held by someone else")
 
     async def _ask_peers(self, o: Observation) -> tuple[PeerAnswer, ...]:
         timeout = self._wait(self.settings.agent_peer_timeout_seconds)

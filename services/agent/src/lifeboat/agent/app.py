@@ -25,7 +25,7 @@ from lifeboat.common.events import (
     decode_event,
 )
 from lifeboat.common.health import ComponentHealth, Status, component
-from lifeboat.common.kv import TopologyStore
+from lifeboat.common.kv import LeaseStore, TopologyStore
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.subjects import NODE_REJOIN_ORDERED, NODE_STOP_REQUESTED
 from lifeboat.pg.binaries import find_bindir
@@ -62,6 +62,7 @@ def build_app(settings: AgentSettings) -> Starlette:
                 log.warning("NATS not reachable yet (%s); the guard runs without it", exc)
                 await asyncio.sleep(1)
         js = runtime.broker.config.connection_state.stream
+        agent.leases = await LeaseStore.open(js)
         agent.store = await TopologyStore.open(js)
         nc = runtime.broker.config.connection_state.connection
         mine = {"cluster": settings.agent_cluster, "node": settings.agent_node}

@@ -49,6 +49,10 @@ class AgentSettings(ServiceSettings):
     the three steps and the topology read must end inside the leader's wait for the answer
     (its `LIFEBOAT_AGENT_STOP_ANSWER_SECONDS`, 8 s), or a frozen node, stopped only by SIGKILL,
     is answered too late and costs the failover another decision round."""
+    agent_lease_ttl_seconds: PositiveInt = 30
+    """How long the agent's lease (`agent-<cluster>-<node>` in `lifeboat_leases`, renewed in
+    every round that reaches NATS) outlives its last renewal: a lease gone guards nothing,
+    so an agent stopped for good stops counting as its node's fence."""
     agent_outbox_size: PositiveInt = 1000
     """Events kept while NATS is unreachable, sent once it is back."""
 
@@ -58,4 +62,6 @@ class AgentSettings(ServiceSettings):
         for name in ("agent_check_seconds", "agent_nats_timeout_seconds"):
             if getattr(self, name) >= bound:
                 raise ValueError(f"{name} must be shorter than agent_self_fence_seconds")
+        if self.agent_lease_ttl_seconds <= bound:
+            raise ValueError("agent_lease_ttl_seconds must be longer than agent_self_fence_seconds")
         return self

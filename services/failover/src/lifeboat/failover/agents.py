@@ -11,6 +11,7 @@ fence stays unconfirmed, the rejoin failed.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from lifeboat.common.events import (
     NodeStopRequested,
     Source,
 )
+from lifeboat.common.kv import LeaseStore, agent_lease_name
 from lifeboat.common.subjects import (
     NODE_REJOIN_FAILED,
     NODE_REJOIN_STARTED,
@@ -37,6 +39,16 @@ from lifeboat.common.subjects import (
 
 
 @dataclass(frozen=True)
+class LeaseSeen:
+    """A node agent's lease as the leader read it: its revision, the agent's bound, and when
+    (the leader's monotonic clock) this revision was first read."""
+
+    revision: int
+    guard_seconds: float
+    at: float
+
+
+@dataclass(frozen=True)
 class Agents:
     nc: NatsClient
     publish: Callable[[ClusterEvent], Awaitable[None]]
@@ -44,6 +56,38 @@ class Agents:
     source: Source
     timeout: float  # a stop's answer
     rejoin_timeout: float  # a rejoin's: a clone of the whole database may take that long
+    margin: float = 1.0  # beyond an agent's bound: clock rates, scheduling, the stop's signal
+
+    async def lease(self, node: str) -> LeaseSeen | None:
+        """The node's agent's lease now (None: there is none); raises when it cannot be read."""
+        async with asyncio.timeout(self.timeout):
+            store = await LeaseStore.open(self.nc.jetstream())
+            found = await store.current(agent_lease_name(self.cluster, node))
+        if found is None or found.value.guard_seconds is None:
+            return None
+        return LeaseSeen(found.revision, found.value.guard_seconds, time.monotonic())
+
+    async def stopped_by_its_bound(self, node: str, seen: LeaseSeen) -> str | None:
+        """Whether the agent has stopped its node by its own bound: its lease, read before,
+        not renewed since for the bound plus the margin on this clock (waited out if need
+        be). The agent confirms its primary only in rounds that renewed the lease, and stops
+        its writable node within the bound of the last confirmation, which was before the
+        renewal this leader read. None, with the node perhaps still running, when the lease
+        was renewed since (the agent reaches NATS: it answers stop requests) or cannot be read.
+        A lease that expired since was not renewed either."""
+        quiet = seen.guard_seconds + self.margin
+        if (wait := seen.at + quiet - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        try:
+            now = await self.lease(node)
+        except Exception:
+            return None
+        if now is not None and now.revision != seen.revision:
+            return None
+        return (
+            f"its agent has not renewed its lease for {time.monotonic() - seen.at:.1f}s (its "
+            f"bound is {seen.guard_seconds:g}s): it has stopped its node"
+        )
 
     async def stop(self, node: str, epoch: int, reason: str) -> NodeStopped | None:
         """The agent's answer, or None if it gave none within the bound."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,12 +22,14 @@ from pydantic import SecretStr
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
 from lifeboat.common.events import NodeRejoinFailed
 from lifeboat.common.lsn import int_to_lsn, lsn_to_int
-from lifeboat.failover.agents import Agents
+from lifeboat.failover.agents import Agents, LeaseSeen
 from lifeboat.failover.local import local_data_dir, stop_cleanly
 from lifeboat.failover.sync_names import format_sync_names
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.rejoin import rejoin_node, start_node
 from lifeboat.pg.replication import replication_slot, standby_conninfo
+
+log = logging.getLogger(__name__)
 
 _CLIENTS = """
 select count(pg_terminate_backend(pid)) from pg_stat_activity
@@ -149,15 +152,33 @@ class NodeActions:
                 done.append("stopped (SIGKILL)" if done else "not running")
                 confirmed = True
         elif local is None and not confirmed and self.agents is not None:
+            seen = await self._agent_lease(name)
             answer = await self.agents.stop(name, epoch, reason)
-            if answer is None:
-                done.append(f"its agent did not answer within {self.agents.timeout:g}s")
-            else:
+            if answer is not None:
                 done.append(f"its agent: {answer.action}")
                 confirmed = answer.stopped
+            else:
+                done.append(f"its agent did not answer within {self.agents.timeout:g}s")
+                # Cut off from NATS, the agent stops its node by its own bound.
+                by_bound = (
+                    None if seen is None else await self.agents.stopped_by_its_bound(name, seen)
+                )
+                if by_bound is not None:
+                    done.append(by_bound)
+                    confirmed = True
+                elif seen is None:
+                    done.append("no agent lease for it (no agent guards it)")
         if not confirmed:
             raise FenceUnconfirmedError(f"{name}: {'; '.join(done)}")
         return "; ".join(done)
+
+    async def _agent_lease(self, name: str) -> LeaseSeen | None:
+        assert self.agents is not None
+        try:
+            return await self.agents.lease(name)
+        except Exception as exc:  # unreadable: no proof by the bound, the stop may still be
+            log.warning("%s: its agent's lease could not be read: %s", name, exc)
+            return None
 
     async def _fenced(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
         """The fence as the node now has it: settings reloaded, and no client session left

@@ -234,6 +234,7 @@ class ClusterLoop:
                     self.runtime.source,
                     self.settings.agent_stop_answer_seconds,
                     self.settings.agent_rejoin_answer_seconds,
+                    self.settings.self_fence_margin_seconds,
                 ),
             ),
             self.runtime.publisher.publish,
