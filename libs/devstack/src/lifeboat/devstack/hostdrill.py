@@ -216,7 +216,9 @@ class HostDrill:
                 raise RuntimeError(f"the writer acknowledged nothing in 30 s: {writer.log_tail()}")
             await asyncio.sleep(1.0)
             at = await self.faults[scenario]()
-            await asyncio.sleep(2.0)  # writes go on a little on whoever is primary now
+            # Writes go on a little on whoever is primary now; a client that tries the cut-off
+            # node first loses libpq's shortest connect timeout (2 s) on it each round.
+            await asyncio.sleep(5.0)
         finally:
             ended = time.monotonic()
             writer.stop(timeout=20)
