@@ -152,25 +152,35 @@ class NodeActions:
                 done.append("stopped (SIGKILL)" if done else "not running")
                 confirmed = True
         elif local is None and not confirmed and self.agents is not None:
-            seen = await self._agent_lease(name)
-            answer = await self.agents.stop(name, epoch, reason)
-            if answer is not None:
-                done.append(f"its agent: {answer.action}")
-                confirmed = answer.stopped
-            else:
-                done.append(f"its agent did not answer within {self.agents.timeout:g}s")
-                # Cut off from NATS, the agent stops its node by its own bound.
-                by_bound = (
-                    None if seen is None else await self.agents.stopped_by_its_bound(name, seen)
-                )
-                if by_bound is not None:
-                    done.append(by_bound)
-                    confirmed = True
-                elif seen is None:
-                    done.append("no agent lease for it (no agent guards it)")
+            confirmed, detail = await self._stopped_by_agent(name, epoch, reason)
+            done.append(detail)
         if not confirmed:
             raise FenceUnconfirmedError(f"{name}: {'; '.join(done)}")
         return "; ".join(done)
+
+    async def _stopped_by_agent(self, name: str, epoch: int, reason: str) -> tuple[bool, str]:
+        """Another host's node stopped by its agent: on request, or, when the agent is cut
+        off from NATS too, by its own bound — its lease not renewed for the bound plus the
+        margin, which is known as soon as that has passed, not at the end of the wait for an
+        answer that will not come."""
+        assert self.agents is not None
+        seen = await self._agent_lease(name)
+        asked = asyncio.create_task(self.agents.stop(name, epoch, reason))
+        try:
+            if seen is not None:
+                until = seen.at + seen.guard_seconds + self.agents.margin
+                await asyncio.wait({asked}, timeout=max(0.0, until - time.monotonic()))
+                if not asked.done() or asked.result() is None:
+                    by_bound = await self.agents.stopped_by_its_bound(name, seen)
+                    if by_bound is not None:
+                        return True, f"its agent has not answered; {by_bound}"
+            answer = await asked
+        finally:
+            asked.cancel()
+        if answer is not None:
+            return answer.stopped, f"its agent: {answer.action}"
+        why = f"its agent did not answer within {self.agents.timeout:g}s"
+        return False, why + ("" if seen else "; no agent lease for it (no agent guards it)")
 
     async def _agent_lease(self, name: str) -> LeaseSeen | None:
         assert self.agents is not None
