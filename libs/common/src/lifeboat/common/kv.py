@@ -178,6 +178,10 @@ class LeaseStore:
         held = await self.current(name)
         if held is None or held.value.holder != holder:
             return None
+        # Ours from before (a restarted holder): renewed with what it says now, so that a
+        # bound raised since is what the readers see, not the one it was first taken with.
+        now_says = {"ttl_seconds": ttl_seconds, "guard_seconds": guard_seconds}
+        held = Versioned(held.value.model_copy(update=now_says), held.revision)
         try:
             return await self.renew(held)
         except LeaseLostError:

@@ -8,6 +8,7 @@ NATS is unreachable (the usual reason to fence) and go out once it is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -28,7 +29,15 @@ from lifeboat.agent.guard import (
     on_deadline,
 )
 from lifeboat.agent.guard import members as failsafe_members
-from lifeboat.agent.node import NodeState, arm, postmaster, read_state, stop
+from lifeboat.agent.node import (
+    NodeState,
+    arm,
+    last_confirmation,
+    postmaster,
+    read_state,
+    record_confirmation,
+    stop,
+)
 from lifeboat.agent.settings import AgentSettings
 from lifeboat.common.events import (
     Envelope,
@@ -54,6 +63,9 @@ from lifeboat.pg.rejoin import rejoin_node
 
 log = logging.getLogger(__name__)
 
+READ_STATE_SECONDS = 5.0  # a pg_controldata run, when the deadline is not near
+START_GRACE_SECONDS = 2.0  # to connect and confirm, for an agent restarted past its bound
+
 
 class Agent:
     def __init__(
@@ -74,9 +86,7 @@ class Agent:
         self.store: TopologyStore | None = None
         self.leases: LeaseStore | None = None
         self.lease: Versioned[Lease] | None = None
-        # An agent that just started has confirmed nothing: its start counts as the last
-        # confirmation, so a writable node it cannot confirm is fenced within the bound.
-        self.confirmed_at = time.monotonic()
+        self.confirmed_at = self._confirmed_before()
         self.last_topology: Topology | None = None
         self.last_read_at: float | None = None
         self.read_error: str | None = None
@@ -86,6 +96,20 @@ class Agent:
         self.fences = 0
         self.outbox: deque[Envelope] = deque(maxlen=settings.agent_outbox_size)
         self._queued = asyncio.Event()
+
+    def _confirmed_before(self) -> float:
+        """When its predecessor last confirmed the node (monotonic), for a restarted agent:
+        the bound runs on across restarts, as the leader, which sees only the lease, assumes.
+        With no record (a first start), its start counts as the last confirmation. At least
+        `START_GRACE_SECONDS` are left to connect and confirm: an agent that was down past
+        the bound stops a primary it cannot confirm at once rather than at its deadline —
+        its node ran unguarded meanwhile, which no bound covers (a watchdog would)."""
+        now = time.monotonic()
+        wall = last_confirmation(self.data)
+        if wall is None:
+            return now
+        since = min(max(0.0, time.time() - wall), self.bound)
+        return max(now - since, now - self.bound + START_GRACE_SECONDS)
 
     @property
     def deadline(self) -> float:
@@ -105,7 +129,13 @@ class Agent:
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
     async def round(self) -> Verdict:
-        state = await asyncio.to_thread(read_state, self.data)
+        # Near the deadline, pg_controldata may not eat into it (its usual bound is 5 s):
+        # one that does not answer in time leaves the node writable, and it is stopped on
+        # time — the leader's margin beyond the bound is 1 s.
+        budget = READ_STATE_SECONDS
+        if self._on_deadline():
+            budget = min(budget, max(0.5, self.deadline - time.monotonic()))
+        state = await asyncio.to_thread(read_state, self.data, budget)
         self.state = state
         read_at = time.monotonic()
         topology, error = await self._read(self._wait(self.settings.agent_nats_timeout_seconds))
@@ -132,6 +162,9 @@ class Agent:
         match verdict:
             case Confirmed(at):
                 self.confirmed_at = max(self.confirmed_at, at)
+                wall = time.time() - (time.monotonic() - self.confirmed_at)
+                with contextlib.suppress(OSError):  # no record: a restart counts from its start
+                    await asyncio.to_thread(record_confirmation, self.data, wall)
             case Fence(reason):
                 await self._fence(reason, observation)
             case Keep():

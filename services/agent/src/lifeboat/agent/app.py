@@ -57,13 +57,15 @@ def build_app(settings: AgentSettings) -> Starlette:
         while True:
             try:
                 await runtime.broker.connect()
+                js = runtime.broker.config.connection_state.stream
+                # Retried with the connection: an agent whose buckets never opened would
+                # never confirm its primary again (nor renew its lease).
+                leases, store = await LeaseStore.open(js), await TopologyStore.open(js)
                 break
             except Exception as exc:
                 log.warning("NATS not reachable yet (%s); the guard runs without it", exc)
                 await asyncio.sleep(1)
-        js = runtime.broker.config.connection_state.stream
-        agent.leases = await LeaseStore.open(js)
-        agent.store = await TopologyStore.open(js)
+        agent.leases, agent.store = leases, store
         nc = runtime.broker.config.connection_state.connection
         mine = {"cluster": settings.agent_cluster, "node": settings.agent_node}
         await nc.subscribe(NODE_STOP_REQUESTED.subject(**mine), cb=on_stop_request)

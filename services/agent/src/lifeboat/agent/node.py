@@ -124,6 +124,29 @@ def arm(data: DataDir) -> bool:
     return True
 
 
+# The wall-clock time of the agent's last confirmation, kept in the data directory (owned by
+# PostgreSQL's account, so base backups can read it): a restarted agent counts from it, not
+# from its own start, which the failover leader cannot see (it reads only the agent's lease).
+CONFIRMED_FILE = "lifeboat.agent-confirmed"
+
+
+def record_confirmation(data: DataDir, at_wall: float) -> None:
+    """Written whole (a rename): a torn file would read as none."""
+    final = data.path / CONFIRMED_FILE
+    part = final.with_name(final.name + ".part")
+    part.write_text(f"{at_wall:.3f}\n")
+    os.chown(part, data.user.uid, data.user.gid)
+    part.replace(final)
+
+
+def last_confirmation(data: DataDir) -> float | None:
+    """The wall-clock time recorded, or None when there is none (a first start)."""
+    try:
+        return float((data.path / CONFIRMED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     """Whether process `pid` runs. A zombie does not: a postmaster that has exited (killed,
     say, by the failover) may wait a while for whoever adopted it to reap it, its pid file

@@ -57,6 +57,11 @@ class Agents:
     timeout: float  # a stop's answer
     rejoin_timeout: float  # a rejoin's: a clone of the whole database may take that long
     margin: float = 1.0  # beyond an agent's bound: clock rates, scheduling, the stop's signal
+    bound: float = 0.0  # the agents' bound as this leader is configured: the longer one counts
+
+    def quiet_for(self, seen: LeaseSeen) -> float:
+        """How long the lease must go unrenewed before its agent has stopped its node."""
+        return max(seen.guard_seconds, self.bound) + self.margin
 
     async def lease(self, node: str) -> LeaseSeen | None:
         """The node's agent's lease now (None: there is none); raises when it cannot be read."""
@@ -75,8 +80,7 @@ class Agents:
         renewal this leader read. None, with the node perhaps still running, when the lease
         was renewed since (the agent reaches NATS: it answers stop requests) or cannot be read.
         A lease that expired since was not renewed either."""
-        quiet = seen.guard_seconds + self.margin
-        if (wait := seen.at + quiet - time.monotonic()) > 0:
+        if (wait := seen.at + self.quiet_for(seen) - time.monotonic()) > 0:
             await asyncio.sleep(wait)
         try:
             now = await self.lease(node)

@@ -168,7 +168,7 @@ class NodeActions:
         asked = asyncio.create_task(self.agents.stop(name, epoch, reason))
         try:
             if seen is not None:
-                until = seen.at + seen.guard_seconds + self.agents.margin
+                until = seen.at + self.agents.quiet_for(seen)
                 await asyncio.wait({asked}, timeout=max(0.0, until - time.monotonic()))
                 if not asked.done() or asked.result() is None:
                     by_bound = await self.agents.stopped_by_its_bound(name, seen)

@@ -235,6 +235,7 @@ class ClusterLoop:
                     self.settings.agent_stop_answer_seconds,
                     self.settings.agent_rejoin_answer_seconds,
                     self.settings.self_fence_margin_seconds,
+                    self.settings.agent_self_fence_seconds,
                 ),
             ),
             self.runtime.publisher.publish,
