@@ -37,9 +37,11 @@ def test_a_server_without_a_store_limit_has_none(tmp_path: Path) -> None:
 
 
 def test_the_stacks_child_is_found_by_the_module_it_runs(tmp_path: Path) -> None:
-    runs = [sys.executable, "-c", "import time; time.sleep(30)", "lifeboat.gateway"]
-    with subprocess.Popen(runs) as child:
+    runs = [sys.executable, "-c", "print(flush=True); input()", "lifeboat.gateway"]
+    with subprocess.Popen(runs, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
         try:
+            assert child.stdout is not None
+            child.stdout.readline()  # it has exec'd: its cmdline is its own
             ended = 2**22 + 1  # above pid_max's default: no such process
             (tmp_path / "children.json").write_text(json.dumps([ended, child.pid]))
             assert stack_child(tmp_path, b"lifeboat.gateway") == child.pid
