@@ -149,7 +149,8 @@ def test_the_members_come_from_the_topology_last_read() -> None:
 
 def test_a_standby_the_leader_promoted_is_confirmed_by_the_read_that_names_it() -> None:
     # Its agent never confirmed it before (a standby): the deadline is long past.
-    promoted = replace(seen(topology=NAMED, confirmed_at=0.0), last_topology=MOVED)
+    back = MOVED.promoted("node1")  # epoch 5: node1 promoted again after node2
+    promoted = replace(seen(topology=back, confirmed_at=0.0), last_topology=MOVED)
     assert isinstance(judge(promoted), Confirmed)
     assert not on_deadline("node1", True, MOVED)
     assert on_deadline("node1", True, NAMED)
@@ -167,3 +168,16 @@ def test_failsafe_never_confirms_a_node_the_topology_last_read_did_not_name() ->
     silent = (PeerAnswer("node2", writable=False), PeerAnswer("node3", writable=False))
     stale = replace(seen(error="no answer", answers=silent), last_topology=MOVED)
     assert isinstance(judge(stale), Fence)
+
+
+def test_a_topology_older_than_one_read_before_is_a_rolled_back_store_not_an_order() -> None:
+    """node2, promoted at epoch 4, then NATS back on a store from before: epoch 3 names
+    node1. Stopping node2 would leave no primary; the newer record read before stands."""
+    promoted = replace(seen(topology=NAMED), node="node2", last_topology=MOVED)
+    verdict = judge(promoted)
+    assert isinstance(verdict, Confirmed)
+    assert "named primary at epoch 4" in verdict.reason
+    assert "went back to epoch 3" in verdict.reason
+    # The old primary, were it writable, is still stopped by the newer record.
+    old = replace(seen(topology=NAMED), last_topology=MOVED)
+    assert isinstance(judge(old), Fence)

@@ -204,8 +204,9 @@ class Agent:
             return None, self.read_error
         self.read_error = None
         self.last_read_at = time.monotonic()
-        if found is not None:
-            self.last_topology = found.value
+        last = self.last_topology
+        if found is not None and (last is None or found.value.epoch >= last.epoch):
+            self.last_topology = found.value  # the newest: an older one is a store rolled back
         return (None if found is None else found.value), None
 
     async def _renew(self) -> None:

@@ -39,7 +39,7 @@ class Observation:
     topology: Topology | None
     read_error: str | None
     read_at: float  # when the read started
-    # The last topology read successfully, and when the node was last confirmed.
+    # The newest topology read successfully (by epoch), and when the node was last confirmed.
     last_topology: Topology | None
     confirmed_at: float
     bound: float
@@ -122,12 +122,20 @@ def on_deadline(node: str, writable: bool, last: Topology | None) -> bool:
 def judge(o: Observation) -> Verdict:
     fresh = o.read_error is None
     t = o.topology if fresh else o.last_topology
+    went_back = ""
+    if fresh and t is not None and o.last_topology is not None and t.epoch < o.last_topology.epoch:
+        # Epochs only grow: an older record than one read before is a store rolled back (or
+        # restored). Enforcing it would stop the primary the cluster has, and leave none; the
+        # newer record read before stands, while the leader holds on the nodes ahead of the
+        # topology (guarantee 12) until an operator records the primary again.
+        went_back = f" (the topology read went back to epoch {t.epoch}: a store rolled back?)"
+        t = o.last_topology
     if fresh and t is None:
         # Only the failover creates the record, naming the primary it finds; until then
         # nobody has been promoted, so nothing can be beside this node.
         return Confirmed(o.read_at, "no topology yet: nobody has been promoted")
     if fresh and t is not None and t.primary == o.node:
-        return Confirmed(o.read_at, f"named primary at epoch {t.epoch}")
+        return Confirmed(o.read_at, f"named primary at epoch {t.epoch}{went_back}")
     cannot_read = "" if fresh else f"; the topology cannot be read ({o.read_error})"
     which = "the topology" if fresh else "the topology last read"
     named = (
