@@ -38,6 +38,7 @@ from uuid import UUID
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from lifeboat.common import subjects
@@ -609,8 +610,10 @@ class Projection:
                 ordered_consumer=True,
                 config=ConsumerConfig(
                     filter_subjects=list(subjects.HEARTBEAT_STREAM_SUBJECTS),
-                    deliver_policy=DeliverPolicy.BY_START_TIME,
-                    opt_start_time=backfill,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=await first_seq_since(
+                        js, subjects.HEARTBEAT_STREAM_NAME, backfill
+                    ),
                 ),
                 pending_msgs_limit=1_000_000,
             )
@@ -675,6 +678,30 @@ class Projection:
                 await sub.unsubscribe()
         self._tasks.clear()
         self._subs.clear()
+
+
+async def first_seq_since(js: JetStreamContext, stream: str, since: datetime) -> int:
+    """The first sequence of `stream` stored at or after `since` (the next one, if none is):
+    a binary search on the stored messages' times.
+
+    Why not a consumer by start time: when every NATS server restarts, nats-py recreates an
+    ordered consumer from the sequence it had reached but keeps the start time beside it,
+    and the server refuses the pair for ever (err 10094) — the gateway then never heard a
+    heartbeat again. A consumer started by sequence is recreated by sequence."""
+    state = (await js.stream_info(stream)).state
+    lo, hi = max(1, state.first_seq), state.last_seq
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        try:
+            stored = await js.get_msg(stream, seq=mid)
+        except NotFoundError:  # gone since (aged out): what follows is newer
+            lo = mid + 1
+            continue
+        if stored.time is not None and stored.time >= since:
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _target(request: Envelope) -> str | None:
