@@ -176,6 +176,31 @@ class Cluster:
         )
         self.stack.write_spec(spec.model_copy(update={"nodes": nodes}))
 
+    async def controlled_remotely(
+        self, sql_link: Link, *, links: dict[str, Link] | None = None, **failover_env: str
+    ) -> None:
+        """The cluster file in remote mode (see `remote`), a monitor and a failover
+        instance on it, the agents (some reaching NATS through `links`); until the leader
+        has recorded a synchronous set: in mode `on` only a recorded synchronous standby may
+        be promoted."""
+        self.remote(sql_link)
+        self.stack.start("monitor", f"{self.name}-m1")
+        self.stack.start("failover", f"{self.name}-f1", **failover_env)
+        store = await TopologyStore.open(self.nc.jetstream())
+        await eventually(
+            lambda: self.named("node1"), timeout=60, what="the topology", detail=self.tail
+        )
+        self.start_agents(peers=False, links=links)
+        await self.wait_views(epoch=0)
+
+        async def synchronous() -> bool:
+            found = await store.get(self.name)
+            return found is not None and bool(found.value.synchronous)
+
+        await eventually(
+            synchronous, timeout=30, what="a recorded synchronous set", detail=self.tail
+        )
+
     async def named(self, primary: str) -> bool:
         found = await (await TopologyStore.open(self.nc.jetstream())).get(self.name)
         return found is not None and found.value.primary == primary
@@ -463,24 +488,7 @@ async def test_a_primary_the_controller_cannot_reach_is_fenced_by_its_agent_then
         sql_link = Link(c.node("node1").port)
         await sql_link.up()
         try:
-            c.remote(sql_link)
-            c.stack.start("monitor", f"{unique}-m1")
-            c.stack.start("failover", f"{unique}-f1")
-            store = await TopologyStore.open(c.nc.jetstream())
-            await eventually(
-                lambda: c.named("node1"), timeout=60, what="the topology", detail=c.tail
-            )
-            c.start_agents(peers=False)
-            await c.wait_views(epoch=0)
-
-            async def synchronous() -> bool:
-                found = await store.get(unique)
-                return found is not None and bool(found.value.synchronous)
-
-            # In mode `on` only a recorded synchronous standby may be promoted.
-            await eventually(
-                synchronous, timeout=30, what="a recorded synchronous set", detail=c.tail
-            )
+            await c.controlled_remotely(sql_link)
             await sql_link.cut()
             await c.node2_promoted_after_node1_stopped()
             (fenced,) = await c.stored(NODE_FENCED.subject(cluster=unique, node="node1"))
@@ -521,23 +529,7 @@ async def test_a_switchover_on_other_hosts_leaves_the_old_primary_rejoined_by_it
         sql_link = Link(c.node("node1").port)
         await sql_link.up()
         try:
-            c.remote(sql_link)
-            c.stack.start("monitor", f"{unique}-m1")
-            c.stack.start("failover", f"{unique}-f1")
-            store = await TopologyStore.open(c.nc.jetstream())
-            await eventually(
-                lambda: c.named("node1"), timeout=60, what="the topology", detail=c.tail
-            )
-            c.start_agents(peers=False)
-            await c.wait_views(epoch=0)
-
-            async def synchronous() -> bool:
-                found = await store.get(unique)
-                return found is not None and bool(found.value.synchronous)
-
-            await eventually(
-                synchronous, timeout=30, what="a recorded synchronous set", detail=c.tail
-            )
+            await c.controlled_remotely(sql_link)
             request = SwitchoverRequested(
                 cluster=unique,
                 source=Source(service="test", instance="operator"),
@@ -602,24 +594,10 @@ async def test_a_primary_cut_off_from_the_controller_and_nats_fails_over_by_its_
         await nats_link.up()
         try:
             # The controller reaches node1 only through the relay; nothing is local to it.
-            c.remote(sql_link)
-            bound = {"LIFEBOAT_AGENT_SELF_FENCE_SECONDS": str(BOUND)}
-            c.stack.start("monitor", f"{unique}-m1")
-            c.stack.start("failover", f"{unique}-f1", **bound)
-            store = await TopologyStore.open(c.nc.jetstream())
-            await eventually(
-                lambda: c.named("node1"), timeout=60, what="the topology", detail=c.tail
-            )
-            c.start_agents(peers=False, links={"node1": nats_link})
-            await c.wait_views(epoch=0)
-
-            async def synchronous() -> bool:
-                found = await store.get(unique)
-                return found is not None and bool(found.value.synchronous)
-
-            # In mode `on` only a recorded synchronous standby may be promoted automatically.
-            await eventually(
-                synchronous, timeout=30, what="a recorded synchronous set", detail=c.tail
+            await c.controlled_remotely(
+                sql_link,
+                links={"node1": nats_link},
+                LIFEBOAT_AGENT_SELF_FENCE_SECONDS=str(BOUND),
             )
             await sql_link.cut()
             await nats_link.cut()
