@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -88,11 +88,16 @@ from lifeboat.common.events import (
 from lifeboat.common.kv import TOPOLOGY_BUCKET, open_bucket
 from lifeboat.common.reports import ReportBook
 from lifeboat.common.state import Topology
+from lifeboat.gateway.rewind import stream_rewound
 from lifeboat.gateway.schemas import OperationKindName
 
 log = logging.getLogger(__name__)
 
 StreamKind = Literal["events", "heartbeats"]
+_STREAMS: dict[StreamKind, tuple[str, tuple[str, ...]]] = {
+    "events": (subjects.STREAM_NAME, tuple(subjects.STREAM_SUBJECTS)),
+    "heartbeats": (subjects.HEARTBEAT_STREAM_NAME, tuple(subjects.HEARTBEAT_STREAM_SUBJECTS)),
+}
 OperationKind = OperationKindName
 REQUESTS: dict[type[Envelope], OperationKind] = {
     FailoverRequested: "failover",
@@ -154,6 +159,10 @@ class Stored:
     seq: int
     subject: str
     event: Envelope
+
+    @property
+    def event_id(self) -> UUID:
+        return self.event.event_id
 
 
 @dataclass
@@ -259,7 +268,9 @@ class Projection:
         self._listeners: list[Listener] = []
         self._op_changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
-        self._subs: list[Any] = []
+        self._subs: dict[StreamKind, Any] = {}
+        self._generation: dict[StreamKind, int] = {"events": 0, "heartbeats": 0}
+        self._history_end = 0  # the events stream's last sequence at start
         self._watchers: list[Any] = []
 
     # --- feeding ----------------------------------------------------------------------------
@@ -569,61 +580,112 @@ class Projection:
 
     # --- running against NATS -----------------------------------------------------------------
 
-    async def start(self, js: JetStreamContext, *, heartbeat_backfill_seconds: float = 30) -> None:
-        """Watch KV and both streams; `caught_up` is set once the history is replayed."""
+    async def start(
+        self,
+        js: JetStreamContext,
+        *,
+        heartbeat_backfill_seconds: float = 30,
+        rewind_check_seconds: float = 2.0,
+    ) -> None:
+        """Watch KV and both streams; `caught_up` is set once the history is replayed.
+        Every `rewind_check_seconds` each stream is checked for having gone back (see
+        `lifeboat.gateway.rewind`): what it no longer holds is dropped and it is followed
+        again from there."""
         info = await js.stream_info(subjects.STREAM_NAME)
-        history_end = info.state.last_seq
-        if history_end == 0:
+        self._history_end = info.state.last_seq
+        if self._history_end == 0:
             self.caught_up.set()
-
-        async def on_event(msg: Msg) -> None:
-            stored = _decode(msg, "events")
-            if stored is not None:
-                self.apply(stored)
-                if stored.seq >= history_end:
-                    self.caught_up.set()
-            elif msg.metadata.sequence.stream >= history_end:
-                self.caught_up.set()
-
-        async def on_heartbeat(msg: Msg) -> None:
-            stored = _decode(msg, "heartbeats")
-            if stored is not None:
-                self.apply(stored)
-
-        self._subs.append(
-            await js.subscribe(
-                "",
-                stream=subjects.STREAM_NAME,
-                cb=on_event,
-                ordered_consumer=True,
-                config=ConsumerConfig(filter_subjects=list(subjects.STREAM_SUBJECTS)),
-                deliver_policy=DeliverPolicy.ALL,
-                pending_msgs_limit=1_000_000,
-            )
-        )
+        await self._follow(js, "events", None)
         backfill = datetime.fromtimestamp(time.time() - heartbeat_backfill_seconds, UTC)
-        self._subs.append(
-            await js.subscribe(
-                "",
-                stream=subjects.HEARTBEAT_STREAM_NAME,
-                cb=on_heartbeat,
-                ordered_consumer=True,
-                config=ConsumerConfig(
-                    filter_subjects=list(subjects.HEARTBEAT_STREAM_SUBJECTS),
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=await first_seq_since(
-                        js, subjects.HEARTBEAT_STREAM_NAME, backfill
-                    ),
-                ),
-                pending_msgs_limit=1_000_000,
-            )
+        await self._follow(
+            js,
+            "heartbeats",
+            await first_seq_since(js, subjects.HEARTBEAT_STREAM_NAME, backfill),
         )
+        self._tasks.append(asyncio.create_task(self._check_rewinds(js, rewind_check_seconds)))
         topology = await open_bucket(js, TOPOLOGY_BUCKET, history=16)
         maintenance = await open_bucket(js, subjects.MAINTENANCE_BUCKET)
         backups = await open_bucket(js, subjects.BACKUPS_BUCKET)
         self._tasks.append(asyncio.create_task(self._watch(topology, self._on_topology)))
         self._tasks.append(asyncio.create_task(self._watch(maintenance, self._on_maintenance)))
         self._tasks.append(asyncio.create_task(self._watch(backups, self._on_backups)))
+
+    async def _follow(self, js: JetStreamContext, kind: StreamKind, start: int | None) -> None:
+        """One ordered consumer on `kind`'s stream: from its start (None) or sequence
+        `start`. It replaces the one before, whose late deliveries are then ignored."""
+        self._generation[kind] += 1
+        generation = self._generation[kind]
+        old = self._subs.pop(kind, None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+
+        async def on_msg(msg: Msg) -> None:
+            if self._generation[kind] != generation:
+                return
+            stored = _decode(msg, kind)
+            if stored is not None:
+                self.apply(stored)
+            if kind == "events" and msg.metadata.sequence.stream >= self._history_end:
+                self.caught_up.set()
+
+        stream, filters = _STREAMS[kind]
+        self._subs[kind] = await js.subscribe(
+            "",
+            stream=stream,
+            cb=on_msg,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                filter_subjects=list(filters),
+                deliver_policy=(
+                    DeliverPolicy.ALL if start is None else DeliverPolicy.BY_START_SEQUENCE
+                ),
+                opt_start_seq=start,
+            ),
+            pending_msgs_limit=1_000_000,
+        )
+
+    async def _check_rewinds(self, js: JetStreamContext, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            for kind in _STREAMS:
+                try:
+                    async with asyncio.timeout(every + 10):
+                        agreed = await stream_rewound(js, _STREAMS[kind][0], self._held(kind))
+                        if agreed is not None:
+                            dropped = self.rewound(kind, agreed)
+                            log.warning(
+                                "the %s stream went back to sequence %d (a NATS store restored "
+                                "or rolled back): %d event(s) it no longer holds dropped, "
+                                "following it again from there",
+                                kind,
+                                agreed,
+                                dropped,
+                            )
+                            await self._follow(js, kind, agreed + 1)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # NATS away: the next round asks again
+                    log.debug("rewind check of %s: %s", kind, exc)
+
+    def _held(self, kind: StreamKind) -> Sequence[Stored]:
+        return self.events if kind == "events" else self.heartbeats
+
+    def rewound(self, kind: StreamKind, agreed: int) -> int:
+        """Drop what is held of `kind` after sequence `agreed` (the stream no longer has it);
+        returns how many."""
+        self.version += 1
+        if kind == "events":
+            keep = bisect.bisect_right(self._events_seq, agreed)
+            dropped = len(self.events) - keep
+            del self.events[keep:]
+            del self._events_seq[keep:]
+            return dropped
+        dropped = 0
+        while self.heartbeats and self.heartbeats[-1].seq > agreed:
+            self.heartbeats.pop()
+            dropped += 1
+        return dropped
 
     def _on_topology(self, key: str, value: bytes | None) -> None:
         self.set_topology(key, None if value is None else Topology.model_validate_json(value))
@@ -673,7 +735,7 @@ class Projection:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for sub in self._subs:
+        for sub in self._subs.values():
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._tasks.clear()
