@@ -23,6 +23,8 @@ import psycopg
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from lifeboat.agent.node import postmaster
+from lifeboat.agent.watchdog import Files, read_armed
 from lifeboat.common.events import (
     FailoverRequested,
     NodeRejoinRequested,
@@ -402,6 +404,56 @@ async def test_a_primary_that_loses_nats_fences_itself_within_the_bound(
         (event,) = await c.fenced_events("node1")  # kept in the outbox until NATS was back
         assert "not confirmed primary for" in event["reason"]
         assert (event["epoch"], event["bound_seconds"]) == (0, BOUND)
+
+
+def watchdogs(data_dir: Path) -> list[int]:
+    """The watchdog processes watching `data_dir`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if b"lifeboat.agent.watchdog" in argv and str(data_dir).encode() in argv:
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+async def test_a_primary_whose_agent_is_killed_is_stopped_by_its_watchdog_within_the_bound(
+    workdir: Path, unique: str
+) -> None:
+    """The leader takes a primary whose agent's lease goes unrenewed as stopped after the
+    bound (+1 s): an agent killed while its node is primary must not leave it running. Its
+    watchdog, armed at every confirmation and in a session of its own, kills it; the agent,
+    started again, says so in `node.self_fenced`; the watchdog then exits by itself."""
+    async with cluster_with_agents(workdir, unique) as c:
+        data_dir = c.node("node1").data_dir
+        await c.serving(peers=False)
+        await eventually(lambda: len(watchdogs(data_dir)) == 1, timeout=10, what="node1's watchdog")
+        assert await asyncio.to_thread(c.writable, "node1")
+
+        c.agents["node1"].signal(signal.SIGKILL)
+        armed = read_armed(Files.beside(data_dir))  # its last arming, before the kill
+        assert armed is not None
+        # Gone, not reaped: a killed postmaster's parent may take a while to reap it.
+        await eventually(
+            lambda: postmaster(data_dir) is None,
+            timeout=BOUND + SLACK,
+            what="node1 to be killed by its watchdog",
+            interval=0.05,
+            detail=c.tail,
+        )
+        late = time.monotonic() - armed.deadline
+
+        # The leader relies on node1 being stopped 1 s past the bound after the agent's last
+        # lease renewal, which came after the start of the read the deadline counts from.
+        assert late < 1.0, f"node1 stopped {late:.2f}s past its agent's deadline"
+        assert c.running("node2", "node3")
+        c.agents["node1"].stop()
+        c.agents["node1"].start()
+        (event,) = await c.fenced_events("node1")
+        assert "the watchdog killed postmaster" in event["reason"]
+        assert "the agent was gone" in event["reason"]
+        assert event["action"] == "stopped (SIGKILL, by the watchdog)"
+        await eventually(lambda: not watchdogs(data_dir), timeout=5, what="the watchdog to exit")
 
 
 async def test_a_primary_whose_nats_hangs_fences_itself_within_the_bound(

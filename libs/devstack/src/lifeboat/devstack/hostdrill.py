@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -58,14 +58,7 @@ HostScenario = Literal[
     "hosts-monitor-partitioned",
     "hosts-kv-leader-killed",
 ]
-HOST_SCENARIOS: tuple[HostScenario, ...] = (
-    "hosts-isolated-primary",
-    "hosts-primary-cut-from-controller",
-    "hosts-standby-down",
-    "hosts-controller-down",
-    "hosts-monitor-partitioned",
-    "hosts-kv-leader-killed",
-)
+HOST_SCENARIOS: tuple[HostScenario, ...] = get_args(HostScenario)
 KEEPS_STACK = frozenset(
     {"hosts-standby-down", "hosts-controller-down", "hosts-monitor-partitioned"}
 )

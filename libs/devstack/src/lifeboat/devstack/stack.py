@@ -466,21 +466,29 @@ class Stack:
                     reported_down.discard(key)
 
     def _shutdown(self) -> None:
+        # The agents last, after PostgreSQL: a primary's agent gone first would leave its
+        # watchdog to kill the primary before its own clean stop (and the others' stop
+        # before PostgreSQL's, or a failover would follow it).
+        agents = [svc for svc in self.services if svc.name.startswith("agent-")]
         say("stack", "stopping services")
-        for svc in self.services:
-            svc.process.signal(signal.SIGTERM)
-        for svc in self.services:
-            code = svc.process.stop(timeout=10)
-            say("stack", f"{svc.name} stopped (exit code {code})")
+        self._stop_all([svc for svc in self.services if svc not in agents])
         if self.pg is not None:
             say("stack", "stopping PostgreSQL")
             self.pg.stop()
+        self._stop_all(agents)
         for name, server in (("S3", self.s3), ("NATS", self.nats)):
             if server is not None:
                 say("stack", f"stopping {name}")
                 server.stop()
         self.pids_file.unlink(missing_ok=True)
         say("stack", "stopped; data kept in " + str(self.dir))
+
+    def _stop_all(self, services: list[Service]) -> None:
+        for svc in services:
+            svc.process.signal(signal.SIGTERM)
+        for svc in services:
+            code = svc.process.stop(timeout=10)
+            say("stack", f"{svc.name} stopped (exit code {code})")
 
     # --- leftovers and ports --------------------------------------------------------------
 

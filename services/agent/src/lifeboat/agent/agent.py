@@ -39,6 +39,7 @@ from lifeboat.agent.node import (
     stop,
 )
 from lifeboat.agent.settings import AgentSettings
+from lifeboat.agent.watchdog import Arming, Killed
 from lifeboat.common.events import (
     Envelope,
     NodeRejoined,
@@ -87,6 +88,10 @@ class Agent:
         self.leases: LeaseStore | None = None
         self.lease: Versioned[Lease] | None = None
         self.confirmed_at = self._confirmed_before()
+        self.watchdog = Arming(
+            data.path, settings.agent_stop_timeout_seconds, enabled=settings.agent_watchdog
+        )
+        self.watchdog.resume(self.deadline)
         self.last_topology: Topology | None = None
         self.last_read_at: float | None = None
         self.read_error: str | None = None
@@ -137,6 +142,8 @@ class Agent:
             budget = min(budget, max(0.5, self.deadline - time.monotonic()))
         state = await asyncio.to_thread(read_state, self.data, budget)
         self.state = state
+        if (killed := await asyncio.to_thread(self.watchdog.take_killed)) is not None:
+            self._watchdog_killed(killed)
         read_at = time.monotonic()
         topology, error = await self._read(self._wait(self.settings.agent_nats_timeout_seconds))
         observation = Observation(
@@ -165,6 +172,14 @@ class Agent:
                 wall = time.time() - (time.monotonic() - self.confirmed_at)
                 with contextlib.suppress(OSError):  # no record: a restart counts from its start
                     await asyncio.to_thread(record_confirmation, self.data, wall)
+                await asyncio.to_thread(
+                    self.watchdog.confirmed,
+                    None
+                    if state.pid is None or state.started is None
+                    else (state.pid, state.started),
+                    writable=state.writable,
+                    deadline=self.deadline,
+                )
             case Fence(reason):
                 await self._fence(reason, observation)
             case Keep():
@@ -175,6 +190,28 @@ class Agent:
             log.info("%s: standby.signal left for the next start", self.settings.agent_node)
         self.last_round_at = time.monotonic()
         return verdict
+
+    def _watchdog_killed(self, killed: Killed) -> None:
+        why = "the agent was gone" if killed.agent_gone else "the agent did not confirm it"
+        reason = (
+            f"the watchdog killed postmaster {killed.postmaster} "
+            f"{killed.late_seconds:.2f}s past the agent's deadline ({why})"
+        )
+        log.error("%s: %s", self.settings.agent_node, reason)
+        seen = self.last_topology
+        self.queue(
+            NodeSelfFenced(
+                cluster=self.settings.agent_cluster,
+                node=self.settings.agent_node,
+                source=self.source,
+                epoch=None if seen is None else seen.epoch,
+                primary=None if seen is None else seen.primary,
+                reason=reason,
+                action="stopped (SIGKILL, by the watchdog)",
+                unconfirmed_seconds=round(self.bound + killed.late_seconds, 3),
+                bound_seconds=self.bound,
+            )
+        )
 
     def _wait(self, most: float) -> float:
         """How long this round may wait on something: at most `most`, and, while the bound
@@ -246,6 +283,11 @@ class Agent:
 
     async def _fence(self, reason: str, o: Observation) -> None:
         action = await asyncio.to_thread(stop, self.data, self.settings.agent_stop_timeout_seconds)
+        if (killed := await asyncio.to_thread(self.watchdog.take_killed)) is not None:
+            # Its SIGKILL came before this stop was done (a slow stop): one event, not two.
+            action += (
+                f"; the watchdog's SIGKILL came first, {killed.late_seconds:.2f}s past the deadline"
+            )
         self.fences += 1
         log.error("%s fenced: %s: %s", self.settings.agent_node, reason, action)
         seen = o.topology if o.read_error is None else self.last_topology
@@ -293,7 +335,7 @@ class Agent:
             stop, self.data, self.settings.agent_requested_stop_timeout_seconds
         )
         await asyncio.to_thread(arm, self.data)
-        stopped = postmaster(self.data) is None
+        stopped = postmaster(self.data.path) is None
         level = logging.WARNING if stopped else logging.ERROR
         log.log(level, "%s: stop requested (%s): %s", request.node, request.reason, action)
         return answer(stopped, action)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lifeboat.common.events import Role
-from lifeboat.pg.datadir import DataDir, process_tree
+from lifeboat.pg.datadir import DataDir, postmaster_pid, process_tree
 from lifeboat.pg.recovery import RESTORING_MARKER
 from lifeboat.pg.tools import ToolError
 
@@ -44,6 +44,13 @@ class NodeState:
     error: str | None = None
     # The postmaster's status ("starting", "standby", "ready", "stopping"), if it gives one.
     pm_status: str | None = None
+    pid: int | None = None  # the postmaster's, when running
+    started: int | None = None  # and its start time (process_start)
+
+    @property
+    def process(self) -> tuple[int, int] | None:
+        """Which postmaster runs (pid, start time), when one does."""
+        return None if self.pid is None or self.started is None else (self.pid, self.started)
 
     @property
     def writable(self) -> bool:
@@ -71,9 +78,9 @@ class NodeState:
         return f"{state}, {self.pm_status}" if self.pm_status else state
 
 
-def pm_status(data: DataDir) -> str | None:
+def pm_status(data_dir: Path) -> str | None:
     try:
-        lines = (data.path / "postmaster.pid").read_text().splitlines()
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
     except OSError:
         return None
     return lines[_PM_STATUS_LINE].strip() or None if len(lines) > _PM_STATUS_LINE else None
@@ -83,18 +90,22 @@ def read_state(data: DataDir, timeout: float = 5.0) -> NodeState:
     # The status first, pg_control after: a node starts with the status "starting" and
     # writes its recovery state to pg_control before it lets anyone in, so a status past
     # "starting" read first is never paired with a pg_control from before recovery began.
-    running = postmaster(data) is not None
-    status = pm_status(data)
+    pid = postmaster(data.path)
+    running = pid is not None
+    started = None if pid is None else process_start(pid)
+    status = pm_status(data.path)
     try:
         out = data.pg("pg_controldata", str(data.path), timeout=timeout)
     except ToolError as exc:
-        return NodeState(running, None, str(exc), status)
+        return NodeState(running, None, str(exc), status, pid, started)
     for line in out.splitlines():
         if line.startswith(_STATE_LINE):
             state = line.split(":", 1)[1].strip()
-            # A node that stopped between the reads is stopped.
-            return NodeState(running and postmaster(data) is not None, state, pm_status=status)
-    return NodeState(running, None, "pg_controldata shows no cluster state", status)
+            # A node that stopped (or started again) between the reads is stopped.
+            if running and postmaster(data.path) == pid:
+                return NodeState(True, state, pm_status=status, pid=pid, started=started)
+            return NodeState(False, state, pm_status=status)
+    return NodeState(running, None, "pg_controldata shows no cluster state", status, pid, started)
 
 
 def arm(data: DataDir) -> bool:
@@ -147,7 +158,7 @@ def last_confirmation(data: DataDir) -> float | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether process `pid` runs. A zombie does not: a postmaster that has exited (killed,
     say, by the failover) may wait a while for whoever adopted it to reap it, its pid file
     still in place."""
@@ -158,16 +169,24 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
-def postmaster(data: DataDir) -> int | None:
+def process_start(pid: int) -> int | None:
+    """When `pid` started (clock ticks after boot): with the pid, which process it is."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def postmaster(data_dir: Path) -> int | None:
     """The node's running postmaster, if any."""
-    pid = data.pid()
-    return pid if pid is not None and _alive(pid) else None
+    pid = postmaster_pid(data_dir)
+    return pid if pid is not None and alive(pid) else None
 
 
 def _exited(pid: int, timeout: float) -> bool:
     """Whether process `pid` is gone within `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
@@ -184,20 +203,25 @@ def stop(data: DataDir, fast_timeout: float) -> str:
     rather than stopped by escalation. "stopped (fast)" says that it is stopped since the
     fast stop was asked for, not who stopped it (the failover may have killed it meanwhile).
     """
-    pid = postmaster(data)
+    pid = postmaster(data.path)
     if pid is None:
         return "not running"
     for mode in ("fast", "immediate"):
-        if (now := postmaster(data)) != pid:
+        if (now := postmaster(data.path)) != pid:
             return "stopped" + (f"; started again since (postmaster {now})" if now else "")
         with contextlib.suppress(ToolError):  # it may have exited between the two reads
             data.pg("pg_ctl", "-D", str(data.path), "-m", mode, "-W", "stop", timeout=10)
         if _exited(pid, fast_timeout):
-            again = postmaster(data)
+            again = postmaster(data.path)
             return f"stopped ({mode})" + (
                 f"; started again since (postmaster {again})" if again else ""
             )
-    for p in process_tree(pid):  # a frozen node takes no other signal
+    kill(pid)  # a frozen node takes no other signal
+    return "stopped (SIGKILL)" if _exited(pid, fast_timeout) else "still running after SIGKILL"
+
+
+def kill(postmaster_pid: int) -> None:
+    """SIGKILL a postmaster and its backends: no commit after it, frozen or not."""
+    for p in process_tree(postmaster_pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
-    return "stopped (SIGKILL)" if _exited(pid, fast_timeout) else "still running after SIGKILL"

@@ -53,6 +53,13 @@ class AgentSettings(ServiceSettings):
     """How long the agent's lease (`agent-<cluster>-<node>` in `lifeboat_leases`, renewed in
     every round that reaches NATS) outlives its last renewal: a lease gone guards nothing,
     so an agent stopped for good stops counting as its node's fence."""
+    agent_watchdog: bool = True
+    """Start the watchdog (`lifeboat.agent.watchdog`, a process of its own beside the agent):
+    each confirmation of a writable node arms it with the agent's deadline, and it SIGKILLs
+    that postmaster 0.5 s after the deadline should the agent not have confirmed it again or
+    stopped it — an agent killed, frozen or stopped while its node is primary leaves no
+    primary running unguarded past the bound the failover leader relies on. The cost: a
+    primary whose agent stays down longer than the bound is stopped."""
     agent_outbox_size: PositiveInt = 1000
     """Events kept while NATS is unreachable, sent once it is back."""
 
