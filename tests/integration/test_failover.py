@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -545,3 +547,64 @@ async def test_a_leader_that_reaches_nats_but_not_postgres_steps_down(ha: HA) ->
     now = await leases.current(f"failover-{ha.name}")
     assert now is not None
     assert now.value.holder.startswith(f"{ha.name}-f2#")
+
+
+def _rewinds_of(data_dir: Path) -> list[int]:
+    """The pg_rewind processes rewinding `data_dir`."""
+    target = f"--target-pgdata={data_dir}".encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if argv[0].endswith(b"pg_rewind") and target in argv:
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+def _state_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def test_a_failover_is_decided_while_a_rejoin_runs(ha: HA) -> None:
+    """Guarantee 7: a rejoin runs beside the decision loop, not in it. node1's pg_rewind is
+    frozen the moment it starts (a rewind or a clone that takes minutes); the primary, node2,
+    is killed meanwhile: node3 is promoted while the rewind still waits."""
+    await start_ha(ha)
+    await ask(
+        ha,
+        FailoverRequested(
+            cluster=ha.name, source=OPERATOR, target="node2", reason="test", requested_by="test"
+        ),
+    )
+    await ha.wait_topology(
+        lambda t: t.primary == "node2" and t.operation is None and "node3" in t.synchronous, 60
+    )
+    frozen: list[int] = []
+    done = threading.Event()
+
+    def freeze_the_rewind() -> None:
+        deadline = time.monotonic() + 60
+        while not done.is_set() and time.monotonic() < deadline:
+            for pid in _rewinds_of(ha.pg.nodes[0].data_dir):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    frozen.append(pid)
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=freeze_the_rewind, daemon=True)
+    watcher.start()
+    try:
+        await ask(ha, NodeRejoinRequested(cluster=ha.name, node="node1", source=OPERATOR))
+        await eventually(lambda: frozen, timeout=60, what="node1's pg_rewind", detail=ha.tail)
+        ha.pg.nodes[1].kill()
+
+        after = await ha.wait_topology(lambda t: t.primary == "node3" and t.operation is None)
+        assert _state_of(frozen[0]) == "T", "the rewind is still frozen: node3 came first"
+        assert after.epoch == 2
+    finally:
+        done.set()
+        watcher.join(5)
+        for pid in frozen:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
