@@ -123,6 +123,9 @@ KEEPS_PRIMARY = frozenset(
 # What says why nobody was promoted (or an operation refused).
 HOLDS = ("failover.held", "failover.failed", "switchover.failed")
 TABLE = "lifeboat_drill"
+# nats-rollback: how soon the gateway's history must show the hold NATS has (its rewind
+# check runs every 2 s)
+GATEWAY_FOLLOWS_SECONDS = 5.0
 # Seconds after a node's SIGKILL in which an acknowledgement from it was already on its way.
 IN_FLIGHT = 0.2
 
@@ -765,7 +768,7 @@ class Drill:
         shutil.rmtree(copy, ignore_errors=True)
         held = _within(lambda: self._said(since, "failover.held", _ahead) is not None, 45)
         stored = json.loads(self.nats.topology(self.cluster.name) or b"{}")
-        heard = self._event("failover.held", 0, _ahead) is not None
+        heard = self._event("failover.held", GATEWAY_FOLLOWS_SECONDS, _ahead) is not None
         self._restart_gateway()
         wrote = _within(lambda: self._acked_by(new, back), 10)
         stopped = self._said(since, f"node.self_fenced.{self.cluster.name}.{new}")
@@ -776,7 +779,7 @@ class Drill:
             stored_topology_after_rollback=f"{stored.get('primary')}@{stored.get('epoch')}",
             held_ahead=held,
             rollback_to_hold_seconds=self._seconds_to(since, "failover.held", _ahead),
-            gateway_had_hold_before_its_restart=heard,
+            gateway_had_hold_within_5s=heard,
             new_primary_stopped_by_its_agent=stopped is not None,
             rollback_to_agent_stop_seconds=_seconds_after(stopped, since),
             failover_failed_after_rollback=failed is not None,
