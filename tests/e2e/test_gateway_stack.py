@@ -84,7 +84,7 @@ def writable_node(stack: UpStack, status: dict[str, Any]) -> str:
     return found[0]
 
 
-async def settled(client: httpx.AsyncClient, timeout: float = 90) -> dict[str, Any]:
+async def settled(client: httpx.AsyncClient, stack: UpStack, timeout: float = 90) -> dict[str, Any]:
     """The status once the cluster is synchronous and every node reports in and answers (an
     old primary is back from its rejoin)."""
     deadline = time.monotonic() + timeout
@@ -94,13 +94,18 @@ async def settled(client: httpx.AsyncClient, timeout: float = 90) -> dict[str, A
         answering = all(n["health"] and n["health"].get("reachable") for n in status["nodes"])
         if topo and topo["synchronous"] and answering:
             return status
-        assert time.monotonic() < deadline, status
+        if time.monotonic() >= deadline:
+            nodes = {n["name"]: n["health"] for n in status["nodes"]}
+            raise AssertionError(
+                f"not settled in {timeout:g}s: topology {topo}; health {nodes}\n"
+                + stack.output()[-6000:]
+            )
         await asyncio.sleep(0.5)
 
 
 async def test_status_and_the_cli_show_the_real_topology(stack: UpStack) -> None:
     async with api(stack) as client:
-        status = await settled(client)
+        status = await settled(client, stack)
         primary = writable_node(stack, status)
         assert status["topology"]["primary"] == primary
         roles = {n["name"]: n["health"]["role"] for n in status["nodes"]}
@@ -138,7 +143,7 @@ async def test_a_switchover_through_the_api_moves_the_primary_and_a_refusal_is_a
     stack: UpStack,
 ) -> None:
     async with api(stack) as client:
-        status = await settled(client)
+        status = await settled(client, stack)
         old = status["topology"]["primary"]
         target = status["topology"]["synchronous"][0]
 
@@ -162,7 +167,7 @@ async def test_a_switchover_through_the_api_moves_the_primary_and_a_refusal_is_a
         while (await client.get(f"/clusters/{CLUSTER}/nodes/{target}/primary")).status_code != 200:
             assert time.monotonic() < deadline, stack.output()[-3000:]
             await asyncio.sleep(0.5)
-        status = await settled(client)
+        status = await settled(client, stack)
         assert status["topology"]["primary"] == target
         assert writable_node(stack, status) == target
         assert status["last_failover"]["type"] == "switchover.completed"
