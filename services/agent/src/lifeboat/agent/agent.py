@@ -107,8 +107,14 @@ class Agent:
         the bound runs on across restarts, as the leader, which sees only the lease, assumes.
         With no record (a first start), its start counts as the last confirmation. At least
         `START_GRACE_SECONDS` are left to connect and confirm: an agent that was down past
-        the bound stops a primary it cannot confirm at once rather than at its deadline —
-        its node ran unguarded meanwhile, which no bound covers (a watchdog would)."""
+        the bound stops a primary it cannot confirm at once rather than at its deadline.
+        While no agent ran, the watchdog kept the predecessor's deadline and SIGKILLed the
+        postmaster it armed for 0.5 s past it (this agent reports that kill in a round). If
+        that postmaster still runs, `__init__` arms the watchdog again with this agent's
+        deadline (`Arming.resume`, up to `START_GRACE_SECONDS` past the predecessor's), and
+        it stops the node 0.5 s past it unless this agent confirms it first. Only a node
+        the watchdog did not guard (turned off, never armed, killed with the agent) ran
+        unguarded meanwhile."""
         now = time.monotonic()
         wall = last_confirmation(self.data)
         if wall is None:
@@ -198,19 +204,29 @@ class Agent:
             f"{killed.late_seconds:.2f}s past the agent's deadline ({why})"
         )
         log.error("%s: %s", self.settings.agent_node, reason)
-        seen = self.last_topology
         self.queue(
-            NodeSelfFenced(
-                cluster=self.settings.agent_cluster,
-                node=self.settings.agent_node,
-                source=self.source,
-                epoch=None if seen is None else seen.epoch,
-                primary=None if seen is None else seen.primary,
-                reason=reason,
-                action="stopped (SIGKILL, by the watchdog)",
-                unconfirmed_seconds=round(self.bound + killed.late_seconds, 3),
-                bound_seconds=self.bound,
+            self._self_fenced(
+                reason,
+                "stopped (SIGKILL, by the watchdog)",
+                round(self.bound + killed.late_seconds, 3),
+                self.last_topology,
             )
+        )
+
+    def _self_fenced(
+        self, reason: str, action: str, unconfirmed_seconds: float, seen: Topology | None
+    ) -> NodeSelfFenced:
+        """The event for a stop of this node, under the topology it last saw (`seen`)."""
+        return NodeSelfFenced(
+            cluster=self.settings.agent_cluster,
+            node=self.settings.agent_node,
+            source=self.source,
+            epoch=None if seen is None else seen.epoch,
+            primary=None if seen is None else seen.primary,
+            reason=reason,
+            action=action,
+            unconfirmed_seconds=unconfirmed_seconds,
+            bound_seconds=self.bound,
         )
 
     def _wait(self, most: float) -> float:
@@ -292,17 +308,7 @@ class Agent:
         log.error("%s fenced: %s: %s", self.settings.agent_node, reason, action)
         seen = o.topology if o.read_error is None else self.last_topology
         self.queue(
-            NodeSelfFenced(
-                cluster=self.settings.agent_cluster,
-                node=self.settings.agent_node,
-                source=self.source,
-                epoch=None if seen is None else seen.epoch,
-                primary=None if seen is None else seen.primary,
-                reason=reason,
-                action=action,
-                unconfirmed_seconds=round(max(0.0, o.now - o.confirmed_at), 3),
-                bound_seconds=self.bound,
-            )
+            self._self_fenced(reason, action, round(max(0.0, o.now - o.confirmed_at), 3), seen)
         )
 
     async def stop_requested(self, request: NodeStopRequested) -> NodeStopped:
