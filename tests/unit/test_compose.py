@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -82,16 +83,32 @@ def test_three_monitors_and_a_failover_that_counts_them() -> None:
     assert services["failover"]["environment"]["LIFEBOAT_MONITORS"] == "3"
 
 
-def test_mounted_files_exist_and_postgres_has_two_streaming_standbys() -> None:
+def test_mounted_files_exist_and_each_postgres_node_is_its_own_agent() -> None:
+    """Three PostgreSQL containers, each the agent's image running the node entrypoint:
+    one marked as the cluster's first primary, every node named in the cluster file, and
+    each agent told where the other two answer (failsafe)."""
     services = compose()["services"]
     for svc in services.values():
         for volume in svc.get("volumes", []):
             source = volume.split(":", 1)[0]
             if source.startswith("./"):
                 assert (ROOT / source).exists(), source
-    standbys = [s for s in services.values() if s.get("environment", {}).get("PRIMARY_HOST")]
-    assert len(standbys) == 2
-    assert {s["environment"]["SLOT_NAME"] for s in standbys} == {"node2", "node3"}
+    nodes = {
+        n: s
+        for n, s in services.items()
+        if s.get("build", {}).get("args", {}).get("SERVICE") == "agent"
+    }
+    assert sorted(nodes) == ["pg-node1", "pg-node2", "pg-node3"]
+    first = [n for n, s in nodes.items() if s["environment"].get("LIFEBOAT_AGENT_FIRST_PRIMARY")]
+    assert first == ["pg-node1"]
     clusters = yaml.safe_load((ROOT / "docker" / "clusters.yaml").read_text())
-    hosts = {n["host"] for n in clusters["clusters"][0]["nodes"]}
-    assert hosts <= set(services)
+    spec = {n["name"]: n["host"] for n in clusters["clusters"][0]["nodes"]}
+    for name, svc in nodes.items():
+        assert svc["command"] == ["/app/docker/node/entrypoint.sh"]
+        assert (ROOT / "docker" / "node" / "entrypoint.sh").is_file()
+        assert svc["build"]["args"]["RUN_AS"] == "postgres"
+        env = svc["environment"]
+        assert spec[env["LIFEBOAT_AGENT_NODE"]] == name
+        peers = json.loads(env["LIFEBOAT_AGENT_PEERS"])
+        assert sorted(peers) == sorted(set(spec) - {env["LIFEBOAT_AGENT_NODE"]})
+        assert not any(dep.startswith("pg-") for dep in svc["depends_on"])

@@ -244,6 +244,8 @@ class NodeRejoinRequested(NodeEvent):
     topic = s.NODE_REJOIN_REQUESTED
     type: Literal["node.rejoin_requested"] = "node.rejoin_requested"
     requested_by: str = "unknown"
+    # Why, when a node's agent asks: its node started as a standby of no primary.
+    reason: str | None = None
 
 
 class NodeRejoinOrdered(NodeEvent):

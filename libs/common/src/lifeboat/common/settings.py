@@ -86,6 +86,26 @@ class ServiceSettings(BaseSettings):
         return redact(self.nats_url)
 
 
+class ReplicationSettings(BaseSettings):
+    """The replication user's password; mixed into the services that clone or stream WAL."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LIFEBOAT_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
+
+    replication_password: SecretStr | None = None
+    """The replication user's password (base backups, WAL streaming)."""
+    replication_password_file: Path | None = None
+    """A file holding the replication user's password."""
+
+    def replication_secret(self) -> SecretStr | None:
+        return resolve_secret(
+            "LIFEBOAT_REPLICATION_PASSWORD",
+            self.replication_password,
+            self.replication_password_file,
+        )
+
+
 class S3Settings(BaseSettings):
     """Where backups and file copies go; mixed into the services that touch S3."""
 

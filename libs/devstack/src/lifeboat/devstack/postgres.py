@@ -22,7 +22,7 @@ from lifeboat.devstack.procs import wait_until
 from lifeboat.pg.binaries import find_bindir
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.osuser import OsUser
-from lifeboat.pg.replication import replication_slot
+from lifeboat.pg.replication import SERVER_SETTINGS, replication_slot
 from lifeboat.pg.tools import run
 
 HOST = "127.0.0.1"
@@ -289,14 +289,7 @@ class PgCluster:
         lines = [
             "",
             "# lifeboat: replication, failover and pg_rewind",
-            "wal_level = replica",
-            "max_wal_senders = 10",
-            "max_replication_slots = 10",
-            "wal_keep_size = '128MB'",
-            "wal_log_hints = on",
-            "hot_standby = on",
-            "hot_standby_feedback = on",
-            "wal_receiver_status_interval = '1s'",
+            *SERVER_SETTINGS,
             "shared_buffers = '64MB'",
             "log_line_prefix = '%m [%p] %q%u@%d '",
         ]

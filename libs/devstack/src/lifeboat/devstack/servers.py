@@ -211,10 +211,13 @@ class SeaweedS3:
         *,
         log_file: Path | None = None,
         on_line: LineSink | None = None,
+        host: str = HOST,
     ) -> None:
+        """`host`: the address it listens on (a test host's, say)."""
         self.data_dir = data_dir
         self.ports = ports
         self.credentials = credentials
+        self.host = host
         config = data_dir / "s3.json"
         self._config_file = config
 
@@ -227,8 +230,8 @@ class SeaweedS3:
                 find_binary("weed"),
                 "server",
                 f"-dir={data_dir / 'data'}",
-                f"-ip={HOST}",
-                f"-ip.bind={HOST}",
+                f"-ip={host}",
+                f"-ip.bind={host}",
                 # Never report usage to an outside host.
                 "-master.telemetry=false",
                 f"-master.port={ports.master}",
@@ -254,7 +257,7 @@ class SeaweedS3:
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://{HOST}:{self.ports.s3}"
+        return f"http://{self.host}:{self.ports.s3}"
 
     def settings(self) -> S3Settings:
         return S3Settings(
@@ -286,7 +289,7 @@ class SeaweedS3:
             raise RuntimeError(
                 f"weed exited with {self.process.exit_code()}:\n{self.process.log_tail()}"
             )
-        if not tcp_open(self.ports.s3):
+        if not tcp_open(self.ports.s3, self.host):
             return False
         try:
             self.client().list_buckets()

@@ -18,6 +18,17 @@ MANAGED = (
 )
 # A node's own configuration files: pg_rewind and pg_basebackup bring the source's along.
 OWN_CONFIG = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf")
+# What streaming replication, failover and pg_rewind need of every node's postgresql.conf.
+SERVER_SETTINGS = (
+    "wal_level = replica",
+    "max_wal_senders = 10",
+    "max_replication_slots = 10",
+    "wal_keep_size = '128MB'",
+    "wal_log_hints = on",
+    "hot_standby = on",
+    "hot_standby_feedback = on",
+    "wal_receiver_status_interval = '1s'",
+)
 
 
 def replication_slot(node: str) -> str:

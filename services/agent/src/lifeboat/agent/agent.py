@@ -32,6 +32,7 @@ from lifeboat.agent.guard import members as failsafe_members
 from lifeboat.agent.node import (
     NodeState,
     arm,
+    configured_upstream,
     last_confirmation,
     postmaster,
     read_state,
@@ -45,10 +46,12 @@ from lifeboat.common.events import (
     NodeRejoined,
     NodeRejoinFailed,
     NodeRejoinOrdered,
+    NodeRejoinRequested,
     NodeRejoinStarted,
     NodeSelfFenced,
     NodeStopped,
     NodeStopRequested,
+    Role,
     Source,
 )
 from lifeboat.common.kv import (
@@ -66,6 +69,10 @@ log = logging.getLogger(__name__)
 
 READ_STATE_SECONDS = 5.0  # a pg_controldata run, when the deadline is not near
 START_GRACE_SECONDS = 2.0  # to connect and confirm, for an agent restarted past its bound
+# A standby of no primary is asked about once it has been one this long (the leader's own
+# repoint or rejoin comes first), and again at most this often while it stays one.
+STRAY_AFTER_SECONDS = 10.0
+REJOIN_ASK_SECONDS = 60.0
 
 
 class Agent:
@@ -99,6 +106,8 @@ class Agent:
         self.verdict: Verdict | None = None
         self.last_round_at: float | None = None
         self.fences = 0
+        self.stray_since: float | None = None
+        self.rejoin_asked: float | None = None
         self.outbox: deque[Envelope] = deque(maxlen=settings.agent_outbox_size)
         self._queued = asyncio.Event()
 
@@ -190,6 +199,7 @@ class Agent:
                 await self._fence(reason, observation)
             case Keep():
                 pass
+        self._ask_rejoin(state)
         if self.last_topology is not None and await asyncio.to_thread(arm, self.data):
             # Once a topology exists the leader says who is primary: no start is writable
             # before it has.
@@ -227,6 +237,50 @@ class Agent:
             action=action,
             unconfirmed_seconds=unconfirmed_seconds,
             bound_seconds=self.bound,
+        )
+
+    def _ask_rejoin(self, state: NodeState) -> None:
+        """A node that runs as a standby of no primary — an old primary started again
+        read-only (its container restarted) after a failover that could not rejoin it while
+        it was down — is asked back in: `node.rejoin_requested`, as `lifeboat rejoin`
+        sends. The leader decides under its lease (a node already streaming is refused);
+        the agent only asks, once it has been one for STRAY_AFTER_SECONDS and then at
+        most every REJOIN_ASK_SECONDS."""
+        t, node = self.last_topology, self.settings.agent_node
+        upstream = configured_upstream(self.data.path)
+        primary = None
+        if t is not None and t.primary not in (None, node) and self.read_error is None:
+            primary = self.settings.clusters.cluster(self.settings.agent_cluster).node(t.primary)
+        if (
+            t is None
+            or primary is None
+            or state.role is not Role.STANDBY
+            or upstream == (primary.host, primary.port)
+        ):
+            self.stray_since = None
+            return
+        now = time.monotonic()
+        self.stray_since = self.stray_since or now
+        if now - self.stray_since < STRAY_AFTER_SECONDS or (
+            self.rejoin_asked is not None and now - self.rejoin_asked < REJOIN_ASK_SECONDS
+        ):
+            return
+        self.rejoin_asked = now
+        named = "none" if upstream is None else f"{upstream[0]}:{upstream[1]}"
+        reason = (
+            f"{node} runs as a standby, but its primary_conninfo names {named}, not the "
+            f"primary {primary.name} ({primary.host}:{primary.port}) at epoch {t.epoch}"
+        )
+        log.warning("%s: asking to be rejoined: %s", node, reason)
+        self.queue(
+            NodeRejoinRequested(
+                cluster=self.settings.agent_cluster,
+                node=node,
+                source=self.source,
+                epoch=t.epoch,
+                requested_by=f"agent-{node}",
+                reason=reason,
+            )
         )
 
     def _wait(self, most: float) -> float:

@@ -15,6 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from lifeboat.common.events import Role
 from lifeboat.pg.datadir import DataDir, postmaster_pid, process_tree
 from lifeboat.pg.recovery import RESTORING_MARKER
@@ -148,6 +151,27 @@ def record_confirmation(data: DataDir, at_wall: float) -> None:
     part.write_text(f"{at_wall:.3f}\n")
     os.chown(part, data.user.uid, data.user.gid)
     part.replace(final)
+
+
+def configured_upstream(data_dir: Path) -> tuple[str, int] | None:
+    """The host and port the node's primary_conninfo names (postgresql.auto.conf, where
+    pg_basebackup -R, ALTER SYSTEM and a rejoin put it), or None when it names none."""
+    try:
+        lines = (data_dir / "postgresql.auto.conf").read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        name, _, value = line.partition("=")
+        if name.strip() == "primary_conninfo":
+            found = value.strip().strip("'").replace("''", "'")  # the last one wins
+    if not found:
+        return None
+    try:
+        params = conninfo_to_dict(found)
+    except psycopg.ProgrammingError:
+        return None
+    return str(params.get("host", "")), int(params.get("port") or 5432)
 
 
 def last_confirmation(data: DataDir) -> float | None:

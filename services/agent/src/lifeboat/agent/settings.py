@@ -5,11 +5,11 @@ from pathlib import Path
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from lifeboat.common.settings import ServiceSettings
+from lifeboat.common.settings import ReplicationSettings, ServiceSettings
 from lifeboat.common.subjects import Name
 
 
-class AgentSettings(ServiceSettings):
+class AgentSettings(ServiceSettings, ReplicationSettings):
     model_config = SettingsConfigDict(env_prefix="LIFEBOAT_", extra="ignore", frozen=True)
 
     http_port: int = Field(default=8105, ge=0, le=65535)
@@ -60,6 +60,13 @@ class AgentSettings(ServiceSettings):
     stopped it — an agent killed, frozen or stopped while its node is primary leaves no
     primary running unguarded past the bound the failover leader relies on. The cost: a
     primary whose agent stays down longer than the bound is stopped."""
+    agent_first_primary: bool = False
+    """`python -m lifeboat.agent.boot` only: this node may create the cluster (initdb) when
+    its data directory is empty, no topology exists and no other node takes writes. Set it
+    on one node; every other empty node is cloned from the primary."""
+    agent_boot_timeout_seconds: PositiveFloat = 300
+    """`python -m lifeboat.agent.boot` only: how long an empty node waits for a primary to
+    clone (or the topology) before it exits non-zero, for its container to be restarted."""
     agent_outbox_size: PositiveInt = 1000
     """Events kept while NATS is unreachable, sent once it is back."""
 

@@ -2,29 +2,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, SecretStr
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from lifeboat.common.secrets import resolve_secret
-from lifeboat.common.settings import S3Settings, ServiceSettings
+from lifeboat.common.settings import ReplicationSettings, S3Settings, ServiceSettings
 from lifeboat.objstore.codec import Codec, Compression, load_key
 
 
-class BackupSettings(ServiceSettings, S3Settings):
+class BackupSettings(ServiceSettings, S3Settings, ReplicationSettings):
     model_config = SettingsConfigDict(env_prefix="LIFEBOAT_", extra="ignore", frozen=True)
 
     http_port: int = Field(default=8103, ge=0, le=65535)
     """Port of the health endpoint."""
     work_dir: Path = Path(".lifeboat/backup")
     """Local room: the WAL spool and scratch instances for test restores."""
+
+    @field_validator("work_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Scratch instances run with their data directory as working directory: a relative
+        # socket directory under it would not exist there.
+        return value.absolute()
+
     pg_bindir: Path | None = None
     """Where the PostgreSQL binaries are, if not found by themselves."""
     pg_os_user: str | None = None
     """Who runs initdb/pg_ctl for scratch instances when the service runs as root."""
-    replication_password: SecretStr | None = None
-    """The replication user's password (base backups, WAL streaming)."""
-    replication_password_file: Path | None = None
-    """A file holding the replication user's password."""
 
     compression: Compression = Compression.ZSTD
     """`zstd` or `gzip`, for backups and WAL."""
@@ -88,13 +92,6 @@ class BackupSettings(ServiceSettings, S3Settings):
     """Objects of a backup that never got its manifest are removed after this long."""
     janitor_interval_seconds: PositiveFloat = 600
     """How often retention runs and orphaned objects are looked for."""
-
-    def replication_secret(self) -> SecretStr | None:
-        return resolve_secret(
-            "LIFEBOAT_REPLICATION_PASSWORD",
-            self.replication_password,
-            self.replication_password_file,
-        )
 
     def codec(self) -> Codec:
         secret = resolve_secret(

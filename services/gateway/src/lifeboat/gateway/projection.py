@@ -395,7 +395,7 @@ class Projection:
             requested_by=getattr(request, "requested_by", "unknown"),
             requested_at=request.occurred_at,
             target=_target(request),
-            reason=getattr(request, "reason", ""),
+            reason=getattr(request, "reason", None) or "",
             fileset=getattr(request, "fileset", None),
         )
         if isinstance(request, FileCheckRequested):
