@@ -19,8 +19,9 @@ def seen(
     error: str | None = None,
     first: bool = False,
     writable: tuple[str, ...] = (),
+    running: tuple[str, ...] = (),
 ) -> Observation:
-    return Observation("node1", initialized, topology, error, first, writable)
+    return Observation("node1", initialized, topology, error, first, writable, running)
 
 
 CASES: list[tuple[str, Observation, type[Plan], str]] = [
@@ -44,6 +45,14 @@ CASES: list[tuple[str, Observation, type[Plan], str]] = [
         "node2 primary",
     ),
     ("two writable nodes", seen(writable=("node2", "node3")), Wait, "all take writes"),
+    # Its NATS store lost too, the others read-only (standby.signal): the cluster exists,
+    # and an initdb would be a second, empty one that the failover would record.
+    (
+        "the first primary, NATS lost, the others read-only",
+        seen(first=True, running=("node2", "node3")),
+        Wait,
+        "the cluster exists",
+    ),
     ("no topology read", seen(first=True, error="no servers"), Wait, "cannot be read"),
     ("named primary, empty", seen(first=True, topology=NAMED), Wait, "fail over"),
     ("no primary named", seen(topology=NOBODY), Wait, "names no primary"),

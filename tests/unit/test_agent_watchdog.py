@@ -5,11 +5,21 @@ recovery, never for a standby."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from lifeboat.agent.watchdog import GRACE_SECONDS, Armed, Arming, Step, read_armed, step
+from lifeboat.agent.node import process_start
+from lifeboat.agent.watchdog import (
+    GRACE_SECONDS,
+    RESTART_SLACK_SECONDS,
+    Armed,
+    Arming,
+    Step,
+    read_armed,
+    step,
+)
 
 ARMED = Armed(boot="boot-a", postmaster=100, started=5, deadline=50.0, stop_seconds=5.0, agent=7)
 THE_ONE = (100, 5)
@@ -109,4 +119,44 @@ def test_turned_off_it_removes_a_predecessors_record(arming: Arming) -> None:
     arming.confirmed(THE_ONE, writable=True, deadline=10.0)
     off = Arming(arming.data_dir, 5.0, enabled=False)
     off.resume(deadline=20.0)
+    assert read_armed(arming.files) is None
+
+
+def running_here(arming: Arming) -> tuple[int, int]:
+    """This test's own process as the node's postmaster (postmaster.pid names it)."""
+    pid = os.getpid()
+    (arming.data_dir / "postmaster.pid").write_text(f"{pid}\n")
+    start = process_start(pid)
+    assert start is not None
+    return pid, start
+
+
+@pytest.mark.parametrize(
+    ("wanted", "kept"),
+    [
+        (10.2, 10.2),  # within the predecessor's deadline + slack: as the agent asks
+        (12.0, 10.0 + RESTART_SLACK_SECONDS),  # the 2 s grace to connect: cut to the slack
+    ],
+)
+def test_a_restarted_agent_never_stretches_its_predecessors_deadline(
+    arming: Arming, monkeypatch: pytest.MonkeyPatch, wanted: float, kept: float
+) -> None:
+    """The leader counts the bound + 1 s from the predecessor's last lease renewal: a
+    restarted agent (and so the watchdog it arms) may go at most RESTART_SLACK_SECONDS
+    past the predecessor's deadline for the postmaster it armed."""
+    arming.confirmed(running_here(arming), writable=True, deadline=10.0)
+    successor = Arming(arming.data_dir, 5.0, enabled=True)
+    monkeypatch.setattr(successor, "_keep_running", lambda: None)
+    assert successor.resume(wanted) == pytest.approx(kept)
+    armed = read_armed(successor.files)
+    assert armed is not None
+    assert armed.deadline == pytest.approx(kept)
+    assert GRACE_SECONDS + RESTART_SLACK_SECONDS < 1.0  # the leader's margin
+
+
+def test_a_restarted_agent_keeps_its_deadline_for_a_postmaster_nobody_armed(
+    arming: Arming,
+) -> None:
+    running_here(arming)
+    assert arming.resume(12.0) == 12.0
     assert read_armed(arming.files) is None

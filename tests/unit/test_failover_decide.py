@@ -350,22 +350,34 @@ def test_an_interrupted_failover_is_finished_not_restarted() -> None:
 
 
 def test_a_converged_failover_is_recorded_complete() -> None:
-    decision = decide(
-        observe(
-            down("node1"),
-            rep("node2", role="primary", writable=True),
-            standby("node3", upstream="node2", configured_upstream="node2"),
-            topology=AFTER,
-        )
+    converged = observe(
+        down("node1"),
+        rep("node2", role="primary", writable=True),
+        standby("node3", upstream="node2", configured_upstream="node2"),
+        topology=AFTER,
     )
-    assert kinds(decision) == ["WriteTopology", "Publish"]
-    write = decision.commands[0]
+    decision = decide(converged)
+    # The event before the write that ends the operation: a leader that dies between them
+    # leaves the operation for the next one to finish, and its event with it.
+    assert kinds(decision) == ["Publish", "WriteTopology"]
+    write = decision.commands[1]
     assert isinstance(write, WriteTopology)
     assert write.topology.operation is None
     assert write.topology.epoch == 5
     (done,) = published(decision, FailoverCompleted)
     assert (done.old_primary, done.new_primary, done.epoch) == ("node1", "node2", 5)
     assert done.total_seconds == pytest.approx(2.0)
+    # Whoever finishes it later says the same event (its timings differ), which the
+    # stream's duplicate window stores once.
+    assert AFTER.operation is not None
+    earlier = AFTER.operation.model_copy(
+        update={"started_at": AFTER.operation.started_at - timedelta(seconds=7)}
+    )
+    resumed = AFTER.model_copy(update={"operation": earlier})
+    later = decide(dataclasses.replace(converged, topology=resumed))
+    (again,) = published(later, FailoverCompleted)
+    assert again.total_seconds != done.total_seconds
+    assert again.event_id == done.event_id
 
 
 def test_the_old_primary_coming_back_writable_is_fenced_at_once() -> None:
@@ -638,6 +650,51 @@ def test_rejoin_of_a_fenced_old_primary(cluster: ClusterSpec) -> None:
     )
     decision = decide(dataclasses.replace(obs, request=rejoin_request("node1")))
     assert decision.commands == (Rejoin("node1", "node2", 5),)
+
+
+@pytest.mark.parametrize("promoted", [True, False], ids=["promoted", "reports lag"])
+def test_the_old_primary_is_rejoined_while_its_operation_converges(promoted: bool) -> None:
+    """`lifeboat rejoin node1` right after the promotion (the monitors' reports may not show
+    it yet): the operation itself rejoins its fenced old primary onto the candidate, so an
+    operator's rejoin of it is not refused; node3, detached by the operation, would be."""
+    candidate = rep("node2", role="primary", writable=True) if promoted else standby("node2")
+    obs = observe(
+        down("node1"),
+        candidate,
+        standby("node3", configured_upstream=None),
+        topology=AFTER,
+        cluster=CLUSTER,
+    )
+    decision = decide(dataclasses.replace(obs, request=rejoin_request("node1")))
+    assert decision.commands == (Rejoin("node1", "node2", 5),)
+
+
+@pytest.mark.parametrize(
+    ("topology", "epoch", "why"),
+    [
+        # Mid-failover node3 is detached on purpose and node2 not yet promoted: a rejoin
+        # (its agent asks once it follows nobody for 10 s) would tear down a member the
+        # operation may still need.
+        (AFTER, None, "a automatic to node2 is under way and node2 takes no writes yet"),
+        (AFTER.model_copy(update={"operation": None}), 4, "asked under epoch 4"),
+    ],
+    ids=["during an operation", "under an older epoch"],
+)
+def test_a_rejoin_asked_at_the_wrong_time_is_refused(
+    topology: Topology, epoch: int | None, why: str
+) -> None:
+    obs = observe(
+        down("node1"),
+        standby("node2"),
+        standby("node3", configured_upstream=None),
+        topology=topology,
+        cluster=CLUSTER,
+    )
+    request = rejoin_request("node3").model_copy(update={"epoch": epoch})
+    decision = decide(dataclasses.replace(obs, request=request))
+    assert not [c for c in decision.commands if isinstance(c, Rejoin)]
+    (failed,) = published(decision, FailoverFailed)
+    assert why in failed.reason
 
 
 def test_a_primary_missing_from_the_cluster_file_is_not_acted_on() -> None:

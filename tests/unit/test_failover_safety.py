@@ -27,7 +27,7 @@ from lifeboat.common.events import (
 )
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Topology
-from lifeboat.failover.commands import Detach, Fence, Promote, WriteTopology
+from lifeboat.failover.commands import Detach, Fence, Promote, Repoint, WriteTopology
 from lifeboat.failover.decide import Policy, decide
 from lifeboat.failover.service import ClusterLoop
 from lifeboat.failover.settings import FailoverSettings
@@ -262,12 +262,17 @@ def test_a_manual_failover_whose_target_never_catches_up_is_undone() -> None:
     op = op.model_copy(update={"phases": (PhaseTiming(phase="fence", seconds=0.1),)})
     topology = AFTER.model_copy(update={"operation": op})
     fenced = rep("node1", role="primary", writable=False, current_lsn="0/6000000")
-    decision = decide(observe(fenced, standby("node2"), standby("node3"), topology=topology))
+    detached = standby("node3", configured_upstream=None)  # for the promotion that never came
+    decision = decide(observe(fenced, standby("node2"), detached, topology=topology))
     write = decision.commands[0]
     assert isinstance(write, WriteTopology)
     assert (write.topology.primary, write.topology.epoch) == ("node1", 6)
     assert ("node1", 6) in promotions(decision)
     assert "node2 did not catch up with node1" in decision.reason
+    # The detached standby follows the primary again; the target never stopped following it.
+    assert [c for c in decision.commands if isinstance(c, Repoint)] == [
+        Repoint("node3", "node1", 6)
+    ]
 
 
 @pytest.mark.parametrize(

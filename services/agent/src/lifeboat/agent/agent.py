@@ -94,11 +94,11 @@ class Agent:
         self.store: TopologyStore | None = None
         self.leases: LeaseStore | None = None
         self.lease: Versioned[Lease] | None = None
-        self.confirmed_at = self._confirmed_before()
         self.watchdog = Arming(
             data.path, settings.agent_stop_timeout_seconds, enabled=settings.agent_watchdog
         )
-        self.watchdog.resume(self.deadline)
+        # The grace to connect stops short of stretching the leader's wait (see resume).
+        self.confirmed_at = self.watchdog.resume(self._confirmed_before() + self.bound) - self.bound
         self.last_topology: Topology | None = None
         self.last_read_at: float | None = None
         self.read_error: str | None = None
@@ -120,8 +120,9 @@ class Agent:
         While no agent ran, the watchdog kept the predecessor's deadline and SIGKILLed the
         postmaster it armed for 0.5 s past it (this agent reports that kill in a round). If
         that postmaster still runs, `__init__` arms the watchdog again with this agent's
-        deadline (`Arming.resume`, up to `START_GRACE_SECONDS` past the predecessor's), and
-        it stops the node 0.5 s past it unless this agent confirms it first. Only a node
+        deadline, cut to at most 0.4 s past the predecessor's (`Arming.resume`: the leader
+        counts from the predecessor's lease), and it stops the node 0.5 s past it unless
+        this agent confirms it first. Only a node
         the watchdog did not guard (turned off, never armed, killed with the agent) ran
         unguarded meanwhile."""
         now = time.monotonic()
@@ -249,7 +250,14 @@ class Agent:
         t, node = self.last_topology, self.settings.agent_node
         upstream = configured_upstream(self.data.path)
         primary = None
-        if t is not None and t.primary not in (None, node) and self.read_error is None:
+        # Not during an operation: a failover detaches standbys on purpose, and repoints
+        # them itself once it has promoted.
+        if (
+            t is not None
+            and t.operation is None
+            and t.primary not in (None, node)
+            and self.read_error is None
+        ):
             primary = self.settings.clusters.cluster(self.settings.agent_cluster).node(t.primary)
         if (
             t is None

@@ -22,22 +22,27 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import nats
 import psycopg
+from nats.js.errors import BucketNotFoundError
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
+from lifeboat.agent.failsafe import VIEW_PATH
 from lifeboat.agent.node import arm
 from lifeboat.agent.settings import AgentSettings
 from lifeboat.common.clusters import ClusterSpec, NodeSpec
-from lifeboat.common.kv import TopologyStore
+from lifeboat.common.kv import TOPOLOGY_BUCKET, TopologyStore
 from lifeboat.common.log import configure_logging
 from lifeboat.common.state import Topology
 from lifeboat.pg.binaries import find_bindir
@@ -64,6 +69,9 @@ class Observation:
     read_error: str | None  # the topology could not be read
     first_primary: bool
     writable: tuple[str, ...]  # other members that answer as primary over SQL
+    # Other members whose PostgreSQL accepts a connection on its port, or whose agent
+    # answers: a node that runs at all has data, so the cluster exists.
+    running: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,16 @@ def plan(o: Observation) -> Plan:
         return Wait(f"no topology yet and {', '.join(o.writable)} all take writes")
     if o.writable:
         return Clone(o.writable[0], f"no topology yet; {o.writable[0]} takes writes")
+    if o.running:
+        # Its NATS store lost (or new) beside nodes that hold data: an initdb here would be
+        # a second, empty cluster, which the failover would record as the primary.
+        return Wait(
+            f"no topology, and {', '.join(o.running)} runs but takes no writes: the cluster "
+            "exists; not creating another. Give one node its writes back "
+            "(`pg_ctl promote` there) for the failover to record it"
+        )
     if o.first_primary:
-        return Init("no topology yet and no node takes writes: this is the first primary")
+        return Init("no topology yet and no node runs: this is the first primary")
     return Wait("no topology yet and no node takes writes: waiting for the first primary")
 
 
@@ -124,7 +140,13 @@ async def read_topology(settings: AgentSettings) -> tuple[Topology | None, str |
             servers = [u.strip() for u in settings.nats_url.split(",") if u.strip()]
             nc = await nats.connect(servers, connect_timeout=timeout, allow_reconnect=False)
             try:
-                found = await (await TopologyStore.open(nc.jetstream())).get(settings.agent_cluster)
+                # Not TopologyStore.open, which creates a missing bucket (at one replica):
+                # the failover service makes it, as it should be.
+                try:
+                    bucket = await nc.jetstream().key_value(TOPOLOGY_BUCKET)
+                except BucketNotFoundError:
+                    return None, None  # a new store: no topology yet
+                found = await TopologyStore(bucket).get(settings.agent_cluster)
             finally:
                 await nc.close()
     except TimeoutError:
@@ -132,6 +154,19 @@ async def read_topology(settings: AgentSettings) -> tuple[Topology | None, str |
     except Exception as exc:  # no servers, no bucket yet, ...
         return None, f"{type(exc).__name__}: {exc}"[:300]
     return (None if found is None else found.value), None
+
+
+def runs(node: NodeSpec, agent_url: str | None) -> bool:
+    """Its PostgreSQL accepts a TCP connection, or its agent answers (any answer)."""
+    with contextlib.suppress(OSError), socket.create_connection((node.host, node.port), 2):
+        return True
+    if agent_url is None:
+        return False
+    try:
+        httpx.get(f"{agent_url}{VIEW_PATH}", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def takes_writes(spec: ClusterSpec, node: NodeSpec, password: SecretStr | None) -> bool:
@@ -188,19 +223,26 @@ class Node:
         )
 
     def init(self) -> None:
-        password = self.password()
-        if password is None:
-            raise RuntimeError("initdb needs the superuser's password (LIFEBOAT_PG_PASSWORD)")
-        self.data.path.mkdir(mode=0o700, exist_ok=True)
+        """initdb beside the data directory, the replication role and the database made,
+        then moved into place: a node stopped half-way is made afresh at its next start,
+        never started half made (without the role no standby could ever clone it)."""
+        password, secret = self.password(), self.settings.replication_secret()
+        if password is None or secret is None:
+            raise RuntimeError(
+                "initdb needs the superuser's and the replication user's passwords "
+                "(LIFEBOAT_PG_PASSWORD_FILE, LIFEBOAT_REPLICATION_PASSWORD_FILE)"
+            )
+        part = self._beside(".init")
         pwfile = self.home / "initdb.pw"
-        pwfile.write_text(password.get_secret_value() + "\n")
-        pwfile.chmod(0o600)
-        self.data.user.own(self.data.path, pwfile)
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password.get_secret_value() + "\n")
+        self.data.user.own(pwfile)
         try:
             self.data.pg(
                 "initdb",
                 "-D",
-                str(self.data.path),
+                str(part),
                 "-U",
                 self.spec.user,
                 f"--pwfile={pwfile}",
@@ -212,26 +254,28 @@ class Node:
                 timeout=300,
             )
         finally:
-            pwfile.unlink()
-        with (self.data.path / "postgresql.conf").open("a") as conf:
+            pwfile.unlink(missing_ok=True)
+        with (part / "postgresql.conf").open("a") as conf:
             conf.write("\n# lifeboat\n" + "\n".join(SERVER_SETTINGS) + "\n")
             conf.write(f"include_if_exists = '../{NODE_CONF}'\n")
-        with (self.data.path / "pg_hba.conf").open("a") as hba:
+        with (part / "pg_hba.conf").open("a") as hba:
             user = self.spec.replication_user
             hba.write(f"\n# lifeboat\nhost replication {user} all scram-sha-256\n")
             hba.write("host all all all scram-sha-256\n")
+        made = DataDir(part, self.data.user, self.data.bindir)
+        start_node(made)
+        try:
+            self._create_roles(secret)
+        finally:
+            made.stop(timeout=60)
+        self._move_in(part)
         self.start()
-        self._create_roles()
 
-    def _create_roles(self) -> None:
-        secret = self.settings.replication_secret()
-        if secret is None:
-            raise RuntimeError(
-                "the standbys need the replication user's password (LIFEBOAT_REPLICATION_PASSWORD)"
-            )
+    def _create_roles(self, secret: SecretStr) -> None:
         dsn = self.spec.node_dsn(self.me, self.password()).reveal()
-        with psycopg.connect(make_conninfo(dsn, dbname="postgres")) as c:
-            c.autocommit = True
+        # Over the node's own socket: the replication password never crosses a network.
+        local = make_conninfo(dsn, dbname="postgres", host=str(self.home))
+        with psycopg.connect(local, autocommit=True) as c:
             c.execute(
                 sql.SQL("create role {} with replication login password {}").format(
                     sql.Identifier(self.spec.replication_user),
@@ -251,10 +295,7 @@ class Node:
                 "(select 1 from pg_replication_slots where slot_name = %s)",
                 (slot, slot),
             )
-        part = self.data.path.with_name(self.data.path.name + ".clone")
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(mode=0o700)
-        self.data.user.own(part)
+        part = self._beside(".clone")
         self.data.pg(
             "pg_basebackup",
             "-D",
@@ -270,8 +311,20 @@ class Node:
             "fast",
             timeout=3600,
         )
+        self._move_in(part)
+
+    def _beside(self, suffix: str) -> Path:
+        """An empty directory beside the data directory, for PostgreSQL's account (what an
+        earlier, interrupted try left there is removed)."""
+        part = self.data.path.with_name(self.data.path.name + suffix)
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(mode=0o700)
+        self.data.user.own(part)
+        return part
+
+    def _move_in(self, part: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.data.path.rmdir()  # empty, or the volume's mount point: then rename fails
+            self.data.path.rmdir()  # empty: a non-empty one that is no cluster raises here
         part.rename(self.data.path)
 
     def start(self) -> None:
@@ -280,11 +333,12 @@ class Node:
 
 def observe(node: Node, topology: Topology | None, error: str | None) -> Observation:
     others = [n for n in node.spec.nodes if n.name != node.me.name]
-    writable = (
-        ()
-        if node.data.initialized or topology is not None
-        else tuple(n.name for n in others if takes_writes(node.spec, n, node.password()))
+    asked = not node.data.initialized and topology is None and error is None
+    writable = tuple(
+        n.name for n in others if asked and takes_writes(node.spec, n, node.password())
     )
+    peers = node.settings.agent_peers
+    running = tuple(n.name for n in others if asked and runs(n, peers.get(n.name)))
     return Observation(
         node=node.me.name,
         initialized=node.data.initialized,
@@ -292,6 +346,7 @@ def observe(node: Node, topology: Topology | None, error: str | None) -> Observa
         read_error=error,
         first_primary=node.settings.agent_first_primary,
         writable=writable,
+        running=running,
     )
 
 

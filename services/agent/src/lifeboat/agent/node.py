@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -153,18 +154,23 @@ def record_confirmation(data: DataDir, at_wall: float) -> None:
     part.replace(final)
 
 
+# A setting in a PostgreSQL configuration file: `name = 'value'` (quotes doubled inside),
+# `=` optional, a comment after it.
+_CONNINFO_LINE = re.compile(r"^\s*primary_conninfo\s*=?\s*'((?:[^']|'')*)'")
+
+
 def configured_upstream(data_dir: Path) -> tuple[str, int] | None:
-    """The host and port the node's primary_conninfo names (postgresql.auto.conf, where
-    pg_basebackup -R, ALTER SYSTEM and a rejoin put it), or None when it names none."""
+    """The host and port the node's primary_conninfo names in postgresql.auto.conf (where
+    pg_basebackup -R, ALTER SYSTEM and a rejoin put it; the last setting wins), or None
+    when it names none. One set in postgresql.conf instead is not seen."""
     try:
         lines = (data_dir / "postgresql.auto.conf").read_text().splitlines()
     except OSError:
         return None
     found = None
     for line in lines:
-        name, _, value = line.partition("=")
-        if name.strip() == "primary_conninfo":
-            found = value.strip().strip("'").replace("''", "'")  # the last one wins
+        if (m := _CONNINFO_LINE.match(line)) is not None:
+            found = m.group(1).replace("''", "'")
     if not found:
         return None
     try:

@@ -43,6 +43,9 @@ from lifeboat.agent.node import alive, kill, pm_status, postmaster, process_star
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 0.5  # within the leader's 1 s margin beyond the bound
+# How far a restarted agent's deadline may go past its predecessor's, for a postmaster the
+# predecessor armed: with GRACE_SECONDS, still inside the leader's 1 s margin.
+RESTART_SLACK_SECONDS = 0.4
 POLL_SECONDS = 0.1
 RESPAWN_SECONDS = 5.0  # a watchdog that keeps exiting is not started twice a second
 _SHUTTING_DOWN = "stopping"
@@ -174,17 +177,26 @@ class Arming:
         self._process: subprocess.Popen[bytes] | None = None
         self._spawned_at = -RESPAWN_SECONDS
 
-    def resume(self, deadline: float) -> None:
+    def resume(self, deadline: float) -> float:
         """At the agent's start: a record its predecessor armed for the postmaster that runs
         is armed again with this agent's deadline (which counts from that predecessor's last
-        confirmation). Turned off, a predecessor's record is removed, or its watchdog would
-        stop the node."""
+        confirmation), never more than RESTART_SLACK_SECONDS past the predecessor's: the
+        leader counts its wait (the bound + 1 s) from the predecessor's last lease renewal,
+        and the agent's grace to connect after a restart must not stretch it. The deadline
+        the agent then keeps. Turned off, a predecessor's record is removed, or its watchdog
+        would stop the node."""
         if not self.enabled:
             self.files.armed.unlink(missing_ok=True)
-            return
+            return deadline
         armed, now = read_armed(self.files), running(self.data_dir)
-        if armed is not None and now == (armed.postmaster, armed.started):
+        if (
+            armed is not None
+            and armed.boot == self.boot
+            and now == (armed.postmaster, armed.started)
+        ):
+            deadline = min(deadline, armed.deadline + RESTART_SLACK_SECONDS)
             self.confirmed(now, writable=True, deadline=deadline)
+        return deadline
 
     def confirmed(
         self, postmaster: tuple[int, int] | None, *, writable: bool, deadline: float

@@ -444,7 +444,7 @@ def _handle_request(
 ) -> Decision:
     names = {n.name for n in obs.cluster.nodes}
     if isinstance(request, NodeRejoinRequested):
-        return _rejoin(obs, topo, views, request.node)
+        return _rejoin(obs, topo, views, request)
     kind = (
         FailoverKind.SWITCHOVER if isinstance(request, SwitchoverRequested) else FailoverKind.MANUAL
     )
@@ -566,12 +566,32 @@ def _out_of_date(
     return Decision(held.commands + refusal.commands, why)
 
 
-def _rejoin(obs: Observation, topo: Topology, views: dict[str, NodeView], node: str) -> Decision:
+def _rejoin(
+    obs: Observation, topo: Topology, views: dict[str, NodeView], request: NodeRejoinRequested
+) -> Decision:
+    node = request.node
+
     def refuse(reason: str) -> Decision:
         return _refuse(obs, topo, FailoverKind.MANUAL, node, f"rejoin of {node} refused: {reason}")
 
     if node not in {n.name for n in obs.cluster.nodes}:
         return refuse(f"no node named {node!r} in cluster {topo.cluster}")
+    candidate = views[topo.primary].latest if topo.primary in views else None
+    op = topo.operation
+    if (
+        op is not None
+        and node != op.old_primary
+        and not (candidate is not None and candidate.role is Role.PRIMARY and candidate.writable)
+    ):
+        # Before the candidate takes writes another standby is detached on purpose: a rejoin
+        # now would tear down a member the operation may still need. Once it does, or for
+        # the old primary (fenced), a rejoin onto it is what the operation does itself.
+        return refuse(
+            f"a {op.kind} to {op.new_primary} is under way and {op.new_primary} takes no "
+            "writes yet: ask again once it does"
+        )
+    if request.epoch is not None and request.epoch != topo.epoch:
+        return refuse(f"asked under epoch {request.epoch}, the topology is at {topo.epoch}")
     if topo.primary is None or node == topo.primary:
         return refuse(f"{node} is the primary")
     view = views[node]
@@ -857,14 +877,7 @@ def _continue(
         # was to stop it did not get that far (a refused promotion, a leader that died).
         stop = Fence(old, topo.epoch, f"{op.kind}: {primary} is promoted, {old} still runs")
         return Decision((stop,), f"{op.kind}: stopping {old} beside {primary}")
-    repoints = tuple(
-        Repoint(v.name, primary, topo.epoch)
-        for v in views.values()
-        if v.name != primary
-        and v.role is Role.STANDBY
-        and v.latest is not None
-        and v.latest.configured_upstream != primary
-    )
+    repoints = _repoints(views, primary, topo.epoch)
     if repoints:
         names = ", ".join(r.node for r in repoints)
         return Decision(repoints, f"{op.kind}: repointing {names} to {primary}")
@@ -883,8 +896,13 @@ def _continue(
         total_seconds=total,
     )
     finished = topo.model_copy(update={"operation": None, "updated_at": obs.now})
+    # Published before the write that ends the operation: a leader that dies between the two
+    # leaves the operation recorded, and whoever finishes it publishes again under the same
+    # id (one operation per epoch), which the stream's duplicate window keeps once. The
+    # other order lost the event with such a leader.
+    once = stamped(done, obs.now, key=f"{topo.cluster}|{topo.epoch}|{primary}")
     return Decision(
-        (WriteTopology(finished), Publish(stamped(done, obs.now))),
+        (Publish(once), WriteTopology(finished)),
         f"{op.kind} to {primary} complete in {total:.2f}s",
     )
 
@@ -932,9 +950,21 @@ def _resume_promotion(
             and old_view is not None
             and old_view.role is Role.PRIMARY
         ):
-            return _undo_manual(obs, topo, op, age)
+            return _undo_manual(obs, topo, op, age, views)
     commands.append(_promote(obs, topo, op, primary))
     return Decision(tuple(commands), f"{op.kind}: promoting {primary}")
+
+
+def _repoints(views: dict[str, NodeView], primary: str, epoch: int) -> tuple[Repoint, ...]:
+    """Every standby whose primary_conninfo does not name `primary`, pointed at it."""
+    return tuple(
+        Repoint(v.name, primary, epoch)
+        for v in views.values()
+        if v.name != primary
+        and v.role is Role.STANDBY
+        and v.latest is not None
+        and v.latest.configured_upstream != primary
+    )
 
 
 def _forced(op: Operation) -> bool:
@@ -974,9 +1004,13 @@ def _cannot_catch_up(
     return None
 
 
-def _undo_manual(obs: Observation, topo: Topology, op: Operation, age: float) -> Decision:
+def _undo_manual(
+    obs: Observation, topo: Topology, op: Operation, age: float, views: dict[str, NodeView]
+) -> Decision:
     """The target never caught up with the fenced primary: give the primary back its
-    writes under a new epoch, and say why. Nobody was promoted; nothing is lost."""
+    writes under a new epoch, and say why. Nobody was promoted; nothing is lost. The
+    standbys detached for the promotion follow it again (left detached, they would stream
+    from nobody, and synchronous mode would have no standby to count)."""
     old = op.old_primary
     assert old is not None
     reason = (
@@ -991,8 +1025,14 @@ def _undo_manual(obs: Observation, topo: Topology, op: Operation, age: float) ->
         target=op.new_primary,
         reason=reason,
     )
+    again = _repoints(views, old, back.epoch)
     return Decision(
-        (WriteTopology(back), Promote(old, back.epoch), Publish(stamped(failed, obs.now))),
+        (
+            WriteTopology(back),
+            Promote(old, back.epoch),
+            *again,
+            Publish(stamped(failed, obs.now)),
+        ),
         reason,
     )
 
