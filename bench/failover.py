@@ -3,9 +3,10 @@
 Uses the stack `make up` runs (gateway on 127.0.0.1:8000, `.lifeboat/`), or starts its own
 with --start (ports and data in a temporary directory, stopped afterwards). `--hosts NAME`
 (repeatable) runs issue 9's drills on test hosts instead (network namespaces, as root;
-lifeboat.devstack.hostdrill), each on stacks of its own. Runs the three
-whole-node drills, or the scenarios named (those of issue 7's fault matrix included, see
-lifeboat.devstack.drill.MATRIX). Prints one JSON object: per scenario its runs, RTO
+lifeboat.devstack.hostdrill), each on stacks of its own; `--compose` the kill-primary drill
+on docker-compose.yml's topology started from the file (lifeboat.devstack.composedrill).
+Runs the three whole-node drills, or the scenarios named (those of issue 7's fault matrix
+included, see lifeboat.devstack.drill.MATRIX). Prints one JSON object: per scenario its runs, RTO
 median/max, the longest write unavailability, acknowledged writes lost, split-brain runs,
 runs in which a hold or refusal was said (held_runs), runs that ended on another primary,
 and what the scenario's fault observed (`detail`: e.g. who finished a failover whose leader
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lifeboat.common.clusters import load_clusters
+from lifeboat.devstack.composedrill import drill_on_compose
 from lifeboat.devstack.drill import DEFAULT_SCENARIOS, MATRIX, SCENARIOS, drill
 from lifeboat.devstack.hostdrill import HOST_SCENARIOS, drill_on_hosts
 from lifeboat.devstack.throwaway import UpStack, up_stack_env
@@ -86,9 +88,17 @@ def main() -> None:
         choices=HOST_SCENARIOS,
         help="an issue 9 drill on test hosts (network namespaces, root), on stacks of its own",
     )
+    parser.add_argument(
+        "--compose",
+        action="store_true",
+        help="the kill-primary drill on docker-compose.yml's topology, started from the file "
+        "on test hosts (network namespaces, root), all runs on one",
+    )
     args = parser.parse_args()
     if args.hosts:
         return on_hosts(args.hosts, args.runs)
+    if args.compose:
+        return on_compose(args.runs)
     stack_dir, stack, workdir = Path(".lifeboat"), None, None
     if args.start:
         workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-"))
@@ -157,6 +167,24 @@ def on_hosts(scenarios: list[str], runs: int) -> None:
         out[scenario.replace("-", "_")] = result["summary"]
         print(json.dumps({scenario: result["summary"]}), file=sys.stderr, flush=True)
     print(json.dumps(out))
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def on_compose(runs: int) -> None:
+    """The compose drill (lifeboat.devstack.composedrill): each run printed as it ends."""
+    workdir = Path(tempfile.mkdtemp(prefix="lifeboat-bench-compose-"))
+    workdir.chmod(0o755)
+    result = asyncio.run(
+        drill_on_compose(
+            workdir,
+            runs,
+            on_run=lambda run: print(
+                json.dumps({"run": "compose", **run}), file=sys.stderr, flush=True
+            ),
+        )
+    )
+    summary = {**result["summary"], "detection_floor_s": DETECTION_FLOOR_S}
+    print(json.dumps({"compose_kill_primary": summary}))
     shutil.rmtree(workdir, ignore_errors=True)
 
 
