@@ -10,7 +10,7 @@ the node:
 - an empty one is cloned (pg_basebackup) from the primary the topology names, or, before
   there is a topology, from the node that takes writes;
 - only the node configured as the first primary (`LIFEBOAT_AGENT_FIRST_PRIMARY`) runs
-  initdb, and only while there is no topology and no other node takes writes: a lost volume
+  initdb, and only while there is no topology and no other node runs at all: a lost volume
   of a former primary comes back as a clone, never as a second, empty cluster.
 
 `plan` decides on a frozen observation; `main` gathers it, acts and tries again, bounded.
@@ -151,7 +151,7 @@ async def read_topology(settings: AgentSettings) -> tuple[Topology | None, str |
                 await nc.close()
     except TimeoutError:
         return None, f"no answer from NATS within {timeout:g}s"
-    except Exception as exc:  # no servers, no bucket yet, ...
+    except Exception as exc:  # no servers, no responders, a closed connection, ...
         return None, f"{type(exc).__name__}: {exc}"[:300]
     return (None if found is None else found.value), None
 

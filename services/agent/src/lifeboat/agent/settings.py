@@ -62,7 +62,7 @@ class AgentSettings(ServiceSettings, ReplicationSettings):
     primary whose agent stays down longer than the bound is stopped."""
     agent_first_primary: bool = False
     """`python -m lifeboat.agent.boot` only: this node may create the cluster (initdb) when
-    its data directory is empty, no topology exists and no other node takes writes. Set it
+    its data directory is empty, no topology exists and no other node runs at all. Set it
     on one node; every other empty node is cloned from the primary."""
     agent_boot_timeout_seconds: PositiveFloat = 300
     """`python -m lifeboat.agent.boot` only: how long an empty node waits for a primary to
