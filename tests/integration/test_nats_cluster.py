@@ -66,7 +66,10 @@ async def test_losing_the_kv_leader_changes_nothing(cluster: NatsCluster) -> Non
         topologies, leases = await TopologyStore.open(js), await LeaseStore.open(js)
         lease = await first_write(lambda: leases.acquire("failover-main", "f-1", ttl_seconds=10))
         assert lease is not None
-        topo = await topologies.create(Topology(cluster="main", primary="node1"))
+        # The topology bucket's stream may elect its leader after the lease bucket's.
+        topo = await first_write(
+            lambda: topologies.create(Topology(cluster="main", primary="node1"))
+        )
         event = FailoverCompleted(
             cluster="main",
             source=SRC,

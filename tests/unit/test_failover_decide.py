@@ -443,7 +443,8 @@ def test_a_lost_standby_is_no_failover() -> None:
         # keeps it (it may hold a commit only it acknowledged) until a later report
         (["node2"], 'ANY 1 ("node2", "node3")', SYNC_ALL, "on", ["SetSynchronous", "Publish"]),
         # ... which shows PostgreSQL narrowed and node2 caught up: the record follows
-        (["node2"], 'ANY 1 ("node2")', SYNC_ALL, "on", ["WriteTopology", "Publish"]),
+        # (said when PostgreSQL narrowed, not again)
+        (["node2"], 'ANY 1 ("node2")', SYNC_ALL, "on", ["WriteTopology"]),
         # a standby is back: recorded first (Patroni's invariant for ANY 1), then waited for
         (
             ["node2", "node3"],
@@ -486,8 +487,31 @@ def test_synchronous_standby_set_follows_healthy_standbys(
     if expected:
         sets = [c for c in decision.commands if isinstance(c, SetSynchronous)]
         assert not sets or sets[0].standbys == tuple(streaming)
+        events = published(decision, SyncChanged)
+        assert len(events) == (1 if sets or not streaming else 0)
+        assert all(e.degraded == (not streaming and mode == "on") for e in events)
+
+
+def test_a_synchronous_set_lost_and_found_again_is_said_each_time() -> None:
+    """The same change decided on another report is another event: a standby that drops
+    and comes back within two minutes was said once (one id), the history hid the flap."""
+
+    def degrade() -> Any:
+        decision = decide(
+            observe(
+                primary(sync='ANY 1 ("node2")', replicas=[]),
+                standby("node2"),
+                standby("node3"),
+                topology=TOPO.model_copy(update={"synchronous": ("node2",)}),
+            )
+        )
         (event,) = published(decision, SyncChanged)
-        assert event.degraded == (not streaming and mode == "on")
+        return event
+
+    first, again = degrade(), degrade()
+    assert first.degraded
+    assert again.degraded
+    assert first.event_id != again.event_id
 
 
 @pytest.mark.parametrize(

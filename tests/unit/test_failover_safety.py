@@ -3,15 +3,16 @@ acting is said, and a resumed failover fences the old primary first."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID, uuid4
 
 import pytest
 
 from lifeboat.common.clusters import ClusterSpec
-from lifeboat.common.decision import Publish
+from lifeboat.common.decision import Publish, stamped
 from lifeboat.common.events import (
     FailoverCompleted,
     FailoverFailed,
@@ -29,7 +30,7 @@ from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Topology
 from lifeboat.failover.commands import Detach, Fence, Promote, Repoint, WriteTopology
 from lifeboat.failover.decide import Policy, decide
-from lifeboat.failover.service import ClusterLoop
+from lifeboat.failover.service import ClusterLoop, run_forever
 from lifeboat.failover.settings import FailoverSettings
 from tests.unit.test_failover_decide import (
     AFTER,
@@ -557,6 +558,46 @@ def test_a_topology_older_than_the_nodes_timelines_is_not_acted_on() -> None:
     assert "not the writable primary on its newest timeline" in refused.reason
 
 
+def test_a_topology_rolled_back_to_before_its_timeline_was_recorded_is_not_acted_on() -> None:
+    """A failover's first write remembers the timeline its promotion forks from, so a store
+    rolled back to before the epoch's first healthy round (which records the new timeline)
+    is still found out: node2 was promoted at the next epoch from timeline 3 (so onto 4), then the
+    cluster failed over again onto 5, and the store lost both later records."""
+    failover = decide(observe(down("node1"), standby("node2"), standby("node3"),
+        topology=TOPO.model_copy(update={"timeline": 3})))  # fmt: skip
+    (first, *_) = [c for c in failover.commands if isinstance(c, WriteTopology)]
+    assert (first.topology.epoch, first.topology.timeline, first.topology.forked_from) == (
+        TOPO.epoch + 1,
+        None,
+        3,
+    )
+    rolled_back = first.topology.model_copy(
+        update={"operation": None, "updated_at": NOW - timedelta(seconds=5)}
+    )
+    later = (
+        down("node1"),
+        standby("node2", upstream="node3", configured_upstream="node3", timeline=5),
+        rep("node3", role="primary", writable=True, current_lsn="0/7000000", timeline=5),
+    )
+    decision = decide(observe(*later, topology=rolled_back))
+    assert not any(
+        isinstance(c, (Fence, Promote, WriteTopology, Detach)) for c in decision.commands
+    )
+    (event,) = held(decision)
+    assert event.reason.startswith("node2 (timeline 5), node3 (timeline 5) ahead of the topology")
+    assert "forked timeline 4 at the latest" in event.reason
+    # The same record is current while its primary is on the timeline it forked: recorded.
+    current = (
+        down("node1"),
+        rep("node2", role="primary", writable=True, current_lsn="0/7000000", timeline=4),
+        standby("node3", upstream="node2", configured_upstream="node2", timeline=4),
+    )
+    steady = decide(observe(*current, topology=rolled_back))
+    assert not held(steady)
+    (write,) = [c for c in steady.commands if isinstance(c, WriteTopology)]
+    assert write.topology.timeline == 4
+
+
 ROLLED_BACK = (
     down("node1"),
     rep("node2", role="primary", writable=True, current_lsn="0/6000000", timeline=4),
@@ -622,7 +663,7 @@ def test_repeated_refusals_are_said_once_a_while_and_every_request_is_answered()
             kind=FailoverKind.SWITCHOVER,
             reason="no standby can be promoted",
         )
-        return loop._worth_sending(Publish(event))
+        return loop._to_send(Publish(event)) is not None
 
     sent = [
         refusal(SwitchoverFailed, None),
@@ -633,3 +674,52 @@ def test_repeated_refusals_are_said_once_a_while_and_every_request_is_answered()
         refusal(FailoverFailed, None),
     ]
     assert sent == [True, False, True, True, True, False]
+
+
+def test_a_hold_said_again_is_stored_again() -> None:
+    """The same hold said again after the repeat interval has an id of its own: under the
+    first one's id the stream's duplicate window (2 min) dropped every repeat of a hold that
+    lasted, and the history showed it once."""
+    loop = ClusterLoop(CLUSTER, FailoverSettings(), cast(ServiceRuntime, None))
+    hold = FailoverHeld(cluster="main", source=ME, epoch=3, primary="node1", reason="no majority")
+
+    def send(at: datetime) -> Any:
+        return loop._to_send(Publish(stamped(hold, at)))
+
+    start = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
+    first = send(start)
+    assert send(start + timedelta(seconds=1)) is None  # re-decided: not again yet
+    loop._recent_events.clear()  # the repeat interval has passed
+    again = send(start + timedelta(seconds=31))
+    assert first is not None
+    assert again is not None
+    assert first.event.event_id != again.event.event_id
+    loop._recent_events.clear()
+    # another instance saying the same hold in the same window: one id, stored once
+    assert send(start + timedelta(seconds=1)).event.event_id == first.event.event_id
+
+
+async def test_a_cluster_busy_with_a_long_action_holds_up_no_other_cluster() -> None:
+    """Each cluster decides in a task of its own: a handover waiting on one cluster's old
+    primary (up to 50 s) held up every other cluster's decisions, a failover among them."""
+
+    class Busy:
+        cluster = CLUSTER
+
+        async def tick(self) -> None:
+            await asyncio.sleep(60)  # a handover's clean stop
+
+    class Other:
+        cluster = CLUSTER.model_copy(update={"name": "other"})
+        ticks = 0
+
+        async def tick(self) -> None:
+            self.ticks += 1
+
+    other = Other()
+    deciding = asyncio.create_task(run_forever(cast(list[ClusterLoop], [Busy(), other]), 0.01))
+    try:
+        await asyncio.sleep(0.3)
+    finally:
+        deciding.cancel()
+    assert other.ticks >= 5

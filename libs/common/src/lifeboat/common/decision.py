@@ -49,15 +49,20 @@ class Decision(Generic[C]):
         return cls((), reason)
 
 
-def stamped(event: E, at: datetime, *, key: str | None = None) -> E:
+def stamped(event: E, at: datetime, *, key: str | None = None, occasion: str | None = None) -> E:
     """`event` as of `at`, with an id derived from what it says (not who says it, nor when).
 
     Two instances deciding the same step produce the same id, whatever their own identity.
     With `key`, the id comes from the event's type and `key` alone: for an outcome whose
     details (its timings) differ between the instances that may each publish it once, so
-    that the stream's duplicate window keeps one.
+    that the stream's duplicate window keeps one. `occasion` tells an event apart from an
+    identical one said earlier for another reason (the same hold said again a while later,
+    a synchronous set that comes back after it was lost): without it the stream's
+    duplicate window would drop the second as a copy of the first.
     """
     content = key or event.model_dump_json(exclude={"event_id", "occurred_at", "source"})
+    if occasion is not None:
+        content = f"{content}|{occasion}"
     event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{event.type}|{content}")
     return event.model_copy(update={"event_id": event_id, "occurred_at": at})
 

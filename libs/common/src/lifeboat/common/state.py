@@ -53,11 +53,28 @@ class Topology(BaseModel):
     # means this topology is older than the cluster (the store rolled back past a failover,
     # or a node was promoted outside Lifeboat): nobody acts on it then.
     timeline: NonNegativeInt | None = None
+    # Until then: the newest timeline known when this epoch was written. Its promotion forks
+    # the next one from it, so a node on a later one than that shows the topology older than
+    # the cluster even when the store lost the record of the epoch's own timeline.
+    forked_from: NonNegativeInt | None = None
+
+    def newest_timeline(self) -> int | None:
+        """The newest timeline this topology knows its cluster may be on: the recorded one,
+        else the one its promotion forks (None: it knows none)."""
+        if self.timeline is not None:
+            return self.timeline
+        return None if self.forked_from is None else self.forked_from + 1
 
     def promoted(
-        self, new_primary: str, operation: Operation | None = None, at: datetime | None = None
+        self,
+        new_primary: str,
+        operation: Operation | None = None,
+        at: datetime | None = None,
+        *,
+        seen: int | None = None,
     ) -> Topology:
-        """The topology after `new_primary` takes over, one epoch later.
+        """The topology after `new_primary` takes over, one epoch later; `seen`: the newest
+        timeline a node reports now (it forks from the newer of that and what this one knows).
 
         Its synchronous set is empty on purpose, and empty does not mean asynchronous: no
         standby is yet known to hold the new primary's acknowledged commits (nor, until it
@@ -77,6 +94,9 @@ class Topology(BaseModel):
             synchronous=(),
             operation=operation,
             updated_at=at or utcnow(),
+            forked_from=max(
+                (t for t in (self.newest_timeline(), seen) if t is not None), default=None
+            ),
         )
 
 

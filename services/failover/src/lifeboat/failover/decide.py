@@ -215,7 +215,8 @@ def _behind_the_cluster(topo: Topology, views: dict[str, NodeView]) -> str | Non
     """Why the topology is older than what the nodes show, if it is: acting on it (fencing
     the node that is really primary, promoting one that is behind) could lose what the
     newer timeline acknowledged. Only an operator's forced failover moves on from it."""
-    if topo.timeline is None:
+    limit = topo.newest_timeline()
+    if limit is None:
         return None
     recorded = views[topo.primary].latest if topo.primary else None
     if recorded is not None and recorded.role is Role.PRIMARY and recorded.writable:
@@ -225,16 +226,19 @@ def _behind_the_cluster(topo: Topology, views: dict[str, NodeView]) -> str | Non
     ahead = sorted(
         (v.latest.timeline, name)
         for name, v in sorted(views.items())
-        if v.latest is not None
-        and v.latest.timeline is not None
-        and v.latest.timeline > topo.timeline
+        if v.latest is not None and v.latest.timeline is not None and v.latest.timeline > limit
     )
     if not ahead:
         return None
     nodes = ", ".join(f"{name} (timeline {timeline})" for timeline, name in ahead)
+    known = (
+        f"recorded on timeline {topo.timeline}"
+        if topo.timeline is not None
+        else f"its promotion forked timeline {limit} at the latest"
+    )
     return (
         f"{nodes} ahead of the topology (epoch {topo.epoch}, primary {topo.primary}, "
-        f"recorded on timeline {topo.timeline}): it is older than the "
+        f"{known}): it is older than the "
         "cluster (its store rolled back past a failover, or a node was promoted outside "
         "Lifeboat); not acting on it. Check which node holds the newest data, then "
         "`lifeboat failover --target <it> --force` records it"
@@ -351,7 +355,9 @@ def _back_read_only(
     return Decision(
         (
             Promote(view.name, topo.epoch, peers),
-            WriteTopology(topo.model_copy(update={"timeline": None})),
+            WriteTopology(
+                topo.model_copy(update={"timeline": None, "forked_from": topo.newest_timeline()})
+            ),
             Publish(stamped(held, obs.now)),
         ),
         why,
@@ -640,8 +646,7 @@ def choose_candidate(
         reference = max(has.values())
     # The newest timeline any node is seen on: a standby left on an older one did not follow
     # a promotion, and whatever it has is not the history the cluster went on with.
-    timelines = [r.timeline for v in views.values() if (r := v.latest) and r.timeline is not None]
-    timeline = max(timelines, default=None)
+    timeline = _newest_timeline(views)
     forced = budget is not None
     sync = policy.synchronous_mode != "off" and not handover and not forced
     if sync:
@@ -742,6 +747,14 @@ def start_failover(
     return Decision(commands, f"{reason}: promoting {candidate} at epoch {new.epoch}")
 
 
+def _newest_timeline(views: dict[str, NodeView]) -> int | None:
+    """The newest timeline any node reports."""
+    return max(
+        (r.timeline for v in views.values() if (r := v.latest) and r.timeline is not None),
+        default=None,
+    )
+
+
 def _why(why_not: dict[str, str]) -> str:
     return "; ".join(f"{n}: {w}" for n, w in sorted(why_not.items())) or "no standbys"
 
@@ -772,7 +785,7 @@ def _takeover(
         data_loss_budget_bytes=budget,
         correlation_id=_correlation(obs),
     )
-    new = topo.promoted(candidate, op, at=obs.now)
+    new = topo.promoted(candidate, op, at=obs.now, seen=_newest_timeline(views))
     started = FailoverStarted(
         cluster=topo.cluster,
         source=obs.source,
@@ -1105,6 +1118,10 @@ def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -
         commands.append(WriteTopology(topo.model_copy(update={"synchronous": desired})))
     if not commands:
         return Decision.nothing(f"{primary} is healthy")
+    if desired == actual and not degraded:
+        # The record follows what PostgreSQL already does, which was said when it changed.
+        names = ", ".join(recorded) or "none"
+        return Decision(tuple(commands), f"synchronous standbys recorded: {names}")
     if degraded:
         reason = "no standby is streaming: commits no longer wait for one (synchronous mode on)"
     elif desired:
@@ -1120,5 +1137,7 @@ def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -
         degraded=degraded,
         reason=reason,
     )
-    commands.append(Publish(stamped(changed, obs.now)))
+    # Decided on this report: a set lost and found again within the stream's duplicate
+    # window is said each time, not dropped as a copy of the first.
+    commands.append(Publish(stamped(changed, obs.now, occasion=str(report.event_id))))
     return Decision(tuple(commands), reason)

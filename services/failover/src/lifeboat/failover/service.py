@@ -14,8 +14,9 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from lifeboat.common.clusters import ClusterSpec
-from lifeboat.common.decision import Outcome, Publish
+from lifeboat.common.decision import Outcome, Publish, stamped
 from lifeboat.common.events import (
+    ClusterEvent,
     FailoverFailed,
     FailoverHeld,
     FailoverKind,
@@ -211,7 +212,8 @@ class ClusterLoop:
         ):
             self.promoting_back = (topology.primary, topology.epoch, now)
         decision = Decision(
-            tuple(c for c in decision.commands if self._worth_sending(c)), decision.reason
+            tuple(sent for c in decision.commands if (sent := self._to_send(c)) is not None),
+            decision.reason,
         )
         if decision.reason != self.last_decision:
             log.info("%s: %s", self.cluster.name, decision.reason)
@@ -383,23 +385,31 @@ class ClusterLoop:
                 primary=command.node,
                 reason=why,
             )
-            if self._worth_sending(Publish(held)):
-                await self.runtime.publisher.publish(held)
+            if (said := self._say_now(held)) is not None:
+                await self.runtime.publisher.publish(said)
 
-    def _worth_sending(self, command: object) -> bool:
-        """Holds and refusals repeat every tick while nothing changes: say them once a while.
-        An answer to a request is keyed by the request too: each operator gets theirs."""
-        if not isinstance(command, Publish) or not isinstance(
-            command.event, (FailoverHeld, FailoverFailed, SwitchoverFailed)
-        ):
-            return True
-        event = command.event
+    def _to_send(self, command: Command) -> Command | None:
+        """The command, or None for an event not to say now (see _say_now)."""
+        if not isinstance(command, Publish):
+            return command
+        said = self._say_now(command.event)
+        return None if said is None else Publish(said)
+
+    def _say_now(self, event: ClusterEvent) -> ClusterEvent | None:
+        """Holds and refusals repeat every tick while nothing changes: say them once a while
+        (None: not now). An answer to a request is keyed by the request too: each operator
+        gets theirs. Said again, a hold's id names the window it is said in: under the id it
+        had the first time, the stream would drop it as a copy for two minutes."""
+        if not isinstance(event, (FailoverHeld, FailoverFailed, SwitchoverFailed)):
+            return event
         key = (event.type, event.reason, str(event.correlation_id))
         now = time.monotonic()
-        if now - self._recent_events.get(key, -1e9) < self.settings.repeat_event_after_seconds:
-            return False
+        every = self.settings.repeat_event_after_seconds
+        if now - self._recent_events.get(key, -1e9) < every:
+            return None
         self._recent_events[key] = now
-        return True
+        window = int(event.occurred_at.timestamp() // every)
+        return stamped(event, event.occurred_at, occasion=f"said in window {window}")
 
     async def _record_phases(self, outcomes: list[Outcome[Command]]) -> None:
         phases = [
@@ -432,11 +442,17 @@ class ClusterLoop:
 
 
 async def run_forever(loops: list[ClusterLoop], interval: float) -> None:
+    """Each cluster decides in a task of its own: a node action that takes long on one (a
+    handover's clean stop and catch-up, up to 50 s) holds up that cluster's next decision,
+    never another cluster's."""
+    await asyncio.gather(*(_decide_forever(loop, interval) for loop in loops))
+
+
+async def _decide_forever(loop: ClusterLoop, interval: float) -> None:
     while True:
         started = time.monotonic()
-        for loop in loops:
-            try:
-                await loop.tick()
-            except Exception:
-                log.exception("%s: tick failed", loop.cluster.name)
+        try:
+            await loop.tick()
+        except Exception:
+            log.exception("%s: tick failed", loop.cluster.name)
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
