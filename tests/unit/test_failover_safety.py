@@ -25,12 +25,13 @@ from lifeboat.common.events import (
     ReplicaState,
     SwitchoverFailed,
     SwitchoverRequested,
+    SyncChanged,
 )
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Topology
 from lifeboat.failover.commands import Detach, Fence, Promote, Repoint, WriteTopology
 from lifeboat.failover.decide import Policy, decide
-from lifeboat.failover.service import ClusterLoop, run_forever
+from lifeboat.failover.service import ClusterLoop, _sync_change, run_forever
 from lifeboat.failover.settings import FailoverSettings
 from tests.unit.test_failover_decide import (
     AFTER,
@@ -723,3 +724,43 @@ async def test_a_cluster_busy_with_a_long_action_holds_up_no_other_cluster() -> 
     finally:
         deciding.cancel()
     assert other.ticks >= 5
+
+
+def test_a_candidate_back_in_recovery_is_promoted_again_with_its_fork_recorded_first() -> None:
+    """node2, promoted from timeline 3 onto 4 at this epoch, crashed and came back read-only
+    before its timeline was recorded: promoted again it forks 5. The record says so first,
+    or a second crash would leave nodes on 5, past what the record allows, and hold the
+    cluster for good."""
+    after = TOPO.model_copy(update={"timeline": 3}).promoted("node2", OP, at=NOW)
+    assert after.forked_from == 3
+    back = (down("node1"), standby("node2", timeline=4), standby("node3", timeline=4))
+    decision = decide(observe(*back, topology=after))
+    writes = [c for c in decision.commands if isinstance(c, WriteTopology)]
+    assert [w.topology.forked_from for w in writes] == [4]
+    assert decision.commands.index(writes[0]) < decision.commands.index(promotions_of(decision))
+    # the same on the next round, once written: no write again
+    again = decide(observe(*back, topology=writes[0].topology))
+    assert not [c for c in again.commands if isinstance(c, WriteTopology)]
+    assert [c.node for c in again.commands if isinstance(c, Promote)] == ["node2"]
+
+
+def promotions_of(decision: Any) -> Promote:
+    (promote,) = [c for c in decision.commands if isinstance(c, Promote)]
+    return promote
+
+
+def test_a_change_of_the_synchronous_set_is_said_once_until_another_is_said() -> None:
+    """Decided again on each new report until one shows PostgreSQL's new setting, and again
+    when the record follows, the same change is said once; a flap back and forth is said at
+    every turn."""
+    loop = ClusterLoop(CLUSTER, FailoverSettings(), cast(ServiceRuntime, None))
+
+    def change(standbys: tuple[str, ...]) -> SyncChanged:
+        return SyncChanged(
+            cluster="main", source=ME, epoch=4, primary="node1", standbys=standbys, reason="r"
+        )
+
+    assert loop._say_now(change(("node2",))) is not None
+    loop._sync_said = _sync_change(change(("node2",)))  # published
+    assert loop._say_now(change(("node2",))) is None
+    assert loop._say_now(change(("node2", "node3"))) is not None

@@ -161,6 +161,12 @@ class ClusterSpec(BaseModel):
                 return node
         raise KeyError(f"cluster {self.name!r} has no node {name!r}")
 
+    def remote(self) -> ClusterSpec:
+        """This cluster as a service on another host than its nodes sees it: no node's data
+        directory is its own, so it acts on them over SQL and through their agents."""
+        nodes = tuple(n.model_copy(update={"data_dir": None}) for n in self.nodes)
+        return self.model_copy(update={"nodes": nodes})
+
     def node_dsn(
         self, node: NodeSpec, password: SecretStr | None, *, connect_timeout: float = 2
     ) -> Dsn:

@@ -10,12 +10,17 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt
 from lifeboat.common.events import FailoverKind, PhaseTiming, Role, utcnow
 from lifeboat.common.subjects import Name
 
+# Records in KV outlive a version: a field a newer writer added is ignored by an older
+# reader (an agent not yet upgraded), where forbidding it made every read fail, and an agent
+# that cannot read the topology stops its primary.
+_RECORD = ConfigDict(frozen=True, extra="ignore")
+
 
 class Operation(BaseModel):
     """A failover or switchover under way: written with the new epoch before any node is
     touched, so whoever holds the lease next finishes it instead of starting over."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _RECORD
 
     kind: FailoverKind
     old_primary: Name | None
@@ -38,7 +43,7 @@ class Operation(BaseModel):
 class Topology(BaseModel):
     """Who is primary in a cluster, under which epoch. The epoch is the fencing token."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _RECORD
 
     cluster: Name
     primary: Name | None
@@ -101,7 +106,7 @@ class Topology(BaseModel):
 
 
 class Lease(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _RECORD
 
     name: Name
     holder: str

@@ -55,7 +55,6 @@ from lifeboat.devstack.faults import (
     signal_node,
     signal_walreceiver,
     starved,
-    wait_stopped,
 )
 from lifeboat.devstack.launch import ServiceProcess, launch
 from lifeboat.devstack.natsfaults import StackNats
@@ -557,7 +556,7 @@ class Drill:
             target = standbys[0]
             asked = threading.Thread(target=self._operate, args=("switchover", target))
             asked.start()
-            wait_stopped(self._data_dir(primary), 30)
+            self._handed_over(primary, 30)
             at = time.monotonic()
             signal_node(self._data_dir(target), signal.SIGKILL)
             asked.join(200)
@@ -597,6 +596,22 @@ class Drill:
         """The instance that published this run's first `kind` event."""
         event = self._event(kind, 0)
         return None if event is None else str(event.get("source", {}).get("instance"))
+
+    def _handed_over(self, node: str, timeout: float) -> bool:
+        """Until the switchover's handover has taken the old primary's writes: it is stopped
+        (the controller holds its data directory and stopped it cleanly) or read-only (its
+        agent's host: the handover leaves it running); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not (self._data_dir(node) / "postmaster.pid").exists():
+                return True
+            with contextlib.suppress(psycopg.Error):
+                with psycopg.connect(self.dsn(node), autocommit=True, connect_timeout=1) as conn:
+                    row = conn.execute("show default_transaction_read_only").fetchone()
+                if row is not None and row[0] == "on":
+                    return True
+            time.sleep(0.005)
+        return False
 
     def _writable(self, node: str) -> bool:
         """The node is out of recovery (it would take writes)."""
@@ -721,7 +736,9 @@ class Drill:
         (held says why) until it answers again and is fenced."""
         remote = self.stack_dir / "drill-remote-clusters.yaml"
         clusters = load_clusters(self.stack_dir / "clusters.yaml")
-        remote.write_text(dump_clusters(_without_data_dirs(clusters)))
+        remote.write_text(
+            dump_clusters(ClustersFile(clusters=tuple(c.remote() for c in clusters.clusters)))
+        )
         self.instances.ensure("remote", LIFEBOAT_CLUSTERS_FILE=str(remote))
         self._transient.append("remote")
         self.instances.lead("remote")
@@ -973,22 +990,6 @@ class Drill:
 
     def _log(self, node: str) -> Path:
         return self._data_dir(node).parent / "postgres.log"
-
-
-def _without_data_dirs(clusters: ClustersFile) -> ClustersFile:
-    """The cluster file in remote mode: no node's data directory, so fencing is SQL only."""
-    return clusters.model_copy(
-        update={
-            "clusters": tuple(
-                c.model_copy(
-                    update={
-                        "nodes": tuple(n.model_copy(update={"data_dir": None}) for n in c.nodes)
-                    }
-                )
-                for c in clusters.clusters
-            )
-        }
-    )
 
 
 def stack_child(stack_dir: Path, module: bytes) -> int | None:

@@ -120,9 +120,7 @@ class HostStack:
 
     def spec(self) -> ClusterSpec:
         """The cluster in remote mode: no node's data directory is the controller's."""
-        spec = self.pg.spec(self.name)
-        nodes = tuple(n.model_copy(update={"data_dir": None}) for n in spec.nodes)
-        return spec.model_copy(update={"nodes": nodes})
+        return self.pg.spec(self.name).remote()
 
     def client_dsn(self) -> str:
         """What a client uses: whichever node takes writes. A peer that vanishes (a cut link)

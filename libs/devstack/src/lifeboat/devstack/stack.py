@@ -195,10 +195,17 @@ class Stack:
         spec = self.pg.spec(s.cluster_name).model_copy(update={"filesets": (uploads,)})
         clusters_file = self.dir / "clusters.yaml"
         clusters_file.write_text(dump_clusters(ClustersFile(clusters=(spec,))))
+        # The failover service acts on the nodes as it would from another host: over SQL and
+        # through their agents, never on their data directories (those are the agents'), so
+        # `make up` runs the code docker compose and separate hosts run.
+        remote_file = self.dir / "failover-clusters.yaml"
+        remote_file.write_text(dump_clusters(ClustersFile(clusters=(spec.remote(),))))
         env = self._service_env(clusters_file, creds)
         self._start_agents(env)
         for name in SERVICES:
-            if name == "monitor":
+            if name == "failover":
+                self._start_service(name, {**env, "LIFEBOAT_CLUSTERS_FILE": str(remote_file)})
+            elif name == "monitor":
                 # Several monitors are the failover quorum; the first answers on its port.
                 for i in range(1, s.monitors + 1):
                     port = s.monitor_port if i == 1 else 0

@@ -96,9 +96,7 @@ class LocalHA:
         """Rewrite the cluster file without data directories (before the services start):
         the services then manage every node over SQL only, as under docker compose, and
         cannot kill a node they cannot reach."""
-        spec = self.spec()
-        nodes = tuple(n.model_copy(update={"data_dir": None}) for n in spec.nodes)
-        self.write_spec(spec.model_copy(update={"nodes": nodes}))
+        self.write_spec(self.spec().remote())
 
     def writer_dsn(self) -> str:
         """The libpq multi-host DSN a client uses: whichever node takes writes."""

@@ -45,6 +45,16 @@ def process_tree(root: int) -> list[int]:
     return [root, *children]
 
 
+def frozen(pid: int) -> bool:
+    """Whether the process is stopped by a signal (SIGSTOP, a debugger): it takes no signal
+    but SIGKILL until it is continued."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("T", "t")
+
+
 def signal_postmaster(data_dir: Path, sig: signal.Signals) -> bool:
     """Send `sig` to the node's postmaster and every backend; False if it is not running.
 

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from lifeboat.common.events import Role
-from lifeboat.pg.datadir import DataDir, postmaster_pid, process_tree
+from lifeboat.pg.datadir import DataDir, frozen, postmaster_pid, process_tree
 from lifeboat.pg.recovery import RESTORING_MARKER
 from lifeboat.pg.tools import ToolError
 
@@ -226,7 +226,8 @@ def _exited(pid: int, timeout: float) -> bool:
 def stop(data: DataDir, fast_timeout: float) -> str:
     """Stop the node: `pg_ctl stop -m fast` (every session ended at once, the shutdown
     checkpoint streamed to the standbys), after `fast_timeout` an immediate stop, then
-    SIGKILL; what it took.
+    SIGKILL; what it took. A frozen postmaster (SIGSTOP) is killed at once: it would take
+    neither stop, and waiting on them would only delay the failover.
 
     It waits on the postmaster it found, not on the pid file as `pg_ctl -w` does: a node
     started again meanwhile writes the file anew, and is left to the next round to judge
@@ -236,7 +237,7 @@ def stop(data: DataDir, fast_timeout: float) -> str:
     pid = postmaster(data.path)
     if pid is None:
         return "not running"
-    for mode in ("fast", "immediate"):
+    for mode in () if frozen(pid) else ("fast", "immediate"):
         if (now := postmaster(data.path)) != pid:
             return "stopped" + (f"; started again since (postmaster {now})" if now else "")
         with contextlib.suppress(ToolError):  # it may have exited between the two reads

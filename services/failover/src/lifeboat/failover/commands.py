@@ -42,13 +42,16 @@ class Promote:
     when it still answers, of the fenced `old_primary`; it is given a bounded time to catch
     up, else the promotion is refused and the next decision chooses again.
 
-    `synchronous`: names the new primary's commits wait for from the start (strict mode)."""
+    `synchronous`: names the new primary's commits wait for from the start (strict mode).
+    `peers_optional` (a switchover: the target has every acknowledged commit; its peers need
+    only be able to follow it): a peer that cannot be read is passed over."""
 
     node: str
     epoch: int
     peers: tuple[str, ...] = ()
     old_primary: str | None = None
     synchronous: tuple[str, ...] = ()
+    peers_optional: bool = False
 
 
 @dataclass(frozen=True)

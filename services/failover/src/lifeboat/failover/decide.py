@@ -350,18 +350,27 @@ def _back_read_only(
     held = FailoverHeld(
         cluster=topo.cluster, source=obs.source, epoch=topo.epoch, primary=topo.primary, reason=why
     )
-    # Checked again at the promotion: nobody it is promoted over has WAL it lacks.
+    # Checked again at the promotion: nobody it is promoted over has WAL it lacks. Its
+    # promotion forks a timeline: written first, so that a leader that dies between the two
+    # leaves no record of a timeline the node has left.
     peers = tuple(v.name for v in others if v.role is Role.STANDBY)
     return Decision(
         (
+            WriteTopology(_forking(topo, report)),
             Promote(view.name, topo.epoch, peers),
-            WriteTopology(
-                topo.model_copy(update={"timeline": None, "forked_from": topo.newest_timeline()})
-            ),
             Publish(stamped(held, obs.now)),
         ),
         why,
     )
+
+
+def _forking(topo: Topology, report: NodeHealth | None) -> Topology:
+    """The topology as the promotion of `report`'s node leaves it: no timeline recorded
+    (the promotion forks the next), `forked_from` the newest the record or the node knows.
+    The same on every try, so a promotion retried round after round writes it once."""
+    known = (topo.timeline, topo.forked_from, report.timeline if report else None)
+    fork = max((t for t in known if t is not None), default=None)
+    return topo.model_copy(update={"timeline": None, "forked_from": fork})
 
 
 def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Decision:
@@ -382,9 +391,10 @@ def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Dec
         return _hold(obs, topo, why)
     primary = views[topo.primary or ""].latest
     if primary is not None and primary.role is Role.PRIMARY and not primary.writable:
-        # Left read-only by a handover that did not finish: it is still the primary.
+        # Left read-only by a handover that did not finish: it is still the primary, and the
+        # standbys the switchover detached from it follow it again.
         return Decision(
-            (Promote(primary.node, topo.epoch),),
+            (Promote(primary.node, topo.epoch), *_repoints(views, primary.node, topo.epoch)),
             f"{primary.node} is the primary but read-only: taking writes again",
         )
     if (
@@ -491,9 +501,14 @@ def _handle_request(
     if candidate is None:
         return _refuse(obs, topo, kind, target, f"no standby can take over: {_why(why_not)}")
     new, takeover = _takeover(obs, topo, views, kind, reason, candidate, fence=False)
-    # The old primary follows the new one: rejoined here, or by its agent on its own host.
+    # The other standbys stop streaming from the old primary before the new epoch: where its
+    # data directory is not the controller's it runs on, read-only, until its agent stops it,
+    # and WAL it writes meanwhile (a checkpoint, the shutdown's) must not reach a standby
+    # that is to follow the new primary, whose history forks before it. The old primary
+    # follows the new one: rejoined here, or by its agent on its own host.
     commands: list[Command] = [
         Handover(old, candidate, topo.epoch),
+        *(Detach(name, topo.epoch, old) for name in _standbys_beside(views, candidate, old)),
         *takeover,
         Rejoin(old, candidate, new.epoch),
     ]
@@ -799,11 +814,7 @@ def _takeover(
         data_loss_budget_bytes=budget,
     )
     commands: list[Command] = [WriteTopology(new), Publish(stamped(started, obs.now))]
-    standbys = [
-        n.name
-        for n in obs.cluster.nodes
-        if n.name not in (candidate, topo.primary) and views[n.name].role is Role.STANDBY
-    ]
+    standbys = _standbys_beside(views, candidate, topo.primary)
     accepted = budget is not None  # forced: an unconfirmed fence is the operator's call
     why = f"{reason}: {candidate} takes over"
     # A manual failover from a primary that still runs: killed at once, it could no longer
@@ -827,6 +838,11 @@ def _takeover(
     return new, tuple(commands)
 
 
+def _standbys_beside(views: dict[str, NodeView], candidate: str, old: str | None) -> list[str]:
+    """The standbys other than the candidate (and the old primary), in the cluster's order."""
+    return [n for n, v in views.items() if n not in (candidate, old) and v.role is Role.STANDBY]
+
+
 def _positions(views: dict[str, NodeView], primary: str | None) -> dict[str, str]:
     """Each answering node's WAL position as last reported, for the record."""
     out = {}
@@ -845,8 +861,13 @@ def _positions(views: dict[str, NodeView], primary: str | None) -> dict[str, str
 def _promote(obs: Observation, topo: Topology, op: Operation, candidate: str) -> Promote:
     """Promote `candidate`, checked against the standbys that may hold acknowledged commits
     (read by the executor right before, after the fence)."""
-    if op.kind is FailoverKind.SWITCHOVER or op.data_loss_budget_bytes is not None:
-        peers: tuple[str, ...] = ()  # handed over (replayed all), or a loss accepted
+    others = tuple(n.name for n in obs.cluster.nodes if n.name not in (candidate, op.old_primary))
+    if op.kind is FailoverKind.SWITCHOVER:
+        # Handed over: it replayed everything the old primary acknowledged. The standbys it
+        # goes on with must be able to follow it: it has what each of them has.
+        peers: tuple[str, ...] = others
+    elif op.data_loss_budget_bytes is not None:
+        peers = ()  # a loss accepted
     else:
         peers = tuple(n for n in op.synchronous if n not in (candidate, op.old_primary))
     synchronous: tuple[str, ...] = ()
@@ -855,8 +876,9 @@ def _promote(obs: Observation, topo: Topology, op: Operation, candidate: str) ->
         synchronous = tuple(
             sorted(n.name for n in obs.cluster.nodes if n.name != candidate and n.can_be_promoted)
         )
-    old = None if op.kind is FailoverKind.SWITCHOVER else op.old_primary
-    return Promote(candidate, topo.epoch, peers, old, synchronous)
+    switchover = op.kind is FailoverKind.SWITCHOVER
+    old = None if switchover else op.old_primary
+    return Promote(candidate, topo.epoch, peers, old, synchronous, peers_optional=switchover)
 
 
 def _continue(
@@ -964,6 +986,11 @@ def _resume_promotion(
             and old_view.role is Role.PRIMARY
         ):
             return _undo_manual(obs, topo, op, age, views)
+    # Promoted before at this epoch and back in recovery (a crash, a start), its promotion
+    # forks a timeline past the one the epoch's first write expected: recorded first.
+    forking = _forking(topo, views[primary].latest)
+    if forking != topo:
+        commands.append(WriteTopology(forking))
     commands.append(_promote(obs, topo, op, primary))
     return Decision(tuple(commands), f"{op.kind}: promoting {primary}")
 
@@ -1118,10 +1145,6 @@ def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -
         commands.append(WriteTopology(topo.model_copy(update={"synchronous": desired})))
     if not commands:
         return Decision.nothing(f"{primary} is healthy")
-    if desired == actual and not degraded:
-        # The record follows what PostgreSQL already does, which was said when it changed.
-        names = ", ".join(recorded) or "none"
-        return Decision(tuple(commands), f"synchronous standbys recorded: {names}")
     if degraded:
         reason = "no standby is streaming: commits no longer wait for one (synchronous mode on)"
     elif desired:
@@ -1138,6 +1161,7 @@ def _manage_sync(obs: Observation, topo: Topology, views: dict[str, NodeView]) -
         reason=reason,
     )
     # Decided on this report: a set lost and found again within the stream's duplicate
-    # window is said each time, not dropped as a copy of the first.
+    # window is said each time, not dropped as a copy of the first. The same change decided
+    # again (until a report shows it, and when the record follows) the service says once.
     commands.append(Publish(stamped(changed, obs.now, occasion=str(report.event_id))))
     return Decision(tuple(commands), reason)

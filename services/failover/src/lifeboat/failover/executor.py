@@ -168,7 +168,7 @@ class Executor:
                     )
                 )
                 return f"rejoined with {method}", current
-            case Promote(node, epoch, peers, old_primary, synchronous):
+            case Promote(node, epoch, peers, old_primary, synchronous, peers_optional):
                 if (delay := self._promote_after - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
                 await self._guard(epoch)
@@ -178,6 +178,7 @@ class Executor:
                     old_primary=old_primary,
                     synchronous=synchronous,
                     guard=lambda: self._guard(epoch),
+                    peers_optional=peers_optional,
                 )
                 log.warning("promoted %s at epoch %d (%s)", node, epoch, detail)
                 return f"promoted: {detail}", current

@@ -210,14 +210,19 @@ class NodeActions:
         assert row is not None
         return lsn_to_int(str(row[0]))
 
-    async def _must_have(self, peers: tuple[str, ...], old_primary: str | None) -> tuple[int, str]:
-        """The furthest position a promoted node must have: every peer's (each must answer),
-        and the fenced old primary's when it still answers (it may not: it is fenced)."""
+    async def _must_have(
+        self, peers: tuple[str, ...], old_primary: str | None, *, optional: bool = False
+    ) -> tuple[int, str]:
+        """The furthest position a promoted node must have: every peer's (each must answer,
+        unless `optional`), and the fenced old primary's when it still answers (it may not:
+        it is fenced)."""
         need, who = 0, "nobody"
         for peer in peers:
             try:
                 pos = await self.position(peer)
             except (TimeoutError, psycopg.Error) as exc:
+                if optional:
+                    continue
                 raise CandidateBehindError(
                     f"{peer} may hold acknowledged commits and cannot be read "
                     f"({type(exc).__name__})"
@@ -239,11 +244,12 @@ class NodeActions:
         old_primary: str | None = None,
         synchronous: tuple[str, ...] = (),
         guard: Callable[[], Awaitable[None]] | None = None,
+        peers_optional: bool = False,
     ) -> str:
         """`guard` runs again right before `pg_promote`: the catch-up before it takes
         seconds, in which the lease or the epoch may have moved on."""
         node = self.cluster.node(name)
-        need, who = await self._must_have(peers, old_primary)
+        need, who = await self._must_have(peers, old_primary, optional=peers_optional)
         async with (
             asyncio.timeout(self.timeout + 15 + CATCH_UP_SECONDS),
             self._connect(node) as conn,

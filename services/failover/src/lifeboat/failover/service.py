@@ -25,6 +25,7 @@ from lifeboat.common.events import (
     PhaseTiming,
     Role,
     SwitchoverFailed,
+    SyncChanged,
 )
 from lifeboat.common.kv import LeaseLostError, LeaseStore, TopologyStore, Versioned, open_bucket
 from lifeboat.common.lsn import lsn_to_int
@@ -80,6 +81,7 @@ class ClusterLoop:
         self.maintenance: KeyValue | None = None
         self.last_decision = ""
         self._recent_events: dict[tuple[str, str, str], float] = {}
+        self._sync_said: tuple[int | None, str, tuple[str, ...], bool] | None = None
         self.requests: deque[tuple[float, Request]] = deque(maxlen=100)
         self._lease_lock = asyncio.Lock()
         self._cut_off_rounds = 0  # rounds in a row this leader could not act (see cutoff)
@@ -249,6 +251,10 @@ class ClusterLoop:
             tuple(c for c in decision.commands if not isinstance(c, Rejoin)), decision.reason
         )
         outcomes = await executor.run(inline, current)
+        for done in outcomes:  # said once it is: a change PostgreSQL refused was not
+            said = done.command.event if isinstance(done.command, Publish) else None
+            if done.ok and isinstance(said, SyncChanged):
+                self._sync_said = _sync_change(said)
         # A rejoin comes last in its decision: only once all before it (a switchover's
         # promotion) was done does it start, then beside the loop.
         if all(o.ok for o in outcomes) and len(outcomes) == len(inline.commands):
@@ -399,7 +405,10 @@ class ClusterLoop:
         """Holds and refusals repeat every tick while nothing changes: say them once a while
         (None: not now). An answer to a request is keyed by the request too: each operator
         gets theirs. Said again, a hold's id names the window it is said in: under the id it
-        had the first time, the stream would drop it as a copy for two minutes."""
+        had the first time, the stream would drop it as a copy for two minutes. A change of
+        the synchronous set is said once, until another one is said."""
+        if isinstance(event, SyncChanged):
+            return None if _sync_change(event) == self._sync_said else event
         if not isinstance(event, (FailoverHeld, FailoverFailed, SwitchoverFailed)):
             return event
         key = (event.type, event.reason, str(event.correlation_id))
@@ -439,6 +448,10 @@ class ClusterLoop:
             except Exception as exc:
                 log.info("lease not released (%s); it expires by itself", exc)
             self.lease = None
+
+
+def _sync_change(event: SyncChanged) -> tuple[int | None, str, tuple[str, ...], bool]:
+    return (event.epoch, event.primary, event.standbys, event.degraded)
 
 
 async def run_forever(loops: list[ClusterLoop], interval: float) -> None:
