@@ -357,11 +357,18 @@ def _back_read_only(
     return Decision(
         (
             WriteTopology(_forking(topo, report)),
-            Promote(view.name, topo.epoch, peers),
+            Promote(view.name, topo.epoch, peers, synchronous=_recorded_wait(obs, topo)),
             Publish(stamped(held, obs.now)),
         ),
         why,
     )
+
+
+def _recorded_wait(obs: Observation, topo: Topology) -> tuple[str, ...]:
+    """Whom the primary's commits wait for as it takes its writes back: the recorded set.
+    Reset to none instead, a commit acknowledged before the next round set it again would
+    be on no standby while the record still names one as holding them all."""
+    return topo.synchronous if obs.policy.synchronous_mode != "off" else ()
 
 
 def _forking(topo: Topology, report: NodeHealth | None) -> Topology:
@@ -394,7 +401,10 @@ def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Dec
         # Left read-only by a handover that did not finish: it is still the primary, and the
         # standbys the switchover detached from it follow it again.
         return Decision(
-            (Promote(primary.node, topo.epoch), *_repoints(views, primary.node, topo.epoch)),
+            (
+                Promote(primary.node, topo.epoch, synchronous=_recorded_wait(obs, topo)),
+                *_repoints(views, primary.node, topo.epoch),
+            ),
             f"{primary.node} is the primary but read-only: taking writes again",
         )
     if (

@@ -290,7 +290,13 @@ class NodeActions:
             await conn.execute("alter system reset synchronous_commit")
             cur = await conn.execute("select current_setting('synchronous_standby_names')")
             row = await cur.fetchone()
-            if row is not None and row[0] == FENCED_SYNC_NAMES:
+            if row is not None and row[0] == FENCED_SYNC_NAMES and synchronous:
+                await conn.execute(
+                    sql.SQL("alter system set synchronous_standby_names = {}").format(
+                        sql.Literal(format_sync_names(synchronous))
+                    )
+                )
+            elif row is not None and row[0] == FENCED_SYNC_NAMES:
                 await conn.execute("alter system reset synchronous_standby_names")
             await conn.execute("select pg_reload_conf()")
         if not in_recovery:
@@ -358,7 +364,15 @@ class NodeActions:
         """
         old = self.cluster.node(primary)
         async with asyncio.timeout(self.timeout * 3), self._connect(old) as conn:
+            # As the fence: a session that turns read-only off has its commits wait for a
+            # standby that does not exist, none acknowledged by a node that is to follow.
             await conn.execute("alter system set default_transaction_read_only = on")
+            await conn.execute(
+                sql.SQL("alter system set synchronous_standby_names = {}").format(
+                    sql.Literal(FENCED_SYNC_NAMES)
+                )
+            )
+            await conn.execute("alter system set synchronous_commit = on")
             await conn.execute("select pg_reload_conf()")
             await conn.execute(_CLIENTS)
             row = await (await conn.execute("select pg_current_wal_lsn()::text")).fetchone()
