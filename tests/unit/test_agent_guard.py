@@ -11,7 +11,7 @@ from lifeboat.agent.node import NodeState
 from lifeboat.common.events import Role
 from lifeboat.common.state import Topology
 
-PRIMARY = NodeState(True, "in production")
+PRIMARY = NodeState(True, "in production", pm_status="ready")
 STANDBY = NodeState(True, "in archive recovery")
 STOPPED = NodeState(False, "shut down")
 MEMBERS = {"node1": Role.PRIMARY, "node2": Role.STANDBY, "node3": Role.STANDBY}
@@ -69,6 +69,9 @@ def test_a_node_starting_up_takes_no_write_yet() -> None:
     assert isinstance(judge(seen(NodeState(True, "in crash recovery"), MOVED)), Keep)
     copied = NodeState(True, "in production", pm_status="starting")
     assert isinstance(judge(seen(copied, MOVED)), Keep)
+    # ... nor before it writes its status: a rejoin's start after pg_rewind copied the
+    # primary's pg_control ("in production"), read in the first milliseconds
+    assert isinstance(judge(seen(NodeState(True, "in production"), MOVED)), Keep)
     assert isinstance(
         judge(seen(NodeState(True, "in production", pm_status="ready"), MOVED)), Fence
     )

@@ -65,7 +65,11 @@ class NodeState:
             return False
         if self.cluster_state is None:
             return self.pm_status != _HOT_STANDBY
-        return self.cluster_state == _PRODUCTION
+        # No status line yet: postmaster.pid was just made, and its postmaster lets nobody in
+        # before it writes "starting". pg_control meanwhile shows the state it was copied in
+        # (pg_rewind's copy of a running primary's says "in production"): the agent stopped
+        # the node its own rejoin was starting as a standby.
+        return self.cluster_state == _PRODUCTION and self.pm_status is not None
 
     @property
     def role(self) -> Role:
