@@ -63,6 +63,9 @@ def start_stack(workdir: Path, store_mib: int | None = None) -> UpStack:
     except (TimeoutError, RuntimeError):
         stack.stop()
         raise SystemExit(f"the stack did not come up; see {workdir / 'stack.log'}") from None
+    except KeyboardInterrupt:  # Ctrl-C while it starts: the stack runs in a session of its own
+        stack.stop()
+        raise
     return stack
 
 

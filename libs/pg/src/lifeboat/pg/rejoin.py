@@ -47,6 +47,7 @@ def rejoin_node(
         connect_timeout=5,
     )
     own_config = {n: (data.path / n).read_bytes() for n in OWN_CONFIG if (data.path / n).exists()}
+    _checkpoint(upstream, cluster, password)
     try:
         data.pg(
             "pg_rewind",
@@ -94,6 +95,18 @@ def rejoin_node(
     _configure_standby(data, own_config, conninfo, slot)
     start_node(data)
     return "pg_basebackup"
+
+
+def _checkpoint(upstream: NodeSpec, cluster: ClusterSpec, password: SecretStr | None) -> None:
+    """A checkpoint on the upstream before pg_rewind reads its timeline from pg_control: a
+    promotion writes the new one there only at the end-of-recovery checkpoint it runs in the
+    background, so right after a switchover pg_rewind saw the old timeline, found "no rewind
+    required", and the node then could not follow (as Patroni, which checkpoints a new
+    primary before it rewinds anyone onto it). Best effort: without it the rewind is tried
+    all the same, and a node that does not stream is cloned afresh."""
+    dsn = cluster.node_dsn(upstream, password, connect_timeout=5).reveal()
+    with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("checkpoint")
 
 
 def _configure_standby(
