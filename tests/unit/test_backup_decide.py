@@ -126,7 +126,6 @@ def test_schedules_give_every_worker_the_same_request_id() -> None:
         ({"target": "node", "node": "n2"}, "confirm it"),
         ({"target": "node", "node": "n1", "confirm": True}, "running primary"),
         ({"target": "node", "node": "n9", "confirm": True}, "not a node"),
-        ({"target": "node", "node": "n2", "confirm": True, "backup_id": "b1"}, "not on this host"),
         ({"target": "elsewhere"}, "unknown restore target"),
         ({"backup_id": "zz"}, "no backup 'zz'"),
     ],
@@ -149,6 +148,18 @@ def test_restore_of_a_standby_node_on_this_host_is_planned() -> None:
     (only,) = decision.commands
     assert isinstance(only, Restore)
     assert only.plan.backup.backup_id == "b1"
+    assert not only.through_agent
+
+
+def test_restore_of_a_node_on_another_host_goes_through_its_agent() -> None:
+    request = RestoreRequested(
+        cluster="main", source=SRC, target="node", node="n2", confirm=True, backup_id="b1"
+    )
+    decision = decide_restore((BASE,), (), NODES, request, "r1", NOW, SRC, frozenset())
+    (only,) = decision.commands
+    assert isinstance(only, Restore)
+    assert only.through_agent
+    assert "n2 through its agent" in decision.reason
 
 
 def test_a_cluster_without_a_physical_backup_asks_for_one_at_once() -> None:

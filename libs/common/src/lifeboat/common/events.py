@@ -286,6 +286,45 @@ class NodeRejoined(NodeEvent):
     seconds: NonNegativeFloat = 0
 
 
+class NodeRestoreOrdered(NodeEvent):
+    """From the backup service to the node's agent: the restored database `restore_id`
+    runs at `host`:`port` (recovered, read-only to everyone but a base backup); copy it
+    beside the node's data directory with pg_basebackup as the replication user, then swap
+    it in (the node's own directory kept aside) and start it. The agent refuses while its
+    node is writable. It answers `node.restore_started` at once, then `node.restored` or
+    `node.restore_failed`, each with `correlation_id` set to this event's id."""
+
+    topic = s.NODE_RESTORE_ORDERED
+    type: Literal["node.restore_ordered"] = "node.restore_ordered"
+    restore_id: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class NodeRestoreStarted(NodeEvent):
+    topic = s.NODE_RESTORE_STARTED
+    type: Literal["node.restore_started"] = "node.restore_started"
+    restore_id: str
+
+
+class NodeRestored(NodeEvent):
+    topic = s.NODE_RESTORED
+    type: Literal["node.restored"] = "node.restored"
+    restore_id: str
+    data_dir: str
+    kept: str  # where the node's own data directory was put aside
+    started: bool  # False: left stopped, as `detail` says why
+    detail: str
+    seconds: NonNegativeFloat = 0
+
+
+class NodeRestoreFailed(NodeEvent):
+    topic = s.NODE_RESTORE_FAILED
+    type: Literal["node.restore_failed"] = "node.restore_failed"
+    restore_id: str
+    reason: str
+
+
 # --- failover and switchover ---------------------------------------------------------------
 
 

@@ -108,6 +108,20 @@ NODE_REJOIN_STARTED = Topic(
 NODE_REJOIN_FAILED = Topic(
     "node.rejoin_failed", _CN, "A node's agent could not rejoin its node, or refused, and why"
 )
+NODE_RESTORE_ORDERED = Topic(
+    "node.restore_ordered",
+    _CN,
+    "The backup service asks a node's agent to copy a restored database into its node",
+)
+NODE_RESTORE_STARTED = Topic(
+    "node.restore_started", _CN, "A node's agent took the backup service's restore order"
+)
+NODE_RESTORED = Topic(
+    "node.restored", _CN, "A node's agent swapped a restored database into its node"
+)
+NODE_RESTORE_FAILED = Topic(
+    "node.restore_failed", _CN, "A node's agent could not restore its node, or refused, and why"
+)
 
 FAILOVER_REQUESTED = Topic("failover.requested", _C, "Ask for a (manual) failover")
 FAILOVER_STARTED = Topic("failover.started", _C, "A failover began under the lease")

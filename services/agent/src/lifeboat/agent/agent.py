@@ -39,6 +39,7 @@ from lifeboat.agent.node import (
     record_confirmation,
     stop,
 )
+from lifeboat.agent.restore import restore_from, starts_restored
 from lifeboat.agent.settings import AgentSettings
 from lifeboat.agent.watchdog import Arming, Killed
 from lifeboat.common.events import (
@@ -48,6 +49,10 @@ from lifeboat.common.events import (
     NodeRejoinOrdered,
     NodeRejoinRequested,
     NodeRejoinStarted,
+    NodeRestored,
+    NodeRestoreFailed,
+    NodeRestoreOrdered,
+    NodeRestoreStarted,
     NodeSelfFenced,
     NodeStopped,
     NodeStopRequested,
@@ -462,6 +467,65 @@ class Agent:
         if order.cluster != self.settings.agent_cluster or order.node != self.settings.agent_node:
             return f"this agent is {self.settings.agent_node}'s of {self.settings.agent_cluster}"
         return None
+
+    async def restore_ordered(self, order: NodeRestoreOrdered) -> None:
+        """The backup service's restore into this node, carried out here: the copy it serves
+        taken beside the data directory, swapped in, and started read-only when the topology
+        names this node primary (or there is none yet). Any other node is left stopped on the
+        restored data: running, it would be a writable node the topology does not name, which
+        this agent stops. Never while the node is writable. Says `node.restore_started`
+        first, then `node.restored` or `node.restore_failed`."""
+        common = {
+            "cluster": order.cluster,
+            "node": order.node,
+            "source": self.source,
+            "correlation_id": order.event_id,
+            "restore_id": order.restore_id,
+        }
+        mine = (self.settings.agent_cluster, self.settings.agent_node)
+
+        def writable() -> str | None:
+            state = read_state(self.data)
+            return f"{order.node} is writable ({state.describe()})" if state.writable else None
+
+        if (order.cluster, order.node) != mine:
+            refusal: str | None = f"this agent is {mine[1]}'s of {mine[0]}"
+        else:
+            refusal = await asyncio.to_thread(writable)
+        if refusal is not None:
+            self.queue(NodeRestoreFailed(**common, reason=f"refused: {refusal}"))
+            return
+        topology, error = await self._read(self.settings.agent_nats_timeout_seconds)
+        start, detail = starts_restored(order.node, topology, error)
+        self.queue(NodeRestoreStarted(**common))
+        started = time.monotonic()
+        try:
+            copied = await asyncio.to_thread(
+                restore_from,
+                self.data,
+                host=order.host,
+                port=order.port,
+                user=self.settings.clusters.cluster(order.cluster).replication_user,
+                password=self.settings.replication_secret(),
+                restore_id=order.restore_id,
+                start=start,
+                refusal=writable,
+            )
+        except Exception as exc:
+            log.exception("%s: restore %s failed", order.node, order.restore_id)
+            self.queue(NodeRestoreFailed(**common, reason=f"{type(exc).__name__}: {exc}"[:500]))
+            return
+        log.warning("%s: restore %s swapped in: %s", order.node, order.restore_id, detail)
+        self.queue(
+            NodeRestored(
+                **common,
+                data_dir=str(self.data.path),
+                kept=str(copied.kept),
+                started=copied.started,
+                detail=detail,
+                seconds=round(time.monotonic() - started, 3),
+            )
+        )
 
     def queue(self, event: Envelope) -> None:
         self.outbox.append(event)

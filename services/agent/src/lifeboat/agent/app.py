@@ -20,6 +20,7 @@ from lifeboat.common.events import (
     DeadLetter,
     Envelope,
     NodeRejoinOrdered,
+    NodeRestoreOrdered,
     NodeStopRequested,
     UndecodableEventError,
     decode_event,
@@ -27,7 +28,11 @@ from lifeboat.common.events import (
 from lifeboat.common.health import ComponentHealth, Status, component
 from lifeboat.common.kv import LeaseStore, TopologyStore
 from lifeboat.common.runtime import ServiceRuntime
-from lifeboat.common.subjects import NODE_REJOIN_ORDERED, NODE_STOP_REQUESTED
+from lifeboat.common.subjects import (
+    NODE_REJOIN_ORDERED,
+    NODE_RESTORE_ORDERED,
+    NODE_STOP_REQUESTED,
+)
 from lifeboat.pg.binaries import find_bindir
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.osuser import OsUser
@@ -71,15 +76,20 @@ def build_app(settings: AgentSettings) -> Starlette:
         await nc.subscribe(NODE_STOP_REQUESTED.subject(**mine), cb=on_stop_request)
         # Its own subscription: a rejoin takes minutes, and stops are not queued behind it.
         await nc.subscribe(NODE_REJOIN_ORDERED.subject(**mine), cb=on_rejoin_order)
+        await nc.subscribe(NODE_RESTORE_ORDERED.subject(**mine), cb=on_restore_order)
         runtime.start_heartbeats()
         await runtime.declare(give_up_after=float("inf"))  # then the outbox can empty
 
-    def order(msg: Msg, model: type[Envelope]) -> Envelope | None:
-        """The leader's request on `msg`, or None once a malformed one is a dead letter."""
+    def order(msg: Msg, model: type[Envelope], *, epoch: bool = True) -> Envelope | None:
+        """The request on `msg` (the leader's carry its epoch), or None once a malformed one
+        is a dead letter."""
         try:
             request = decode_event(msg.data)
-            if not isinstance(request, model) or getattr(request, "epoch", None) is None:
-                raise UndecodableEventError(f"not a {model.topic.name} with an epoch")
+            if not isinstance(request, model) or (
+                epoch and getattr(request, "epoch", None) is None
+            ):
+                with_epoch = " with an epoch" if epoch else ""
+                raise UndecodableEventError(f"not a {model.topic.name}{with_epoch}")
         except UndecodableEventError as exc:
             agent.queue(
                 DeadLetter(
@@ -100,6 +110,10 @@ def build_app(settings: AgentSettings) -> Starlette:
     async def on_rejoin_order(msg: Msg) -> None:
         if isinstance(request := order(msg, NodeRejoinOrdered), NodeRejoinOrdered):
             await agent.rejoin_ordered(request)
+
+    async def on_restore_order(msg: Msg) -> None:
+        if isinstance(request := order(msg, NodeRestoreOrdered, epoch=False), NodeRestoreOrdered):
+            await agent.restore_ordered(request)
 
     async def start() -> None:
         tasks.append(asyncio.create_task(agent.run(), name="guard"))

@@ -8,6 +8,7 @@ from typing import TypeVar
 from faststream.asgi import AsgiFastStream
 from nats.aio.msg import Msg
 
+from lifeboat.backup.agentrestore import AgentRestore
 from lifeboat.backup.answers import Asker
 from lifeboat.backup.mirror import Mirror
 from lifeboat.backup.service import ClusterBackups
@@ -108,7 +109,15 @@ def build_app(settings: BackupSettings) -> AsgiFastStream:
         js = runtime.broker.config.connection_state.stream
         leases = await LeaseStore.open(js)
         mirror = await Mirror.open(js)
-        asker = Asker(runtime.broker.config.connection_state.connection, runtime.publisher.publish)
+        nc = runtime.broker.config.connection_state.connection
+        asker = Asker(nc, runtime.publisher.publish)
+        agents = AgentRestore(
+            nc,
+            runtime.publisher.publish,
+            runtime.source,
+            serve_host=settings.restore_serve_host,
+            timeout=settings.restore_agent_timeout_seconds,
+        )
         bindir = find_bindir(settings.pg_bindir)
         os_user = OsUser.for_postgres(settings.pg_os_user)
         for spec in settings.clusters.clusters:
@@ -123,6 +132,7 @@ def build_app(settings: BackupSettings) -> AsgiFastStream:
                 os_user=os_user,
                 mirror=mirror,
                 asker=asker,
+                agents=agents,
             )
             clusters[spec.name] = c
             tasks.append(asyncio.create_task(c.refresh_mirror(), name=f"mirror-{spec.name}"))

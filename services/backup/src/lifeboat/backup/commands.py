@@ -63,6 +63,9 @@ class Restore:
     plan: RestorePlan
     request: RestoreRequested
     restore_id: str
+    # Target "node", its data directory on another host: restored here, then copied into the
+    # node by its agent (`node.restore_ordered`).
+    through_agent: bool = False
 
     @property
     def correlation_id(self) -> UUID:

@@ -278,8 +278,6 @@ def decide_restore(
             return refuse(f"{request.node} is not a node of {request.cluster}")
         if state.reachable and state.role is Role.PRIMARY:
             return refuse(f"{request.node} is the running primary: refused")
-        if request.node not in local_nodes:
-            return refuse(f"{request.node}'s data directory is not on this host")
     plan = plan_restore(
         entries,
         wal,
@@ -294,7 +292,9 @@ def decide_restore(
             f"{plan.backup.backup_id} is a {plan.backup.kind.value} backup: only a physical "
             "or full backup restores into a node"
         )
+    remote = request.target == "node" and request.node not in local_nodes
+    into = f"{request.node} through its agent" if remote else request.target
     return Decision(
-        (Restore(plan, request, restore_id),),
-        f"restore {plan.backup.backup_id} with {len(plan.wal)} WAL file(s) into {request.target}",
+        (Restore(plan, request, restore_id, through_agent=remote),),
+        f"restore {plan.backup.backup_id} with {len(plan.wal)} WAL file(s) into {into}",
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from uuid import UUID, uuid4
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
+from lifeboat.backup.agentrestore import AgentRestore
 from lifeboat.backup.answers import Asker, FilesUnanswered
 from lifeboat.backup.catalogue import Catalogue, Listed
 from lifeboat.backup.commands import (
@@ -69,8 +69,8 @@ from lifeboat.common.events import (
 from lifeboat.common.redact import redact
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.osuser import OsUser
-from lifeboat.pg.recovery import RESTORING_MARKER
 from lifeboat.pg.scratch import Instance
+from lifeboat.pg.swap import start_swapped, swap_in
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class Executor:
     s3_attempts: int = 4  # takes of one backup while S3 fails (and its breaker lets them)
     s3_retry_seconds: float = 2.0  # the first pause between them, doubled each time
     asker: Asker | None = None  # reaches filesync: the files half of `full` backups
+    agents: AgentRestore | None = None  # reaches the agents: restores into remote nodes
     files_timeout: float = 300.0  # for every file set's snapshot, or restore, to be answered
 
     @property
@@ -489,7 +490,10 @@ class Executor:
             manifest = await self.catalogue.manifest(backup)
             if request.target == "node":
                 assert request.node is not None
-                data_dir, port = await self._restore_into_node(manifest, command)
+                if command.through_agent:
+                    data_dir, port = await self._restore_through_agent(manifest, command)
+                else:
+                    data_dir, port = await self._restore_into_node(manifest, command)
                 try:
                     files = await self._restore_files(manifest, command, None)
                 except FilesUnanswered as exc:
@@ -547,6 +551,38 @@ class Executor:
         )
         return detail
 
+    async def _restore_through_agent(
+        self, manifest: Manifest, command: Restore
+    ) -> tuple[Path, int]:
+        """Restore here, serve the recovered copy, and have the node's agent copy it in; the
+        copy here is removed once the agent has answered, whatever it said."""
+        request = command.request
+        assert request.node is not None
+        if self.agents is None:
+            raise RuntimeError(f"{request.node} is on another host and no agent is reachable")
+        staging = Instance(
+            self.work_dir / "restores" / command.restore_id,
+            free_port(),
+            self.os_user,
+            self.bindir,
+        )
+        await restore_physical(
+            self.restore_context(), manifest, command.plan, staging, listen=self.agents.serve_host
+        )
+        try:
+            done = await self.agents.copy_in(
+                self.cluster,
+                request.node,
+                command.restore_id,
+                staging.port,
+                command.correlation_id,
+            )
+        finally:
+            await asyncio.to_thread(staging.remove)
+        spec = self.conns.spec.node(request.node)
+        log.warning("%s restored through its agent: %s", request.node, done.detail)
+        return Path(done.data_dir), spec.port
+
     async def _restore_into_node(self, manifest: Manifest, command: Restore) -> tuple[Path, int]:
         """Restore beside the node's data directory while the node runs on, then swap. The
         node's own directory is touched only once the restored copy has recovered: the node is
@@ -588,73 +624,15 @@ class Executor:
                         "left as it was"
                     )
                 await asyncio.to_thread(node.stop, "fast")
-            kept = data_dir.with_name(f"{data_dir.name}.replaced-{command.restore_id}")
-            await asyncio.to_thread(_swap_in, staging.data_dir, data_dir, kept)
+            kept = await asyncio.to_thread(swap_in, staging.data_dir, data_dir, command.restore_id)
         except BaseException:
             await asyncio.to_thread(staging.remove)
             if was_running and not await asyncio.to_thread(node.running):
                 await asyncio.to_thread(node.start, log_file)  # as it was
             raise
         await asyncio.to_thread(staging.remove)  # what is left: its home, its socket directory
-        marker = data_dir / RESTORING_MARKER
-        try:
-            await asyncio.to_thread(node.start, log_file)
-            marker.unlink(missing_ok=True)  # it runs: its agent arms its next start
-        except Exception as exc:
-            failed = data_dir.with_name(f"{data_dir.name}.failed-{command.restore_id}")
-
-            def put_back() -> None:
-                node.stop("immediate")
-                os.rename(data_dir, failed)
-                os.rename(kept, data_dir)
-                node.start(log_file)
-                (failed / RESTORING_MARKER).unlink(missing_ok=True)
-
-            await asyncio.to_thread(put_back)
-            raise RuntimeError(
-                f"{spec.name} did not start on the restored data ({exc}): its own data is back "
-                f"and running, the restored copy is in {failed}"
-            ) from exc
+        await asyncio.to_thread(start_swapped, node, kept, command.restore_id, log_file)
         return data_dir, spec.port
-
-
-# What the scratch restore set for itself, dropped when the copy becomes the node: the node's
-# own settings (postgresql.conf) apply again.
-_SCRATCH_SETTINGS = (
-    "port",
-    "unix_socket_directories",
-    "listen_addresses",
-    "restore_command",
-    "archive_mode",
-    "recovery_target_timeline",
-    "recovery_target_action",
-    "recovery_target",
-    "recovery_target_time",
-    "recovery_target_lsn",
-)
-
-
-def _swap_in(restored: Path, data_dir: Path, kept: Path) -> None:
-    """The restored copy takes the node's place, with the node's own settings. It comes up
-    read-only: recovered and promoted, it is a primary of its own beside the cluster's, and
-    it takes writes only once the failover service names it primary (the topology's own
-    primary, restored, is given its writes back; another node is for an operator's forced
-    failover to choose)."""
-    auto = restored / "postgresql.auto.conf"
-    lines = [
-        line
-        for line in auto.read_text().splitlines()
-        if line.split("=", 1)[0].strip() not in _SCRATCH_SETTINGS
-    ]
-    lines += ["# lifeboat: restored into this node", "default_transaction_read_only = 'on'"]
-    auto.write_text("\n".join(lines) + "\n")
-    (restored / RESTORING_MARKER).touch()
-    os.rename(data_dir, kept)
-    try:
-        os.rename(restored, data_dir)
-    except BaseException:
-        os.rename(kept, data_dir)
-        raise
 
 
 def _s3_failure(exc: BaseException) -> bool:

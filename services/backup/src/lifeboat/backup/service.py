@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from lifeboat.backup.agentrestore import AgentRestore
 from lifeboat.backup.answers import Asker
 from lifeboat.backup.catalogue import Catalogue
 from lifeboat.backup.commands import Decision
@@ -65,6 +66,7 @@ class ClusterBackups:
         os_user: OsUser,
         mirror: Mirror | None = None,
         asker: Asker | None = None,
+        agents: AgentRestore | None = None,
     ) -> None:
         self.spec = spec
         self.mirror = mirror
@@ -99,6 +101,7 @@ class ClusterBackups:
             breakers,
             settings.physical_max_rate,
             asker=asker,
+            agents=agents,
         )
         self.policy = Policy(
             prefer_standby=settings.prefer_standby,

@@ -27,6 +27,12 @@ class BackupSettings(ServiceSettings, S3Settings, ReplicationSettings):
 
     pg_bindir: Path | None = None
     """Where the PostgreSQL binaries are, if not found by themselves."""
+    restore_serve_host: str = "127.0.0.1"
+    """A restore into a node on another host (no `data_dir` in the cluster file) recovers
+    here, listens on this address, and the node's agent copies it from there: an address of
+    this host the nodes reach (under compose, the backup service's host name)."""
+    restore_agent_timeout_seconds: PositiveFloat = 3600
+    """How long a node's agent may take to copy a restored database in and start it."""
     pg_os_user: str | None = None
     """Who runs initdb/pg_ctl for scratch instances when the service runs as root."""
 
