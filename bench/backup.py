@@ -64,7 +64,7 @@ from lifeboat.devstack.procs import free_port as free_tcp_port
 from lifeboat.devstack.servers import NatsPorts, NatsServer, S3Credentials, S3Ports, SeaweedS3
 from lifeboat.objstore.client import make_light_s3_client
 from lifeboat.objstore.codec import Codec
-from lifeboat.pg.recovery import RecoveryTarget, configure_recovery
+from lifeboat.pg.recovery import LOCAL_TRUST, RecoveryTarget, configure_recovery
 from lifeboat.pg.scratch import Instance
 from lifeboat.pg.tools import run
 
@@ -205,10 +205,10 @@ class Bench:
             port=instance.port,
             socket_dir=instance.socket_dir,
             restore_command="false",
-            target=RecoveryTarget(immediate=True),
+            target=RecoveryTarget(),  # the backup's own WAL
         )
         hba = instance.data_dir / "pg_hba.conf"
-        hba.write_text("local all all trust\n" + hba.read_text())
+        hba.write_text(LOCAL_TRUST + "\n" + hba.read_text())
         instance.user.own(instance.home)
         instance.start()
         instance.wait_promoted()

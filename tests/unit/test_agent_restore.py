@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from lifeboat.agent.restore import starts_restored
-from lifeboat.common.events import Role
-from lifeboat.common.state import Topology
+from lifeboat.common.events import FailoverKind, Role
+from lifeboat.common.state import Operation, Topology
 
 TOPOLOGY = Topology(
     cluster="main",
@@ -15,6 +15,10 @@ TOPOLOGY = Topology(
     epoch=4,
     members={"node1": Role.PRIMARY, "node2": Role.STANDBY},
 )
+
+# node1 still named while a failover away from it is under way
+BUSY = TOPOLOGY.model_copy(update={"operation": Operation(kind=FailoverKind.AUTOMATIC,
+    old_primary="node1", new_primary="node2", reason="node1 down")})  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -24,6 +28,7 @@ TOPOLOGY = Topology(
         ("node2", TOPOLOGY, None, False, "names node1 primary at epoch 4"),
         ("node2", None, None, True, "no topology yet"),
         ("node1", TOPOLOGY, "timeout", False, "cannot be read (timeout)"),
+        ("node1", BUSY, None, False, "making node2 primary under way"),
     ],
 )
 def test_only_the_named_primary_is_started_on_restored_data(

@@ -215,7 +215,7 @@ def test_pitr_across_a_timeline_switch_takes_history_and_both_timelines() -> Non
 def test_restore_without_target_is_the_backup_itself() -> None:
     plan = plan_restore(BASES, ARCHIVE, backup="dump")
     assert isinstance(plan, RestorePlan)
-    assert plan.immediate
+    assert (plan.target_time, plan.target_lsn) == (None, None)
     assert plan.wal == ()
     newest = plan_restore(BASES, ARCHIVE)
     assert isinstance(newest, RestorePlan)

@@ -29,7 +29,7 @@ from lifeboat.common.events import (
 )
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Topology
-from lifeboat.failover.commands import Detach, Fence, Promote, Repoint, WriteTopology
+from lifeboat.failover.commands import Decision, Detach, Fence, Promote, Repoint, WriteTopology
 from lifeboat.failover.decide import Policy, decide
 from lifeboat.failover.service import ClusterLoop, _sync_change, run_forever
 from lifeboat.failover.settings import FailoverSettings
@@ -525,17 +525,22 @@ def test_the_primarys_timeline_is_recorded_once_seen_at_the_epoch() -> None:
     assert TOPO.promoted("node2").timeline is None  # the new primary's is not known yet
 
 
+def held_untouched(decision: Decision) -> FailoverHeld:
+    """The one hold said, with no node fenced, promoted or detached and nothing written."""
+    assert not any(
+        isinstance(c, (Fence, Promote, WriteTopology, Detach)) for c in decision.commands
+    )
+    (event,) = held(decision)
+    return event
+
+
 def test_a_topology_older_than_the_nodes_timelines_is_not_acted_on() -> None:
     """The KV store came back from before a failover: it names node1 (dead) primary on
     timeline 3, while node2 took over on timeline 4 and node3 follows it. Failing over from
     node1 again, or fencing node2 as a second primary, would act on a past that is gone."""
     old = TOPO.model_copy(update={"timeline": 3})
     reports = ROLLED_BACK
-    decision = decide(observe(*reports, topology=old))
-    assert not any(
-        isinstance(c, (Fence, Promote, WriteTopology, Detach)) for c in decision.commands
-    )
-    (event,) = held(decision)
+    event = held_untouched(decide(observe(*reports, topology=old)))
     assert event.reason.startswith("node2 (timeline 4), node3 (timeline 4) ahead of the topology")
     assert "older than the cluster" in event.reason
     # An operator who checked moves on with a forced failover to the node holding it all:
@@ -580,11 +585,7 @@ def test_a_topology_rolled_back_to_before_its_timeline_was_recorded_is_not_acted
         standby("node2", upstream="node3", configured_upstream="node3", timeline=5),
         rep("node3", role="primary", writable=True, current_lsn="0/7000000", timeline=5),
     )
-    decision = decide(observe(*later, topology=rolled_back))
-    assert not any(
-        isinstance(c, (Fence, Promote, WriteTopology, Detach)) for c in decision.commands
-    )
-    (event,) = held(decision)
+    event = held_untouched(decide(observe(*later, topology=rolled_back)))
     assert event.reason.startswith("node2 (timeline 5), node3 (timeline 5) ahead of the topology")
     assert "forked timeline 4 at the latest" in event.reason
     # The same record is current while its primary is on the timeline it forked: recorded.
@@ -737,16 +738,12 @@ def test_a_candidate_back_in_recovery_is_promoted_again_with_its_fork_recorded_f
     decision = decide(observe(*back, topology=after))
     writes = [c for c in decision.commands if isinstance(c, WriteTopology)]
     assert [w.topology.forked_from for w in writes] == [4]
-    assert decision.commands.index(writes[0]) < decision.commands.index(promotions_of(decision))
+    (promote,) = [c for c in decision.commands if isinstance(c, Promote)]
+    assert decision.commands.index(writes[0]) < decision.commands.index(promote)
     # the same on the next round, once written: no write again
     again = decide(observe(*back, topology=writes[0].topology))
     assert not [c for c in again.commands if isinstance(c, WriteTopology)]
     assert [c.node for c in again.commands if isinstance(c, Promote)] == ["node2"]
-
-
-def promotions_of(decision: Any) -> Promote:
-    (promote,) = [c for c in decision.commands if isinstance(c, Promote)]
-    return promote
 
 
 def test_a_change_of_the_synchronous_set_is_said_once_until_another_is_said() -> None:

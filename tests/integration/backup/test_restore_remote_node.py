@@ -163,6 +163,8 @@ async def test_a_node_on_another_host_is_restored_by_its_agent(
     kept = Path(restored["kept"])
     assert (kept / "standby.signal").exists()  # the standby's own directory, whole
     assert (standby.data_dir / "backup_label").exists()  # the copy, not yet started
+    assert (standby.data_dir / "standby.signal").exists()  # any start: in recovery
+    assert not (standby.data_dir / "lifeboat.restoring").exists()
     assert primary.running()
     assert marks(primary) == ["after", "before"]
 

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     NonNegativeInt,
+    PositiveFloat,
     ValidationError,
 )
 
@@ -289,16 +290,18 @@ class NodeRejoined(NodeEvent):
 class NodeRestoreOrdered(NodeEvent):
     """From the backup service to the node's agent: the restored database `restore_id`
     runs at `host`:`port` (recovered, read-only to everyone but a base backup); copy it
-    beside the node's data directory with pg_basebackup as the replication user, then swap
-    it in (the node's own directory kept aside) and start it. The agent refuses while its
-    node is writable. It answers `node.restore_started` at once, then `node.restored` or
-    `node.restore_failed`, each with `correlation_id` set to this event's id."""
+    beside the node's data directory with pg_basebackup as the replication user within
+    `copy_seconds` (the backup service serves it no longer), then swap it in (the node's own
+    directory kept aside) and start it. The agent refuses while its node is writable. It
+    answers `node.restore_started` at once, then `node.restored` or `node.restore_failed`,
+    each with `correlation_id` set to this event's id."""
 
     topic = s.NODE_RESTORE_ORDERED
     type: Literal["node.restore_ordered"] = "node.restore_ordered"
     restore_id: str
     host: str
     port: int = Field(ge=1, le=65535)
+    copy_seconds: PositiveFloat = 3600
 
 
 class NodeRestoreStarted(NodeEvent):

@@ -150,18 +150,26 @@ class ComposeStack:
 
     # --- what each container sees --------------------------------------------------------
 
+    def _named_volumes(self, spec: Mapping[str, Any]) -> list[tuple[str, Path]]:
+        """A service's named volumes: where inside, and their directory under `base`."""
+        return [
+            (v.split(":")[1], self.base / "volumes" / v.split(":")[0])
+            for v in spec.get("volumes", [])
+            if not v.startswith(".")
+        ]
+
     def _paths(self, name: str, spec: Mapping[str, Any]) -> Paths:
         mounts: list[tuple[str, Path]] = []
         for volume in spec.get("volumes", []):
             source, inside = volume.split(":")[:2]
             if source.startswith("."):
                 local = self._mounted_file(name, (self.file.parent / source).resolve(), inside)
-            else:
-                local = self.base / "volumes" / source
-                local.mkdir(parents=True, exist_ok=True)
-                local.chmod(0o755)
-                if spec.get("build", {}).get("args", {}).get("RUN_AS") == "postgres":
-                    self.pg_user.own(local)
+                mounts.append((inside, local))
+        for inside, local in self._named_volumes(spec):
+            local.mkdir(parents=True, exist_ok=True)
+            local.chmod(0o755)
+            if spec.get("build", {}).get("args", {}).get("RUN_AS") == "postgres":
+                self.pg_user.own(local)
             mounts.append((inside, local))
         if "build" in spec:
             mounts.append((WORKDIR, ROOT))
@@ -175,12 +183,7 @@ class ComposeStack:
             return source
         copy = self.base / "files" / service / Path(inside).name
         copy.parent.mkdir(parents=True, exist_ok=True)
-        spec = self.specs[service]
-        named = [
-            (v.split(":")[1], self.base / "volumes" / v.split(":")[0])
-            for v in spec.get("volumes", [])
-            if not v.startswith(".")
-        ]
+        named = self._named_volumes(self.specs[service])
         copy.write_text(Paths(sorted(named, key=lambda m: -len(m[0]))).map(source.read_text()))
         return copy
 

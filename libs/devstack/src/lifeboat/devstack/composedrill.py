@@ -26,6 +26,7 @@ from lifeboat.common.state import Topology
 from lifeboat.devstack.composed import ComposeStack, compose_stack
 from lifeboat.devstack.drill import TABLE
 from lifeboat.devstack.hostdrill import until
+from lifeboat.devstack.hoststack import WRITABLE
 from lifeboat.devstack.hostwriter import read_acked
 from lifeboat.devstack.launch import module_argv
 from lifeboat.devstack.procs import ManagedProcess
@@ -33,9 +34,6 @@ from lifeboat.devstack.procs import ManagedProcess
 CONTAINERS = {"node1": "pg-node1", "node2": "pg-node2", "node3": "pg-node3"}
 CLIENT = "client"
 NATS = ("nats-1", "nats-2", "nats-3")
-_WRITABLE = (
-    "select not pg_is_in_recovery() and current_setting('default_transaction_read_only') = 'off'"
-)
 
 
 class DrillError(RuntimeError):
@@ -68,7 +66,7 @@ def query(stack: ComposeStack, node: str, statement: str) -> list[tuple[object, 
 
 
 def writable(stack: ComposeStack, node: str) -> bool:
-    rows = query(stack, node, _WRITABLE)
+    rows = query(stack, node, WRITABLE)
     return bool(rows and rows[0][0])
 
 

@@ -731,9 +731,12 @@ class Drill:
         self._detail.update(failovers_started=started, one_failover=started == 1)
 
     def _remote_cut_off(self, primary: str, standbys: list[str]) -> Injected:
-        """Matrix 1: the leader runs on the cluster file in remote mode (no data_dir, fencing
-        over SQL only); the primary frozen, so it cannot be reached. Nobody may be promoted
-        (held says why) until it answers again and is fenced."""
+        """Matrix 1: the leader runs on the cluster file in remote mode (no data_dir); the
+        primary frozen, so it cannot be reached over SQL. Where no agent runs beside it
+        nobody may be promoted (held says why) until it answers again and is fenced; where
+        one does (`make up`), the leader's stop request has it killed, then a standby is
+        promoted (`held_while_cut_off` false, `promoted_while_cut_off` true, the writer's
+        count of writable nodes the proof)."""
         remote = self.stack_dir / "drill-remote-clusters.yaml"
         clusters = load_clusters(self.stack_dir / "clusters.yaml")
         remote.write_text(

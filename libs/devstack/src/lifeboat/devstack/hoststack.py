@@ -35,7 +35,8 @@ NODES = ("node1", "node2", "node3")
 MONITORS = ("monitor1", "monitor2", "monitor3")
 CLIENT = "client"
 # A node is writable when it is out of recovery and not made read-only (the SQL fence).
-_WRITABLE = sql.SQL(
+# Whether a node takes writes as a client sees it: out of recovery, and not read-only.
+WRITABLE = (
     "select not pg_is_in_recovery() and current_setting('default_transaction_read_only') = 'off'"
 )
 
@@ -136,7 +137,7 @@ class HostStack:
     def writable(self, name: str) -> bool:
         """Over the node's Unix socket, which no partition of its host's network reaches."""
         try:
-            return bool(self.node(name).query(_WRITABLE)[0][0])
+            return bool(self.node(name).query(sql.SQL(WRITABLE))[0][0])
         except psycopg.Error:
             return False
 

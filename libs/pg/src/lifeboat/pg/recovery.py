@@ -37,10 +37,17 @@ _DROPPED = (
 
 @dataclass(frozen=True)
 class RecoveryTarget:
-    """Where recovery stops: `immediate` (the backup's consistent point), a time, an LSN, or
-    none of them (the end of the archived WAL)."""
+    """Where recovery stops: a time, an LSN, or neither (the end of the WAL it is given).
 
-    immediate: bool = False
+    The backup's own point sets no `recovery_target` either: with `recovery_target =
+    'immediate'` PostgreSQL (13 and later) stops only at a record read after consistency,
+    and when the backup's WAL ends right at it (a backup from an idle standby: nothing
+    written after it) recovery ends "before configured recovery target was reached",
+    FATAL, and the restore fails. A restore to the backup's own point is given no archived
+    WAL (RestorePlan.wal is empty), so without a target recovery replays the WAL the backup
+    holds (past consistency, never short of it: PostgreSQL will not open before the
+    backup's end) and promotes."""
+
     time: datetime | None = None
     lsn: str | None = None
 
@@ -49,8 +56,6 @@ class RecoveryTarget:
             return {"recovery_target_time": self.time.isoformat(sep=" ")}
         if self.lsn is not None:
             return {"recovery_target_lsn": self.lsn}
-        if self.immediate:
-            return {"recovery_target": "immediate"}
         return {}
 
 
@@ -96,7 +101,10 @@ def configure_recovery(
         (data_dir / stale).unlink(missing_ok=True)
 
 
+# A scratch copy reachable only through its private socket directory answers its owner
+# without a password: restores and verification must not need the source's credentials.
+LOCAL_TRUST = "local all all trust"
+
+
 def trust_local_only(data_dir: Path) -> None:
-    """A scratch copy reachable only through its private socket directory answers its owner
-    without a password: verification must not need the source's credentials."""
-    (data_dir / "pg_hba.conf").write_text("local all all trust\n")
+    (data_dir / "pg_hba.conf").write_text(LOCAL_TRUST + "\n")

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from lifeboat.pg.datadir import DataDir
-from lifeboat.pg.recovery import RESTORING_MARKER
+from lifeboat.pg.recovery import LOCAL_TRUST, RESTORING_MARKER
 from lifeboat.pg.replication import OWN_CONFIG
 
 # What the scratch restore set for itself, dropped when the copy becomes the node: the node's
@@ -48,6 +48,12 @@ def swap_in(restored: Path, data_dir: Path, restore_id: str) -> Path:
     for name in OWN_CONFIG:
         if (data_dir / name).exists():
             shutil.copy2(data_dir / name, restored / name)
+    hba = restored / "pg_hba.conf"
+    if not (data_dir / "pg_hba.conf").exists() and hba.exists():
+        # A node without its own (its directory lost): the scratch restore's trust of local
+        # connections must not become the node's.
+        lines = [line for line in hba.read_text().splitlines() if line != LOCAL_TRUST]
+        hba.write_text("\n".join(lines) + "\n")
     auto = restored / "postgresql.auto.conf"
     lines = [
         line

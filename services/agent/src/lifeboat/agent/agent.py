@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,7 @@ from lifeboat.agent.node import (
     record_confirmation,
     stop,
 )
-from lifeboat.agent.restore import restore_from, starts_restored
+from lifeboat.agent.restore import copy_restored, starts_restored, swap_restored
 from lifeboat.agent.settings import AgentSettings
 from lifeboat.agent.watchdog import Arming, Killed
 from lifeboat.common.events import (
@@ -115,6 +116,9 @@ class Agent:
         self.rejoin_asked: float | None = None
         self.outbox: deque[Envelope] = deque(maxlen=settings.agent_outbox_size)
         self._queued = asyncio.Event()
+        # A rejoin and a restore each stop the node and replace its data directory: one at
+        # a time.
+        self._node_action = asyncio.Lock()
 
     def _confirmed_before(self) -> float:
         """When its predecessor last confirmed the node (monotonic), for a restarted agent:
@@ -427,28 +431,33 @@ class Agent:
             "correlation_id": order.event_id,
             "upstream": order.upstream,
         }
-        refusal = await self._rejoin_refusal(order)
+        refusal = (
+            "a restore of this node runs"
+            if self._node_action.locked()
+            else await self._rejoin_refusal(order)
+        )
         if refusal is not None:
             self.queue(NodeRejoinFailed(**common, reason=f"refused: {refusal}"))
             return
-        self.queue(NodeRejoinStarted(**common))
-        started = time.monotonic()
-        try:
-            cluster = self.settings.clusters.cluster(order.cluster)  # hosts, ports, user
-            method = await asyncio.to_thread(
-                rejoin_node,
-                self.data,
-                cluster.node(order.node),
-                cluster.node(order.upstream),
-                cluster,
-                self.settings.postgres_password(),
-                order.conninfo,
-                order.slot,
-            )
-        except Exception as exc:
-            log.exception("%s: rejoin onto %s failed", order.node, order.upstream)
-            self.queue(NodeRejoinFailed(**common, reason=f"{type(exc).__name__}: {exc}"[:500]))
-            return
+        async with self._node_action:
+            self.queue(NodeRejoinStarted(**common))
+            started = time.monotonic()
+            try:
+                cluster = self.settings.clusters.cluster(order.cluster)  # hosts, ports, user
+                method = await asyncio.to_thread(
+                    rejoin_node,
+                    self.data,
+                    cluster.node(order.node),
+                    cluster.node(order.upstream),
+                    cluster,
+                    self.settings.postgres_password(),
+                    order.conninfo,
+                    order.slot,
+                )
+            except Exception as exc:
+                log.exception("%s: rejoin onto %s failed", order.node, order.upstream)
+                self.queue(NodeRejoinFailed(**common, reason=f"{type(exc).__name__}: {exc}"[:500]))
+                return
         seconds = round(time.monotonic() - started, 3)
         log.warning("%s: rejoined %s with %s in %.1fs", order.node, order.upstream, method, seconds)
         self.queue(NodeRejoined(**common, method=method, seconds=seconds))
@@ -469,12 +478,12 @@ class Agent:
         return None
 
     async def restore_ordered(self, order: NodeRestoreOrdered) -> None:
-        """The backup service's restore into this node, carried out here: the copy it serves
-        taken beside the data directory, swapped in, and started read-only when the topology
-        names this node primary (or there is none yet). Any other node is left stopped on the
-        restored data: running, it would be a writable node the topology does not name, which
-        this agent stops. Never while the node is writable. Says `node.restore_started`
-        first, then `node.restored` or `node.restore_failed`."""
+        """The backup service's restore into this node, carried out here (restore.py): the
+        copy it serves taken beside the data directory, then, checked again that the node is
+        not writable and the topology read again, swapped in and started read-only only when
+        the topology names this node primary (or there is none yet). Only from a host in
+        `LIFEBOAT_AGENT_RESTORE_FROM`, within the order's time, never beside a rejoin. Says
+        `node.restore_started` first, then `node.restored` or `node.restore_failed`."""
         common = {
             "cluster": order.cluster,
             "node": order.node,
@@ -483,49 +492,67 @@ class Agent:
             "restore_id": order.restore_id,
         }
         mine = (self.settings.agent_cluster, self.settings.agent_node)
-
-        def writable() -> str | None:
-            state = read_state(self.data)
-            return f"{order.node} is writable ({state.describe()})" if state.writable else None
-
+        allowed = self.settings.agent_restore_from
         if (order.cluster, order.node) != mine:
             refusal: str | None = f"this agent is {mine[1]}'s of {mine[0]}"
+        elif order.host not in allowed:
+            # the replication password goes only where the operator said restores come from
+            refusal = f"{order.host} is not in LIFEBOAT_AGENT_RESTORE_FROM ({', '.join(allowed)})"
+        elif self._node_action.locked():
+            refusal = "a rejoin or another restore of this node runs"
         else:
-            refusal = await asyncio.to_thread(writable)
+            refusal = await asyncio.to_thread(self._writable)
         if refusal is not None:
             self.queue(NodeRestoreFailed(**common, reason=f"refused: {refusal}"))
             return
-        topology, error = await self._read(self.settings.agent_nats_timeout_seconds)
-        start, detail = starts_restored(order.node, topology, error)
-        self.queue(NodeRestoreStarted(**common))
-        started = time.monotonic()
-        try:
-            copied = await asyncio.to_thread(
-                restore_from,
-                self.data,
-                host=order.host,
-                port=order.port,
-                user=self.settings.clusters.cluster(order.cluster).replication_user,
-                password=self.settings.replication_secret(),
-                restore_id=order.restore_id,
-                start=start,
-                refusal=writable,
-            )
-        except Exception as exc:
-            log.exception("%s: restore %s failed", order.node, order.restore_id)
-            self.queue(NodeRestoreFailed(**common, reason=f"{type(exc).__name__}: {exc}"[:500]))
-            return
+        async with self._node_action:
+            self.queue(NodeRestoreStarted(**common))
+            started = time.monotonic()
+            try:
+                part = await asyncio.to_thread(
+                    copy_restored,
+                    self.data,
+                    host=order.host,
+                    port=order.port,
+                    user=self.settings.clusters.cluster(order.cluster).replication_user,
+                    password=self.settings.replication_secret(),
+                    restore_id=order.restore_id,
+                    timeout=order.copy_seconds,
+                )
+                late = time.monotonic() - started > order.copy_seconds
+                why = (
+                    "the copy outlasted the order"
+                    if late
+                    else await asyncio.to_thread(self._writable)
+                )
+                if why is not None:
+                    await asyncio.to_thread(shutil.rmtree, part, True)
+                    raise RuntimeError(f"refused before the swap: {why}; the node is as it was")
+                topology, error = await self._read(self.settings.agent_nats_timeout_seconds)
+                start, detail = starts_restored(order.node, topology, error)
+                kept = await asyncio.to_thread(
+                    swap_restored, self.data, part, order.restore_id, start
+                )
+            except Exception as exc:
+                log.exception("%s: restore %s failed", order.node, order.restore_id)
+                reason = f"{type(exc).__name__}: {exc}"[:500]
+                self.queue(NodeRestoreFailed(**common, reason=reason))
+                return
         log.warning("%s: restore %s swapped in: %s", order.node, order.restore_id, detail)
         self.queue(
             NodeRestored(
                 **common,
                 data_dir=str(self.data.path),
-                kept=str(copied.kept),
-                started=copied.started,
+                kept=str(kept),
+                started=start,
                 detail=detail,
                 seconds=round(time.monotonic() - started, 3),
             )
         )
+
+    def _writable(self) -> str | None:
+        state = read_state(self.data)
+        return f"the node is writable ({state.describe()})" if state.writable else None
 
     def queue(self, event: Envelope) -> None:
         self.outbox.append(event)

@@ -1,16 +1,16 @@
 """The backup service's restore into this node: copy the recovered database it serves, then
-swap it into the data directory (lifeboat.pg.swap). Runs in a worker thread: the copy takes
-as long as a base backup.
+swap it into the data directory (lifeboat.pg.swap). The copy and the swap run in worker
+threads: the copy takes as long as a base backup.
 
 The copy is made beside the data directory while the node runs on; the node is stopped only
-for the swap. A copy cut short is removed and the node's data is left as it was.
+for the swap, which the agent does only once it has checked again that the node is not
+writable and read the topology again (the copy may have taken hours). A copy cut short is
+removed and the node's data is left as it was.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from psycopg.conninfo import make_conninfo
@@ -18,33 +18,31 @@ from pydantic import SecretStr
 
 from lifeboat.common.state import Topology
 from lifeboat.pg.datadir import DataDir
+from lifeboat.pg.recovery import RESTORING_MARKER
 from lifeboat.pg.swap import start_swapped, swap_in
 from lifeboat.pg.tools import ToolError
 
 
 def starts_restored(node: str, topology: Topology | None, error: str | None) -> tuple[bool, str]:
     """Whether the restored node is started, and why: only when the topology names it
-    primary (or there is none yet). Running, any other node would be a writable node the
-    topology does not name, which its agent stops at once."""
+    primary with no operation under way (or there is no topology yet). Running, any other
+    node would be a primary beside the cluster's; it is left stopped, armed as a standby."""
     if error is not None:
         return False, f"left stopped: the topology cannot be read ({error})"
     if topology is None:
         return True, "started read-only: no topology yet"
-    if topology.primary == node:
+    if topology.primary == node and topology.operation is None:
         return True, f"started read-only: named primary at epoch {topology.epoch}"
+    op = topology.operation
+    busy = "" if op is None else f" (an operation making {op.new_primary} primary under way)"
     return False, (
         f"left stopped: the topology names {topology.primary or 'no node'} primary at epoch "
-        f"{topology.epoch}, and started it would be a primary beside it"
+        f"{topology.epoch}{busy}, and started it would be a primary beside it; a start "
+        "brings it up in recovery, read-only"
     )
 
 
-@dataclass(frozen=True)
-class Copied:
-    kept: Path  # the node's own data directory, put aside
-    started: bool
-
-
-def restore_from(
+def copy_restored(
     data: DataDir,
     *,
     host: str,
@@ -52,41 +50,37 @@ def restore_from(
     user: str,
     password: SecretStr | None,
     restore_id: str,
-    start: bool,
-    refusal: Callable[[], str | None],
-) -> Copied:
-    """pg_basebackup from the served copy beside the data directory, then the swap; the node
-    is started on it when `start` (else left stopped, its data swapped in). `refusal` is
-    asked again right before the node is stopped for the swap: the copy takes as long as a
-    base backup, and the node may have been promoted meanwhile."""
+    timeout: float,
+) -> Path:
+    """pg_basebackup from the served copy beside the data directory; returns where. What an
+    earlier copy cut short (an agent killed meanwhile) left beside it is removed first."""
+    for stale in data.path.parent.glob(f"{data.path.name}.restore-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     part = data.path.with_name(f"{data.path.name}.restore-{restore_id}")
-    shutil.rmtree(part, ignore_errors=True)
     part.mkdir(mode=0o700)
     data.user.own(part)
     source = make_conninfo("", host=host, port=port, user=user, application_name="lifeboat-restore")
     env = None if password is None else {"PGPASSWORD": password.get_secret_value()}
     try:
+        # -w: never a password prompt, with or without a terminal
         data.pg(
-            "pg_basebackup",
-            "-D",
-            str(part),
-            "-d",
-            source,
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-            env=env,
-            timeout=24 * 3600,
-        )
+            "pg_basebackup", "-w", "-D", str(part), "-d", source, "-X", "stream", "-c", "fast",
+            env=env, timeout=timeout,
+        )  # fmt: skip
     except ToolError:
         shutil.rmtree(part, ignore_errors=True)
         raise
+    return part
+
+
+def swap_restored(data: DataDir, part: Path, restore_id: str, start: bool) -> Path:
+    """Stop the node, swap the copy in, and start it when `start`; returns where the node's
+    own directory is kept. A node not started is armed as a standby (`standby.signal`, its
+    restoring marker removed): whoever starts it next (a reboot, a container restart) brings
+    it up in recovery, never writable beside the cluster's primary."""
     log_file = data.path.parent / "postgres.log"
     was_running = data.running()
     try:
-        if (why := refusal()) is not None:
-            raise RuntimeError(f"refused before the swap: {why}; its data is left as it was")
         data.stop("fast")
         kept = swap_in(part, data.path, restore_id)
     except BaseException:
@@ -96,4 +90,9 @@ def restore_from(
         raise
     if start:
         start_swapped(data, kept, restore_id, log_file)
-    return Copied(kept, start)
+    else:
+        signal_file = data.path / "standby.signal"
+        signal_file.touch()
+        data.user.own(signal_file)
+        (data.path / RESTORING_MARKER).unlink()
+    return kept

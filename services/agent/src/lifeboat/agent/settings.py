@@ -67,6 +67,10 @@ class AgentSettings(ServiceSettings, ReplicationSettings):
     agent_boot_timeout_seconds: PositiveFloat = 300
     """`python -m lifeboat.agent.boot` only: how long an empty node waits for a primary to
     clone (or the topology) before it exits non-zero, for its container to be restarted."""
+    agent_restore_from: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"])
+    """The hosts a restore into this node may be copied from (`node.restore_ordered`): the
+    backup service's `LIFEBOAT_RESTORE_SERVE_HOST`, as JSON (`["backup"]`). The agent
+    connects there with the replication user's password, so only to hosts named here."""
     agent_outbox_size: PositiveInt = 1000
     """Events kept while NATS is unreachable, sent once it is back."""
 

@@ -38,7 +38,8 @@ class AgentRestore:
     source: Source
     serve_host: str  # where the restored copy listens, an address the nodes reach
     answer_timeout: float = 10.0
-    timeout: float = 3600.0
+    timeout: float = 3600.0  # for the agent's copy; its swap and start get `swap_timeout` more
+    swap_timeout: float = 300.0
 
     async def copy_in(
         self, cluster: str, node: str, restore_id: str, port: int, correlation: UUID
@@ -52,12 +53,13 @@ class AgentRestore:
             restore_id=restore_id,
             host=self.serve_host,
             port=port,
+            copy_seconds=self.timeout,
         )
         topics = (NODE_RESTORE_STARTED, NODE_RESTORED, NODE_RESTORE_FAILED)
         on = [t.subject(cluster=cluster, node=node) for t in topics]
         async with answers(self.nc, on, order.event_id) as got:
             await self.publish(order)
-            for bound in (self.answer_timeout, self.timeout):
+            for bound in (self.answer_timeout, self.timeout + self.swap_timeout):
                 try:
                     answer = await asyncio.wait_for(got.get(), bound)
                 except TimeoutError:

@@ -252,12 +252,7 @@ class RestorePlan:
     backup: CatalogEntry
     wal: tuple[WalFile, ...]  # what recovery will ask for, in order; history files first
     target_time: datetime | None = None
-    target_lsn: str | None = None
-
-    @property
-    def immediate(self) -> bool:
-        """Recover to the backup's own consistent point (no target given)."""
-        return self.target_time is None and self.target_lsn is None
+    target_lsn: str | None = None  # neither: the backup's own WAL, no archived WAL
 
 
 def plan_restore(

@@ -28,7 +28,7 @@ from lifeboat.objstore.codec import Codec, Compression, WrongKeyError, key_id
 from lifeboat.objstore.download import read_object
 from lifeboat.pg import tools
 from lifeboat.pg.osuser import OsUser
-from lifeboat.pg.recovery import RecoveryTarget, configure_recovery
+from lifeboat.pg.recovery import LOCAL_TRUST, RecoveryTarget, configure_recovery
 from lifeboat.pg.replication import OWN_CONFIG
 from lifeboat.pg.scratch import Instance
 
@@ -141,7 +141,7 @@ def _configure(
     if trust_local:
         # Only this OS user (and root) can reach the private socket directory.
         hba = data / "pg_hba.conf"
-        hba.write_text("local all all trust\n" + (hba.read_text() if hba.exists() else ""))
+        hba.write_text(LOCAL_TRUST + "\n" + (hba.read_text() if hba.exists() else ""))
     (data / "pg_wal").mkdir(exist_ok=True)
     instance.user.own(instance.home)
     data.chmod(0o700)
@@ -168,9 +168,7 @@ async def restore_physical(
         _, fetched = await asyncio.gather(
             _extract(ctx, codec, base, instance.data_dir), _fetch_wal(ctx, codec, plan, wal_dir)
         )
-        target = RecoveryTarget(
-            immediate=plan.immediate, time=plan.target_time, lsn=plan.target_lsn
-        )
+        target = RecoveryTarget(time=plan.target_time, lsn=plan.target_lsn)
         await asyncio.to_thread(
             _configure, instance, target, wal_dir, listen, trust_local, own_config_from
         )

@@ -32,7 +32,8 @@ class BackupSettings(ServiceSettings, S3Settings, ReplicationSettings):
     here, listens on this address, and the node's agent copies it from there: an address of
     this host the nodes reach (under compose, the backup service's host name)."""
     restore_agent_timeout_seconds: PositiveFloat = 3600
-    """How long a node's agent may take to copy a restored database in and start it."""
+    """How long a node's agent may take to copy a restored database in (it gives up before
+    the swap past it); its swap and start get 5 minutes more."""
     pg_os_user: str | None = None
     """Who runs initdb/pg_ctl for scratch instances when the service runs as root."""
 
