@@ -8,6 +8,7 @@ the agent refuses a writable node."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from psycopg import sql
 
+from lifeboat.agent.agent import STRAY_AFTER_SECONDS
 from lifeboat.common.bus import encode
 from lifeboat.common.events import (
     BackupKind,
@@ -102,6 +104,10 @@ def marks(node: PgNode) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+def in_recovery(node: PgNode) -> bool:
+    return bool(node.query(sql.SQL("select pg_is_in_recovery()"))[0][0])
+
+
 def answer(events: Watch, type_: str, restore_id: str) -> dict[str, Any] | None:
     return next((e for e in events.of(type_) if e["restore_id"] == restore_id), None)
 
@@ -165,6 +171,15 @@ async def test_a_node_on_another_host_is_restored_by_its_agent(
     assert (standby.data_dir / "backup_label").exists()  # the copy, not yet started
     assert (standby.data_dir / "standby.signal").exists()  # any start: in recovery
     assert not (standby.data_dir / "lifeboat.restoring").exists()
+    assert (standby.data_dir / "lifeboat.restored-held").exists()
+    # Started by hand, it comes up in recovery on the restored data, and its agent does not
+    # ask to have it rejoined (which would rewind the restore away).
+    standby.start()
+    assert in_recovery(standby)
+    assert marks(standby) == ["before"]
+    await asyncio.sleep(STRAY_AFTER_SECONDS + 2)
+    assert not [e for e in events.of("node.rejoin_requested") if e["node"] == standby.name]
+    standby.stop()
     assert primary.running()
     assert marks(primary) == ["after", "before"]
 

@@ -17,6 +17,10 @@ from lifeboat.pg.replication import MANAGED
 # standby.signal there meanwhile (see lifeboat.agent.node.arm), so the copy starts as the
 # restore made it. Removed once it runs.
 RESTORING_MARKER = "lifeboat.restoring"
+# In a node's data directory that a restore left stopped on the restored data, armed as a
+# standby of no primary: its agent does not ask to have it rejoined (a rejoin rewinds or
+# clones it, and the restored data is gone). An operator's `lifeboat rejoin` still does.
+HELD_MARKER = "lifeboat.restored-held"
 
 # Settings of the source that must not follow it to a restored copy.
 _DROPPED = (

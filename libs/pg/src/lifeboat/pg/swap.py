@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from lifeboat.pg.datadir import DataDir
-from lifeboat.pg.recovery import LOCAL_TRUST, RESTORING_MARKER
+from lifeboat.pg.recovery import HELD_MARKER, LOCAL_TRUST, RESTORING_MARKER
 from lifeboat.pg.replication import OWN_CONFIG
 
 # What the scratch restore set for itself, dropped when the copy becomes the node: the node's
@@ -37,13 +37,15 @@ def kept_name(data_dir: Path, restore_id: str) -> Path:
     return data_dir.with_name(f"{data_dir.name}.replaced-{restore_id}")
 
 
-def swap_in(restored: Path, data_dir: Path, restore_id: str) -> Path:
+def swap_in(restored: Path, data_dir: Path, restore_id: str, *, start: bool = True) -> Path:
     """The restored copy takes the node's place, with the node's own settings; returns where
     the node's old directory is kept. The copy comes up read-only: recovered and promoted, it
     is a primary of its own beside the cluster's, and it takes writes only once the failover
     service names it primary (the topology's own primary, restored, is given its writes back;
-    another node is for an operator's forced failover to choose). It keeps the restoring
-    marker until it runs, so that no agent makes it a standby meanwhile."""
+    another node is for an operator's forced failover to choose). To be started (`start`),
+    it keeps the restoring marker until it runs, so that no agent makes it a standby
+    meanwhile; else it is armed as a standby of no primary before it takes the node's place,
+    and held there (HELD_MARKER), so that whoever starts it brings it up in recovery."""
     kept = kept_name(data_dir, restore_id)
     for name in OWN_CONFIG:
         if (data_dir / name).exists():
@@ -64,7 +66,9 @@ def swap_in(restored: Path, data_dir: Path, restore_id: str) -> Path:
     auto.write_text("\n".join(lines) + "\n")
     for stale in ("standby.signal", "recovery.signal", "postmaster.pid", "backup_label.old"):
         (restored / stale).unlink(missing_ok=True)
-    (restored / RESTORING_MARKER).touch()
+    (restored / (RESTORING_MARKER if start else "standby.signal")).touch()
+    if not start:
+        (restored / HELD_MARKER).touch()
     os.rename(data_dir, kept)
     try:
         os.rename(restored, data_dir)

@@ -69,6 +69,7 @@ from lifeboat.common.kv import (
 )
 from lifeboat.common.state import Lease, Topology
 from lifeboat.pg.datadir import DataDir
+from lifeboat.pg.recovery import HELD_MARKER
 from lifeboat.pg.rejoin import rejoin_node
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,7 @@ class Agent:
             or primary is None
             or state.role is not Role.STANDBY
             or upstream == (primary.host, primary.port)
+            or (self.data.path / HELD_MARKER).exists()  # restored data, kept for the operator
         ):
             self.stray_since = None
             return
@@ -431,15 +433,13 @@ class Agent:
             "correlation_id": order.event_id,
             "upstream": order.upstream,
         }
-        refusal = (
-            "a restore of this node runs"
-            if self._node_action.locked()
-            else await self._rejoin_refusal(order)
-        )
-        if refusal is not None:
-            self.queue(NodeRejoinFailed(**common, reason=f"refused: {refusal}"))
+        if self._node_action.locked():
+            self.queue(NodeRejoinFailed(**common, reason="refused: a restore of this node runs"))
             return
-        async with self._node_action:
+        async with self._node_action:  # taken at once: nothing awaited since the check
+            if (refusal := await self._rejoin_refusal(order)) is not None:
+                self.queue(NodeRejoinFailed(**common, reason=f"refused: {refusal}"))
+                return
             self.queue(NodeRejoinStarted(**common))
             started = time.monotonic()
             try:
@@ -501,11 +501,14 @@ class Agent:
         elif self._node_action.locked():
             refusal = "a rejoin or another restore of this node runs"
         else:
-            refusal = await asyncio.to_thread(self._writable)
+            refusal = None
         if refusal is not None:
             self.queue(NodeRestoreFailed(**common, reason=f"refused: {refusal}"))
             return
-        async with self._node_action:
+        async with self._node_action:  # taken at once: nothing awaited since the check
+            if (refusal := await asyncio.to_thread(self._writable)) is not None:
+                self.queue(NodeRestoreFailed(**common, reason=f"refused: {refusal}"))
+                return
             self.queue(NodeRestoreStarted(**common))
             started = time.monotonic()
             try:
@@ -529,7 +532,9 @@ class Agent:
                     await asyncio.to_thread(shutil.rmtree, part, True)
                     raise RuntimeError(f"refused before the swap: {why}; the node is as it was")
                 topology, error = await self._read(self.settings.agent_nats_timeout_seconds)
-                start, detail = starts_restored(order.node, topology, error)
+                # A record gone after one was read is a store lost or rolled back, not a
+                # cluster nobody has been promoted in.
+                start, detail = starts_restored(order.node, topology or self.last_topology, error)
                 kept = await asyncio.to_thread(
                     swap_restored, self.data, part, order.restore_id, start
                 )

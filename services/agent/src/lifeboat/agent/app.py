@@ -53,6 +53,7 @@ def build_app(settings: AgentSettings) -> Starlette:
     client = httpx.AsyncClient()
     agent = Agent(settings, data, runtime.source, runtime.publisher.publish, client)
     tasks: list[asyncio.Task[None]] = []
+    restores: set[asyncio.Task[None]] = set()
 
     async def connect() -> None:
         """NATS in the background, however long it takes: the guard does not wait for it.
@@ -112,8 +113,12 @@ def build_app(settings: AgentSettings) -> Starlette:
             await agent.rejoin_ordered(request)
 
     async def on_restore_order(msg: Msg) -> None:
+        # In a task of its own: a second order while one runs is refused at once, not queued
+        # behind it for hours while its service has long given up and served another copy.
         if isinstance(request := order(msg, NodeRestoreOrdered, epoch=False), NodeRestoreOrdered):
-            await agent.restore_ordered(request)
+            task = asyncio.create_task(agent.restore_ordered(request), name="restore")
+            restores.add(task)
+            task.add_done_callback(restores.discard)
 
     async def start() -> None:
         tasks.append(asyncio.create_task(agent.run(), name="guard"))
@@ -124,9 +129,9 @@ def build_app(settings: AgentSettings) -> Starlette:
     async def shutdown() -> None:
         runtime.mark_ready(False)
         await runtime.stop_heartbeats()
-        for task in tasks:
+        for task in (*tasks, *restores):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *restores, return_exceptions=True)
         await client.aclose()
         await runtime.broker.stop()
 

@@ -18,7 +18,6 @@ from pydantic import SecretStr
 
 from lifeboat.common.state import Topology
 from lifeboat.pg.datadir import DataDir
-from lifeboat.pg.recovery import RESTORING_MARKER
 from lifeboat.pg.swap import start_swapped, swap_in
 from lifeboat.pg.tools import ToolError
 
@@ -38,7 +37,7 @@ def starts_restored(node: str, topology: Topology | None, error: str | None) -> 
     return False, (
         f"left stopped: the topology names {topology.primary or 'no node'} primary at epoch "
         f"{topology.epoch}{busy}, and started it would be a primary beside it; a start "
-        "brings it up in recovery, read-only"
+        "brings it up in recovery, read-only, and it is not rejoined unless an operator asks"
     )
 
 
@@ -75,14 +74,14 @@ def copy_restored(
 
 def swap_restored(data: DataDir, part: Path, restore_id: str, start: bool) -> Path:
     """Stop the node, swap the copy in, and start it when `start`; returns where the node's
-    own directory is kept. A node not started is armed as a standby (`standby.signal`, its
-    restoring marker removed): whoever starts it next (a reboot, a container restart) brings
-    it up in recovery, never writable beside the cluster's primary."""
+    own directory is kept. A node not started is armed as a standby and held (swap_in):
+    whoever starts it next (a reboot, a container restart) brings it up in recovery, never
+    writable beside the cluster's primary, and its agent does not have it rejoined."""
     log_file = data.path.parent / "postgres.log"
     was_running = data.running()
     try:
         data.stop("fast")
-        kept = swap_in(part, data.path, restore_id)
+        kept = swap_in(part, data.path, restore_id, start=start)
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         if was_running and not data.running():
@@ -90,9 +89,4 @@ def swap_restored(data: DataDir, part: Path, restore_id: str, start: bool) -> Pa
         raise
     if start:
         start_swapped(data, kept, restore_id, log_file)
-    else:
-        signal_file = data.path / "standby.signal"
-        signal_file.touch()
-        data.user.own(signal_file)
-        (data.path / RESTORING_MARKER).unlink()
     return kept
