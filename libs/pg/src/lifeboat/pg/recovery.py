@@ -22,8 +22,9 @@ RESTORING_MARKER = "lifeboat.restoring"
 # clones it, and the restored data is gone). An operator's `lifeboat rejoin` still does.
 HELD_MARKER = "lifeboat.restored-held"
 
-# Settings of the source that must not follow it to a restored copy.
-_DROPPED = (
+# Settings of the source that must not follow it to a restored copy, and of the scratch
+# restore that must not follow the copy into a node (lifeboat.pg.swap): the node's own apply.
+DROPPED_FROM_RESTORES = (
     *MANAGED,
     "port",
     "unix_socket_directories",
@@ -82,7 +83,7 @@ def configure_recovery(
     kept = [
         line
         for line in (auto.read_text().splitlines() if auto.exists() else [])
-        if line.split("=", 1)[0].strip() not in _DROPPED
+        if line.split("=", 1)[0].strip() not in DROPPED_FROM_RESTORES
     ]
     settings = {
         "port": str(port),

@@ -14,27 +14,13 @@ import shutil
 from pathlib import Path
 
 from lifeboat.pg.datadir import DataDir
-from lifeboat.pg.recovery import HELD_MARKER, LOCAL_TRUST, RESTORING_MARKER
-from lifeboat.pg.replication import OWN_CONFIG
-
-# What the scratch restore set for itself, dropped when the copy becomes the node: the node's
-# own settings (postgresql.conf) apply again.
-_SCRATCH_SETTINGS = (
-    "port",
-    "unix_socket_directories",
-    "listen_addresses",
-    "restore_command",
-    "archive_mode",
-    "recovery_target_timeline",
-    "recovery_target_action",
-    "recovery_target",
-    "recovery_target_time",
-    "recovery_target_lsn",
+from lifeboat.pg.recovery import (
+    DROPPED_FROM_RESTORES,
+    HELD_MARKER,
+    LOCAL_TRUST,
+    RESTORING_MARKER,
 )
-
-
-def kept_name(data_dir: Path, restore_id: str) -> Path:
-    return data_dir.with_name(f"{data_dir.name}.replaced-{restore_id}")
+from lifeboat.pg.replication import OWN_CONFIG
 
 
 def swap_in(restored: Path, data_dir: Path, restore_id: str, *, start: bool = True) -> Path:
@@ -46,7 +32,7 @@ def swap_in(restored: Path, data_dir: Path, restore_id: str, *, start: bool = Tr
     it keeps the restoring marker until it runs, so that no agent makes it a standby
     meanwhile; else it is armed as a standby of no primary before it takes the node's place,
     and held there (HELD_MARKER), so that whoever starts it brings it up in recovery."""
-    kept = kept_name(data_dir, restore_id)
+    kept = data_dir.with_name(f"{data_dir.name}.replaced-{restore_id}")
     for name in OWN_CONFIG:
         if (data_dir / name).exists():
             shutil.copy2(data_dir / name, restored / name)
@@ -60,7 +46,7 @@ def swap_in(restored: Path, data_dir: Path, restore_id: str, *, start: bool = Tr
     lines = [
         line
         for line in (auto.read_text().splitlines() if auto.exists() else [])
-        if line.split("=", 1)[0].strip() not in _SCRATCH_SETTINGS
+        if line.split("=", 1)[0].strip() not in DROPPED_FROM_RESTORES
     ]
     lines += ["# lifeboat: restored into this node", "default_transaction_read_only = 'on'"]
     auto.write_text("\n".join(lines) + "\n")
