@@ -10,6 +10,7 @@ immortal.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -95,16 +96,52 @@ async def _get(kv: KeyValue, key: str, model: type[M]) -> Versioned[M] | None:
     return Versioned(model.model_validate_json(entry.value), entry.revision)
 
 
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
+SEEN_TTL_SECONDS = 60  # a node's `seen` record is kept this long after its last write
+
+
 class TopologyStore:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+        self._js = js
         self._kv = kv
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> TopologyStore:
-        return cls(await open_bucket(js, TOPOLOGY_BUCKET, history=16))
+        return cls(js, await open_bucket(js, TOPOLOGY_BUCKET, history=16))
 
     async def get(self, cluster: str) -> Versioned[Topology] | None:
         return await _get(self._kv, cluster, Topology)
+
+    async def still_current(self, cluster: str, node: str, revision: int | None) -> bool:
+        """Whether the record read at `revision` (None: no record) is still the newest, as
+        a majority of the servers holds it: True once a write made on that condition was
+        acknowledged.
+
+        A read alone is answered by whichever server believes it leads the bucket's
+        stream — also one cut off from its peers that has not stepped down yet (about 10 s),
+        which answers with the record as it was before the others took a newer one. A
+        write that expects the record's revision (JetStream's expected last sequence, checked
+        against the record's subject) is acknowledged only once a majority holds it, and
+        only while that revision is the newest: so a read followed by this is a read no
+        newer write had overtaken when it was acknowledged. False: a newer record exists
+        (or the read was answered by a server behind). The write is `<cluster>.seen.<node>`
+        in the same bucket, which expires on its own; keys with a dot are no topology."""
+        record = f"$KV.{TOPOLOGY_BUCKET}.{cluster}"
+        try:
+            await self._js.publish(
+                f"{record}.seen.{node}",
+                json.dumps({"node": node, "revision": revision}).encode(),
+                headers={
+                    "Nats-Expected-Last-Subject-Sequence": str(revision or 0),
+                    "Nats-Expected-Last-Subject-Sequence-Subject": record,
+                },
+                msg_ttl=SEEN_TTL_SECONDS,
+            )
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True
 
     async def create(self, topology: Topology) -> Versioned[Topology]:
         try:
@@ -129,13 +166,12 @@ def agent_lease_name(cluster: str, node: str) -> str:
     """The lease a node's agent renews in every round it reaches NATS.
 
     Renewing is a write, which the replicated bucket acknowledges only once a majority of
-    servers holds it, and the agent counts a round as confirming its primary only after
-    that write and a topology read: a NATS server cut off with the agent, still believing
-    it leads the topology's stream, cannot confirm a primary the majority has replaced —
-    the trap of trusting a read alone. The failover leader relies on it the other way: a
-    lease not renewed for its `guard_seconds` (plus a margin), as seen on the leader's own
-    clock, is an agent that has stopped its node (or is gone: a lease that expired, TTL,
-    guards nothing, and counts for nothing)."""
+    servers holds it. It lives in another stream than the topology, with a leader of its
+    own, so it says nothing of whether the agent's topology read was current: that is
+    `TopologyStore.still_current`'s job. The failover leader relies on the lease: one not
+    renewed for its `guard_seconds` (plus a margin), as seen on the leader's own clock, is
+    an agent that has stopped its node (or is gone: a lease that expired, TTL, guards
+    nothing, and counts for nothing)."""
     name = f"agent-{cluster}-{node}"
     if len(name) <= NAME_MAX:
         return name

@@ -74,12 +74,20 @@ from lifeboat.pg.rejoin import rejoin_node
 
 log = logging.getLogger(__name__)
 
+
+class StaleReadError(RuntimeError):
+    """The topology could not be read as a majority of the NATS servers holds it."""
+
+
 READ_STATE_SECONDS = 5.0  # a pg_controldata run, when the deadline is not near
 START_GRACE_SECONDS = 2.0  # to connect and confirm, for an agent restarted past its bound
 # A standby of no primary is asked about once it has been one this long (the leader's own
 # repoint or rejoin comes first), and again at most this often while it stays one.
 STRAY_AFTER_SECONDS = 10.0
 REJOIN_ASK_SECONDS = 60.0
+# A read that confirms a writable node is checked current (kv.TopologyStore.still_current),
+# and read again when a newer record overtook it, at most this many times in a round.
+CURRENT_READ_TRIES = 3
 
 
 class Agent:
@@ -171,7 +179,9 @@ class Agent:
         if (killed := await asyncio.to_thread(self.watchdog.take_killed)) is not None:
             self._watchdog_killed(killed)
         read_at = time.monotonic()
-        topology, error = await self._read(self._wait(self.settings.agent_nats_timeout_seconds))
+        topology, error = await self._read(
+            self._wait(self.settings.agent_nats_timeout_seconds), current=state.writable
+        )
         observation = Observation(
             node=self.settings.agent_node,
             now=time.monotonic(),
@@ -313,15 +323,19 @@ class Agent:
         writable = self.state is not None and self.state.writable
         return on_deadline(self.settings.agent_node, writable, self.last_topology)
 
-    async def _read(self, timeout: float) -> tuple[Topology | None, str | None]:
+    async def _read(
+        self, timeout: float, *, current: bool = False
+    ) -> tuple[Topology | None, str | None]:
+        """The topology record, or why there is none. `current`: only a read a majority of
+        the servers has shown newest (a read that may keep a writable node serving)."""
         if self.store is None or self.leases is None:
             return None, "not connected to NATS yet"
         if timeout <= 0:  # the last try's reason stands
             return None, self.read_error or "no time left before the deadline"
         try:
             async with asyncio.timeout(timeout):
-                await self._renew()  # first: a read counts only once a majority took a write
-                found = await self.store.get(self.settings.agent_cluster)
+                await self._renew()
+                found = await (self._read_current() if current else self._read_any())
         except TimeoutError:
             self.read_error = f"no answer from NATS within {timeout:.2f}s"
             return None, self.read_error
@@ -334,6 +348,26 @@ class Agent:
         if found is not None and (last is None or found.value.epoch >= last.epoch):
             self.last_topology = found.value  # the newest: an older one is a store rolled back
         return (None if found is None else found.value), None
+
+    async def _read_any(self) -> Versioned[Topology] | None:
+        assert self.store is not None
+        return await self.store.get(self.settings.agent_cluster)
+
+    async def _read_current(self) -> Versioned[Topology] | None:
+        """A read no newer write had overtaken once a majority acknowledged a write made on
+        that condition: a NATS server cut off from its peers, still believing it leads the
+        bucket's stream, answers reads with the record as it was and cannot confirm them."""
+        assert self.store is not None
+        cluster, node = self.settings.agent_cluster, self.settings.agent_node
+        for _ in range(CURRENT_READ_TRIES):
+            found = await self.store.get(cluster)
+            revision = None if found is None else found.revision
+            if await self.store.still_current(cluster, node, revision):
+                return found
+        raise StaleReadError(
+            f"the topology read was overtaken {CURRENT_READ_TRIES} times in a row "
+            "(a NATS server behind its peers may be answering)"
+        )
 
     async def _renew(self) -> None:
         """Renew the agent's lease (see kv.agent_lease_name), or take it afresh once it

@@ -146,7 +146,7 @@ async def read_topology(settings: AgentSettings) -> tuple[Topology | None, str |
                     bucket = await nc.jetstream().key_value(TOPOLOGY_BUCKET)
                 except BucketNotFoundError:
                     return None, None  # a new store: no topology yet
-                found = await TopologyStore(bucket).get(settings.agent_cluster)
+                found = await TopologyStore(nc.jetstream(), bucket).get(settings.agent_cluster)
             finally:
                 await nc.close()
     except TimeoutError:

@@ -606,7 +606,8 @@ class Projection:
         topology = await open_bucket(js, TOPOLOGY_BUCKET, history=16)
         maintenance = await open_bucket(js, subjects.MAINTENANCE_BUCKET)
         backups = await open_bucket(js, subjects.BACKUPS_BUCKET)
-        self._tasks.append(asyncio.create_task(self._watch(topology, self._on_topology)))
+        # `*`: the clusters' records, not the agents' `<cluster>.seen.<node>` (kv.TopologyStore).
+        self._tasks.append(asyncio.create_task(self._watch(topology, self._on_topology, "*")))
         self._tasks.append(asyncio.create_task(self._watch(maintenance, self._on_maintenance)))
         self._tasks.append(asyncio.create_task(self._watch(backups, self._on_backups)))
 
@@ -709,10 +710,12 @@ class Projection:
         state = None if value is None else MaintenanceState.model_validate_json(value)
         self.set_maintenance(key, state)
 
-    async def _watch(self, kv: KeyValue, apply: Callable[[str, bytes | None], None]) -> None:
+    async def _watch(
+        self, kv: KeyValue, apply: Callable[[str, bytes | None], None], keys: str = ">"
+    ) -> None:
         while True:
             try:
-                watcher = await kv.watchall()
+                watcher = await kv.watch(keys)
                 self._watchers.append(watcher)
                 async for entry in watcher:
                     if entry is None:
