@@ -167,6 +167,31 @@ def test_writable_against_the_topology_last_read_is_fenced_at_once_without_nats(
     assert "the topology last read names node2 primary at epoch 4" in verdict.reason
 
 
+def test_a_standby_promoted_since_its_last_read_is_kept_on_a_peers_newer_read() -> None:
+    # Its last read (at 99.0) saw this postmaster in recovery under node2, epoch 4; node2's
+    # agent has read node1 named primary at epoch 5 since: the leader wrote it, then
+    # promoted node1, whose own first read after that failed.
+    told = (PeerAnswer("node2", writable=False, epoch=5, primary="node1"),)
+    promoted = replace(
+        seen(error="no answer", confirmed_at=0.0, answers=told),
+        last_topology=MOVED,
+        standby_read_at=99.0,
+    )
+    verdict = judge(promoted)
+    assert isinstance(verdict, Confirmed)
+    assert verdict.at == 99.0  # the bound runs from its last read, when its lease was renewed
+    assert "node2's agent read it named primary at epoch 5" in verdict.reason
+    assert isinstance(judge(replace(promoted, now=104.0)), Fence)  # the bound from that read
+    # Nobody read it named: a promotion outside the leader, fenced at once.
+    for answers in ((PeerAnswer("node2", writable=False, epoch=4, primary="node2"),), None):
+        assert isinstance(judge(replace(promoted, answers=answers)), Fence)
+    # A read that works and names another primary fences it at once.
+    read = replace(promoted, topology=MOVED, read_error=None)
+    assert isinstance(judge(read), Fence)
+    # Not seen in recovery at its last read (started writable since): fenced at once.
+    assert isinstance(judge(replace(promoted, standby_read_at=None)), Fence)
+
+
 def test_failsafe_never_confirms_a_node_the_topology_last_read_did_not_name() -> None:
     silent = (PeerAnswer("node2", writable=False), PeerAnswer("node3", writable=False))
     stale = replace(seen(error="no answer", answers=silent), last_topology=MOVED)

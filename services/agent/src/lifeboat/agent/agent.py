@@ -116,6 +116,9 @@ class Agent:
         self.confirmed_at = self.watchdog.resume(self._confirmed_before() + self.bound) - self.bound
         self.last_topology: Topology | None = None
         self.last_read_at: float | None = None
+        # The start of the last successful read that saw the node in recovery, and which
+        # postmaster it saw (guard.Observation.standby_read_at).
+        self.standby_read: tuple[float, tuple[int, int] | None] | None = None
         self.read_error: str | None = None
         self.state: NodeState | None = None
         self.verdict: Verdict | None = None
@@ -182,6 +185,9 @@ class Agent:
         topology, error = await self._read(
             self._wait(self.settings.agent_nats_timeout_seconds), current=state.writable
         )
+        if error is None:
+            in_recovery = state.running and not state.writable
+            self.standby_read = (read_at, state.process) if in_recovery else None
         observation = Observation(
             node=self.settings.agent_node,
             now=time.monotonic(),
@@ -193,6 +199,7 @@ class Agent:
             confirmed_at=self.confirmed_at,
             bound=self.bound,
             peers=self.settings.agent_peers,
+            standby_read_at=self._promoted_since_read(),
         )
         if error is not None and state.writable and self.settings.agent_peers:
             asked_at = time.monotonic()
@@ -321,7 +328,19 @@ class Agent:
 
     def _on_deadline(self) -> bool:
         writable = self.state is not None and self.state.writable
-        return on_deadline(self.settings.agent_node, writable, self.last_topology)
+        if on_deadline(self.settings.agent_node, writable, self.last_topology):
+            return True
+        # Kept on a peer's read since its promotion (guard.promoted_under): the bound governs.
+        promoted = self._promoted_since_read()
+        return writable and promoted is not None and self.confirmed_at >= promoted
+
+    def _promoted_since_read(self) -> float | None:
+        """When the last successful read started, if it saw the postmaster running now in
+        recovery (guard.promoted_under)."""
+        if self.standby_read is None or self.state is None:
+            return None
+        at, process = self.standby_read
+        return at if process == self.state.process else None
 
     async def _read(
         self, timeout: float, *, current: bool = False

@@ -47,6 +47,9 @@ class Observation:
     # The other members' agents, asked this round when the read failed.
     answers: tuple[PeerAnswer, ...] | None = None
     asked_at: float = 0.0
+    # When the last successful read started, if it saw this same postmaster in recovery
+    # (a node writable now has been promoted since).
+    standby_read_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,9 @@ def judge(o: Observation) -> Verdict:
     if verdict is not None:
         return verdict
     if t is not None and t.primary != o.node:
+        promoted = promoted_under(o, t)
+        if promoted is not None:
+            return promoted
         # A switchover hands the old primary over (read-only, stopped when it is local, its
         # last WAL replayed by the target) under the old epoch, before the new one is
         # written: stopping it now takes nothing from the switchover.
@@ -159,6 +165,28 @@ def judge(o: Observation) -> Verdict:
             + (f"; failsafe: {_failsafe_gap(o)}" if o.peers or o.answers is not None else "")
         )
     return Keep(f"writable, unconfirmed for {unconfirmed:.1f}s{cannot_read}")
+
+
+def promoted_under(o: Observation, last: Topology) -> Confirmed | None:
+    """A node promoted since its last read, which it cannot repeat, when another member's
+    agent has read a newer record naming it primary: the leader writes that record before
+    it promotes, so this is the new primary whose first read after the promotion failed. It
+    counts as confirmed as of that last read (its lease was renewed then, which is what the
+    leader counts from), so the bound runs from there. Without such an answer it may be a
+    promotion outside the leader (`pg_ctl promote`), fenced at once."""
+    if o.read_error is None or o.standby_read_at is None or o.now >= o.standby_read_at + o.bound:
+        return None
+    if any(a.writable for a in o.answers or ()):
+        return None
+    for a in o.answers or ():
+        if a.primary == o.node and a.epoch is not None and a.epoch > last.epoch:
+            return Confirmed(
+                o.standby_read_at,
+                f"promoted since its last read (which named {last.primary or 'no node'} at "
+                f"epoch {last.epoch}); the topology cannot be read ({o.read_error}), and "
+                f"{a.node}'s agent read it named primary at epoch {a.epoch}",
+            )
+    return None
 
 
 def _failsafe_gap(o: Observation) -> str:
