@@ -116,13 +116,18 @@ class Executor:
                     if not accepted:
                         raise
                     # The guard just read the new epoch in KV, so the old primary's agent
-                    # stops it within its bound from now: nobody is promoted before. The
+                    # stops it within its bound from now: nobody is promoted before — the
+                    # longer of the bound configured here and the one its lease says. The
                     # wait is the promotion's, so that the standbys are detached first and
                     # the old primary has nobody to acknowledge its commits meanwhile.
-                    self._promote_after = time.monotonic() + self.self_fence_wait
-                    detail = (
-                        f"not confirmed ({exc}), accepted by a forced failover: nobody is "
-                        f"promoted for {self.self_fence_wait:g}s, for its node agent to stop it"
+                    wait = max(self.self_fence_wait, exc.agent_quiet or 0.0)
+                    self._promote_after = time.monotonic() + wait
+                    detail = f"not confirmed ({exc}), accepted by a forced failover: " + (
+                        f"nobody is promoted for {wait:g}s, for its node agent to stop it"
+                        if exc.agent_quiet is not None
+                        else f"no agent is known to guard it (no lease), so it may still take "
+                        f"writes, which its detached standbys do not acknowledge; promoted "
+                        f"on the operator's word after {wait:g}s"
                     )
                 log.warning("fenced %s: %s (%s)", node, reason, detail)
                 await self.publish(

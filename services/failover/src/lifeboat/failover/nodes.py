@@ -48,7 +48,15 @@ select current_setting('synchronous_standby_names'),
 
 
 class FenceUnconfirmedError(RuntimeError):
-    """The node could not be confirmed unable to acknowledge a commit: promote no one."""
+    """The node could not be confirmed unable to acknowledge a commit: promote no one.
+
+    `agent_quiet`: when the node's agent holds a lease, how long that lease must go
+    unrenewed before the agent has stopped its node by its own bound (its bound, as the
+    lease says, and the margin); None when no agent is known to guard the node."""
+
+    def __init__(self, message: str, agent_quiet: float | None = None) -> None:
+        super().__init__(message)
+        self.agent_quiet = agent_quiet
 
 
 class CandidateBehindError(RuntimeError):
@@ -151,18 +159,22 @@ class NodeActions:
             else:
                 done.append("stopped (SIGKILL)" if done else "not running")
                 confirmed = True
-        elif local is None and not confirmed and self.agents is not None:
-            confirmed, detail = await self._stopped_by_agent(name, epoch, reason)
+        quiet = None
+        if local is None and not confirmed and self.agents is not None:
+            confirmed, detail, seen = await self._stopped_by_agent(name, epoch, reason)
             done.append(detail)
+            quiet = None if seen is None else self.agents.quiet_for(seen)
         if not confirmed:
-            raise FenceUnconfirmedError(f"{name}: {'; '.join(done)}")
+            raise FenceUnconfirmedError(f"{name}: {'; '.join(done)}", quiet)
         return "; ".join(done)
 
-    async def _stopped_by_agent(self, name: str, epoch: int, reason: str) -> tuple[bool, str]:
+    async def _stopped_by_agent(
+        self, name: str, epoch: int, reason: str
+    ) -> tuple[bool, str, LeaseSeen | None]:
         """Another host's node stopped by its agent: on request, or, when the agent is cut
         off from NATS too, by its own bound — its lease not renewed for the bound plus the
         margin, which is known as soon as that has passed, not at the end of the wait for an
-        answer that will not come."""
+        answer that will not come. Also the agent's lease as first read (None: none)."""
         assert self.agents is not None
         seen = await self._agent_lease(name)
         asked = asyncio.create_task(self.agents.stop(name, epoch, reason))
@@ -173,14 +185,14 @@ class NodeActions:
                 if not asked.done() or asked.result() is None:
                     by_bound = await self.agents.stopped_by_its_bound(name, seen)
                     if by_bound is not None:
-                        return True, f"its agent has not answered; {by_bound}"
+                        return True, f"its agent has not answered; {by_bound}", seen
             answer = await asked
         finally:
             asked.cancel()
         if answer is not None:
-            return answer.stopped, f"its agent: {answer.action}"
+            return answer.stopped, f"its agent: {answer.action}", seen
         why = f"its agent did not answer within {self.agents.timeout:g}s"
-        return False, why + ("" if seen else "; no agent lease for it (no agent guards it)")
+        return False, why + ("" if seen else "; no agent lease for it (no agent guards it)"), seen
 
     async def _agent_lease(self, name: str) -> LeaseSeen | None:
         assert self.agents is not None
