@@ -672,3 +672,55 @@ async def test_a_primary_cut_off_from_the_controller_and_nats_fails_over_by_its_
         finally:
             await sql_link.cut()
             await nats_link.cut()
+
+
+async def test_a_second_agent_under_a_nodes_name_confirms_nothing_and_stops_nothing(
+    workdir: Path, unique: str
+) -> None:
+    """A copied configuration: a second agent named node1, on node2's data directory.
+    node1's own agent holds node1's lease, which the second cannot take (each agent's
+    identity is kept beside its data directory), so the second confirms nothing and obeys
+    no order: a stop request for node1 stops node1, by its own agent, and not node2 (before,
+    both agents took the lease under the node's name, and both stopped their nodes)."""
+    async with cluster_with_agents(workdir, unique) as c:
+        await c.serving(peers=False)
+        copy = c.stack.start(
+            "agent",
+            f"{c.name}-agent-node1-copy",
+            LIFEBOAT_NATS_URL=c.server.url,
+            LIFEBOAT_HTTP_PORT=str(free_port()),
+            LIFEBOAT_AGENT_CLUSTER=c.name,
+            LIFEBOAT_AGENT_NODE="node1",
+            LIFEBOAT_AGENT_DATA_DIR=str(c.node("node2").data_dir),
+            LIFEBOAT_AGENT_SELF_FENCE_SECONDS=str(BOUND),
+            LIFEBOAT_AGENT_PEERS="{}",
+        )
+        copy.wait_ready()
+
+        async def refused() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                async with httpx.AsyncClient(timeout=2) as client:
+                    view = (await client.get(f"{copy.url}/agent/view")).json()
+                return "is held by another agent" in view["verdict"]
+            return False
+
+        await eventually(refused, timeout=30, what="the copy refused the lease", detail=c.tail)
+        await asyncio.sleep(BOUND)  # node1's own agent goes on confirming it
+        assert await asyncio.to_thread(c.writable, "node1")
+
+        await c.write_topology("node3", 1)
+        request = NodeStopRequested(
+            cluster=unique,
+            node="node1",
+            source=Source(service="test", instance="leader"),
+            epoch=1,
+            reason="test",
+        )
+        await c.nc.publish(request.subject(), request.model_dump_json().encode())
+        answers = await c.stored(NODE_STOPPED.subject(cluster=unique, node="node1"), count=2)
+        assert sorted(a["stopped"] for a in answers) == [False, True], answers
+        (no,) = [a for a in answers if not a["stopped"]]
+        assert "is held by another agent" in no["action"]
+        await c.wait_stopped("node1", timeout=BOUND + SLACK)
+        assert c.running("node2")
+        assert await asyncio.to_thread(c.in_recovery, "node2")

@@ -32,6 +32,7 @@ from lifeboat.agent.guard import (
 from lifeboat.agent.guard import members as failsafe_members
 from lifeboat.agent.node import (
     NodeState,
+    agent_identity,
     arm,
     configured_upstream,
     last_confirmation,
@@ -109,6 +110,7 @@ class Agent:
         self.store: TopologyStore | None = None
         self.leases: LeaseStore | None = None
         self.lease: Versioned[Lease] | None = None
+        self.identity = agent_identity(data)
         self.watchdog = Arming(
             data.path, settings.agent_stop_timeout_seconds, enabled=settings.agent_watchdog
         )
@@ -399,14 +401,20 @@ class Agent:
             except LeaseLostError:
                 self.lease = None
         cluster, node = self.settings.agent_cluster, self.settings.agent_node
+        name = agent_lease_name(cluster, node)
         self.lease = await self.leases.acquire(
-            agent_lease_name(cluster, node),
-            f"{cluster}/{node}",
+            name,
+            f"{cluster}/{node}/{self.identity}",
             self.settings.agent_lease_ttl_seconds,
             guard_seconds=self.bound,
         )
         if self.lease is None:
-            raise LeaseLostError(f"{agent_lease_name(cluster, node)} is held by someone else")
+            held = await self.leases.current(name)
+            holder = "someone else" if held is None else held.value.holder
+            raise LeaseLostError(
+                f"{name} is held by another agent ({holder}): is a second agent configured "
+                f"as {node}? This one confirms nothing and answers no order meanwhile"
+            )
 
     async def _ask_peers(self, o: Observation) -> tuple[PeerAnswer, ...]:
         timeout = self._wait(self.settings.agent_peer_timeout_seconds)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +184,31 @@ def configured_upstream(data_dir: Path) -> tuple[str, int] | None:
     except psycopg.ProgrammingError:
         return None
     return str(params.get("host", "")), int(params.get("port") or 5432)
+
+
+def agent_identity(data: DataDir) -> str:
+    """Which agent guards this data directory, for its lease: a random id kept beside the
+    directory (not in it: base backups and pg_rewind copy what is in it to other nodes),
+    made on first use. An agent restarted, or its container made again with the volume
+    kept, has the same; a second agent configured under the same node name on another host
+    or data directory has another, and cannot take the lease the first renews. Where
+    nothing can be written beside it: the host's name and the directory's path."""
+    path = data.path.parent / f".{data.path.name}.lifeboat-agent-id"
+    with contextlib.suppress(OSError):
+        if found := path.read_text().strip():
+            return found
+    identity = secrets.token_hex(8)
+    try:
+        part = path.with_name(f"{path.name}.{identity}")
+        part.write_text(f"{identity}\n")
+        os.link(part, path)  # only if there is none yet: two agents of one directory agree
+        part.unlink()
+    except FileExistsError:
+        part.unlink()
+        return path.read_text().strip() or identity
+    except OSError:
+        return f"{socket.gethostname()}:{data.path}"
+    return identity
 
 
 def last_confirmation(data: DataDir) -> float | None:
