@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,7 +16,15 @@ from nats.js.errors import NoStreamResponseError
 
 from lifeboat.common import subjects
 from lifeboat.common.events import FailoverCompleted, FailoverKind, Source
-from lifeboat.common.kv import LEASE_BUCKET, TOPOLOGY_BUCKET, LeaseStore, TopologyStore, Versioned
+from lifeboat.common.kv import (
+    LEASE_BUCKET,
+    TOPOLOGY_BUCKET,
+    LeaseStore,
+    StaleReadError,
+    TopologyStore,
+    Versioned,
+    ensure_buckets,
+)
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.settings import ServiceSettings
 from lifeboat.common.state import Topology
@@ -130,5 +139,42 @@ async def test_a_client_of_the_cluster_moves_to_another_server(cluster: NatsClus
             timeout=30,
             what="the client to reconnect elsewhere",
         )
+    finally:
+        await nc.close()
+
+
+async def test_an_agents_check_of_its_read_does_not_refuse_the_leaders_writes(
+    cluster: NatsCluster,
+) -> None:
+    """An agent's `read_current` writes on the condition that the record is at the revision
+    it read; while such a write is being agreed on, the cluster refuses any other write
+    conditioned on that record (the leader's compare-and-set) as in flight. The leader's
+    write is tried again while the record stays at its revision: none is lost to it."""
+    nc = await nats.connect(cluster.url.split(","), connect_timeout=5)
+    try:
+        js = nc.jetstream(timeout=5)
+        await first_write(lambda: ensure_buckets(js, replicas=3))
+        store = await TopologyStore.open(js)
+        current = await first_write(lambda: store.create(Topology(cluster="main", primary="node1")))
+        stop = asyncio.Event()
+        checks = 0
+
+        async def agent() -> None:
+            nonlocal checks
+            while not stop.is_set():
+                with contextlib.suppress(StaleReadError):  # overtaken by the leader's writes
+                    await store.read_current("main", "node1")
+                checks += 1
+
+        checking = asyncio.create_task(agent())
+        try:
+            for epoch in range(1, 101):
+                moved = current.value.model_copy(update={"epoch": epoch})
+                current = await store.compare_and_set(moved, current.revision)
+        finally:
+            stop.set()
+            await checking
+        assert current.value.epoch == 100
+        assert checks > 50, checks
     finally:
         await nc.close()

@@ -180,11 +180,13 @@ def test_a_standby_promoted_since_its_last_read_is_kept_on_a_peers_newer_read() 
     verdict = judge(promoted)
     assert isinstance(verdict, Confirmed)
     assert verdict.at == 99.0  # the bound runs from its last read, when its lease was renewed
-    assert "node2's agent read it named primary at epoch 5" in verdict.reason
+    assert "node2 read it named primary at epoch 5" in verdict.reason
     assert isinstance(judge(replace(promoted, now=104.0)), Fence)  # the bound from that read
-    # Nobody read it named: a promotion outside the leader, fenced at once.
+    # Nobody read it named, or the newest read names another: fenced at once.
+    newer = PeerAnswer("node3", writable=False, epoch=6, primary="node3")
     for answers in ((PeerAnswer("node2", writable=False, epoch=4, primary="node2"),), None):
         assert isinstance(judge(replace(promoted, answers=answers)), Fence)
+    assert isinstance(judge(replace(promoted, answers=(*told, newer))), Fence)
     # A read that works and names another primary fences it at once.
     read = replace(promoted, topology=MOVED, read_error=None)
     assert isinstance(judge(read), Fence)
@@ -196,6 +198,14 @@ def test_failsafe_never_confirms_a_node_the_topology_last_read_did_not_name() ->
     silent = (PeerAnswer("node2", writable=False), PeerAnswer("node3", writable=False))
     stale = replace(seen(error="no answer", answers=silent), last_topology=MOVED)
     assert isinstance(judge(stale), Fence)
+
+
+def test_a_record_gone_after_one_was_read_is_not_nobody_promoted_yet() -> None:
+    gone = replace(seen(topology=None, confirmed_at=0.0), last_topology=MOVED)
+    verdict = judge(gone)
+    assert isinstance(verdict, Fence)  # writable against the record read before
+    assert "the topology record is gone" in verdict.reason
+    assert isinstance(judge(replace(gone, last_topology=NAMED)), Confirmed)
 
 
 def test_a_topology_older_than_one_read_before_is_a_rolled_back_store_not_an_order() -> None:

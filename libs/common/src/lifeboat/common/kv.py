@@ -9,6 +9,7 @@ immortal.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass
@@ -96,8 +97,15 @@ async def _get(kv: KeyValue, key: str, model: type[M]) -> Versioned[M] | None:
     return Versioned(model.model_validate_json(entry.value), entry.revision)
 
 
-WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
-SEEN_TTL_SECONDS = 60  # a node's `seen` record is kept this long after its last write
+# JetStream's refusals of a write that expected a subject's last sequence: another sequence
+# is the last, or another such write to the subject is still being agreed on (in flight).
+WRONG_LAST_SEQUENCE = (10071, 10164)
+CURRENT_TRIES = 3  # reads a `read_current` makes before it gives up
+CAS_TRIES = 5  # a compare-and-set refused while the record stays at its revision is retried
+
+
+class StaleReadError(RuntimeError):
+    """The topology could not be read as a majority of the NATS servers holds it."""
 
 
 class TopologyStore:
@@ -112,36 +120,58 @@ class TopologyStore:
     async def get(self, cluster: str) -> Versioned[Topology] | None:
         return await _get(self._kv, cluster, Topology)
 
-    async def still_current(self, cluster: str, node: str, revision: int | None) -> bool:
-        """Whether the record read at `revision` (None: no record) is still the newest, as
-        a majority of the servers holds it: True once a write made on that condition was
-        acknowledged.
+    async def read(self, cluster: str) -> tuple[Versioned[Topology] | None, int]:
+        """The record (None: none, or deleted) and the revision its key is at: the record's,
+        a delete's marker's, 0 when the key never had one."""
+        try:
+            entry = await self._kv.get(cluster)
+        except KeyNotFoundError as exc:  # a deleted key's error carries the marker's revision
+            marker = getattr(exc, "entry", None)
+            return None, (marker.revision or 0) if marker is not None else 0
+        if entry.value is None or entry.revision is None:
+            return None, entry.revision or 0
+        return Versioned(Topology.model_validate_json(entry.value), entry.revision), entry.revision
+
+    async def read_current(
+        self,
+        cluster: str,
+        node: str,
+        first: tuple[Versioned[Topology] | None, int] | None = None,
+    ) -> Versioned[Topology] | None:
+        """The record as a majority of the servers holds it: a read (`first`, if already
+        made) followed by a write that a majority acknowledged on the condition that the
+        key was still at the revision read. Read again while a newer write overtook it;
+        StaleReadError after `CURRENT_TRIES` reads.
 
         A read alone is answered by whichever server believes it leads the bucket's
-        stream — also one cut off from its peers that has not stepped down yet (about 10 s),
-        which answers with the record as it was before the others took a newer one. A
-        write that expects the record's revision (JetStream's expected last sequence, checked
-        against the record's subject) is acknowledged only once a majority holds it, and
-        only while that revision is the newest: so a read followed by this is a read no
-        newer write had overtaken when it was acknowledged. False: a newer record exists
-        (or the read was answered by a server behind). The write is `<cluster>.seen.<node>`
-        in the same bucket, which expires on its own; keys with a dot are no topology."""
+        stream — also one cut off from its peers that has not stepped down yet (seconds),
+        which answers with the record as it was before the others took a newer one. The
+        conditional write (JetStream's expected last sequence, checked against the record's
+        subject) is acknowledged only once a majority holds it, and only while that revision
+        is the newest; so the read it follows is one no newer write had overtaken when it
+        was acknowledged. The write is `<cluster>.seen.<node>` in the same bucket (keys
+        with a dot are no topology), kept as its history allows."""
         record = f"$KV.{TOPOLOGY_BUCKET}.{cluster}"
-        try:
-            await self._js.publish(
-                f"{record}.seen.{node}",
-                json.dumps({"node": node, "revision": revision}).encode(),
-                headers={
-                    "Nats-Expected-Last-Subject-Sequence": str(revision or 0),
-                    "Nats-Expected-Last-Subject-Sequence-Subject": record,
-                },
-                msg_ttl=SEEN_TTL_SECONDS,
-            )
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                return False
-            raise
-        return True
+        for attempt in range(CURRENT_TRIES):
+            found, at = first if attempt == 0 and first is not None else await self.read(cluster)
+            try:
+                await self._js.publish(
+                    f"{record}.seen.{node}",
+                    json.dumps({"node": node, "revision": at}).encode(),
+                    headers={
+                        "Nats-Expected-Last-Subject-Sequence": str(at),
+                        "Nats-Expected-Last-Subject-Sequence-Subject": record,
+                    },
+                )
+            except APIError as exc:
+                if exc.err_code in WRONG_LAST_SEQUENCE:
+                    continue
+                raise
+            return found
+        raise StaleReadError(
+            f"the topology read was overtaken {CURRENT_TRIES} times in a row "
+            "(a NATS server behind its peers may be answering)"
+        )
 
     async def create(self, topology: Topology) -> Versioned[Topology]:
         try:
@@ -151,15 +181,24 @@ class TopologyStore:
         return Versioned(topology, rev)
 
     async def compare_and_set(self, topology: Topology, revision: int) -> Versioned[Topology]:
-        try:
-            rev = await self._kv.update(
-                topology.cluster, topology.model_dump_json().encode(), last=revision
-            )
-        except KeyWrongLastSequenceError:
-            raise ConflictError(
-                f"topology of {topology.cluster!r} changed since revision {revision}"
-            ) from None
-        return Versioned(topology, rev)
+        """Write `topology` if the record is still at `revision`. A refusal while a read
+        shows it still there is another conditional write to the key being agreed on (an
+        agent's `read_current`), not a change: tried again, a few times."""
+        for attempt in range(CAS_TRIES):
+            try:
+                rev = await self._kv.update(
+                    topology.cluster, topology.model_dump_json().encode(), last=revision
+                )
+            except KeyWrongLastSequenceError:
+                now = await self.get(topology.cluster)
+                if now is None or now.revision != revision or attempt == CAS_TRIES - 1:
+                    raise ConflictError(
+                        f"topology of {topology.cluster!r} changed since revision {revision}"
+                    ) from None
+                await asyncio.sleep(0.02 * (attempt + 1))
+                continue
+            return Versioned(topology, rev)
+        raise AssertionError("unreachable")
 
 
 def agent_lease_name(cluster: str, node: str) -> str:
@@ -168,7 +207,7 @@ def agent_lease_name(cluster: str, node: str) -> str:
     Renewing is a write, which the replicated bucket acknowledges only once a majority of
     servers holds it. It lives in another stream than the topology, with a leader of its
     own, so it says nothing of whether the agent's topology read was current: that is
-    `TopologyStore.still_current`'s job. The failover leader relies on the lease: one not
+    `TopologyStore.read_current`'s job. The failover leader relies on the lease: one not
     renewed for its `guard_seconds` (plus a margin), as seen on the leader's own clock, is
     an agent that has stopped its node (or is gone: a lease that expired, TTL, guards
     nothing, and counts for nothing)."""

@@ -76,19 +76,12 @@ from lifeboat.pg.rejoin import rejoin_node
 log = logging.getLogger(__name__)
 
 
-class StaleReadError(RuntimeError):
-    """The topology could not be read as a majority of the NATS servers holds it."""
-
-
 READ_STATE_SECONDS = 5.0  # a pg_controldata run, when the deadline is not near
 START_GRACE_SECONDS = 2.0  # to connect and confirm, for an agent restarted past its bound
 # A standby of no primary is asked about once it has been one this long (the leader's own
 # repoint or rejoin comes first), and again at most this often while it stays one.
 STRAY_AFTER_SECONDS = 10.0
 REJOIN_ASK_SECONDS = 60.0
-# A read that confirms a writable node is checked current (kv.TopologyStore.still_current),
-# and read again when a newer record overtook it, at most this many times in a round.
-CURRENT_READ_TRIES = 3
 
 
 class Agent:
@@ -185,7 +178,7 @@ class Agent:
             self._watchdog_killed(killed)
         read_at = time.monotonic()
         topology, error = await self._read(
-            self._wait(self.settings.agent_nats_timeout_seconds), current=state.writable
+            self._wait(self.settings.agent_nats_timeout_seconds), writable=state.writable
         )
         if error is None:
             in_recovery = state.running and not state.writable
@@ -345,10 +338,10 @@ class Agent:
         return at if process == self.state.process else None
 
     async def _read(
-        self, timeout: float, *, current: bool = False
+        self, timeout: float, *, writable: bool = False
     ) -> tuple[Topology | None, str | None]:
-        """The topology record, or why there is none. `current`: only a read a majority of
-        the servers has shown newest (a read that may keep a writable node serving)."""
+        """The topology record (see _read_record; `writable`: the node was, when this round
+        read its state), or why there is none."""
         if self.store is None or self.leases is None:
             return None, "not connected to NATS yet"
         if timeout <= 0:  # the last try's reason stands
@@ -356,7 +349,7 @@ class Agent:
         try:
             async with asyncio.timeout(timeout):
                 await self._renew()
-                found = await (self._read_current() if current else self._read_any())
+                found = await self._read_record(writable)
         except TimeoutError:
             self.read_error = f"no answer from NATS within {timeout:.2f}s"
             return None, self.read_error
@@ -370,25 +363,19 @@ class Agent:
             self.last_topology = found.value  # the newest: an older one is a store rolled back
         return (None if found is None else found.value), None
 
-    async def _read_any(self) -> Versioned[Topology] | None:
-        assert self.store is not None
-        return await self.store.get(self.settings.agent_cluster)
-
-    async def _read_current(self) -> Versioned[Topology] | None:
-        """A read no newer write had overtaken once a majority acknowledged a write made on
-        that condition: a NATS server cut off from its peers, still believing it leads the
-        bucket's stream, answers reads with the record as it was and cannot confirm them."""
+    async def _read_record(self, writable: bool) -> Versioned[Topology] | None:
+        """The topology record. A read that may confirm this node — it is writable, or the
+        record names it primary, or there is none — counts only as a majority of the NATS
+        servers holds it (kv.TopologyStore.read_current): a server cut off from its peers,
+        still believing it leads the bucket's stream, answers reads with the record as it
+        was. A standby's read naming another primary confirms nothing and is not checked."""
         assert self.store is not None
         cluster, node = self.settings.agent_cluster, self.settings.agent_node
-        for _ in range(CURRENT_READ_TRIES):
-            found = await self.store.get(cluster)
-            revision = None if found is None else found.revision
-            if await self.store.still_current(cluster, node, revision):
-                return found
-        raise StaleReadError(
-            f"the topology read was overtaken {CURRENT_READ_TRIES} times in a row "
-            "(a NATS server behind its peers may be answering)"
-        )
+        first = await self.store.read(cluster)
+        found = first[0]
+        if writable or found is None or found.value.primary == node:
+            return await self.store.read_current(cluster, node, first)
+        return found
 
     async def _renew(self) -> None:
         """Renew the agent's lease (see kv.agent_lease_name), or take it afresh once it

@@ -133,6 +133,11 @@ def judge(o: Observation) -> Verdict:
         # topology (guarantee 12) until an operator records the primary again.
         went_back = f" (the topology read went back to epoch {t.epoch}: a store rolled back?)"
         t = o.last_topology
+    elif fresh and t is None and o.last_topology is not None:
+        # Gone after one was read (deleted by hand, a store lost): not "nobody promoted yet",
+        # which would confirm every writable node; the record read before stands.
+        went_back = " (the topology record is gone: the one read before stands)"
+        t = o.last_topology
     if fresh and t is None:
         # Only the failover creates the record, naming the primary it finds; until then
         # nobody has been promoted, so nothing can be beside this node.
@@ -142,7 +147,9 @@ def judge(o: Observation) -> Verdict:
     cannot_read = "" if fresh else f"; the topology cannot be read ({o.read_error})"
     which = "the topology" if fresh else "the topology last read"
     named = (
-        "" if t is None else f"{which} names {t.primary or 'no node'} primary at epoch {t.epoch}"
+        ""
+        if t is None
+        else f"{which} names {t.primary or 'no node'} primary at epoch {t.epoch}{went_back}"
     )
     if not o.state.writable:
         return Keep(f"{o.state.describe()}{cannot_read}" + (f"; {named}" if named else ""))
@@ -176,17 +183,19 @@ def promoted_under(o: Observation, last: Topology) -> Confirmed | None:
     promotion outside the leader (`pg_ctl promote`), fenced at once."""
     if o.read_error is None or o.standby_read_at is None or o.now >= o.standby_read_at + o.bound:
         return None
-    if any(a.writable for a in o.answers or ()):
+    answers = [a for a in o.answers or () if a.epoch is not None]
+    if not answers or any(a.writable for a in o.answers or ()):
         return None
-    for a in o.answers or ():
-        if a.primary == o.node and a.epoch is not None and a.epoch > last.epoch:
-            return Confirmed(
-                o.standby_read_at,
-                f"promoted since its last read (which named {last.primary or 'no node'} at "
-                f"epoch {last.epoch}); the topology cannot be read ({o.read_error}), and "
-                f"{a.node}'s agent read it named primary at epoch {a.epoch}",
-            )
-    return None
+    newest = max(a.epoch or 0 for a in answers)
+    named = [a for a in answers if a.epoch == newest]
+    if newest <= last.epoch or any(a.primary != o.node for a in named):
+        return None  # nobody read a newer record, or the newest names another node
+    return Confirmed(
+        o.standby_read_at,
+        f"promoted since its last read (which named {last.primary or 'no node'} at epoch "
+        f"{last.epoch}); the topology cannot be read ({o.read_error}), and "
+        f"{', '.join(a.node for a in named)} read it named primary at epoch {newest}",
+    )
 
 
 def _failsafe_gap(o: Observation) -> str:
