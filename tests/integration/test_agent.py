@@ -82,7 +82,9 @@ class Cluster:
         else:
             await store.compare_and_set(topology, current.revision)
 
-    def start_agents(self, *, peers: bool, links: dict[str, Link] | None = None) -> None:
+    def start_agents(
+        self, *, peers: bool, links: dict[str, Link] | None = None, bound: float = BOUND
+    ) -> None:
         """One agent per node; one with a `link` reaches NATS only through it."""
         ports = {n.name: free_port() for n in self.stack.pg.nodes}
         for node in self.stack.pg.nodes:
@@ -96,16 +98,44 @@ class Cluster:
                 LIFEBOAT_AGENT_CLUSTER=self.name,
                 LIFEBOAT_AGENT_NODE=node.name,
                 LIFEBOAT_AGENT_DATA_DIR=str(node.data_dir),
-                LIFEBOAT_AGENT_SELF_FENCE_SECONDS=str(BOUND),
+                LIFEBOAT_AGENT_SELF_FENCE_SECONDS=str(bound),
                 LIFEBOAT_AGENT_PEERS=json.dumps(others if peers else {}),
             )
         for agent in self.agents.values():
             agent.wait_ready()
 
-    async def serving(self, *, peers: bool, links: dict[str, Link] | None = None) -> None:
+    def extra_agent(
+        self, label: str, node: str, data_dir: Path, bound: float = BOUND
+    ) -> ServiceProcess:
+        """One more agent process under `node`'s name, on `data_dir`, without peers."""
+        agent = self.stack.start(
+            "agent",
+            f"{self.name}-agent-{label}",
+            LIFEBOAT_NATS_URL=self.server.url,
+            LIFEBOAT_HTTP_PORT=str(free_port()),
+            LIFEBOAT_AGENT_CLUSTER=self.name,
+            LIFEBOAT_AGENT_NODE=node,
+            LIFEBOAT_AGENT_DATA_DIR=str(data_dir),
+            LIFEBOAT_AGENT_SELF_FENCE_SECONDS=str(bound),
+            LIFEBOAT_AGENT_PEERS="{}",
+        )
+        agent.wait_ready()
+        return agent
+
+    async def says(self, agent: ServiceProcess, words: str) -> bool:
+        """Whether `agent`'s verdict says `words`."""
+        with contextlib.suppress(httpx.HTTPError):
+            async with httpx.AsyncClient(timeout=2) as client:
+                view = (await client.get(f"{agent.url}/agent/view")).json()
+            return words in view["verdict"]
+        return False
+
+    async def serving(
+        self, *, peers: bool, links: dict[str, Link] | None = None, bound: float = BOUND
+    ) -> None:
         """node1 the primary at epoch 0, and every agent has read it."""
         await self.write_topology("node1", 0)
-        self.start_agents(peers=peers, links=links)
+        self.start_agents(peers=peers, links=links, bound=bound)
         await self.wait_views(epoch=0)
 
     async def view(self, node: str) -> dict[str, Any]:
@@ -677,32 +707,19 @@ async def test_a_primary_cut_off_from_the_controller_and_nats_fails_over_by_its_
 async def test_a_second_agent_under_a_nodes_name_confirms_nothing_and_stops_nothing(
     workdir: Path, unique: str
 ) -> None:
-    """A copied configuration: a second agent named node1, on node2's data directory.
-    node1's own agent holds node1's lease, which the second cannot take (each agent's
-    identity is kept beside its data directory), so the second confirms nothing and obeys
-    no order: a stop request for node1 stops node1, by its own agent, and not node2 (before,
-    both agents took the lease under the node's name, and both stopped their nodes)."""
+    """A copied configuration: a second agent named node1, on node2's data directory (in
+    place of node2's own agent). node1's own agent holds node1's lease, which the second
+    cannot take (each agent's identity is kept beside its data directory), so the second
+    confirms nothing and obeys no order: a stop request for node1 stops node1, by its own
+    agent, and not node2 (before, both agents took the lease under the node's name, and
+    both stopped their nodes)."""
     async with cluster_with_agents(workdir, unique) as c:
         await c.serving(peers=False)
-        copy = c.stack.start(
-            "agent",
-            f"{c.name}-agent-node1-copy",
-            LIFEBOAT_NATS_URL=c.server.url,
-            LIFEBOAT_HTTP_PORT=str(free_port()),
-            LIFEBOAT_AGENT_CLUSTER=c.name,
-            LIFEBOAT_AGENT_NODE="node1",
-            LIFEBOAT_AGENT_DATA_DIR=str(c.node("node2").data_dir),
-            LIFEBOAT_AGENT_SELF_FENCE_SECONDS=str(BOUND),
-            LIFEBOAT_AGENT_PEERS="{}",
-        )
-        copy.wait_ready()
+        c.agents["node2"].stop()  # the copy runs there instead: one agent per directory
+        copy = c.extra_agent("node1-copy", "node1", c.node("node2").data_dir)
 
         async def refused() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                async with httpx.AsyncClient(timeout=2) as client:
-                    view = (await client.get(f"{copy.url}/agent/view")).json()
-                return "is held by another agent" in view["verdict"]
-            return False
+            return await c.says(copy, "is held by another agent")
 
         await eventually(refused, timeout=30, what="the copy refused the lease", detail=c.tail)
         await asyncio.sleep(BOUND)  # node1's own agent goes on confirming it
@@ -724,3 +741,46 @@ async def test_a_second_agent_under_a_nodes_name_confirms_nothing_and_stops_noth
         await c.wait_stopped("node1", timeout=BOUND + SLACK)
         assert c.running("node2")
         assert await asyncio.to_thread(c.in_recovery, "node2")
+
+
+async def test_a_restarted_agent_takes_its_lease_over_and_a_clone_of_it_is_refused(
+    workdir: Path, unique: str
+) -> None:
+    """node1's agent stopped and started again: same identity (kept beside the data
+    directory), so it takes over its predecessor's lease, which nobody renews, and node1
+    stays confirmed. A clone of node1's volume (its id file copied beside another data
+    directory), its agent running under node1's name, sees the lease renewed under the
+    same identity: it is refused, and node1's own agent goes on confirming node1. A second
+    agent process on node1's own data directory does not start (one per directory)."""
+    bound = 10.0  # room for a process to start before its predecessor's deadline
+    async with cluster_with_agents(workdir, unique) as c:
+        await c.serving(peers=False, bound=bound)
+        data_dir = c.node("node1").data_dir
+        c.agents["node1"].stop()
+        c.agents["node1"] = again = c.extra_agent("node1-again", "node1", data_dir, bound)
+        await eventually(
+            lambda: c.says(again, "named primary at epoch 0"),
+            timeout=bound,
+            what="the restarted agent confirming node1",
+            detail=c.tail,
+        )
+
+        copied = workdir / unique / "clone" / data_dir.name
+        copied.mkdir(parents=True)
+        identity = f".{data_dir.name}.lifeboat-agent-id"
+        (copied.parent / identity).write_bytes((data_dir.parent / identity).read_bytes())
+        clone = c.extra_agent("node1-clone", "node1", copied, bound)
+        await eventually(
+            lambda: c.says(clone, "renewed by another process with this agent's identity"),
+            timeout=30,
+            what="the clone refused",
+            detail=c.tail,
+        )
+        await asyncio.sleep(2)
+        assert await c.says(again, "named primary at epoch 0")
+        assert await asyncio.to_thread(c.writable, "node1")
+        clone.stop()
+
+        with pytest.raises(RuntimeError, match="another agent runs on"):  # it exits
+            c.extra_agent("node1-twice", "node1", data_dir, bound)
+        assert await c.says(again, "named primary at epoch 0")

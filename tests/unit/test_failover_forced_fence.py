@@ -63,7 +63,7 @@ async def fenced_with(agent_quiet: float | None) -> tuple[str, float]:
     [
         (8.0, 8.0, "nobody is promoted for 8s, for its node agent to stop it"),  # its lease's
         (3.0, 6.0, "nobody is promoted for 6s, for its node agent to stop it"),  # ours
-        (None, 6.0, "no agent is known to guard it (no lease), so it may still take writes"),
+        (None, 6.0, "no agent lease was seen for it, so nothing is known to stop it"),
     ],
 )
 async def test_a_forced_failover_waits_the_longer_bound_and_says_who_guards_the_old_primary(

@@ -174,11 +174,23 @@ class TopologyStore:
         )
 
     async def create(self, topology: Topology) -> Versioned[Topology]:
-        try:
-            rev = await self._kv.create(topology.cluster, topology.model_dump_json().encode())
-        except KeyWrongLastSequenceError:
-            raise ConflictError(f"topology of {topology.cluster!r} already exists") from None
-        return Versioned(topology, rev)
+        """Write the first record. Refused while an agent's `read_current` of the missing
+        record is being agreed on (nats-py then finds no record and says so): tried again."""
+        for attempt in range(CAS_TRIES):
+            try:
+                rev = await self._kv.create(topology.cluster, topology.model_dump_json().encode())
+            except KeyWrongLastSequenceError:
+                raise ConflictError(f"topology of {topology.cluster!r} already exists") from None
+            except KeyNotFoundError:  # in flight: no record, and the write was refused
+                if attempt == CAS_TRIES - 1:
+                    raise ConflictError(
+                        f"the first topology of {topology.cluster!r} was refused {CAS_TRIES} "
+                        "times while agents checked their reads"
+                    ) from None
+                await asyncio.sleep(0.02 * (attempt + 1))
+                continue
+            return Versioned(topology, rev)
+        raise AssertionError("unreachable")
 
     async def compare_and_set(self, topology: Topology, revision: int) -> Versioned[Topology]:
         """Write `topology` if the record is still at `revision`. A refusal while a read
@@ -261,6 +273,22 @@ class LeaseStore:
             return await self.renew(held)
         except LeaseLostError:
             return None
+
+    async def take_over(
+        self, held: Versioned[Lease], holder: str, ttl_seconds: int, *, guard_seconds: float
+    ) -> Versioned[Lease]:
+        """The lease `held` (as read), now `holder`'s, if nobody wrote it since: a restarted
+        process's predecessor's, which no longer renews it. LeaseLostError otherwise."""
+        now = datetime.now(UTC)
+        lease = Lease(
+            name=held.value.name,
+            holder=holder,
+            ttl_seconds=ttl_seconds,
+            acquired_at=now,
+            renewed_at=now,
+            guard_seconds=guard_seconds,
+        )
+        return await self.renew(Versioned(lease, held.revision))
 
     async def renew(self, lease: Versioned[Lease]) -> Versioned[Lease]:
         renewed = lease.value.model_copy(update={"renewed_at": datetime.now(UTC)})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import shutil
 import time
 from collections import deque
@@ -33,6 +34,7 @@ from lifeboat.agent.guard import members as failsafe_members
 from lifeboat.agent.node import (
     NodeState,
     agent_identity,
+    agent_lock,
     arm,
     configured_upstream,
     last_confirmation,
@@ -103,7 +105,18 @@ class Agent:
         self.store: TopologyStore | None = None
         self.leases: LeaseStore | None = None
         self.lease: Versioned[Lease] | None = None
-        self.identity = agent_identity(data)
+        if agent_lock(data) is None:
+            raise RuntimeError(
+                f"another agent runs on {data.path}: one agent per data directory (it holds "
+                f".{data.path.name}.lifeboat-agent.lock beside it)"
+            )
+        self.identity_file, identity = agent_identity(data)
+        cluster, node = settings.agent_cluster, settings.agent_node
+        self.identity_holder = f"{cluster}/{node}/{identity}"
+        self.holder = f"{self.identity_holder}/{secrets.token_hex(4)}"  # this process
+        self._renewing = asyncio.Lock()
+        # Why the lease is someone else's, while it is: no failsafe holds the node up then.
+        self.lease_conflict: str | None = None
         self.watchdog = Arming(
             data.path, settings.agent_stop_timeout_seconds, enabled=settings.agent_watchdog
         )
@@ -178,7 +191,7 @@ class Agent:
             self._watchdog_killed(killed)
         read_at = time.monotonic()
         topology, error = await self._read(
-            self._wait(self.settings.agent_nats_timeout_seconds), writable=state.writable
+            self._wait(self.settings.agent_nats_timeout_seconds), check=state.writable
         )
         if error is None:
             in_recovery = state.running and not state.writable
@@ -196,7 +209,12 @@ class Agent:
             peers=self.settings.agent_peers,
             standby_read_at=self._promoted_since_read(),
         )
-        if error is not None and state.writable and self.settings.agent_peers:
+        if (
+            error is not None
+            and state.writable
+            and self.settings.agent_peers
+            and self.lease_conflict is None
+        ):
             asked_at = time.monotonic()
             answers = await self._ask_peers(observation)
             observation = replace(
@@ -338,10 +356,11 @@ class Agent:
         return at if process == self.state.process else None
 
     async def _read(
-        self, timeout: float, *, writable: bool = False
+        self, timeout: float, *, check: bool = False
     ) -> tuple[Topology | None, str | None]:
-        """The topology record (see _read_record; `writable`: the node was, when this round
-        read its state), or why there is none."""
+        """The topology record (see _read_record; `check`: shown current whatever it says —
+        the node was writable when this round read its state, or the read authorises an
+        order), or why there is none."""
         if self.store is None or self.leases is None:
             return None, "not connected to NATS yet"
         if timeout <= 0:  # the last try's reason stands
@@ -349,7 +368,7 @@ class Agent:
         try:
             async with asyncio.timeout(timeout):
                 await self._renew()
-                found = await self._read_record(writable)
+                found = await self._read_record(check)
         except TimeoutError:
             self.read_error = f"no answer from NATS within {timeout:.2f}s"
             return None, self.read_error
@@ -363,23 +382,39 @@ class Agent:
             self.last_topology = found.value  # the newest: an older one is a store rolled back
         return (None if found is None else found.value), None
 
-    async def _read_record(self, writable: bool) -> Versioned[Topology] | None:
+    async def _read_record(self, check: bool) -> Versioned[Topology] | None:
         """The topology record. A read that may confirm this node — it is writable, or the
-        record names it primary, or there is none — counts only as a majority of the NATS
-        servers holds it (kv.TopologyStore.read_current): a server cut off from its peers,
-        still believing it leads the bucket's stream, answers reads with the record as it
-        was. A standby's read naming another primary confirms nothing and is not checked."""
+        record names it primary, or there is none — or that authorises an order (`check`)
+        counts only as a majority of the NATS servers holds it (kv.TopologyStore.
+        read_current): a server cut off from its peers, still believing it leads the
+        bucket's stream, answers reads with the record as it was. A standby's read naming
+        another primary confirms nothing and is not checked."""
         assert self.store is not None
         cluster, node = self.settings.agent_cluster, self.settings.agent_node
         first = await self.store.read(cluster)
         found = first[0]
-        if writable or found is None or found.value.primary == node:
+        if check or found is None or found.value.primary == node:
             return await self.store.read_current(cluster, node, first)
         return found
 
     async def _renew(self) -> None:
-        """Renew the agent's lease (see kv.agent_lease_name), or take it afresh once it
-        expired; held under the node's name, so a restarted agent takes its own back."""
+        """Renew the agent's lease (see kv.agent_lease_name), or take it. One at a time: the
+        round and the orders renew it, and two renewals at once would refuse each other."""
+        async with self._renewing:
+            try:
+                await self._renew_once()
+            except LeaseLostError as exc:
+                self.lease_conflict = str(exc)
+                raise
+            self.lease_conflict = None
+
+    async def _renew_once(self) -> None:
+        """The lease is held by this agent process (`holder`: the agent's identity, kept
+        beside the data directory, and this process's token). A lease of the same identity
+        but another process is a predecessor's (a restart, the container made again) when
+        nobody renews it while this one watches a round; renewed meanwhile, or lost to
+        such a process later, it is a second live agent with the same identity (a cloned
+        host or volume): both are refused then, and the bound decides."""
         assert self.leases is not None
         if self.lease is not None:
             try:
@@ -389,19 +424,29 @@ class Agent:
                 self.lease = None
         cluster, node = self.settings.agent_cluster, self.settings.agent_node
         name = agent_lease_name(cluster, node)
-        self.lease = await self.leases.acquire(
-            name,
-            f"{cluster}/{node}/{self.identity}",
-            self.settings.agent_lease_ttl_seconds,
-            guard_seconds=self.bound,
-        )
-        if self.lease is None:
-            held = await self.leases.current(name)
-            holder = "someone else" if held is None else held.value.holder
+        ttl = self.settings.agent_lease_ttl_seconds
+        self.lease = await self.leases.acquire(name, self.holder, ttl, guard_seconds=self.bound)
+        if self.lease is not None:
+            return
+        held = await self.leases.current(name)
+        if held is not None and held.value.holder.rpartition("/")[0] == self.identity_holder:
+            await asyncio.sleep(self.settings.agent_check_seconds * 1.5)  # a round of its
+            now = await self.leases.current(name)
+            if now is not None and now.revision == held.revision:  # nobody renews it
+                self.lease = await self.leases.take_over(
+                    now, self.holder, ttl, guard_seconds=self.bound
+                )
+                return
             raise LeaseLostError(
-                f"{name} is held by another agent ({holder}): is a second agent configured "
-                f"as {node}? This one confirms nothing and answers no order meanwhile"
+                f"{name} is renewed by another process with this agent's identity "
+                f"({held.value.holder}): a cloned host or volume? Remove the clone's "
+                f"{self.identity_file.name}. This one confirms nothing and answers no order"
             )
+        holder = "someone else" if held is None else held.value.holder
+        raise LeaseLostError(
+            f"{name} is held by another agent ({holder}): is a second agent configured "
+            f"as {node}? This one confirms nothing and answers no order meanwhile"
+        )
 
     async def _ask_peers(self, o: Observation) -> tuple[PeerAnswer, ...]:
         timeout = self._wait(self.settings.agent_peer_timeout_seconds)
@@ -449,7 +494,7 @@ class Agent:
                 reason=request.reason,
             )
 
-        topology, error = await self._read(self.settings.agent_nats_timeout_seconds)
+        topology, error = await self._read(self.settings.agent_nats_timeout_seconds, check=True)
         if error is not None or topology is None:
             return answer(False, f"refused: the topology cannot be read ({error or 'none yet'})")
         if topology.epoch != request.epoch or topology.primary == request.node:
@@ -511,7 +556,7 @@ class Agent:
         self.queue(NodeRejoined(**common, method=method, seconds=seconds))
 
     async def _rejoin_refusal(self, order: NodeRejoinOrdered) -> str | None:
-        topology, error = await self._read(self.settings.agent_nats_timeout_seconds)
+        topology, error = await self._read(self.settings.agent_nats_timeout_seconds, check=True)
         if error is not None or topology is None:
             return f"the topology cannot be read ({error or 'none yet'})"
         if topology.epoch != order.epoch or topology.primary != order.upstream:
@@ -548,6 +593,8 @@ class Agent:
             refusal = f"{order.host} is not in LIFEBOAT_AGENT_RESTORE_FROM ({', '.join(allowed)})"
         elif self._node_action.locked():
             refusal = "a rejoin or another restore of this node runs"
+        elif self.lease_conflict is not None:  # maybe not this node's agent at all
+            refusal = self.lease_conflict
         else:
             refusal = None
         if refusal is not None:
@@ -579,7 +626,9 @@ class Agent:
                 if why is not None:
                     await asyncio.to_thread(shutil.rmtree, part, True)
                     raise RuntimeError(f"refused before the swap: {why}; the node is as it was")
-                topology, error = await self._read(self.settings.agent_nats_timeout_seconds)
+                topology, error = await self._read(
+                    self.settings.agent_nats_timeout_seconds, check=True
+                )
                 # A record gone after one was read is a store lost or rolled back, not a
                 # cluster nobody has been promoted in.
                 start, detail = starts_restored(order.node, topology or self.last_topology, error)

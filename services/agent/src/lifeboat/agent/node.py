@@ -9,6 +9,7 @@ says whether it lets clients in yet.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -186,29 +187,65 @@ def configured_upstream(data_dir: Path) -> tuple[str, int] | None:
     return str(params.get("host", "")), int(params.get("port") or 5432)
 
 
-def agent_identity(data: DataDir) -> str:
+def exclusive_lock(path: Path) -> int | None:
+    """`path` opened and locked (`flock`) for this process; None when another holds it.
+    The lock goes with the process: nothing to clean up after a crash."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def agent_lock(data: DataDir) -> int | None:
+    """One agent per data directory: the lock beside it, or None while another agent
+    process holds it. Where nothing can be written beside it, no lock (-1)."""
+    try:
+        return exclusive_lock(data.path.parent / f".{data.path.name}.lifeboat-agent.lock")
+    except OSError:
+        return -1
+
+
+def agent_identity(data: DataDir) -> tuple[Path, str]:
     """Which agent guards this data directory, for its lease: a random id kept beside the
     directory (not in it: base backups and pg_rewind copy what is in it to other nodes),
-    made on first use. An agent restarted, or its container made again with the volume
-    kept, has the same; a second agent configured under the same node name on another host
-    or data directory has another, and cannot take the lease the first renews. Where
-    nothing can be written beside it: the host's name and the directory's path."""
+    made on first use; the file and the id. An agent restarted, or its container made again
+    with the volume kept, has the same; a second agent configured under the same node name
+    on another host or data directory has another, and cannot take the lease the first
+    renews. A clone of the host or volume copies it (agent.py tells the two apart by the
+    process). Where it can be neither read nor written: the host's name and the path."""
     path = data.path.parent / f".{data.path.name}.lifeboat-agent-id"
     with contextlib.suppress(OSError):
         if found := path.read_text().strip():
-            return found
+            return path, found
     identity = secrets.token_hex(8)
     try:
+        # Made whole and synced before it is linked into place, which only succeeds while
+        # there is none: two agents starting on one directory agree on the first.
         part = path.with_name(f"{path.name}.{identity}")
-        part.write_text(f"{identity}\n")
-        os.link(part, path)  # only if there is none yet: two agents of one directory agree
-        part.unlink()
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, f"{identity}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            if path.exists():  # empty, or not ours to read: made again
+                os.replace(part, path)
+            else:
+                os.link(part, path)
+        finally:
+            part.unlink(missing_ok=True)
     except FileExistsError:
-        part.unlink()
-        return path.read_text().strip() or identity
+        with contextlib.suppress(OSError):
+            return path, path.read_text().strip() or identity
     except OSError:
-        return f"{socket.gethostname()}:{data.path}"
-    return identity
+        pass
+    else:
+        return path, identity
+    return path, f"{socket.gethostname()}:{data.path}"
 
 
 def last_confirmation(data: DataDir) -> float | None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import logging
 import logging.handlers
@@ -38,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from lifeboat.agent.node import alive, kill, pm_status, postmaster, process_start
+from lifeboat.agent.node import alive, exclusive_lock, kill, pm_status, postmaster, process_start
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +153,7 @@ def read_armed(files: Files) -> Armed | None:
 
 def _lock(files: Files) -> int | None:
     """The lock file opened and locked for this process; None when another holds it."""
-    fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    return exclusive_lock(files.lock)
 
 
 class Arming:

@@ -125,9 +125,9 @@ class Executor:
                     detail = f"not confirmed ({exc}), accepted by a forced failover: " + (
                         f"nobody is promoted for {wait:g}s, for its node agent to stop it"
                         if exc.agent_quiet is not None
-                        else f"no agent is known to guard it (no lease), so it may still take "
-                        f"writes, which its detached standbys do not acknowledge; promoted "
-                        f"on the operator's word after {wait:g}s"
+                        else f"no agent lease was seen for it, so nothing is known to stop it: "
+                        f"it may still take writes, which its detached standbys do not "
+                        f"acknowledge; promoted on the operator's word after {wait:g}s"
                     )
                 log.warning("fenced %s: %s (%s)", node, reason, detail)
                 await self.publish(

@@ -176,7 +176,7 @@ class NodeActions:
         margin, which is known as soon as that has passed, not at the end of the wait for an
         answer that will not come. Also the agent's lease as first read (None: none)."""
         assert self.agents is not None
-        seen = await self._agent_lease(name)
+        seen, unreadable = await self._agent_lease(name)
         asked = asyncio.create_task(self.agents.stop(name, epoch, reason))
         try:
             if seen is not None:
@@ -192,15 +192,22 @@ class NodeActions:
         if answer is not None:
             return answer.stopped, f"its agent: {answer.action}", seen
         why = f"its agent did not answer within {self.agents.timeout:g}s"
-        return False, why + ("" if seen else "; no agent lease for it (no agent guards it)"), seen
+        if seen is None:
+            why += (
+                f"; its agent's lease could not be read ({unreadable})"
+                if unreadable
+                else "; no agent lease for it (no agent guards it)"
+            )
+        return False, why, seen
 
-    async def _agent_lease(self, name: str) -> LeaseSeen | None:
+    async def _agent_lease(self, name: str) -> tuple[LeaseSeen | None, str | None]:
+        """The node's agent's lease (None: none), or why it could not be read."""
         assert self.agents is not None
         try:
-            return await self.agents.lease(name)
+            return await self.agents.lease(name), None
         except Exception as exc:  # unreadable: no proof by the bound, the stop may still be
             log.warning("%s: its agent's lease could not be read: %s", name, exc)
-            return None
+            return None, f"{type(exc).__name__}: {exc}"[:200]
 
     async def _fenced(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
         """The fence as the node now has it: settings reloaded, and no client session left
