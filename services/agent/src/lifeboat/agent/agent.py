@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import shutil
 import time
 from collections import deque
@@ -19,6 +18,7 @@ from dataclasses import replace
 
 import httpx
 
+from lifeboat.agent.claim import Claim, place_of
 from lifeboat.agent.failsafe import AgentView, ask_all
 from lifeboat.agent.guard import (
     Confirmed,
@@ -64,13 +64,12 @@ from lifeboat.common.events import (
     Source,
 )
 from lifeboat.common.kv import (
-    LeaseLostError,
     LeaseStore,
     TopologyStore,
     Versioned,
     agent_lease_name,
 )
-from lifeboat.common.state import Lease, Topology
+from lifeboat.common.state import Topology
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.recovery import HELD_MARKER
 from lifeboat.pg.rejoin import rejoin_node
@@ -104,19 +103,21 @@ class Agent:
         # Set once NATS is connected (see app.py); until then every read fails.
         self.store: TopologyStore | None = None
         self.leases: LeaseStore | None = None
-        self.lease: Versioned[Lease] | None = None
         if agent_lock(data) is None:
             raise RuntimeError(
                 f"another agent runs on {data.path}: one agent per data directory (it holds "
                 f".{data.path.name}.lifeboat-agent.lock beside it)"
             )
-        self.identity_file, identity = agent_identity(data)
+        identity_file, identity = agent_identity(data)
         cluster, node = settings.agent_cluster, settings.agent_node
-        self.identity_holder = f"{cluster}/{node}/{identity}"
-        self.holder = f"{self.identity_holder}/{secrets.token_hex(4)}"  # this process
-        self._renewing = asyncio.Lock()
-        # Why the lease is someone else's, while it is: no failsafe holds the node up then.
-        self.lease_conflict: str | None = None
+        self.claim = Claim(
+            agent_lease_name(cluster, node),
+            f"{cluster}/{node}",
+            identity,
+            identity_file,
+            settings.agent_lease_ttl_seconds,
+            place_of(data.path),
+        )
         self.watchdog = Arming(
             data.path, settings.agent_stop_timeout_seconds, enabled=settings.agent_watchdog
         )
@@ -213,7 +214,7 @@ class Agent:
             error is not None
             and state.writable
             and self.settings.agent_peers
-            and self.lease_conflict is None
+            and self.claim.conflicting(time.monotonic()) is None
         ):
             asked_at = time.monotonic()
             answers = await self._ask_peers(observation)
@@ -398,55 +399,9 @@ class Agent:
         return found
 
     async def _renew(self) -> None:
-        """Renew the agent's lease (see kv.agent_lease_name), or take it. One at a time: the
-        round and the orders renew it, and two renewals at once would refuse each other."""
-        async with self._renewing:
-            try:
-                await self._renew_once()
-            except LeaseLostError as exc:
-                self.lease_conflict = str(exc)
-                raise
-            self.lease_conflict = None
-
-    async def _renew_once(self) -> None:
-        """The lease is held by this agent process (`holder`: the agent's identity, kept
-        beside the data directory, and this process's token). A lease of the same identity
-        but another process is a predecessor's (a restart, the container made again) when
-        nobody renews it while this one watches a round; renewed meanwhile, or lost to
-        such a process later, it is a second live agent with the same identity (a cloned
-        host or volume): both are refused then, and the bound decides."""
+        """Renew the agent's lease, or take it (claim.py)."""
         assert self.leases is not None
-        if self.lease is not None:
-            try:
-                self.lease = await self.leases.renew(self.lease)
-                return
-            except LeaseLostError:
-                self.lease = None
-        cluster, node = self.settings.agent_cluster, self.settings.agent_node
-        name = agent_lease_name(cluster, node)
-        ttl = self.settings.agent_lease_ttl_seconds
-        self.lease = await self.leases.acquire(name, self.holder, ttl, guard_seconds=self.bound)
-        if self.lease is not None:
-            return
-        held = await self.leases.current(name)
-        if held is not None and held.value.holder.rpartition("/")[0] == self.identity_holder:
-            await asyncio.sleep(self.settings.agent_check_seconds * 1.5)  # a round of its
-            now = await self.leases.current(name)
-            if now is not None and now.revision == held.revision:  # nobody renews it
-                self.lease = await self.leases.take_over(
-                    now, self.holder, ttl, guard_seconds=self.bound
-                )
-                return
-            raise LeaseLostError(
-                f"{name} is renewed by another process with this agent's identity "
-                f"({held.value.holder}): a cloned host or volume? Remove the clone's "
-                f"{self.identity_file.name}. This one confirms nothing and answers no order"
-            )
-        holder = "someone else" if held is None else held.value.holder
-        raise LeaseLostError(
-            f"{name} is held by another agent ({holder}): is a second agent configured "
-            f"as {node}? This one confirms nothing and answers no order meanwhile"
-        )
+        await self.claim.renew(self.leases, self.bound)
 
     async def _ask_peers(self, o: Observation) -> tuple[PeerAnswer, ...]:
         timeout = self._wait(self.settings.agent_peer_timeout_seconds)
@@ -593,8 +548,8 @@ class Agent:
             refusal = f"{order.host} is not in LIFEBOAT_AGENT_RESTORE_FROM ({', '.join(allowed)})"
         elif self._node_action.locked():
             refusal = "a rejoin or another restore of this node runs"
-        elif self.lease_conflict is not None:  # maybe not this node's agent at all
-            refusal = self.lease_conflict
+        elif self.claim.lease is None:  # maybe not this node's agent at all
+            refusal = self.claim.conflicting(time.monotonic()) or "this agent holds no lease yet"
         else:
             refusal = None
         if refusal is not None:

@@ -214,38 +214,51 @@ def agent_identity(data: DataDir) -> tuple[Path, str]:
     made on first use; the file and the id. An agent restarted, or its container made again
     with the volume kept, has the same; a second agent configured under the same node name
     on another host or data directory has another, and cannot take the lease the first
-    renews. A clone of the host or volume copies it (agent.py tells the two apart by the
-    process). Where it can be neither read nor written: the host's name and the path."""
+    renews. A clone of the host or volume copies it (claim.py tells the two apart by the
+    process). A file that cannot be read is left as it is, and the host's name and the
+    directory's path stand in; so they do where none can be written."""
     path = data.path.parent / f".{data.path.name}.lifeboat-agent-id"
-    with contextlib.suppress(OSError):
+    fallback = f"{socket.gethostname()}:{data.path}"
+    try:
         if found := path.read_text().strip():
             return path, found
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return path, fallback
     identity = secrets.token_hex(8)
+    part = path.with_name(f"{path.name}.{identity}")
     try:
-        # Made whole and synced before it is linked into place, which only succeeds while
-        # there is none: two agents starting on one directory agree on the first.
-        part = path.with_name(f"{path.name}.{identity}")
+        # Made whole and synced before it is put in place; linked only while there is
+        # none, so two agents starting on one directory agree on the first.
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(fd, f"{identity}\n".encode())
             os.fsync(fd)
         finally:
             os.close(fd)
-        try:
-            if path.exists():  # empty, or not ours to read: made again
-                os.replace(part, path)
-            else:
-                os.link(part, path)
-        finally:
-            part.unlink(missing_ok=True)
+        if path.exists():  # empty: a write torn by a crash
+            os.replace(part, path)
+        else:
+            os.link(part, path)
+        _sync_directory(path.parent)
     except FileExistsError:
         with contextlib.suppress(OSError):
-            return path, path.read_text().strip() or identity
+            return path, path.read_text().strip() or fallback
+        return path, fallback
     except OSError:
-        pass
-    else:
-        return path, identity
-    return path, f"{socket.gethostname()}:{data.path}"
+        return path, fallback
+    finally:
+        part.unlink(missing_ok=True)
+    return path, identity
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def last_confirmation(data: DataDir) -> float | None:
