@@ -15,7 +15,7 @@ from lifeboat.common.kv import LeaseLostError, LeaseStore, Versioned
 from lifeboat.common.state import Lease
 
 NAME = "agent-main-node1"
-HOST = "h1:boot-1:dir1"  # host name, boot, data directory
+PLACE = "boot-1:64768:1234"  # the boot, and the lock file's device and inode
 
 
 class Store:
@@ -64,8 +64,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return now
 
 
-def mine() -> Claim:
-    return Claim(NAME, "main/node1", "id-a", Path("/d/.data.lifeboat-agent-id"), 30, HOST)
+def mine(*, locked: bool = True) -> Claim:
+    identity_file = Path("/d/.data.lifeboat-agent-id")
+    return Claim(NAME, "main/node1", "id-a", identity_file, 30, PLACE, locked=locked)
 
 
 async def renew(c: Claim, store: Store) -> None:
@@ -82,22 +83,30 @@ async def test_a_free_lease_is_taken_and_then_renewed(clock: list[float]) -> Non
 
 
 async def test_a_predecessor_on_this_host_is_taken_over_at_once(clock: list[float]) -> None:
-    store = Store(f"main/node1/id-a/{HOST}:1")  # a process that is gone: we hold the lock
+    store = Store(f"main/node1/id-a/{PLACE}/0ld0")  # a process that is gone: we hold the lock
     c = mine()
     await renew(c, store)
     assert store.held is not None
     assert store.held.value.holder == c.holder
 
 
+async def test_without_the_lock_the_same_place_proves_nothing(clock: list[float]) -> None:
+    store, c = Store(f"main/node1/id-a/{PLACE}/0ld0"), mine(locked=False)
+    with pytest.raises(LeaseLostError):
+        await renew(c, store)
+    clock[0] += 6.1  # the holder's bound (5 s) and the margin
+    await renew(c, store)
+
+
 @pytest.mark.parametrize(
     "found",
     [
-        "main/node1/id-a/h2:boot-9:dir1:7",
-        "main/node1/id-a/h1:boot-1:dir2:7",
+        "main/node1/id-a/boot-9:64768:1234/0ld0",
+        "main/node1/id-a/boot-1:64768:999/0ld0",
         "main/node1/id-a",
         "main/node1",
     ],
-    ids=["another-boot", "another-directory", "before-tokens", "before-identities"],
+    ids=["another-boot", "another-lock-file", "before-places", "before-identities"],
 )
 async def test_the_same_identity_elsewhere_is_taken_once_nobody_renews_it(
     clock: list[float], found: str
@@ -106,7 +115,10 @@ async def test_the_same_identity_elsewhere_is_taken_once_nobody_renews_it(
     with pytest.raises(LeaseLostError) as watching:
         await renew(c, store)
     assert not isinstance(watching.value, LeaseConflictError)  # a failed read, no conflict
-    clock[0] += 0.8
+    clock[0] += 5.9
+    with pytest.raises(LeaseLostError):  # the leader would not count it stopped yet
+        await renew(c, store)
+    clock[0] += 0.2  # the holder's bound (5 s) and the margin, unrenewed
     await renew(c, store)
     assert store.held is not None
     assert store.held.value.holder == c.holder
@@ -115,18 +127,18 @@ async def test_the_same_identity_elsewhere_is_taken_once_nobody_renews_it(
 async def test_the_same_identity_renewed_while_watched_is_a_duplicate_for_good(
     clock: list[float],
 ) -> None:
-    clone = "main/node1/id-a/h2:boot-9:dir1:7"
+    clone = "main/node1/id-a/boot-9:64768:1234/c10e"
     store, c = Store(clone), mine()
     with pytest.raises(LeaseLostError):
         await renew(c, store)
     store.write(clone)  # the clone renews
-    clock[0] += 0.8
+    clock[0] += 1
     with pytest.raises(LeaseConflictError, match="renewed by another process"):
         await renew(c, store)
     store.held = None  # even once it is gone
     with pytest.raises(LeaseConflictError):
         await renew(c, store)
-    assert c.conflicting(clock[0]) is not None
+    assert c.conflicting(clock[0] + 60) is not None  # for good
 
 
 async def test_lost_to_another_process_of_the_same_identity_it_is_not_taken_back(
@@ -134,7 +146,7 @@ async def test_lost_to_another_process_of_the_same_identity_it_is_not_taken_back
 ) -> None:
     store, c = Store(), mine()
     await renew(c, store)
-    store.write("main/node1/id-a/h2:boot-9:dir1:7")  # a clone took it over
+    store.write("main/node1/id-a/boot-9:64768:1234/c10e")  # a clone took it over
     with pytest.raises(LeaseConflictError, match="was taken by another process"):
         await renew(c, store)
     clock[0] += 5
@@ -143,7 +155,7 @@ async def test_lost_to_another_process_of_the_same_identity_it_is_not_taken_back
 
 
 async def test_another_agent_is_refused_while_it_holds_it_then_not(clock: list[float]) -> None:
-    store, c = Store("main/node1/id-b/h9:boot-1:dir1:3"), mine()
+    store, c = Store("main/node1/id-b/boot-1:1:2/0the"), mine()
     with pytest.raises(LeaseConflictError, match="held by another agent"):
         await renew(c, store)
     assert c.conflicting(clock[0]) is not None

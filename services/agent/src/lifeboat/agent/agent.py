@@ -38,6 +38,7 @@ from lifeboat.agent.node import (
     arm,
     configured_upstream,
     last_confirmation,
+    lock_path,
     postmaster,
     read_state,
     record_confirmation,
@@ -103,10 +104,11 @@ class Agent:
         # Set once NATS is connected (see app.py); until then every read fails.
         self.store: TopologyStore | None = None
         self.leases: LeaseStore | None = None
-        if agent_lock(data) is None:
+        lock = agent_lock(data)
+        if lock is None:
             raise RuntimeError(
                 f"another agent runs on {data.path}: one agent per data directory (it holds "
-                f".{data.path.name}.lifeboat-agent.lock beside it)"
+                f"{lock_path(data).name} beside it)"
             )
         identity_file, identity = agent_identity(data)
         cluster, node = settings.agent_cluster, settings.agent_node
@@ -116,7 +118,8 @@ class Agent:
             identity,
             identity_file,
             settings.agent_lease_ttl_seconds,
-            place_of(data.path),
+            place_of(lock_path(data)),
+            locked=lock >= 0,
         )
         self.watchdog = Arming(
             data.path, settings.agent_stop_timeout_seconds, enabled=settings.agent_watchdog
@@ -539,6 +542,10 @@ class Agent:
             "correlation_id": order.event_id,
             "restore_id": order.restore_id,
         }
+        if self.claim.lease is None and self.leases is not None:  # an order before a round
+            with contextlib.suppress(Exception):  # judged below: held, or refused
+                async with asyncio.timeout(self.settings.agent_nats_timeout_seconds):
+                    await self._renew()
         mine = (self.settings.agent_cluster, self.settings.agent_node)
         allowed = self.settings.agent_restore_from
         if (order.cluster, order.node) != mine:
@@ -576,7 +583,9 @@ class Agent:
                 why = (
                     "the copy outlasted the order"
                     if late
-                    else await asyncio.to_thread(self._writable)
+                    else self.claim.conflicting(time.monotonic())
+                    or (None if self.claim.lease else "this agent no longer holds its lease")
+                    or await asyncio.to_thread(self._writable)
                 )
                 if why is not None:
                     await asyncio.to_thread(shutil.rmtree, part, True)

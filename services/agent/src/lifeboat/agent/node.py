@@ -199,11 +199,15 @@ def exclusive_lock(path: Path) -> int | None:
     return fd
 
 
+def lock_path(data: DataDir) -> Path:
+    return data.path.parent / f".{data.path.name}.lifeboat-agent.lock"
+
+
 def agent_lock(data: DataDir) -> int | None:
     """One agent per data directory: the lock beside it, or None while another agent
     process holds it. Where nothing can be written beside it, no lock (-1)."""
     try:
-        return exclusive_lock(data.path.parent / f".{data.path.name}.lifeboat-agent.lock")
+        return exclusive_lock(lock_path(data))
     except OSError:
         return -1
 
