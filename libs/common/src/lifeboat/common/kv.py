@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -118,7 +119,7 @@ class TopologyStore:
         return cls(js, await open_bucket(js, TOPOLOGY_BUCKET, history=16))
 
     async def get(self, cluster: str) -> Versioned[Topology] | None:
-        return await _get(self._kv, cluster, Topology)
+        return (await self.read(cluster))[0]
 
     async def read(self, cluster: str) -> tuple[Versioned[Topology] | None, int]:
         """The record (None: none, or deleted) and the revision its key is at: the record's,
@@ -174,43 +175,53 @@ class TopologyStore:
         )
 
     async def create(self, topology: Topology) -> Versioned[Topology]:
-        """Write the first record. Refused while an agent's `read_current` of the missing
-        record is being agreed on (nats-py then finds no record and says so): tried again."""
-        for attempt in range(CAS_TRIES):
-            try:
-                rev = await self._kv.create(topology.cluster, topology.model_dump_json().encode())
-            except KeyWrongLastSequenceError:
-                raise ConflictError(f"topology of {topology.cluster!r} already exists") from None
-            except KeyNotFoundError:  # in flight: no record, and the write was refused
-                if attempt == CAS_TRIES - 1:
-                    raise ConflictError(
-                        f"the first topology of {topology.cluster!r} was refused {CAS_TRIES} "
-                        "times while agents checked their reads"
-                    ) from None
-                await asyncio.sleep(0.02 * (attempt + 1))
-                continue
-            return Versioned(topology, rev)
-        raise AssertionError("unreachable")
+        """Write the first record. nats-py says a refused create of a key that has no record
+        with KeyNotFoundError: an agent's `read_current` of the missing record in flight."""
+        body = topology.model_dump_json().encode()
+
+        async def no_record(exc: Exception) -> bool:
+            return isinstance(exc, KeyNotFoundError)
+
+        rev = await self._retried(
+            lambda: self._kv.create(topology.cluster, body),
+            no_record,
+            f"topology of {topology.cluster!r} already exists (or agents kept checking it)",
+        )
+        return Versioned(topology, rev)
 
     async def compare_and_set(self, topology: Topology, revision: int) -> Versioned[Topology]:
-        """Write `topology` if the record is still at `revision`. A refusal while a read
-        shows it still there is another conditional write to the key being agreed on (an
-        agent's `read_current`), not a change: tried again, a few times."""
+        """Write `topology` if the record is still at `revision`; refused while a read shows
+        it still there, it was an agent's `read_current` in flight."""
+        body = topology.model_dump_json().encode()
+
+        async def still_there(_: Exception) -> bool:
+            now = await self.get(topology.cluster)
+            return now is not None and now.revision == revision
+
+        rev = await self._retried(
+            lambda: self._kv.update(topology.cluster, body, last=revision),
+            still_there,
+            f"topology of {topology.cluster!r} changed since revision {revision}",
+        )
+        return Versioned(topology, rev)
+
+    async def _retried(
+        self,
+        write: Callable[[], Awaitable[int]],
+        in_flight: Callable[[Exception], Awaitable[bool]],
+        refused: str,
+    ) -> int:
+        """`write`, tried again (`CAS_TRIES` in all) while its refusal is another
+        conditional write to the key being agreed on (the cluster refuses a second one
+        meanwhile), not a change; ConflictError(`refused`) otherwise."""
         for attempt in range(CAS_TRIES):
             try:
-                rev = await self._kv.update(
-                    topology.cluster, topology.model_dump_json().encode(), last=revision
-                )
-            except KeyWrongLastSequenceError:
-                now = await self.get(topology.cluster)
-                if now is None or now.revision != revision or attempt == CAS_TRIES - 1:
-                    raise ConflictError(
-                        f"topology of {topology.cluster!r} changed since revision {revision}"
-                    ) from None
-                await asyncio.sleep(0.02 * (attempt + 1))
-                continue
-            return Versioned(topology, rev)
-        raise AssertionError("unreachable")
+                return await write()
+            except (KeyWrongLastSequenceError, KeyNotFoundError) as exc:
+                if attempt == CAS_TRIES - 1 or not await in_flight(exc):
+                    raise ConflictError(refused) from None
+            await asyncio.sleep(0.02 * (attempt + 1))
+        raise AssertionError("unreachable: the last try returns or raises")
 
 
 def agent_lease_name(cluster: str, node: str) -> str:
@@ -227,6 +238,18 @@ def agent_lease_name(cluster: str, node: str) -> str:
     if len(name) <= NAME_MAX:
         return name
     return f"agent-{hashlib.sha256(f'{cluster}/{node}'.encode()).hexdigest()[:32]}"
+
+
+def _fresh(name: str, holder: str, ttl_seconds: int, guard_seconds: float | None) -> Lease:
+    now = datetime.now(UTC)
+    return Lease(
+        name=name,
+        holder=holder,
+        ttl_seconds=ttl_seconds,
+        acquired_at=now,
+        renewed_at=now,
+        guard_seconds=guard_seconds,
+    )
 
 
 class LeaseStore:
@@ -248,15 +271,7 @@ class LeaseStore:
         """The lease if we got it (or already held it), None while someone else holds it."""
         if ttl_seconds < 1:
             raise ValueError("lease TTL must be at least one second")
-        now = datetime.now(UTC)
-        lease = Lease(
-            name=name,
-            holder=holder,
-            ttl_seconds=ttl_seconds,
-            acquired_at=now,
-            renewed_at=now,
-            guard_seconds=guard_seconds,
-        )
+        lease = _fresh(name, holder, ttl_seconds, guard_seconds)
         try:
             rev = await self._kv.create(name, lease.model_dump_json().encode(), msg_ttl=ttl_seconds)
             return Versioned(lease, rev)
@@ -279,15 +294,7 @@ class LeaseStore:
     ) -> Versioned[Lease]:
         """The lease `held` (as read), now `holder`'s, if nobody wrote it since: a restarted
         process's predecessor's, which no longer renews it. LeaseLostError otherwise."""
-        now = datetime.now(UTC)
-        lease = Lease(
-            name=held.value.name,
-            holder=holder,
-            ttl_seconds=ttl_seconds,
-            acquired_at=now,
-            renewed_at=now,
-            guard_seconds=guard_seconds,
-        )
+        lease = _fresh(held.value.name, holder, ttl_seconds, guard_seconds)
         return await self.renew(Versioned(lease, held.revision))
 
     async def renew(self, lease: Versioned[Lease]) -> Versioned[Lease]:

@@ -555,10 +555,8 @@ class Agent:
             refusal = f"{order.host} is not in LIFEBOAT_AGENT_RESTORE_FROM ({', '.join(allowed)})"
         elif self._node_action.locked():
             refusal = "a rejoin or another restore of this node runs"
-        elif self.claim.lease is None:  # maybe not this node's agent at all
-            refusal = self.claim.conflicting(time.monotonic()) or "this agent holds no lease yet"
-        else:
-            refusal = None
+        else:  # not holding the lease, it may not be this node's agent at all
+            refusal = self.claim.refusal(time.monotonic())
         if refusal is not None:
             self.queue(NodeRestoreFailed(**common, reason=f"refused: {refusal}"))
             return
@@ -583,8 +581,7 @@ class Agent:
                 why = (
                     "the copy outlasted the order"
                     if late
-                    else self.claim.conflicting(time.monotonic())
-                    or (None if self.claim.lease else "this agent no longer holds its lease")
+                    else self.claim.refusal(time.monotonic())
                     or await asyncio.to_thread(self._writable)
                 )
                 if why is not None:

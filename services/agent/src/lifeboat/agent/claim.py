@@ -104,6 +104,13 @@ class Claim:
             return None
         return self.conflict[0]
 
+    def refusal(self, now: float) -> str | None:
+        """Why this agent may not act on its node's behalf now (it does not hold the lease),
+        if it may not."""
+        if (why := self.conflicting(now)) is not None:
+            return why
+        return None if self.lease is not None else "this agent holds no lease"
+
     async def renew(self, leases: LeaseStore, bound: float) -> None:
         """Renew the lease, or take it (see the module); raise LeaseLostError when not held.
         One at a time: the round and the orders renew it, and two renewals at once would
