@@ -12,9 +12,12 @@ from typing import TypeVar
 import nats
 import pytest
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
 from lifeboat.common import subjects
+from lifeboat.common.bus import wait_for_leader
 from lifeboat.common.events import FailoverCompleted, FailoverKind, Source
 from lifeboat.common.kv import (
     LEASE_BUCKET,
@@ -59,6 +62,23 @@ async def first_write(write: Callable[[], Awaitable[T]], timeout: float = 30) ->
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
+
+
+async def declared_buckets(js: JetStreamContext, timeout: float = 60) -> None:
+    """The R3 topology and lease buckets of a just-started cluster, each with a leader.
+    Creating them is idempotent, so it is tried again while the cluster still elects its
+    meta leader: on a loaded machine that request may time out (CI saw it, after 5 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            streams = await ensure_buckets(js, replicas=3)
+            break
+        except (NoRespondersError, NoStreamResponseError, NatsTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    for stream in streams:
+        await wait_for_leader(js, stream, timeout=timeout)
 
 
 async def test_losing_the_kv_leader_changes_nothing(cluster: NatsCluster) -> None:
@@ -153,7 +173,7 @@ async def test_an_agents_check_of_its_read_does_not_refuse_the_leaders_writes(
     nc = await nats.connect(cluster.url.split(","), connect_timeout=5)
     try:
         js = nc.jetstream(timeout=5)
-        await first_write(lambda: ensure_buckets(js, replicas=3))
+        await declared_buckets(js)
         store = await TopologyStore.open(js)
         current = await first_write(lambda: store.create(Topology(cluster="main", primary="node1")))
         stop = asyncio.Event()

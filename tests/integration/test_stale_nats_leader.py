@@ -19,12 +19,12 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from lifeboat.common.kv import TOPOLOGY_BUCKET, TopologyStore, Versioned, ensure_buckets
+from lifeboat.common.kv import TOPOLOGY_BUCKET, TopologyStore, Versioned
 from lifeboat.common.state import Topology
 from lifeboat.devstack import netns
 from lifeboat.devstack.procs import ManagedProcess, find_binary, wait_until
 
-from .test_nats_cluster import first_write
+from .test_nats_cluster import declared_buckets, first_write
 
 pytestmark = pytest.mark.skipif(netns.available() is not None, reason=f"{netns.available()}")
 
@@ -97,7 +97,7 @@ async def test_a_read_from_a_cut_off_stream_leader_is_not_taken_for_current(
     everyone = await _connect(*servers.values())
     try:
         js = everyone.jetstream(timeout=5)
-        await first_write(lambda: ensure_buckets(js, replicas=3))
+        await declared_buckets(js)
         store = await TopologyStore.open(js)
         first = await first_write(lambda: store.create(Topology(cluster="main", primary="node1")))
         info = await js.stream_info(f"KV_{TOPOLOGY_BUCKET}")
