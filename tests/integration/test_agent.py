@@ -37,14 +37,18 @@ from lifeboat.common.kv import TopologyStore
 from lifeboat.common.state import Topology
 from lifeboat.common.subjects import (
     DEAD_LETTER,
+    FAILOVER_FAILED,
+    FAILOVER_STARTED,
     NODE_FENCED,
     NODE_REJOIN_STARTED,
     NODE_REJOINED,
     NODE_SELF_FENCED,
+    NODE_STARTED,
     NODE_STOP_REQUESTED,
     NODE_STOPPED,
     STREAM_NAME,
 )
+from lifeboat.devstack import faults
 from lifeboat.devstack.launch import ServiceProcess
 from lifeboat.devstack.procs import eventually, free_port
 from lifeboat.devstack.servers import NatsServer
@@ -195,6 +199,18 @@ class Cluster:
             return []
 
         return await eventually(stored, timeout=30, what=f"{count} on {subject}", detail=self.tail)
+
+    async def stored_all(self, subject: str) -> list[dict[str, Any]]:
+        """Every event on `subject` in the stream now."""
+        sub = await self.nc.jetstream().pull_subscribe(subject, stream=STREAM_NAME)
+        found: list[dict[str, Any]] = []
+        try:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                while msgs := await sub.fetch(100, timeout=1):
+                    found += [json.loads(m.data) for m in msgs]
+        finally:
+            await sub.unsubscribe()
+        return found
 
     def remote(self, sql_link: Link) -> None:
         """The cluster file as on other hosts: no data directory is the controller's, and it
@@ -630,6 +646,75 @@ async def test_a_switchover_on_other_hosts_leaves_the_old_primary_rejoined_by_it
             )
             assert await c.named("node2")
             assert not await asyncio.to_thread(c.in_recovery, "node2")
+        finally:
+            await sql_link.cut()
+
+
+def filler_rows(dsn: str) -> int:
+    with psycopg.connect(dsn, connect_timeout=2) as conn:
+        row = conn.execute("select count(*) from lifeboat_filler").fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_a_manual_failover_nobody_can_finish_gives_the_stopped_old_primary_its_writes_back(
+    workdir: Path, unique: str
+) -> None:
+    """Remote mode. node3's walreceiver stalls while node2 acknowledges every commit; the
+    operator fails over to node3, and node2 dies as the failover begins. node1, fenced over
+    SQL, is stopped by its agent once the topology names node3, and node3 can never get what
+    node2 alone held. After the catch-up time the leader asks node1's agent to start it again
+    read-only, then gives it its writes back under a new epoch: a primary again, every
+    acknowledged commit on it. (The old main promoted node3 again, refused, for ever: nobody
+    writable until an operator acted.)"""
+    async with cluster_with_agents(workdir, unique) as c:
+        sql_link = Link(c.node("node1").port)
+        await sql_link.up()
+        try:
+            await c.controlled_remotely(sql_link, LIFEBOAT_MAXIMUM_LAG_ON_FAILOVER=str(64 << 20))
+            faults.signal_walreceiver(c.stack.dsn(2), signal.SIGSTOP)
+            try:
+                await asyncio.to_thread(faults.bulk_write, c.stack.dsn(0), 16)  # node2 acks
+                acknowledged = filler_rows(c.stack.dsn(0))
+                request = FailoverRequested(
+                    cluster=unique,
+                    source=Source(service="test", instance="operator"),
+                    target="node3",
+                    reason="node3 is the one to keep",
+                )
+                await c.nc.jetstream().publish(
+                    request.subject(), request.model_dump_json().encode()
+                )
+                # Dead before the request, node2 gets it refused: it may hold commits node3
+                # lacks. Once the failover has begun, nothing can take its place.
+                await c.stored(FAILOVER_STARTED.subject(cluster=unique))
+                c.node("node2").kill()
+                await c.wait_stopped("node1", timeout=30)
+            finally:
+                faults.signal_walreceiver(c.stack.dsn(2), signal.SIGCONT)
+            (started,) = await c.stored(NODE_STARTED.subject(cluster=unique, node="node1"))
+            assert (started["started"], started["action"], started["epoch"]) == (
+                True,
+                "started read-only",
+                1,
+            )
+            await eventually(
+                lambda: c.named("node1"), timeout=60, what="node1 primary again", detail=c.tail
+            )
+
+            def writable() -> bool:
+                with contextlib.suppress(psycopg.Error):
+                    return not c.in_recovery("node1")
+                return False
+
+            await eventually(writable, timeout=30, what="node1 writable", detail=c.tail)
+            store = await TopologyStore.open(c.nc.jetstream())
+            found = await store.get(unique)
+            assert found is not None
+            assert found.value.epoch == 2
+            assert await asyncio.to_thread(c.in_recovery, "node3"), "node3 was promoted too"
+            assert filler_rows(c.stack.dsn(0)) == acknowledged
+            said = await c.stored_all(FAILOVER_FAILED.subject(cluster=unique))
+            assert any("node3 did not catch up with node1" in e["reason"] for e in said), said
         finally:
             await sql_link.cut()
 

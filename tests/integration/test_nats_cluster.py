@@ -50,15 +50,21 @@ async def cluster(workdir: Path) -> AsyncIterator[NatsCluster]:
         servers.stop()
 
 
-async def first_write(write: Callable[[], Awaitable[T]], timeout: float = 30) -> T:
+async def first_write(
+    write: Callable[[], Awaitable[T]], timeout: float = 30, *, idempotent: bool = False
+) -> T:
     """The first write to a just-created R3 bucket, retried while the cluster still elects
     (on a loaded machine JetStream may answer "no responders" for seconds); what the test
-    is about, losing a leader later, gets no retry."""
+    is about, losing a leader later, gets no retry. A request that timed out may have
+    landed, so it is tried again only where repeating it is harmless (`idempotent`)."""
+    retried: tuple[type[Exception], ...] = (NoRespondersError, NoStreamResponseError)
+    if idempotent:
+        retried = (*retried, NatsTimeoutError)
     deadline = time.monotonic() + timeout
     while True:
         try:
             return await write()
-        except (NoRespondersError, NoStreamResponseError):
+        except retried:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
@@ -66,17 +72,11 @@ async def first_write(write: Callable[[], Awaitable[T]], timeout: float = 30) ->
 
 async def declared_buckets(js: JetStreamContext, timeout: float = 60) -> None:
     """The R3 topology and lease buckets of a just-started cluster, each with a leader.
-    Creating them is idempotent, so it is tried again while the cluster still elects its
-    meta leader: on a loaded machine that request may time out (CI saw it, after 5 s)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            streams = await ensure_buckets(js, replicas=3)
-            break
-        except (NoRespondersError, NoStreamResponseError, NatsTimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
+    Declaring them is idempotent, so a request that timed out while the cluster still
+    elects its meta leader is tried again (CI saw one time out after 5 s)."""
+    streams = await first_write(
+        lambda: ensure_buckets(js, replicas=3), timeout=timeout, idempotent=True
+    )
     for stream in streams:
         await wait_for_leader(js, stream, timeout=timeout)
 

@@ -64,6 +64,19 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "action": "stopped (fast)",
         "reason": "node1 accepts writes but the primary at epoch 5 is node2",
     },
+    "node.start_requested": {
+        **NODE,
+        "epoch": 5,
+        "reason": "manual: node2 did not catch up with node1 within 31s",
+    },
+    "node.started": {
+        **NODE,
+        "epoch": 5,
+        "correlation_id": "0b7e4d2a-51c3-4f8e-9a61-3d2f7c9e8a14",
+        "started": True,
+        "action": "started read-only",
+        "reason": "manual: node2 did not catch up with node1 within 31s",
+    },
     "node.rejoin_requested": {**NODE, "requested_by": "drill"},
     "node.rejoined": {**NODE, "method": "pg_rewind", "upstream": "node2", "seconds": 2.5},
     "node.rejoin_ordered": {

@@ -21,6 +21,7 @@ from lifeboat.common.events import (
     FailoverRequested,
     FailoverStarted,
     NodeHealth,
+    NodeRejoinRequested,
     PhaseTiming,
     ReplicaState,
     SwitchoverFailed,
@@ -29,7 +30,16 @@ from lifeboat.common.events import (
 )
 from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.state import Topology
-from lifeboat.failover.commands import Decision, Detach, Fence, Promote, Repoint, WriteTopology
+from lifeboat.failover.commands import (
+    Decision,
+    Detach,
+    Fence,
+    Promote,
+    Rejoin,
+    Repoint,
+    StartReadOnly,
+    WriteTopology,
+)
 from lifeboat.failover.decide import Policy, decide
 from lifeboat.failover.service import ClusterLoop, _sync_change, run_forever
 from lifeboat.failover.settings import FailoverSettings
@@ -275,6 +285,118 @@ def test_a_manual_failover_whose_target_never_catches_up_is_undone() -> None:
     assert [c for c in decision.commands if isinstance(c, Repoint)] == [
         Repoint("node3", "node1", 6)
     ]
+
+
+def _manual_stuck(**op_fields: object) -> Topology:
+    """A manual failover to node2 (epoch 5) begun 40 s ago, node1 fenced."""
+    op = OP.model_copy(
+        update={
+            "kind": FailoverKind.MANUAL,
+            "started_at": NOW - timedelta(seconds=40),
+            "phases": (PhaseTiming(phase="fence", seconds=0.1),),
+            **op_fields,
+        }
+    )
+    return AFTER.model_copy(update={"operation": op})
+
+
+# node2, the target, lost its stream behind node1; node3, which acknowledged the rest, is down.
+BEHIND = standby("node2", "0/4000000", wal_receiver=None)
+
+
+def test_a_manual_failover_nobody_can_finish_starts_the_stopped_old_primary_again() -> None:
+    """Stopped by the fence (or by its agent once the topology named node2), node1 holds every
+    commit it acknowledged and nobody else can take them over: left stopped, the cluster had
+    no primary until an operator acted (the old main promoted node2 again, refused, for ever)."""
+    decision = decide(observe(down("node1"), BEHIND, down("node3"), topology=_manual_stuck()))
+    assert decision.commands[0] == StartReadOnly(
+        "node1",
+        5,
+        "manual: node2 did not catch up with node1 within 30s and node1 is stopped: starting "
+        "node1 again read-only, to give it its writes back",
+    )
+    assert promotions(decision) == []
+    assert not any(isinstance(c, WriteTopology) for c in decision.commands)
+    (event,) = held(decision)
+    assert "node1 is stopped: starting node1 again read-only" in event.reason
+
+
+def test_a_forced_manual_failover_does_not_start_the_old_primary_again() -> None:
+    """The operator accepted a loss to be rid of node1: node2 is promoted as asked."""
+    topology = _manual_stuck(data_loss_budget_bytes=1 << 30)
+    decision = decide(observe(down("node1"), BEHIND, down("node3"), topology=topology))
+    assert not any(isinstance(c, StartReadOnly) for c in decision.commands)
+    assert ("node2", 5) in promotions(decision)
+
+
+def test_the_old_primary_started_again_read_only_takes_its_writes_back_under_a_new_epoch() -> None:
+    """Started read-only, it reports the most WAL: its writes back under epoch 6, promoted only
+    if it still has every standby's WAL (peers), the fork of its timeline recorded first."""
+    back = standby("node1", "0/6000000", configured_upstream=None, wal_receiver=None, timeline=1)
+    decision = decide(observe(back, BEHIND, down("node3"), topology=_manual_stuck()))
+    write = decision.commands[0]
+    assert isinstance(write, WriteTopology)
+    assert (write.topology.primary, write.topology.epoch) == ("node1", 6)
+    assert write.topology.operation is None
+    assert (write.topology.timeline, write.topology.forked_from) == (None, 1)
+    (promote,) = [c for c in decision.commands if isinstance(c, Promote)]
+    assert (promote.node, promote.epoch, promote.peers) == ("node1", 6, ("node2",))
+    assert "node2 did not catch up with node1" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("node1", "node2"),
+    [
+        # A standby reports more WAL than it.
+        ({"lsn": "0/3000000"}, {}),
+        # Less than it last reported writing as primary (0/5000000): not the data it wrote.
+        ({"lsn": "0/4800000"}, {"lsn": "0/4000000"}),
+        # node2 is on a newer timeline: it was promoted meanwhile (and is back in recovery),
+        # and what it committed there is on no other node.
+        ({"lsn": "0/6000000"}, {"lsn": "0/4000000", "timeline": 2}),
+    ],
+    ids=["behind a standby", "behind its last report", "another timeline since"],
+)
+def test_the_old_primary_started_again_is_given_its_writes_back_only_with_everything(
+    node1: dict[str, Any], node2: dict[str, Any]
+) -> None:
+    back = standby("node1", configured_upstream=None, wal_receiver=None, timeline=1, **node1)
+    target = standby("node2", wal_receiver=None, **{"lsn": "0/4000000", "timeline": 1, **node2})
+    topology = _manual_stuck().model_copy(update={"forked_from": 1})
+    decision = decide(observe(back, target, down("node3"), topology=topology))
+    assert ("node1", 6) not in promotions(decision)
+    assert not any(isinstance(c, StartReadOnly) for c in decision.commands)
+    # (node2 back in recovery on its own timeline is promoted again, as before.)
+    assert not [
+        c for c in decision.commands if isinstance(c, WriteTopology) and c.topology.epoch > 5
+    ]
+
+
+def test_a_stopped_old_primary_is_not_started_again_once_a_timeline_forked() -> None:
+    """node2 reports timeline 2: it was promoted at this epoch (then crashed back into
+    recovery); node1's start and undo would drop what it committed."""
+    target = standby("node2", "0/4000000", wal_receiver=None, timeline=2)
+    topology = _manual_stuck().model_copy(update={"forked_from": 1})
+    decision = decide(observe(down("node1"), target, down("node3"), topology=topology))
+    assert not any(isinstance(c, StartReadOnly) for c in decision.commands)
+
+
+def test_the_old_primary_given_its_writes_back_waits_for_a_standby_in_strict_mode() -> None:
+    back = standby("node1", "0/6000000", configured_upstream=None, wal_receiver=None)
+    policy = Policy(synchronous_mode="strict")
+    decision = decide(observe(back, BEHIND, down("node3"), topology=_manual_stuck(), policy=policy))
+    (promote,) = [c for c in decision.commands if isinstance(c, Promote)]
+    assert (promote.node, promote.synchronous) == ("node1", ("node2", "node3"))
+
+
+def test_a_rejoin_of_a_manual_failovers_old_primary_waits_for_the_target_to_take_writes() -> None:
+    """Rewound or cloned onto a target still catching up, node1 would lose what only it has."""
+    obs = observe(down("node1"), BEHIND, standby("node3"), topology=_manual_stuck())
+    request = NodeRejoinRequested(cluster="main", node="node1", source=ME)
+    decision = decide(replace(obs, request=request))
+    assert not any(isinstance(c, Rejoin) for c in decision.commands)
+    (failed,) = published(decision, FailoverFailed)
+    assert "manual to node2 is under way and node2 takes no writes yet" in failed.reason
 
 
 @pytest.mark.parametrize(

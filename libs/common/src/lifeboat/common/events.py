@@ -241,6 +241,27 @@ class NodeStopped(NodeEvent):
     reason: str
 
 
+class NodeStartRequested(NodeEvent):
+    """From the failover leader, under `epoch` (required): the agent starts its stopped node,
+    in recovery (read-only, `standby.signal`), only while the topology is at that epoch and
+    names another node primary — the leader gives it its writes back under a later epoch."""
+
+    topic = s.NODE_START_REQUESTED
+    type: Literal["node.start_requested"] = "node.start_requested"
+    reason: str
+
+
+class NodeStarted(NodeEvent):
+    """The agent's answer (`correlation_id`: the request's event id). `started`: its node's
+    postmaster runs, read-only."""
+
+    topic = s.NODE_STARTED
+    type: Literal["node.started"] = "node.started"
+    started: bool
+    action: str  # what starting it took, or why the agent refused
+    reason: str
+
+
 class NodeRejoinRequested(NodeEvent):
     topic = s.NODE_REJOIN_REQUESTED
     type: Literal["node.rejoin_requested"] = "node.rejoin_requested"

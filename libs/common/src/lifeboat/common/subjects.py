@@ -93,6 +93,15 @@ NODE_STOP_REQUESTED = Topic(
 NODE_STOPPED = Topic(
     "node.stopped", _CN, "A node's agent answers a stop request: stopped, or refused and why"
 )
+NODE_START_REQUESTED = Topic(
+    "node.start_requested",
+    _CN,
+    "The failover leader asks a node's agent to start its stopped node again, read-only: "
+    "an old primary a manual failover stopped and nobody could take over from",
+)
+NODE_STARTED = Topic(
+    "node.started", _CN, "A node's agent answers a start request: started, or refused and why"
+)
 NODE_REJOIN_REQUESTED = Topic(
     "node.rejoin_requested", _CN, "Ask to turn a node back into a standby of the primary"
 )

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import httpx
 
@@ -59,6 +60,8 @@ from lifeboat.common.events import (
     NodeRestoreOrdered,
     NodeRestoreStarted,
     NodeSelfFenced,
+    NodeStarted,
+    NodeStartRequested,
     NodeStopped,
     NodeStopRequested,
     Role,
@@ -73,7 +76,7 @@ from lifeboat.common.kv import (
 from lifeboat.common.state import Topology
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.recovery import HELD_MARKER
-from lifeboat.pg.rejoin import rejoin_node
+from lifeboat.pg.rejoin import rejoin_node, start_node
 
 log = logging.getLogger(__name__)
 
@@ -439,28 +442,8 @@ class Agent:
         """The failover leader's fence, carried out here: only under the epoch the topology
         is at, and never for the node it names primary — a stale leader stops nothing. A
         node that is already stopped counts as stopped (a start since is read-only)."""
-
-        def answer(stopped: bool, action: str) -> NodeStopped:
-            return NodeStopped(
-                cluster=request.cluster,
-                node=request.node,
-                source=self.source,
-                epoch=request.epoch,
-                correlation_id=request.event_id,
-                stopped=stopped,
-                action=action,
-                reason=request.reason,
-            )
-
-        topology, error = await self._read(self.settings.agent_nats_timeout_seconds, check=True)
-        if error is not None or topology is None:
-            return answer(False, f"refused: the topology cannot be read ({error or 'none yet'})")
-        if topology.epoch != request.epoch or topology.primary == request.node:
-            return answer(
-                False,
-                f"refused: the topology is at epoch {topology.epoch} with "
-                f"{topology.primary or 'no node'} primary (asked under epoch {request.epoch})",
-            )
+        if (refusal := await self._request_refusal(request)) is not None:
+            return NodeStopped(**self._answering(request), stopped=False, action=refusal)
         action = await asyncio.to_thread(
             stop, self.data, self.settings.agent_requested_stop_timeout_seconds
         )
@@ -468,7 +451,63 @@ class Agent:
         stopped = postmaster(self.data.path) is None
         level = logging.WARNING if stopped else logging.ERROR
         log.log(level, "%s: stop requested (%s): %s", request.node, request.reason, action)
-        return answer(stopped, action)
+        return NodeStopped(**self._answering(request), stopped=stopped, action=action)
+
+    async def start_requested(self, request: NodeStartRequested) -> NodeStarted:
+        """The failover leader's start of an old primary its manual failover stopped and no
+        standby could take over from: in recovery, read-only (`standby.signal` is put there
+        first, or the start is refused), only under the epoch the topology is at and while it
+        does not name this node primary. The leader gives it its writes back under a new epoch;
+        a stale leader starts nothing, and a start can never make the node writable."""
+
+        def answer(started: bool, action: str) -> NodeStarted:
+            return NodeStarted(**self._answering(request), started=started, action=action)
+
+        if self._node_action.locked():
+            return answer(
+                False, "refused: another action on this node runs (start, rejoin, restore)"
+            )
+        async with self._node_action:  # taken at once: nothing awaited since the check
+            if (refusal := await self._request_refusal(request)) is not None:
+                return answer(False, refusal)
+            if postmaster(self.data.path) is not None:
+                return answer(True, "already running")
+            if (self.data.path / HELD_MARKER).exists():
+                return answer(False, "refused: restored data is held for the operator")
+            await asyncio.to_thread(arm, self.data)
+            if not (self.data.path / "standby.signal").exists():
+                return answer(False, "refused: it would not start in recovery (no standby.signal)")
+            try:
+                await asyncio.to_thread(start_node, self.data)
+            except Exception as exc:
+                log.exception("%s: start requested (%s) failed", request.node, request.reason)
+                return answer(False, f"{type(exc).__name__}: {exc}"[:500])
+        log.warning("%s: started read-only on request (%s)", request.node, request.reason)
+        return answer(True, "started read-only")
+
+    async def _request_refusal(self, request: NodeStopRequested | NodeStartRequested) -> str | None:
+        """Why the leader's request is not obeyed, if it is not: the topology cannot be read,
+        is at another epoch (a stale leader), or names this node primary."""
+        topology, error = await self._read(self.settings.agent_nats_timeout_seconds, check=True)
+        if error is not None or topology is None:
+            return f"refused: the topology cannot be read ({error or 'none yet'})"
+        if topology.epoch != request.epoch or topology.primary == request.node:
+            return (
+                f"refused: the topology is at epoch {topology.epoch} with "
+                f"{topology.primary or 'no node'} primary (asked under epoch {request.epoch})"
+            )
+        return None
+
+    def _answering(self, request: NodeStopRequested | NodeStartRequested) -> dict[str, Any]:
+        """What an answer to the leader's request carries of it."""
+        return {
+            "cluster": request.cluster,
+            "node": request.node,
+            "source": self.source,
+            "epoch": request.epoch,
+            "correlation_id": request.event_id,
+            "reason": request.reason,
+        }
 
     async def rejoin_ordered(self, order: NodeRejoinOrdered) -> None:
         """The failover leader's rejoin, carried out here (pg_rewind onto the upstream, else a

@@ -21,6 +21,7 @@ from lifeboat.common.events import (
     Envelope,
     NodeRejoinOrdered,
     NodeRestoreOrdered,
+    NodeStartRequested,
     NodeStopRequested,
     UndecodableEventError,
     decode_event,
@@ -31,6 +32,7 @@ from lifeboat.common.runtime import ServiceRuntime
 from lifeboat.common.subjects import (
     NODE_REJOIN_ORDERED,
     NODE_RESTORE_ORDERED,
+    NODE_START_REQUESTED,
     NODE_STOP_REQUESTED,
 )
 from lifeboat.pg.binaries import find_bindir
@@ -75,6 +77,7 @@ def build_app(settings: AgentSettings) -> Starlette:
         nc = runtime.broker.config.connection_state.connection
         mine = {"cluster": settings.agent_cluster, "node": settings.agent_node}
         await nc.subscribe(NODE_STOP_REQUESTED.subject(**mine), cb=on_stop_request)
+        await nc.subscribe(NODE_START_REQUESTED.subject(**mine), cb=on_start_request)
         # Its own subscription: a rejoin takes minutes, and stops are not queued behind it.
         await nc.subscribe(NODE_REJOIN_ORDERED.subject(**mine), cb=on_rejoin_order)
         await nc.subscribe(NODE_RESTORE_ORDERED.subject(**mine), cb=on_restore_order)
@@ -107,6 +110,10 @@ def build_app(settings: AgentSettings) -> Starlette:
     async def on_stop_request(msg: Msg) -> None:
         if isinstance(request := order(msg, NodeStopRequested), NodeStopRequested):
             agent.queue(await agent.stop_requested(request))
+
+    async def on_start_request(msg: Msg) -> None:
+        if isinstance(request := order(msg, NodeStartRequested), NodeStartRequested):
+            agent.queue(await agent.start_requested(request))
 
     async def on_rejoin_order(msg: Msg) -> None:
         if isinstance(request := order(msg, NodeRejoinOrdered), NodeRejoinOrdered):

@@ -1,6 +1,8 @@
 """Asking a node's agent to act on its node, for the nodes whose data directory is on
 another host: stop it (the fence of a node the leader cannot fence over SQL: unreachable
-from here, frozen), and rejoin it as a standby of the new primary (pg_rewind, else a clone).
+from here, frozen), start it again read-only (an old primary that a manual failover stopped
+and nobody could take over from), and rejoin it as a standby of the new primary (pg_rewind,
+else a clone).
 
 Services meet only on NATS: the requests are events under the leader's epoch, the answers
 the agent's events, matched by correlation id (`bus.answers`: subscribed before the request
@@ -24,6 +26,8 @@ from lifeboat.common.events import (
     NodeRejoined,
     NodeRejoinFailed,
     NodeRejoinOrdered,
+    NodeStarted,
+    NodeStartRequested,
     NodeStopped,
     NodeStopRequested,
     Source,
@@ -33,6 +37,7 @@ from lifeboat.common.subjects import (
     NODE_REJOIN_FAILED,
     NODE_REJOIN_STARTED,
     NODE_REJOINED,
+    NODE_STARTED,
     NODE_STOPPED,
     Topic,
 )
@@ -100,6 +105,15 @@ class Agents:
         )
         answer = await self._ask(node, request, (NODE_STOPPED,), self.timeout)
         return answer if isinstance(answer, NodeStopped) else None
+
+    async def start(self, node: str, epoch: int, reason: str) -> NodeStarted | None:
+        """The agent's answer, or None if it gave none within the bound (a start that takes
+        longer goes on; asked again meanwhile, the agent says it is busy)."""
+        request = NodeStartRequested(
+            cluster=self.cluster, node=node, source=self.source, epoch=epoch, reason=reason
+        )
+        answer = await self._ask(node, request, (NODE_STARTED,), self.timeout)
+        return answer if isinstance(answer, NodeStarted) else None
 
     async def rejoin(
         self, node: str, epoch: int, upstream: str, conninfo: str, slot: str, reason: str

@@ -94,6 +94,16 @@ class Rejoin:
 
 
 @dataclass(frozen=True)
+class StartReadOnly:
+    """Start a stopped node in recovery (an old primary a manual failover stopped, which
+    nobody could take over from), so that it can be given its writes back once it reports."""
+
+    node: str
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class SetSynchronous:
     primary: str
     standbys: tuple[str, ...]
@@ -109,6 +119,7 @@ Command = (
     | Detach
     | Repoint
     | Rejoin
+    | StartReadOnly
     | SetSynchronous
     | Publish
 )

@@ -51,6 +51,7 @@ from lifeboat.failover.commands import (
     Rejoin,
     Repoint,
     SetSynchronous,
+    StartReadOnly,
     WriteTopology,
 )
 from lifeboat.failover.sync_names import parse_sync_names
@@ -611,12 +612,15 @@ def _rejoin(
     op = topo.operation
     if (
         op is not None
-        and node != op.old_primary
+        and (node != op.old_primary or op.kind is FailoverKind.MANUAL)
         and not (candidate is not None and candidate.role is Role.PRIMARY and candidate.writable)
     ):
         # Before the candidate takes writes another standby is detached on purpose: a rejoin
         # now would tear down a member the operation may still need. Once it does, or for
-        # the old primary (fenced), a rejoin onto it is what the operation does itself.
+        # the old primary (fenced), a rejoin onto it is what the operation does itself —
+        # but not a manual failover's: its target may still lack commits only the old
+        # primary has (it waits for it to catch up), and rewound or cloned onto the target
+        # they would be gone.
         return refuse(
             f"a {op.kind} to {op.new_primary} is under way and {op.new_primary} takes no "
             "writes yet: ask again once it does"
@@ -880,15 +884,20 @@ def _promote(obs: Observation, topo: Topology, op: Operation, candidate: str) ->
         peers = ()  # a loss accepted
     else:
         peers = tuple(n for n in op.synchronous if n not in (candidate, op.old_primary))
-    synchronous: tuple[str, ...] = ()
-    if obs.policy.synchronous_mode == "strict":
-        # Its commits wait for a standby from the first one: strict never stops blocking.
-        synchronous = tuple(
-            sorted(n.name for n in obs.cluster.nodes if n.name != candidate and n.can_be_promoted)
-        )
+    synchronous = _strict_wait(obs, candidate)
     switchover = op.kind is FailoverKind.SWITCHOVER
     old = None if switchover else op.old_primary
     return Promote(candidate, topo.epoch, peers, old, synchronous, peers_optional=switchover)
+
+
+def _strict_wait(obs: Observation, primary: str) -> tuple[str, ...]:
+    """In strict mode, whom a newly promoted primary's commits wait for from the first one
+    (strict never stops blocking); none otherwise."""
+    if obs.policy.synchronous_mode != "strict":
+        return ()
+    return tuple(
+        sorted(n.name for n in obs.cluster.nodes if n.name != primary and n.can_be_promoted)
+    )
 
 
 def _continue(
@@ -993,9 +1002,23 @@ def _resume_promotion(
             op.kind is FailoverKind.MANUAL
             and age > obs.policy.manual_catch_up_seconds
             and old_view is not None
-            and old_view.role is Role.PRIMARY
         ):
-            return _undo_manual(obs, topo, op, age, views)
+            if old_view.role is Role.PRIMARY or _holds_the_most(obs, topo, old_view, views):
+                return _undo_manual(obs, topo, op, age, views)
+            if old_view.latest is None and not _forced(op) and not _forked_since(topo, views):
+                # Stopped (killed by the fence when it was not confirmed over SQL, or by its
+                # agent once the topology named the target): it holds every commit it
+                # acknowledged, nobody else can take them over, and left stopped the
+                # cluster would have no primary until an operator acts. (Said with the
+                # configured wait, not the age: a hold said again in the same words is
+                # rate-limited.)
+                why = (
+                    f"{op.new_primary} did not catch up with {old} within "
+                    f"{obs.policy.manual_catch_up_seconds:g}s and {old} is stopped: starting "
+                    f"{old} again read-only, to give it its writes back"
+                )
+                start = StartReadOnly(old, topo.epoch, f"{op.kind}: {why}")
+                return Decision((start, *_hold(obs, topo, why).commands), why)
     # Promoted before at this epoch and back in recovery (a crash, a start), its promotion
     # forks a timeline past the one the epoch's first write expected: recorded first.
     forking = _forking(topo, views[primary].latest)
@@ -1054,19 +1077,55 @@ def _cannot_catch_up(
     return None
 
 
+def _forked_since(topo: Topology, views: dict[str, NodeView]) -> bool:
+    """A node reports a timeline newer than the one the operation began on: someone was
+    promoted since (the candidate, perhaps back in recovery after a crash), and whatever it
+    committed is on that timeline only."""
+    began = topo.timeline if topo.timeline is not None else topo.forked_from
+    return began is not None and any(
+        (v.latest.timeline or 0) > began for v in views.values() if v.latest is not None
+    )
+
+
+def _holds_the_most(
+    obs: Observation, topo: Topology, view: NodeView, views: dict[str, NodeView]
+) -> bool:
+    """`view`'s node, the old primary, runs in recovery (started again read-only) with all it
+    last reported writing and at least the WAL of every other node that answers, none of
+    them on a newer timeline. (A standby that does not answer cannot have WAL it lacks: it
+    was sent only what the primary had flushed.)"""
+    report = view.latest
+    have = None if report is None else position(report)
+    if report is None or have is None or view.role is not Role.STANDBY:
+        return False
+    if have < obs.last_primary_lsn.get(view.name, 0) or _forked_since(topo, views):
+        return False
+    return all(
+        (position(v.latest) or 0) <= have and (v.latest.timeline or 0) <= (report.timeline or 0)
+        for v in views.values()
+        if v.name != view.name and v.latest is not None
+    )
+
+
 def _undo_manual(
     obs: Observation, topo: Topology, op: Operation, age: float, views: dict[str, NodeView]
 ) -> Decision:
     """The target never caught up with the fenced primary: give the primary back its
     writes under a new epoch, and say why. Nobody was promoted; nothing is lost. The
     standbys detached for the promotion follow it again (left detached, they would stream
-    from nobody, and synchronous mode would have no standby to count)."""
+    from nobody, and synchronous mode would have no standby to count). A primary that was
+    stopped and started again read-only is promoted only if, read just before, it has the
+    WAL of every standby, and its promotion forks a timeline (recorded as after a failover)."""
     old = op.old_primary
     assert old is not None
     reason = (
         f"{op.new_primary} did not catch up with {old} within {age:.0f}s: {old} stays the primary"
     )
     back = topo.promoted(old, None, at=obs.now).model_copy(update={"synchronous": ()})
+    peers: tuple[str, ...] = ()
+    if views[old].role is Role.STANDBY:
+        back = _forking(back, views[old].latest)
+        peers = tuple(v.name for v in views.values() if v.name != old and v.role is Role.STANDBY)
     failed = FailoverFailed(
         cluster=topo.cluster,
         source=obs.source,
@@ -1076,12 +1135,14 @@ def _undo_manual(
         reason=reason,
     )
     again = _repoints(views, old, back.epoch)
+    # Said once the record names it again, before the promotion: one that fails leaves the
+    # read-only primary to `_back_read_only`, and the operator still hears why.
     return Decision(
         (
             WriteTopology(back),
-            Promote(old, back.epoch),
-            *again,
             Publish(stamped(failed, obs.now)),
+            Promote(old, back.epoch, peers, synchronous=_strict_wait(obs, old)),
+            *again,
         ),
         reason,
     )

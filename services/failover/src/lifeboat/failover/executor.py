@@ -29,6 +29,7 @@ from lifeboat.failover.commands import (
     Rejoin,
     Repoint,
     SetSynchronous,
+    StartReadOnly,
     WriteTopology,
 )
 from lifeboat.failover.nodes import FenceUnconfirmedError, NodeActions
@@ -173,6 +174,11 @@ class Executor:
                     )
                 )
                 return f"rejoined with {method}", current
+            case StartReadOnly(node, epoch, reason):
+                await self._guard(epoch)
+                detail = await self.nodes.start_read_only(node, epoch=epoch, reason=reason)
+                log.warning("started %s read-only: %s (%s)", node, reason, detail)
+                return detail, current
             case Promote(node, epoch, peers, old_primary, synchronous, peers_optional):
                 if (delay := self._promote_after - time.monotonic()) > 0:
                     await asyncio.sleep(delay)

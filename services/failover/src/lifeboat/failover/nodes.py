@@ -23,7 +23,7 @@ from lifeboat.common.clusters import ClusterSpec, NodeSpec
 from lifeboat.common.events import NodeRejoinFailed
 from lifeboat.common.lsn import int_to_lsn, lsn_to_int
 from lifeboat.failover.agents import Agents, LeaseSeen
-from lifeboat.failover.local import local_data_dir, stop_cleanly
+from lifeboat.failover.local import in_recovery_at_next_start, local_data_dir, stop_cleanly
 from lifeboat.failover.sync_names import format_sync_names
 from lifeboat.pg.datadir import DataDir
 from lifeboat.pg.rejoin import rejoin_node, start_node
@@ -422,6 +422,32 @@ class NodeActions:
             return "not ours to start" if local is None else "running"
         await asyncio.to_thread(start_node, local)
         return "started"
+
+    async def start_read_only(self, name: str, *, epoch: int, reason: str) -> str:
+        """Start a stopped node in recovery, read-only: here when its data directory is, else
+        by its agent, asked under `epoch`; raises with the reason when it was not started."""
+        local = self.local(self.cluster.node(name))
+        if local is not None:
+            if not local.running():
+                await asyncio.to_thread(in_recovery_at_next_start, local)
+            return await self.start_again(name)
+        if self.agents is None:
+            raise RuntimeError(f"{name}: not ours to start, and no agent to ask")
+        # Asked every round while it stays down: a host that is gone (no live lease, as its
+        # TTL is no longer than the catch-up wait) costs no wait for an answer each time.
+        seen, unreadable = await self._agent_lease(name)
+        if seen is None:
+            raise RuntimeError(
+                f"{name}: its agent's lease could not be read ({unreadable})"
+                if unreadable
+                else f"{name}: no live agent lease (its host may be down): not asked to start"
+            )
+        answer = await self.agents.start(name, epoch, reason)
+        if answer is None:
+            raise RuntimeError(f"{name}: its agent did not answer within {self.agents.timeout:g}s")
+        if not answer.started:
+            raise RuntimeError(f"{name}: its agent: {answer.action}")
+        return f"its agent: {answer.action}"
 
     async def replication_conninfo(self, exclude: str) -> str:
         """A standby's primary_conninfo (replication user, passfile) to model a new one on."""
