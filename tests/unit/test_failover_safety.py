@@ -20,6 +20,7 @@ from lifeboat.common.events import (
     FailoverKind,
     FailoverRequested,
     FailoverStarted,
+    MaintenanceState,
     NodeHealth,
     NodeRejoinRequested,
     PhaseTiming,
@@ -321,6 +322,18 @@ def test_a_manual_failover_nobody_can_finish_starts_the_stopped_old_primary_agai
     assert "node1 is stopped: starting node1 again read-only" in event.reason
 
 
+def test_a_paused_cluster_does_not_have_the_stopped_old_primary_started_again() -> None:
+    """Paused, an operator may have stopped node1 on purpose: held, saying so, nothing started."""
+    pause = MaintenanceState(cluster="main", paused=True, reason="disk swap", requested_by="ops")
+    obs = observe(down("node1"), BEHIND, down("node3"), topology=_manual_stuck())
+    decision = decide(replace(obs, paused=pause))
+    assert not any(isinstance(c, (StartReadOnly, Promote)) for c in decision.commands)
+    (event,) = held(decision)
+    assert event.reason.endswith(
+        "node1 is stopped, but automatic failover is paused (by ops: disk swap): not starting node1"
+    )
+
+
 def test_a_forced_manual_failover_does_not_start_the_old_primary_again() -> None:
     """The operator accepted a loss to be rid of node1: node2 is promoted as asked."""
     topology = _manual_stuck(data_loss_budget_bytes=1 << 30)
@@ -619,8 +632,6 @@ def test_a_dead_candidate_does_not_leave_the_original_primary_unfenced() -> None
 
 
 def test_paused_no_automatic_failover_and_the_hold_says_who_paused() -> None:
-    from lifeboat.common.events import MaintenanceState
-
     pause = MaintenanceState(
         cluster="main", paused=True, reason="kernel upgrade", requested_by="ops"
     )

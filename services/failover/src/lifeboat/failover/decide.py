@@ -372,6 +372,13 @@ def _recorded_wait(obs: Observation, topo: Topology) -> tuple[str, ...]:
     return topo.synchronous if obs.policy.synchronous_mode != "off" else ()
 
 
+def _pause_said(pause: MaintenanceState) -> str:
+    return (
+        f"automatic failover is paused (by {pause.requested_by}: "
+        f"{pause.reason or 'no reason given'})"
+    )
+
+
 def _forking(topo: Topology, report: NodeHealth | None) -> Topology:
     """The topology as the promotion of `report`'s node leaves it: no timeline recorded
     (the promotion forks the next), `forked_from` the newest the record or the node knows.
@@ -386,13 +393,7 @@ def _steady(obs: Observation, topo: Topology, views: dict[str, NodeView]) -> Dec
         return back
     state, why = _primary_state(obs, topo, views)
     if state == "failed" and obs.paused is not None:
-        pause = obs.paused
-        return _hold(
-            obs,
-            topo,
-            f"{why}, but automatic failover is paused (by {pause.requested_by}: "
-            f"{pause.reason or 'no reason given'}): not failing over",
-        )
+        return _hold(obs, topo, f"{why}, but {_pause_said(obs.paused)}: not failing over")
     if state == "failed":
         return start_failover(obs, topo, views, FailoverKind.AUTOMATIC, why)
     if state in ("suspect", "unknown"):
@@ -1014,9 +1015,15 @@ def _resume_promotion(
                 # rate-limited.)
                 why = (
                     f"{op.new_primary} did not catch up with {old} within "
-                    f"{obs.policy.manual_catch_up_seconds:g}s and {old} is stopped: starting "
-                    f"{old} again read-only, to give it its writes back"
+                    f"{obs.policy.manual_catch_up_seconds:g}s and {old} is stopped"
                 )
+                if obs.paused is not None:
+                    # An operator may have stopped it on purpose (maintenance): a stop the
+                    # fence made and one made by hand look the same from here.
+                    return _hold(
+                        obs, topo, f"{why}, but {_pause_said(obs.paused)}: not starting {old}"
+                    )
+                why += f": starting {old} again read-only, to give it its writes back"
                 start = StartReadOnly(old, topo.epoch, f"{op.kind}: {why}")
                 return Decision((start, *_hold(obs, topo, why).commands), why)
     # Promoted before at this epoch and back in recovery (a crash, a start), its promotion
