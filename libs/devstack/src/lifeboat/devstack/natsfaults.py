@@ -26,9 +26,9 @@ from typing import Any
 
 import nats
 from nats.js.api import StreamConfig
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 
-from lifeboat.common import subjects
+from lifeboat.common import bus, subjects
 from lifeboat.common.kv import TOPOLOGY_BUCKET
 from lifeboat.devstack.procs import ManagedProcess, find_binary, kill_pid, wait_until
 
@@ -230,13 +230,21 @@ async def _fill(urls: list[str]) -> int:
     try:
         js = nc.jetstream(timeout=10)
         await js.add_stream(StreamConfig(name=FILLER, subjects=[subject], num_replicas=3))
-        for stored in range(100_000):  # bounded: 50 GB
+        await bus.wait_for_leader(js, FILLER)
+        stored = 0
+        for _ in range(100_000):  # bounded: 50 GB
             try:
                 await js.publish(subject, blob)
             except APIError as exc:
                 if NO_SPACE in str(exc):
                     return stored * len(blob)
                 raise
+            except (nats.errors.NoRespondersError, NoStreamResponseError, nats.errors.TimeoutError):
+                # On a loaded machine the filler's leader can move mid-fill (a drill aborted
+                # so at run 11 of 20): fill on once it has one, until JetStream says no space.
+                await bus.wait_for_leader(js, FILLER)
+                continue
+            stored += 1
         raise RuntimeError("JetStream never ran out of space: is a store limit set?")
     finally:
         await nc.close()
