@@ -231,7 +231,7 @@ async def _fill(urls: list[str]) -> int:
         js = nc.jetstream(timeout=10)
         await js.add_stream(StreamConfig(name=FILLER, subjects=[subject], num_replicas=3))
         await bus.wait_for_leader(js, FILLER)
-        stored = 0
+        stored = misses = 0
         for _ in range(100_000):  # bounded: 50 GB
             try:
                 await js.publish(subject, blob)
@@ -242,6 +242,9 @@ async def _fill(urls: list[str]) -> int:
             except (nats.errors.NoRespondersError, NoStreamResponseError, nats.errors.TimeoutError):
                 # On a loaded machine the filler's leader can move mid-fill (a drill aborted
                 # so at run 11 of 20): fill on once it has one, until JetStream says no space.
+                misses += 1
+                if misses > 20:
+                    raise
                 await bus.wait_for_leader(js, FILLER)
                 continue
             stored += 1
